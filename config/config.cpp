@@ -1,0 +1,403 @@
+// Loads and validates sluice's YAML configuration; every error names the key and the line.
+#include "config/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "protocol/pg/md5.hpp"
+
+namespace sluice::config {
+
+std::string Endpoint::to_string() const {
+  if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
+  return host + ":" + std::to_string(port);
+}
+
+std::string_view to_string(PoolMode m) {
+  switch (m) {
+    case PoolMode::kSession:
+      return "session";
+    case PoolMode::kTransaction:
+      return "transaction";
+    case PoolMode::kStatement:
+      return "statement";
+  }
+  return "?";
+}
+
+std::string_view to_string(AuthType a) {
+  switch (a) {
+    case AuthType::kScram:
+      return "scram-sha-256";
+    case AuthType::kMd5:
+      return "md5";
+    case AuthType::kTrust:
+      return "trust";
+  }
+  return "?";
+}
+
+const Database* Config::database(const std::string& name) const {
+  auto it = databases.find(name);
+  return it == databases.end() ? nullptr : &it->second;
+}
+const User* Config::user(const std::string& name) const {
+  auto it = users.find(name);
+  return it == users.end() ? nullptr : &it->second;
+}
+PoolMode Config::pool_mode_for(const Database& db, const User& u) const {
+  return u.pool_mode.value_or(db.pool_mode.value_or(pool.mode));
+}
+std::uint32_t Config::pool_size_for(const Database& db, const User& u) const {
+  return u.pool_size.value_or(db.pool_size.value_or(pool.size));
+}
+
+namespace {
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// Walks the YAML tree, remembering the source for "FILE:LINE: key 'x': ..." messages.
+class Loader {
+ public:
+  explicit Loader(std::string source) : source_(std::move(source)) {}
+
+  [[noreturn]] void fail(const YAML::Node& at, const std::string& key, const std::string& what) const {
+    std::ostringstream msg;
+    msg << source_;
+    if (at.IsDefined() && at.Mark().line >= 0) msg << ":" << at.Mark().line + 1;
+    msg << ": key '" << key << "': " << what;
+    throw ConfigError(msg.str());
+  }
+
+  // Rejects keys outside `allowed`, suggesting the closest known one.
+  void check_keys(const YAML::Node& map, const std::string& path,
+                  std::initializer_list<std::string_view> allowed) const {
+    if (!map.IsMap()) fail(map, path, "expected a mapping");
+    for (const auto& kv : map) {
+      auto key = kv.first.as<std::string>();
+      if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+      std::string_view best;
+      std::size_t best_d = 3;
+      for (auto a : allowed) {
+        auto d = edit_distance(key, a);
+        if (d < best_d) best_d = d, best = a;
+      }
+      std::string full = path.empty() ? key : path + "." + key;
+      std::string what = "unknown key";
+      if (!best.empty()) what += " (did you mean '" + std::string(best) + "'?)";
+      fail(kv.first, full, what);
+    }
+  }
+
+  // A scalar with ${VAR} / ${VAR:-default} expanded from the environment.
+  std::string str(const YAML::Node& n, const std::string& path) const {
+    if (!n.IsScalar()) fail(n, path, "expected a string");
+    const auto raw = n.Scalar();
+    std::string out;
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+      if (raw[i] == '$' && i + 1 < raw.size() && raw[i + 1] == '{') {
+        auto end = raw.find('}', i);
+        if (end == std::string::npos) fail(n, path, "unterminated ${...}");
+        std::string name = raw.substr(i + 2, end - i - 2);
+        std::optional<std::string> fallback;
+        if (auto d = name.find(":-"); d != std::string::npos) {
+          fallback = name.substr(d + 2);
+          name.resize(d);
+        }
+        const char* v = std::getenv(name.c_str());
+        if (v != nullptr && *v != '\0') {
+          out += v;
+        } else if (fallback) {
+          out += *fallback;
+        } else {
+          fail(n, path, "environment variable " + name + " is not set");
+        }
+        i = end;
+      } else {
+        out.push_back(raw[i]);
+      }
+    }
+    return out;
+  }
+
+  std::uint64_t uint(const YAML::Node& n, const std::string& path, std::uint64_t min,
+                     std::uint64_t max) const {
+    auto s = str(n, path);
+    std::uint64_t v = 0;
+    bool ok = !s.empty() && s.size() < 19 && std::all_of(s.begin(), s.end(), ::isdigit);
+    if (ok) v = std::stoull(s);
+    if (!ok || v < min || v > max) {
+      fail(n, path, "expected a whole number from " + std::to_string(min) + " to " +
+                        std::to_string(max) + ", got '" + s + "'");
+    }
+    return v;
+  }
+
+  // "30" (seconds), "30s", "500ms", "2m", "1h".
+  Duration duration(const YAML::Node& n, const std::string& path) const {
+    auto s = str(n, path);
+    std::size_t digits = 0;
+    while (digits < s.size() && std::isdigit(static_cast<unsigned char>(s[digits]))) ++digits;
+    std::string unit = s.substr(digits);
+    std::uint64_t mult = 0;
+    if (unit.empty() || unit == "s") mult = 1000;
+    else if (unit == "ms") mult = 1;
+    else if (unit == "m" || unit == "min") mult = 60'000;
+    else if (unit == "h") mult = 3'600'000;
+    if (digits == 0 || digits > 9 || mult == 0) {
+      fail(n, path, "expected a duration like 30s, 500ms, 2m or a number of seconds, got '" + s + "'");
+    }
+    return Duration(static_cast<Duration::rep>(std::stoull(s.substr(0, digits)) * mult));
+  }
+
+  template <typename E>
+  E choice(const YAML::Node& n, const std::string& path,
+           std::initializer_list<std::pair<std::string_view, E>> options) const {
+    auto s = str(n, path);
+    std::string names;
+    for (const auto& [name, value] : options) {
+      if (s == name) return value;
+      names += names.empty() ? "" : " | ";
+      names += name;
+    }
+    fail(n, path, "expected one of " + names + ", got '" + s + "'");
+  }
+
+  Endpoint endpoint(const YAML::Node& n, const std::string& path) const {
+    auto s = str(n, path);
+    auto colon = s.rfind(':');
+    if (colon == std::string::npos || colon == 0) fail(n, path, "expected host:port, got '" + s + "'");
+    Endpoint e;
+    e.host = s.substr(0, colon);
+    if (e.host.front() == '[' && e.host.back() == ']') e.host = e.host.substr(1, e.host.size() - 2);
+    auto port = s.substr(colon + 1);
+    if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), ::isdigit) ||
+        std::stoul(port) > 65535) {
+      fail(n, path, "expected host:port with a port from 0 to 65535, got '" + s + "'");
+    }
+    e.port = static_cast<std::uint16_t>(std::stoul(port));
+    return e;
+  }
+
+  PoolMode pool_mode(const YAML::Node& n, const std::string& path) const {
+    return choice<PoolMode>(n, path, {{"session", PoolMode::kSession},
+                                      {"transaction", PoolMode::kTransaction},
+                                      {"statement", PoolMode::kStatement}});
+  }
+
+  Backend backend(const YAML::Node& n, const std::string& path, const std::string& db) const {
+    check_keys(n, path, {"host", "port", "dbname"});
+    Backend b;
+    if (!n["host"]) fail(n, path + ".host", "is required");
+    b.host = str(n["host"], path + ".host");
+    if (n["port"]) b.port = static_cast<std::uint16_t>(uint(n["port"], path + ".port", 1, 65535));
+    b.dbname = n["dbname"] ? str(n["dbname"], path + ".dbname") : db;
+    return b;
+  }
+
+  void load(const YAML::Node& root, Config& c) const {
+    if (!root.IsDefined() || root.IsNull()) fail(root, "(top)", "the file is empty");
+    check_keys(root, "", {"listen", "workers", "auth_type", "databases", "users", "pool", "cache",
+                          "tls", "log", "shutdown_timeout", "limits"});
+    if (auto l = root["listen"]) {
+      check_keys(l, "listen", {"postgres", "http"});
+      if (l["postgres"]) c.listen_postgres = endpoint(l["postgres"], "listen.postgres");
+      if (l["http"]) c.listen_http = endpoint(l["http"], "listen.http");
+    }
+    if (root["workers"]) c.workers = static_cast<std::uint32_t>(uint(root["workers"], "workers", 1, 64));
+    if (root["auth_type"]) {
+      c.auth_type = choice<AuthType>(root["auth_type"], "auth_type",
+                                     {{"scram-sha-256", AuthType::kScram},
+                                      {"md5", AuthType::kMd5},
+                                      {"trust", AuthType::kTrust}});
+    }
+    load_pool(root["pool"], c.pool);
+    load_databases(root, c);
+    load_users(root, c);
+    if (auto cache = root["cache"]) {
+      check_keys(cache, "cache", {"redis"});
+      if (cache["redis"]) {
+        c.cache_redis = str(cache["redis"], "cache.redis");
+        if (!c.cache_redis.starts_with("redis://"))
+          fail(cache["redis"], "cache.redis", "expected a redis://host:port URL");
+      }
+    }
+    load_tls(root["tls"], c.tls);
+    if (auto l = root["log"]) {
+      check_keys(l, "log", {"level", "format"});
+      if (l["level"]) {
+        auto level = str(l["level"], "log.level");
+        static const std::set<std::string> kLevels{"trace", "debug", "info", "warn", "error", "off"};
+        if (!kLevels.contains(level))
+          fail(l["level"], "log.level", "expected trace | debug | info | warn | error | off");
+        c.log.level = level;
+      }
+      if (l["format"]) c.log.json = choice<bool>(l["format"], "log.format", {{"text", false}, {"json", true}});
+    }
+    if (root["shutdown_timeout"]) c.shutdown_timeout = duration(root["shutdown_timeout"], "shutdown_timeout");
+    if (auto lim = root["limits"]) {
+      check_keys(lim, "limits", {"max_message_size"});
+      if (lim["max_message_size"]) {
+        c.max_message_size = static_cast<std::uint32_t>(
+            uint(lim["max_message_size"], "limits.max_message_size", 1024, 0x3fffffff));
+      }
+    }
+  }
+
+  void load_pool(const YAML::Node& p, Pool& pool) const {
+    if (!p) return;
+    check_keys(p, "pool", {"mode", "size", "max_client_conn", "reset_query", "query_wait_timeout",
+                           "server_connect_timeout", "server_idle_timeout", "server_lifetime"});
+    if (p["mode"]) pool.mode = pool_mode(p["mode"], "pool.mode");
+    if (p["size"]) pool.size = static_cast<std::uint32_t>(uint(p["size"], "pool.size", 1, 10000));
+    if (p["max_client_conn"])
+      pool.max_client_conn =
+          static_cast<std::uint32_t>(uint(p["max_client_conn"], "pool.max_client_conn", 1, 1'000'000));
+    if (p["reset_query"]) pool.reset_query = str(p["reset_query"], "pool.reset_query");
+    if (p["query_wait_timeout"]) pool.query_wait_timeout = duration(p["query_wait_timeout"], "pool.query_wait_timeout");
+    if (p["server_connect_timeout"])
+      pool.server_connect_timeout = duration(p["server_connect_timeout"], "pool.server_connect_timeout");
+    if (p["server_idle_timeout"]) pool.server_idle_timeout = duration(p["server_idle_timeout"], "pool.server_idle_timeout");
+    if (p["server_lifetime"]) pool.server_lifetime = duration(p["server_lifetime"], "pool.server_lifetime");
+  }
+
+  void load_databases(const YAML::Node& root, Config& c) const {
+    auto dbs = root["databases"];
+    if (!dbs) fail(root, "databases", "is required: name at least one database to proxy");
+    if (!dbs.IsMap() || dbs.size() == 0) fail(dbs, "databases", "expected a mapping of database names");
+    for (const auto& kv : dbs) {
+      auto name = kv.first.as<std::string>();
+      std::string path = "databases." + name;
+      const auto& d = kv.second;
+      check_keys(d, path, {"primary", "replicas", "pool"});
+      Database db;
+      db.name = name;
+      if (!d["primary"]) fail(kv.first, path + ".primary", "is required");
+      db.primary = backend(d["primary"], path + ".primary", name);
+      if (auto r = d["replicas"]) {
+        if (!r.IsSequence()) fail(r, path + ".replicas", "expected a list");
+        for (std::size_t i = 0; i < r.size(); ++i)
+          db.replicas.push_back(backend(r[i], path + ".replicas[" + std::to_string(i) + "]", name));
+      }
+      if (auto p = d["pool"]) {
+        check_keys(p, path + ".pool", {"mode", "size"});
+        if (p["mode"]) db.pool_mode = pool_mode(p["mode"], path + ".pool.mode");
+        if (p["size"]) db.pool_size = static_cast<std::uint32_t>(uint(p["size"], path + ".pool.size", 1, 10000));
+      }
+      c.databases.emplace(name, std::move(db));
+    }
+  }
+
+  void load_users(const YAML::Node& root, Config& c) const {
+    auto users = root["users"];
+    if (!users) {
+      if (c.auth_type == AuthType::kTrust) return;
+      fail(root, "users", "is required unless auth_type is trust");
+    }
+    if (!users.IsSequence()) fail(users, "users", "expected a list of {name, password}");
+    for (std::size_t i = 0; i < users.size(); ++i) {
+      const auto& u = users[i];
+      std::string path = "users[" + std::to_string(i) + "]";
+      check_keys(u, path, {"name", "password", "server_user", "server_password", "pool_mode", "pool_size"});
+      User user;
+      if (!u["name"]) fail(u, path + ".name", "is required");
+      user.name = str(u["name"], path + ".name");
+      if (user.name.empty()) fail(u["name"], path + ".name", "must not be empty");
+      if (c.users.contains(user.name)) fail(u["name"], path + ".name", "user '" + user.name + "' is listed twice");
+      std::string password;
+      if (u["password"]) password = str(u["password"], path + ".password");
+      if (password.empty() && c.auth_type != AuthType::kTrust)
+        fail(u, path + ".password", "is required (plaintext, ${ENV_VAR} or a SCRAM-SHA-256$ verifier)");
+      if (password.starts_with("SCRAM-SHA-256$")) {
+        auto v = pg::scram::Verifier::parse(password);
+        if (!v) fail(u["password"], path + ".password", "is not a valid SCRAM-SHA-256 verifier");
+        user.scram = std::move(*v);
+      } else if (pg::md5::is_stored_hash(password)) {
+        user.md5_hash = password;
+        // An md5 hash cannot answer SCRAM; mark the verifier unusable with an empty salt.
+      } else if (!password.empty()) {
+        user.scram = pg::scram::Verifier::from_password(password, pg::scram::random_bytes(16));
+        user.md5_hash = pg::md5::stored_hash(password, user.name);
+        user.server_password = password;
+      }
+      user.server_user = user.name;
+      if (u["server_user"]) user.server_user = str(u["server_user"], path + ".server_user");
+      if (u["server_password"]) user.server_password = str(u["server_password"], path + ".server_password");
+      if (u["pool_mode"]) user.pool_mode = pool_mode(u["pool_mode"], path + ".pool_mode");
+      if (u["pool_size"]) user.pool_size = static_cast<std::uint32_t>(uint(u["pool_size"], path + ".pool_size", 1, 10000));
+      c.users.emplace(user.name, std::move(user));
+    }
+  }
+
+  void load_tls(const YAML::Node& t, Tls& tls) const {
+    if (!t) return;
+    check_keys(t, "tls", {"cert", "key", "server_tls", "server_ca"});
+    if (t["cert"]) tls.cert_file = str(t["cert"], "tls.cert");
+    if (t["key"]) tls.key_file = str(t["key"], "tls.key");
+    if (tls.cert_file.empty() != tls.key_file.empty())
+      fail(t, tls.cert_file.empty() ? "tls.cert" : "tls.key", "tls.cert and tls.key go together");
+    for (const auto* f : {&tls.cert_file, &tls.key_file}) {
+      if (!f->empty() && !std::ifstream(*f).good())
+        fail(t[f == &tls.cert_file ? "cert" : "key"], f == &tls.cert_file ? "tls.cert" : "tls.key",
+             "cannot read file '" + *f + "'");
+    }
+    if (t["server_tls"]) {
+      tls.server_tls = choice<ServerTls>(t["server_tls"], "tls.server_tls",
+                                         {{"disable", ServerTls::kDisable},
+                                          {"prefer", ServerTls::kPrefer},
+                                          {"require", ServerTls::kRequire},
+                                          {"verify-full", ServerTls::kVerifyFull}});
+    }
+    if (t["server_ca"]) tls.server_ca_file = str(t["server_ca"], "tls.server_ca");
+    if (tls.server_tls == ServerTls::kVerifyFull && tls.server_ca_file.empty())
+      fail(t["server_tls"], "tls.server_tls", "verify-full needs tls.server_ca (the CA that signed the server)");
+  }
+
+ private:
+  std::string source_;
+};
+
+std::shared_ptr<const Config> load(const YAML::Node& root, const std::string& source) {
+  auto c = std::make_shared<Config>();
+  c->source = source;
+  Loader(source).load(root, *c);
+  return c;
+}
+
+}  // namespace
+
+std::shared_ptr<const Config> load_string(const std::string& yaml, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError(source + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
+  }
+  return load(root, source);
+}
+
+std::shared_ptr<const Config> load_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path + ": cannot open the configuration file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return load_string(ss.str(), path);
+}
+
+}  // namespace sluice::config

@@ -1,0 +1,112 @@
+// sluice configuration: YAML → an immutable, validated Config snapshot (reload = a new snapshot).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "protocol/pg/scram.hpp"
+
+namespace sluice::config {
+
+// Thrown only while loading: "FILE:LINE: key 'a.b': what is wrong and what to do".
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+using Duration = std::chrono::milliseconds;
+
+struct Endpoint {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string to_string() const;
+};
+
+struct Backend {
+  std::string host;
+  std::uint16_t port = 5432;
+  std::string dbname;  // defaults to the database key
+};
+
+enum class PoolMode { kSession, kTransaction, kStatement };
+std::string_view to_string(PoolMode m);
+
+enum class AuthType { kScram, kMd5, kTrust };
+std::string_view to_string(AuthType a);
+
+enum class ServerTls { kDisable, kPrefer, kRequire, kVerifyFull };
+
+struct Database {
+  std::string name;
+  Backend primary;
+  std::vector<Backend> replicas;
+  std::optional<PoolMode> pool_mode;
+  std::optional<std::uint32_t> pool_size;
+};
+
+struct User {
+  std::string name;
+  // What clients authenticate against: a SCRAM verifier always (derived from a plaintext password
+  // at load time), plus the md5 hash when one can be known.
+  pg::scram::Verifier scram;
+  std::string md5_hash;          // "md5..." or empty
+  std::string server_user;       // login to the server; defaults to name
+  std::string server_password;   // plaintext for server auth; empty when only a verifier is known
+  std::optional<PoolMode> pool_mode;
+  std::optional<std::uint32_t> pool_size;
+};
+
+struct Pool {
+  PoolMode mode = PoolMode::kTransaction;
+  std::uint32_t size = 20;
+  std::uint32_t max_client_conn = 1000;
+  std::string reset_query = "DISCARD ALL";
+  Duration query_wait_timeout{120'000};
+  Duration server_connect_timeout{15'000};
+  Duration server_idle_timeout{600'000};
+  Duration server_lifetime{3'600'000};
+};
+
+struct Tls {
+  std::string cert_file;  // client-facing certificate; empty = clients are told 'N'
+  std::string key_file;
+  ServerTls server_tls = ServerTls::kDisable;
+  std::string server_ca_file;
+};
+
+struct Log {
+  std::string level = "info";
+  bool json = false;
+};
+
+struct Config {
+  std::string source;  // file path, for messages
+  Endpoint listen_postgres{"127.0.0.1", 6432};
+  std::optional<Endpoint> listen_http;
+  std::uint32_t workers = 1;
+  AuthType auth_type = AuthType::kScram;
+  std::map<std::string, Database> databases;
+  std::map<std::string, User> users;
+  Pool pool;
+  std::string cache_redis;  // empty = no cache
+  Tls tls;
+  Log log;
+  Duration shutdown_timeout{30'000};
+  std::uint32_t max_message_size = 0x3fffffff;
+
+  const Database* database(const std::string& name) const;
+  const User* user(const std::string& name) const;
+  PoolMode pool_mode_for(const Database& db, const User& u) const;
+  std::uint32_t pool_size_for(const Database& db, const User& u) const;
+};
+
+std::shared_ptr<const Config> load_file(const std::string& path);
+std::shared_ptr<const Config> load_string(const std::string& yaml, const std::string& source = "<string>");
+
+}  // namespace sluice::config

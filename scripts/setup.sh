@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of sluice from Debian 12 packages (idempotent).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+PKGS=(
+  build-essential cmake ninja-build pkg-config clang clang-format
+  libboost1.81-dev libpq-dev libpg-query-dev libmongoc-dev libbson-dev libhiredis-dev
+  libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 libssl-dev
+  postgresql-15 postgresql-client-15 redis-server prometheus pgbouncer
+  python3-psycopg openssl procps iproute2 ca-certificates
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  # policy-rc.d keeps the packaged postgres/redis/pgbouncer services from starting: tests run their own.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# postgres refuses to run as root: tests run the servers as this unprivileged user.
+if ! id sluicetest >/dev/null 2>&1; then
+  $SUDO useradd -m -s /bin/bash sluicetest
+fi
+echo "setup: ok"

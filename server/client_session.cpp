@@ -1,0 +1,474 @@
+// One client connection: startup, TLS, authentication, a pooled server connection, the relay.
+#include "server/client_session.hpp"
+
+#include <openssl/crypto.h>
+#include <spdlog/spdlog.h>
+
+#include "protocol/pg/md5.hpp"
+#include "protocol/pg/scanner.hpp"
+#include "protocol/pg/scram.hpp"
+#include "protocol/pg/sql.hpp"
+
+namespace sluice::server {
+namespace {
+
+using namespace asio::experimental::awaitable_operators;
+
+constexpr std::uint32_t kMaxAuthMessage = 65535;  // PG_MAX_AUTH_TOKEN_LENGTH
+constexpr auto kLoginTimeout = std::chrono::seconds(60);  // postgres' authentication_timeout
+constexpr std::size_t kClientBuffer = 8 * 1024;
+constexpr std::size_t kServerBuffer = 32 * 1024;
+
+// Client → server: see Terminate whole; count requests that end in ReadyForQuery.
+constexpr pg::WantTable kFromClient = pg::make_want_table({'X'});
+// Server → client: see ReadyForQuery (transaction state) and ParameterStatus whole.
+constexpr pg::WantTable kFromServer = pg::make_want_table({'Z', 'S'});
+
+std::string peer_of(const tcp::socket& s) {
+  error_code ec;
+  auto ep = s.remote_endpoint(ec);
+  if (ec) return "?";
+  return ep.address().to_string() + ":" + std::to_string(ep.port());
+}
+
+class ClientSession {
+ public:
+  ClientSession(tcp::socket socket, std::shared_ptr<Runtime> rt)
+      : rt_(std::move(rt)),
+        cfg_(rt_->config()),
+        peer_(peer_of(socket)),
+        client_(std::make_unique<Stream>(std::move(socket))),
+        reader_(kClientBuffer),
+        to_server_(cfg_->max_message_size),
+        to_client_(pg::kMaxMessageLength) {}
+
+  awaitable<void> run();
+
+ private:
+  awaitable<bool> startup_and_auth();
+  awaitable<bool> read_startup();
+  awaitable<bool> authenticate();
+  awaitable<bool> authenticate_scram(const config::User* user);
+  awaitable<bool> authenticate_md5(const config::User& user);
+  awaitable<bool> attach_server();
+  awaitable<std::variant<std::monostate, PgError>> apply_startup_settings();
+  awaitable<std::string> client_to_server();
+  awaitable<std::string> server_to_client();
+  awaitable<void> wait_killed();
+  awaitable<bool> send(pg::Buffer b);
+  awaitable<void> fail(PgError e);
+  awaitable<std::optional<pg::Frame>> read_auth_message();
+  void kill();
+  void log_auth_failure(std::string_view why);
+  bool server_reusable() const {
+    return pending_ == 0 && tx_status_ == 'I' && !to_server_.mid_message() && !to_client_.mid_message();
+  }
+  void note_request() {
+    ++pending_;
+    handle_->idle = false;
+  }
+
+  std::shared_ptr<Runtime> rt_;
+  std::shared_ptr<const config::Config> cfg_;
+  std::string peer_;
+  std::unique_ptr<Stream> client_;
+  FramedReader reader_;
+  std::shared_ptr<SessionHandle> handle_;
+  std::optional<asio::steady_timer> kill_timer_;
+  bool killed_ = false;
+
+  std::string user_name_;
+  std::string db_name_;
+  std::vector<std::pair<std::string, std::string>> startup_params_;
+  config::User trust_user_;
+  const config::User* user_ = nullptr;
+  const config::Database* db_ = nullptr;
+  pg::BackendKeyData key_{0, 0};
+  Lease server_;
+  bool server_failed_ = false;
+
+  pg::MessageScanner to_server_;
+  pg::MessageScanner to_client_;
+  int pending_ = 0;       // requests sent (Query, Sync, FunctionCall) not yet answered by ReadyForQuery
+  char tx_status_ = 'I';  // from the last ReadyForQuery
+};
+
+awaitable<void> ClientSession::run() {
+  auto ex = co_await asio::this_coro::executor;
+  kill_timer_.emplace(ex, Clock::time_point::max());
+  handle_ = std::make_shared<SessionHandle>(ex);
+  handle_->kill = [this] { kill(); };
+  rt_->add_session(handle_);
+  ++rt_->clients;
+
+  std::string reason = "client disconnected during login";
+  auto login = co_await (startup_and_auth() || sleep_for(kLoginTimeout) || wait_killed());
+  bool logged_in = login.index() == 0 && std::get<0>(login);
+  if (login.index() == 1) {
+    co_await fail({"08P01", "timeout during startup and authentication", {}, {}});
+  } else if (logged_in && !killed_) {
+    logged_in = co_await attach_server();
+  }
+  if (logged_in && !killed_) {
+    spdlog::info("client {} user={} db={}{}: logged in", peer_, user_name_, db_name_,
+                 client_->tls() ? " tls" : "");
+    auto r = co_await (client_to_server() || server_to_client() || wait_killed());
+    reason = r.index() == 0 ? std::get<0>(r) : r.index() == 1 ? std::get<1>(r) : "shutdown";
+  }
+  if (killed_) {
+    reason = "shutdown";
+    if (!to_client_.mid_message())
+      co_await fail({"57P01", "terminating connection because sluice is shutting down", {}, {}});
+  }
+  if (logged_in) spdlog::info("client {} user={} db={}: closed ({})", peer_, user_name_, db_name_, reason);
+
+  handle_->kill = nullptr;
+  rt_->remove_session(handle_);
+  --rt_->clients;
+  if (key_.pid != 0) rt_->cancels.remove(key_);
+  if (server_ && (server_failed_ || !server_reusable())) server_.mark_broken();
+  server_.give_back();
+  client_->close();
+}
+
+void ClientSession::kill() {
+  killed_ = true;
+  kill_timer_->cancel();
+}
+
+awaitable<void> ClientSession::wait_killed() {
+  if (!killed_) co_await kill_timer_->async_wait(use_nothrow);
+}
+
+awaitable<bool> ClientSession::send(pg::Buffer b) {
+  auto ec = co_await client_->write_all(asio::buffer(b));
+  co_return !ec;
+}
+
+awaitable<void> ClientSession::fail(PgError e) {
+  pg::Buffer out;
+  pg::encode_error_response(out, {"FATAL", e.sqlstate, e.message, e.detail, e.hint});
+  co_await send(std::move(out));
+}
+
+awaitable<bool> ClientSession::startup_and_auth() {
+  if (!co_await read_startup()) co_return false;
+  if (rt_->clients > cfg_->pool.max_client_conn) {
+    spdlog::warn("client {}: refused, {} clients connected (pool.max_client_conn={})", peer_,
+                 rt_->clients.load(), cfg_->pool.max_client_conn);
+    co_await fail({"53300", "sorry, too many clients already", {},
+                   "sluice allows pool.max_client_conn=" + std::to_string(cfg_->pool.max_client_conn) +
+                       " clients; raise it or close idle clients"});
+    co_return false;
+  }
+  co_return co_await authenticate();
+}
+
+awaitable<bool> ClientSession::read_startup() {
+  for (int round = 0; round < 3; ++round) {  // SSL and GSS negotiation, then the real startup
+    auto m = co_await reader_.next(*client_, true, pg::kMaxStartupPacket);
+    if (m.ec) co_return false;
+    if (m.bad) {
+      spdlog::warn("client {}: invalid startup packet length {}", peer_, m.bad->declared_length);
+      co_await fail({"08P01", "invalid length of startup packet", {}, {}});
+      co_return false;
+    }
+    auto decoded = pg::decode_startup(m.frame.body);
+    if (auto* err = std::get_if<pg::DecodeError>(&decoded)) {
+      spdlog::warn("client {}: {}", peer_, err->message);
+      co_await fail({std::string(err->sqlstate), err->message, {}, {}});
+      co_return false;
+    }
+    auto& packet = std::get<pg::StartupPacket>(decoded);
+    if (std::holds_alternative<pg::SslRequest>(packet)) {
+      auto ctx = rt_->client_tls();
+      if (client_->tls() || !reader_.pending().empty()) {
+        co_await fail({"08P01", "received unencrypted data after SSL request", {}, {}});
+        co_return false;
+      }
+      pg::Buffer answer(1, static_cast<std::uint8_t>(ctx ? 'S' : 'N'));
+      if (!co_await send(std::move(answer))) co_return false;
+      if (ctx) {
+        if (auto ec = co_await client_->accept_tls(*ctx)) {
+          spdlog::warn("client {}: TLS handshake failed: {}", peer_, ec.message());
+          co_return false;
+        }
+      }
+      continue;
+    }
+    if (std::holds_alternative<pg::GssEncRequest>(packet)) {
+      pg::Buffer answer(1, static_cast<std::uint8_t>('N'));
+      if (!co_await send(std::move(answer))) co_return false;
+      continue;
+    }
+    if (auto* cancel = std::get_if<pg::CancelRequest>(&packet)) {
+      if (auto target = rt_->cancels.find({cancel->pid, cancel->secret})) co_await send_cancel(*target);
+      co_return false;  // the protocol closes cancel connections without a reply
+    }
+    auto& startup = std::get<pg::StartupMessage>(packet);
+    std::vector<std::string_view> unrecognized;
+    for (const auto& [k, v] : startup.params) {
+      if (k.starts_with("_pq_.")) {
+        unrecognized.push_back(k);
+      } else {
+        startup_params_.emplace_back(k, v);
+      }
+    }
+    if ((startup.version & 0xffff) != 0 || !unrecognized.empty()) {
+      pg::Buffer out;
+      pg::encode_negotiate_protocol_version(out, 0, unrecognized);
+      if (!co_await send(std::move(out))) co_return false;
+    }
+    user_name_ = std::string(startup.get("user"));
+    db_name_ = std::string(startup.get("database"));
+    if (db_name_.empty()) db_name_ = user_name_;
+    if (user_name_.empty()) {
+      co_await fail({"28000", "no PostgreSQL user name specified in startup packet", {}, {}});
+      co_return false;
+    }
+    if (!startup.get("replication").empty() && startup.get("replication") != "false") {
+      co_await fail({"0A000", "sluice does not proxy replication connections", {},
+                     "connect replication clients to the server directly"});
+      co_return false;
+    }
+    co_return true;
+  }
+  co_await fail({"08P01", "too many negotiation packets before startup", {}, {}});
+  co_return false;
+}
+
+awaitable<std::optional<pg::Frame>> ClientSession::read_auth_message() {
+  auto m = co_await reader_.next(*client_, false, kMaxAuthMessage);
+  if (m.ec) co_return std::nullopt;
+  if (m.bad || m.frame.type != 'p') {
+    co_await fail({"08P01", "expected a password response", {}, {}});
+    co_return std::nullopt;
+  }
+  co_return m.frame;
+}
+
+void ClientSession::log_auth_failure(std::string_view why) {
+  spdlog::warn("client {} user={} db={}: password authentication failed ({})", peer_, user_name_,
+               db_name_, why);
+}
+
+awaitable<bool> ClientSession::authenticate() {
+  user_ = cfg_->user(user_name_);
+  bool ok = false;
+  switch (cfg_->auth_type) {
+    case config::AuthType::kTrust:
+      if (!user_) {
+        trust_user_.name = trust_user_.server_user = user_name_;
+        user_ = &trust_user_;
+      }
+      ok = true;
+      break;
+    case config::AuthType::kMd5:
+      // Like postgres: md5 is answered with SCRAM when only a SCRAM verifier is known.
+      ok = user_ && !user_->md5_hash.empty() ? co_await authenticate_md5(*user_)
+                                             : co_await authenticate_scram(user_);
+      break;
+    case config::AuthType::kScram:
+      ok = co_await authenticate_scram(user_);
+      break;
+  }
+  if (!ok) co_return false;
+  db_ = cfg_->database(db_name_);
+  if (!db_) {
+    spdlog::warn("client {} user={}: unknown database \"{}\"", peer_, user_name_, db_name_);
+    co_await fail({"3D000", "database \"" + db_name_ + "\" does not exist", {},
+                   "sluice serves only the databases listed under databases: in its config"});
+    co_return false;
+  }
+  pg::Buffer out;
+  pg::encode_authentication(out, pg::auth::kOk);
+  co_return co_await send(std::move(out));
+}
+
+awaitable<bool> ClientSession::authenticate_scram(const config::User* user) {
+  // Unknown users get a full exchange against a random verifier, so probing reveals nothing.
+  bool usable = user && !user->scram.salt.empty();
+  auto verifier = usable ? user->scram
+                         : pg::scram::Verifier::from_password(
+                               std::string_view(), pg::scram::random_bytes(16), 16);
+  pg::scram::ServerExchange scram(std::move(verifier));
+  pg::Buffer out;
+  pg::encode_auth_sasl(out, {pg::scram::kMechanism});
+  if (!co_await send(std::move(out))) co_return false;
+
+  auto first = co_await read_auth_message();
+  if (!first) co_return false;
+  auto init = pg::decode_sasl_initial_response(first->body);
+  if (!init || init->mechanism != pg::scram::kMechanism || !init->data) {
+    co_await fail({"08P01", "client selected an invalid SASL authentication mechanism", {}, {}});
+    co_return false;
+  }
+  auto server_first = scram.on_client_first(bytes::as_chars(*init->data));
+  if (!server_first) {
+    co_await fail({"08P01", "malformed SCRAM message: " + scram.error(), {}, {}});
+    co_return false;
+  }
+  out.clear();
+  pg::encode_authentication(out, pg::auth::kSaslContinue, bytes::as_bytes(*server_first));
+  if (!co_await send(std::move(out))) co_return false;
+
+  auto final_msg = co_await read_auth_message();
+  if (!final_msg) co_return false;
+  auto server_final = scram.on_client_final(bytes::as_chars(final_msg->body));
+  if (!server_final || !usable) {
+    log_auth_failure(!user ? "no such user" : !usable ? "user has only an md5 hash" : scram.error());
+    co_await fail({"28P01", "password authentication failed for user \"" + user_name_ + "\"", {}, {}});
+    co_return false;
+  }
+  out.clear();
+  pg::encode_authentication(out, pg::auth::kSaslFinal, bytes::as_bytes(*server_final));
+  co_return co_await send(std::move(out));
+}
+
+awaitable<bool> ClientSession::authenticate_md5(const config::User& user) {
+  auto salt_bytes = pg::scram::random_bytes(4);
+  std::array<std::uint8_t, 4> salt{salt_bytes[0], salt_bytes[1], salt_bytes[2], salt_bytes[3]};
+  pg::Buffer out;
+  pg::encode_authentication(out, pg::auth::kMd5, bytes::Span(salt.data(), salt.size()));
+  if (!co_await send(std::move(out))) co_return false;
+  auto m = co_await read_auth_message();
+  if (!m) co_return false;
+  auto answer = pg::decode_password_message(m->body);
+  auto expected = pg::md5::response_from_stored(user.md5_hash, salt);
+  bool ok = answer && answer->size() == expected.size() &&
+            CRYPTO_memcmp(answer->data(), expected.data(), expected.size()) == 0;
+  if (!ok) {
+    log_auth_failure("md5 response does not match");
+    co_await fail({"28P01", "password authentication failed for user \"" + user_name_ + "\"", {}, {}});
+  }
+  co_return ok;
+}
+
+awaitable<bool> ClientSession::attach_server() {
+  auto pool = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
+  PoolLimits limits{cfg_->pool_size_for(*db_, *user_), cfg_->pool.query_wait_timeout,
+                    cfg_->pool.server_lifetime, cfg_->pool.reset_query};
+  auto r = co_await (boxed(pool->acquire(limits)) || wait_killed());
+  if (r.index() == 1) co_return false;
+  auto& got = std::get<0>(r).value;
+  if (auto* e = std::get_if<PgError>(&got)) {
+    spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_, db_name_, e->message);
+    co_await fail(std::move(*e));
+    co_return false;
+  }
+  server_ = std::move(std::get<Lease>(got));
+  if (auto settings = co_await apply_startup_settings(); std::holds_alternative<PgError>(settings)) {
+    co_await fail(std::get<PgError>(std::move(settings)));
+    co_return false;
+  }
+  key_ = rt_->cancels.add_client();
+  rt_->cancels.set_target(key_, CancelTarget{server_->host(), server_->port(), server_->key()});
+  pg::Buffer out;
+  for (const auto& [name, value] : server_->params()) pg::encode_parameter_status(out, name, value);
+  pg::encode_backend_key_data(out, key_);
+  pg::encode_ready_for_query(out, 'I');
+  co_return co_await send(std::move(out));
+}
+
+awaitable<std::variant<std::monostate, PgError>> ClientSession::apply_startup_settings() {
+  std::vector<std::pair<std::string, std::string>> settings;
+  for (const auto& [name, value] : startup_params_) {
+    if (name == "user" || name == "database" || name == "replication") continue;
+    if (name == "options") {
+      auto opts = pg::sql::parse_options(value);
+      if (!opts) co_return PgError{"08P01", "invalid command-line options in startup packet: " + value, {}, {}};
+      settings.insert(settings.end(), opts->begin(), opts->end());
+      continue;
+    }
+    if (!pg::sql::is_setting_name(name))
+      co_return PgError{"42704", "unrecognized configuration parameter \"" + name + "\"", {}, {}};
+    settings.emplace_back(name, value);
+  }
+  if (settings.empty()) co_return std::monostate{};
+  std::string sql = "SELECT ";
+  for (std::size_t i = 0; i < settings.size(); ++i) {
+    if (i > 0) sql += ", ";
+    sql += "pg_catalog.set_config(" + pg::sql::quote_literal(settings[i].first) + ", " +
+           pg::sql::quote_literal(settings[i].second) + ", false)";
+  }
+  co_return co_await server_->run(std::move(sql));
+}
+
+awaitable<std::string> ClientSession::client_to_server() {
+  for (;;) {
+    auto data = reader_.pending();
+    auto stop = to_server_.scan(data, kFromClient, [this](const pg::Header& h) {
+      if (h.type == 'Q' || h.type == 'S' || h.type == 'F') note_request();
+    });
+    if (stop.offset > 0) {
+      if (auto ec = co_await server_->stream().write_all(asio::buffer(data.data(), stop.offset))) {
+        server_failed_ = true;
+        co_await fail({"08006", "lost the connection to the server: " + ec.message(), {}, {}});
+        co_return "server write failed";
+      }
+      reader_.consume(stop.offset);
+    }
+    if (stop.kind == pg::MessageScanner::Stop::kInspect) co_return "client terminated";  // 'X'
+    if (stop.kind == pg::MessageScanner::Stop::kError) {
+      spdlog::warn("client {}: message length {} rejected (limits.max_message_size={})", peer_,
+                   stop.failure.declared_length, cfg_->max_message_size);
+      co_await fail({"08P01", "invalid message length from client", {},
+                     "messages are capped by limits.max_message_size"});
+      co_return "protocol violation";
+    }
+    reader_.shrink(kClientBuffer);
+    auto [ec, n] = co_await reader_.fill(*client_, stop.need);
+    if (ec) co_return "client disconnected";
+  }
+}
+
+awaitable<std::string> ClientSession::server_to_client() {
+  auto& in = server_->reader();
+  for (;;) {
+    auto data = in.pending();
+    std::size_t forward = 0;
+    pg::MessageScanner::Stop stop{};
+    for (;;) {  // consume inspected messages in place; forward everything in one write
+      stop = to_client_.scan(data.subspan(forward), kFromServer, [](const pg::Header&) {});
+      forward += stop.offset;
+      if (stop.kind != pg::MessageScanner::Stop::kInspect) break;
+      if (stop.frame.type == 'Z') {
+        tx_status_ = pg::decode_ready_for_query(stop.frame.body).value_or('E');
+        if (pending_ > 0) --pending_;
+        handle_->idle = pending_ == 0 && tx_status_ == 'I';
+      } else if (auto p = pg::decode_parameter_status(stop.frame.body)) {
+        server_->set_param(p->name, p->value);
+      }
+      forward += stop.frame.size;
+    }
+    if (forward > 0) {
+      if (co_await client_->write_all(asio::buffer(data.data(), forward))) co_return "client write failed";
+      in.consume(forward);
+    }
+    if (stop.kind == pg::MessageScanner::Stop::kError) {
+      server_failed_ = true;
+      co_await fail({"08P01", "server sent an invalid message length", {}, {}});
+      co_return "server protocol violation";
+    }
+    in.shrink(kServerBuffer);
+    auto [ec, n] = co_await in.fill(server_->stream(), stop.need);
+    if (ec) {
+      server_failed_ = true;
+      if (!to_client_.mid_message())
+        co_await fail({"08006", "server closed the connection unexpectedly", {},
+                       "the server may have been restarted or terminated this backend"});
+      co_return "server disconnected";
+    }
+  }
+}
+
+}  // namespace
+
+awaitable<void> run_client_session(tcp::socket socket, std::shared_ptr<Runtime> rt) {
+  error_code ec;
+  socket.set_option(tcp::no_delay(true), ec);
+  ClientSession session(std::move(socket), std::move(rt));
+  co_await session.run();
+}
+
+}  // namespace sluice::server

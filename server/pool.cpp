@@ -1,0 +1,213 @@
+// Server connection pools: checkout, FIFO waiting with a deadline, reset on return, expiry.
+#include "server/pool.hpp"
+
+#include <spdlog/spdlog.h>
+
+namespace sluice::server {
+
+Lease& Lease::operator=(Lease&& other) noexcept {
+  if (this != &other) {
+    give_back();
+    pool_ = std::move(other.pool_);
+    conn_ = std::move(other.conn_);
+    broken_ = other.broken_;
+  }
+  return *this;
+}
+
+void Lease::give_back() {
+  if (pool_ && conn_) pool_->give_back(std::move(conn_), broken_);
+  pool_.reset();
+}
+
+namespace {
+// Destroys a connection on its own event loop, where its socket is registered.
+void dispose(std::unique_ptr<ServerConn> conn) {
+  if (!conn) return;
+  auto ex = conn->stream().socket().get_executor();
+  std::shared_ptr<ServerConn> owned(std::move(conn));
+  asio::post(ex, [owned] { owned->stream().close(); });
+}
+}  // namespace
+
+awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
+  auto ex = co_await asio::this_coro::executor;
+  std::shared_ptr<Waiter> waiter;
+  std::unique_ptr<ServerConn> conn;
+  {
+    std::lock_guard lock(mu_);
+    reset_query_ = limits.reset_query;
+    lifetime_ = limits.lifetime;
+    if (!idle_.empty()) {
+      conn = std::move(idle_.back());  // LIFO: the warmest connection
+      idle_.pop_back();
+    } else if (total_ < limits.size) {
+      ++total_;
+    } else {
+      waiter = std::make_shared<Waiter>(ex, Clock::now() + limits.wait);
+      waiters_.push_back(waiter);
+    }
+  }
+  if (waiter) {
+    co_await waiter->timer.async_wait(use_nothrow);  // cancelled by a hand-over, or the deadline
+    std::lock_guard lock(mu_);
+    if (!waiter->done) {
+      std::erase(waiters_, waiter);
+      co_return PgError{"53300",
+                        "no server connection for " + name_ + " became free within " +
+                            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(limits.wait).count()) +
+                            "s (pool size " + std::to_string(limits.size) + ")",
+                        {},
+                        "raise pool.size or pool.query_wait_timeout, or shorten the sessions that hold connections"};
+    }
+    conn = std::move(waiter->conn);  // null with a permit: open a new one in the freed slot
+  }
+  if (conn) {
+    bool fresh = Clock::now() - conn->created() < limits.lifetime;
+    if (fresh && conn->stream().idle_and_open() && conn->stream().rebind(ex)) {
+      co_return Lease(shared_from_this(), std::move(conn));
+    }
+    dispose(std::move(conn));  // keep its slot for a new connection on this event loop
+  }
+  co_return co_await open();
+}
+
+awaitable<std::variant<Lease, PgError>> Pool::open() {
+  auto self = shared_from_this();
+  // Frees the slot if the login fails or this coroutine is cancelled mid-way.
+  struct SlotGuard {
+    Pool* pool;
+    bool armed = true;
+    ~SlotGuard() {
+      if (!armed) return;
+      std::lock_guard lock(pool->mu_);
+      pool->free_slot();
+    }
+  } guard{this};
+  auto r = co_await ServerConn::connect(login_);
+  if (auto* e = std::get_if<PgError>(&r)) {
+    spdlog::warn("pool {}: server login failed: {} ({})", name_, e->message, e->sqlstate);
+    co_return std::move(*e);
+  }
+  guard.armed = false;
+  co_return Lease(self, std::move(std::get<0>(r)));
+}
+
+void Pool::free_slot() {
+  if (!waiters_.empty()) {  // the slot passes straight to the first waiter
+    auto w = std::move(waiters_.front());
+    waiters_.pop_front();
+    w->done = true;
+    asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+    return;
+  }
+  --total_;
+}
+
+void Pool::hand_over(std::unique_ptr<ServerConn> conn) {
+  conn->touch();
+  if (!waiters_.empty()) {
+    auto w = std::move(waiters_.front());
+    waiters_.pop_front();
+    w->conn = std::move(conn);
+    w->done = true;
+    asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+    return;
+  }
+  idle_.push_back(std::move(conn));
+}
+
+void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken) {
+  std::string reset;
+  {
+    std::lock_guard lock(mu_);
+    if (broken || Clock::now() - conn->created() >= lifetime_) {
+      dispose(std::move(conn));
+      free_slot();
+      return;
+    }
+    if (reset_query_.empty()) {
+      hand_over(std::move(conn));
+      return;
+    }
+    reset = reset_query_;
+  }
+  auto ex = conn->stream().socket().get_executor();
+  asio::co_spawn(ex, reset_then_return(std::move(conn), std::move(reset)),
+                 [name = name_](const std::exception_ptr& e) {
+                   if (e) spdlog::error("pool {}: reset failed with an exception", name);
+                 });
+}
+
+awaitable<void> Pool::reset_then_return(std::unique_ptr<ServerConn> conn, std::string reset_query) {
+  auto self = shared_from_this();
+  auto r = co_await with_timeout(conn->run(reset_query), std::chrono::seconds(10));
+  bool ok = r && std::holds_alternative<std::monostate>(*r);
+  std::lock_guard lock(mu_);
+  if (ok) {
+    hand_over(std::move(conn));
+  } else {
+    spdlog::warn("pool {}: reset query '{}' failed; closing that server connection", name_, reset_query);
+    dispose(std::move(conn));
+    free_slot();
+  }
+}
+
+void Pool::close_expired(Clock::duration idle_timeout, Clock::duration lifetime) {
+  std::lock_guard lock(mu_);
+  auto now = Clock::now();
+  auto expired = [&](const std::unique_ptr<ServerConn>& c) {
+    return now - c->last_used() >= idle_timeout || now - c->created() >= lifetime;
+  };
+  for (auto it = idle_.begin(); it != idle_.end();) {
+    if (expired(*it)) {
+      dispose(std::move(*it));
+      it = idle_.erase(it);
+      free_slot();
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Pool::close_idle() { close_expired(Clock::duration::zero(), Clock::duration::zero()); }
+
+PoolStats Pool::stats() {
+  std::lock_guard lock(mu_);
+  return {total_, static_cast<std::uint32_t>(idle_.size()), static_cast<std::uint32_t>(waiters_.size())};
+}
+
+std::shared_ptr<Pool> PoolRegistry::get(const config::Config& cfg, const config::Database& db,
+                                        const config::User& user,
+                                        const std::shared_ptr<ssl::context>& server_tls) {
+  ServerLogin login;
+  login.host = db.primary.host;
+  login.port = db.primary.port;
+  login.dbname = db.primary.dbname;
+  login.user = user.server_user;
+  login.password = user.server_password;
+  login.md5_hash = user.server_user == user.name ? user.md5_hash : std::string();
+  login.tls = cfg.tls.server_tls;
+  login.tls_context = server_tls;
+  login.timeout = cfg.pool.server_connect_timeout;
+  // Everything that decides where and as whom the pool logs in is part of its identity, so a
+  // reload that changes any of it starts a new pool instead of reusing stale logins.
+  std::string key = db.name + "/" + user.name + "\n" + login.host + ":" + std::to_string(login.port) +
+                    "/" + login.dbname + "\n" + login.user + "\n" +
+                    std::to_string(std::hash<std::string>{}(login.password + login.md5_hash)) + "\n" +
+                    std::to_string(static_cast<int>(login.tls)) + "\n" +
+                    std::to_string(reinterpret_cast<std::uintptr_t>(server_tls.get()));
+  std::lock_guard lock(mu_);
+  auto& pool = pools_[key];
+  if (!pool) pool = std::make_shared<Pool>(db.name + "/" + user.name, std::move(login));
+  return pool;
+}
+
+std::vector<std::shared_ptr<Pool>> PoolRegistry::all() {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Pool>> out;
+  for (auto& [k, p] : pools_) out.push_back(p);
+  return out;
+}
+
+}  // namespace sluice::server

@@ -1,0 +1,109 @@
+// Server connection pools per (database, user): LIFO idle list, FIFO waiters, exact global limits.
+#pragma once
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "config/config.hpp"
+#include "server/server_conn.hpp"
+
+namespace sluice::server {
+
+class Pool;
+
+// A checked-out server connection. Its destructor gives the connection back: reset first when
+// dirty, closed when broken. Move-only.
+class Lease {
+ public:
+  Lease() = default;
+  Lease(std::shared_ptr<Pool> pool, std::unique_ptr<ServerConn> conn)
+      : pool_(std::move(pool)), conn_(std::move(conn)) {}
+  Lease(Lease&&) noexcept = default;
+  Lease& operator=(Lease&& other) noexcept;
+  Lease(const Lease&) = delete;
+  Lease& operator=(const Lease&) = delete;
+  ~Lease() { give_back(); }
+
+  ServerConn* operator->() const { return conn_.get(); }
+  ServerConn& operator*() const { return *conn_; }
+  explicit operator bool() const { return conn_ != nullptr; }
+  // The connection is in an unknown state (lost sync, I/O error): close it, never reuse it.
+  void mark_broken() { broken_ = true; }
+  void give_back();
+
+ private:
+  std::shared_ptr<Pool> pool_;
+  std::unique_ptr<ServerConn> conn_;
+  bool broken_ = false;
+};
+
+struct PoolLimits {
+  std::uint32_t size;
+  Clock::duration wait;
+  Clock::duration lifetime;
+  std::string reset_query;
+};
+
+struct PoolStats {
+  std::uint32_t total;    // open + opening
+  std::uint32_t idle;
+  std::uint32_t waiting;
+};
+
+class Pool : public std::enable_shared_from_this<Pool> {
+ public:
+  Pool(std::string name, ServerLogin login) : name_(std::move(name)), login_(std::move(login)) {}
+
+  const std::string& name() const { return name_; }
+  // A connection on the caller's event loop, or an error for the client (53300 after `wait`).
+  awaitable<std::variant<Lease, PgError>> acquire(PoolLimits limits);
+  // Called by Lease: a healthy connection is reset (pool.reset_query) and reused; a broken one closed.
+  void give_back(std::unique_ptr<ServerConn> conn, bool broken);
+  // Closes idle connections past the idle timeout or lifetime.
+  void close_expired(Clock::duration idle_timeout, Clock::duration lifetime);
+  // Closes all idle connections (reload, shutdown).
+  void close_idle();
+  PoolStats stats();
+
+ private:
+  struct Waiter {
+    Waiter(const asio::any_io_executor& ex, Clock::time_point deadline) : timer(ex, deadline) {}
+    asio::steady_timer timer;
+    std::unique_ptr<ServerConn> conn;  // handed over by a release
+    bool permit = false;               // or: a slot to open a new connection
+    bool done = false;
+  };
+  void hand_over(std::unique_ptr<ServerConn> conn);  // under mu_
+  void free_slot();                                  // under mu_
+  awaitable<std::variant<Lease, PgError>> open();
+  awaitable<void> reset_then_return(std::unique_ptr<ServerConn> conn, std::string reset_query);
+
+  std::string name_;
+  ServerLogin login_;
+  std::mutex mu_;
+  std::uint32_t total_ = 0;
+  std::vector<std::unique_ptr<ServerConn>> idle_;  // back = most recently used
+  std::deque<std::shared_ptr<Waiter>> waiters_;
+  std::string reset_query_ = "DISCARD ALL";
+  Clock::duration lifetime_ = std::chrono::hours(1);
+};
+
+// All pools, keyed by everything that decides where and as whom they log in.
+class PoolRegistry {
+ public:
+  std::shared_ptr<Pool> get(const config::Config& cfg, const config::Database& db,
+                            const config::User& user,
+                            const std::shared_ptr<ssl::context>& server_tls);
+  std::vector<std::shared_ptr<Pool>> all();
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Pool>> pools_;
+};
+
+}  // namespace sluice::server

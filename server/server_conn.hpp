@@ -1,0 +1,79 @@
+// One authenticated connection from sluice to a PostgreSQL server: login, internal queries, state.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "config/config.hpp"
+#include "protocol/pg/messages.hpp"
+#include "server/framed_reader.hpp"
+
+namespace sluice::server {
+
+// An error to report to the client: a SQLSTATE and a message that says what to do.
+struct PgError {
+  std::string sqlstate;
+  std::string message;
+  std::string detail;
+  std::string hint;
+};
+
+struct ServerLogin {
+  std::string host;
+  std::uint16_t port = 5432;
+  std::string dbname;
+  std::string user;
+  std::string password;   // plaintext, for SCRAM / md5 / cleartext
+  std::string md5_hash;   // "md5..." when only the hash is known (md5 servers)
+  config::ServerTls tls = config::ServerTls::kDisable;
+  std::shared_ptr<ssl::context> tls_context;  // required unless tls is disable
+  Clock::duration timeout = std::chrono::seconds(15);
+};
+
+class ServerConn {
+ public:
+  using Params = std::vector<std::pair<std::string, std::string>>;
+
+  // Connects, negotiates TLS, authenticates, and reads up to the first ReadyForQuery.
+  static awaitable<std::variant<std::unique_ptr<ServerConn>, PgError>> connect(ServerLogin login);
+
+  // Runs one simple-protocol query to completion, discarding rows; returns the first error.
+  awaitable<std::variant<std::monostate, PgError>> run(std::string sql);
+
+  Stream& stream() { return *stream_; }
+  FramedReader& reader() { return reader_; }
+  const Params& params() const { return params_; }
+  void set_param(std::string_view name, std::string_view value);
+  pg::BackendKeyData key() const { return key_; }
+  const std::string& host() const { return host_; }
+  std::uint16_t port() const { return port_; }
+  Clock::time_point created() const { return created_; }
+  Clock::time_point last_used() const { return last_used_; }
+  void touch() { last_used_ = Clock::now(); }
+
+ private:
+  explicit ServerConn(tcp::socket s) : stream_(std::make_unique<Stream>(std::move(s))) {}
+  // Coroutines take their arguments by value: they may outlive the caller's temporaries.
+  awaitable<std::variant<std::monostate, PgError>> login(ServerLogin login);
+  awaitable<std::variant<std::monostate, PgError>> authenticate(ServerLogin login, pg::Authentication a);
+  awaitable<std::variant<std::monostate, PgError>> scram(ServerLogin login, std::vector<std::uint8_t> mechanisms);
+  awaitable<std::variant<std::string, PgError>> expect_sasl(ServerLogin login, std::uint32_t code);
+  awaitable<error_code> send(pg::Buffer b) { co_return co_await stream_->write_all(asio::buffer(b)); }
+
+  std::unique_ptr<Stream> stream_;
+  FramedReader reader_;
+  Params params_;
+  pg::BackendKeyData key_{0, 0};
+  std::string host_;
+  std::uint16_t port_ = 0;
+  Clock::time_point created_ = Clock::now();
+  Clock::time_point last_used_ = created_;
+};
+
+// Turns an ErrorResponse body from a server into a PgError (fields copied).
+PgError error_from_fields(pg::Span body);
+
+}  // namespace sluice::server

@@ -1,0 +1,112 @@
+// Config loading: the documented example loads; every error names the key and the line.
+#include <catch2/catch.hpp>
+#include <cstdlib>
+
+#include "config/config.hpp"
+
+using namespace sluice::config;
+using Catch::Matchers::Contains;
+
+namespace {
+const char* kExample = R"(listen:
+  postgres: 127.0.0.1:6432
+  http: 127.0.0.1:9930
+databases:
+  appdb:
+    primary: { host: 127.0.0.1, port: 5432 }
+    replicas:
+      - { host: 127.0.0.1, port: 5433 }
+users:
+  - name: app
+    password: ${SLUICE_TEST_PASSWORD}
+pool:
+  mode: transaction
+  size: 20
+cache:
+  redis: redis://127.0.0.1:6379
+)";
+
+std::string error_of(const std::string& yaml) {
+  try {
+    load_string(yaml, "test.yaml");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE("the documented example loads") {
+  setenv("SLUICE_TEST_PASSWORD", "secret", 1);
+  auto c = load_string(kExample);
+  CHECK(c->listen_postgres.port == 6432);
+  REQUIRE(c->listen_http);
+  CHECK(c->listen_http->port == 9930);
+  auto* db = c->database("appdb");
+  REQUIRE(db);
+  CHECK(db->primary.dbname == "appdb");
+  CHECK(db->primary.port == 5432);
+  REQUIRE(db->replicas.size() == 1);
+  CHECK(db->replicas[0].port == 5433);
+  auto* u = c->user("app");
+  REQUIRE(u);
+  CHECK(u->server_user == "app");
+  CHECK(u->server_password == "secret");
+  CHECK(u->md5_hash.starts_with("md5"));
+  CHECK(c->pool.mode == PoolMode::kTransaction);
+  CHECK(c->pool.size == 20);
+  CHECK(c->cache_redis == "redis://127.0.0.1:6379");
+  CHECK(c->pool_size_for(*db, *u) == 20);
+}
+
+TEST_CASE("a typo'd key names the key, the line and a suggestion") {
+  auto e = error_of("databases:\n  appdb:\n    primary: {host: h}\npool:\n  sise: 3\n");
+  CHECK_THAT(e, Contains("test.yaml:5"));
+  CHECK_THAT(e, Contains("pool.sise"));
+  CHECK_THAT(e, Contains("did you mean 'size'"));
+}
+
+TEST_CASE("bad values name the key and the line") {
+  CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: h, port: 99999}\nusers: []\n"),
+             Contains("test.yaml:3: key 'databases.d.primary.port'"));
+  CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: h}\npool:\n  mode: sometimes\n"),
+             Contains("test.yaml:5: key 'pool.mode': expected one of session | transaction | statement"));
+  CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: h}\nusers:\n  - name: u\n"),
+             Contains("users[0].password"));
+  CHECK_THAT(error_of("listen:\n  postgres: nope\ndatabases: {}\n"), Contains("listen.postgres"));
+  CHECK_THAT(error_of("databases:\n  d:\n    primary: {port: 1}\n"), Contains("databases.d.primary.host"));
+  CHECK_THAT(error_of("a: [\n"), Contains("invalid YAML"));
+  CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: h}\nauth_type: trust\nshutdown_timeout: soon\n"),
+             Contains("test.yaml:5: key 'shutdown_timeout'"));
+}
+
+TEST_CASE("missing environment variables are errors, defaults apply") {
+  unsetenv("SLUICE_NOT_SET");
+  CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: h}\nusers:\n  - name: u\n    password: ${SLUICE_NOT_SET}\n"),
+             Contains("test.yaml:6: key 'users[0].password': environment variable SLUICE_NOT_SET is not set"));
+  auto c = load_string("databases:\n  d:\n    primary: {host: h}\nusers:\n  - name: u\n    password: ${SLUICE_NOT_SET:-pw}\n");
+  CHECK(c->user("u")->server_password == "pw");
+}
+
+TEST_CASE("SCRAM verifiers and md5 hashes are accepted as passwords") {
+  auto c = load_string(
+      "databases:\n  d:\n    primary: {host: h}\nusers:\n"
+      "  - name: a\n    password: SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0$"
+      "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
+      "  - name: b\n    password: md5" + std::string(32, 'a') + "\n");
+  CHECK(c->user("a")->scram.iterations == 4096);
+  CHECK(c->user("a")->server_password.empty());
+  CHECK(c->user("b")->md5_hash == "md5" + std::string(32, 'a'));
+  CHECK(c->user("b")->scram.salt.empty());
+}
+
+TEST_CASE("durations and per-database overrides") {
+  auto c = load_string(
+      "databases:\n  d:\n    primary: {host: h, dbname: real}\n    pool: {size: 3, mode: session}\n"
+      "auth_type: trust\npool:\n  query_wait_timeout: 500ms\n  server_lifetime: 2m\nshutdown_timeout: 7\n");
+  CHECK(c->pool.query_wait_timeout == Duration(500));
+  CHECK(c->pool.server_lifetime == Duration(120'000));
+  CHECK(c->shutdown_timeout == Duration(7000));
+  CHECK(c->database("d")->primary.dbname == "real");
+  CHECK(c->database("d")->pool_size == 3u);
+}

@@ -1,0 +1,130 @@
+// Framer and relay-scanner tests, each replayed with the input split at every byte boundary.
+#include <catch2/catch.hpp>
+
+#include "protocol/pg/framer.hpp"
+#include "protocol/pg/messages.hpp"
+#include "protocol/pg/scanner.hpp"
+
+using namespace sluice;
+using namespace sluice::pg;
+
+namespace {
+// Feeds `stream` in two pieces split at `cut`, collecting the frames a reader would produce.
+std::vector<std::pair<char, std::string>> frames_split(const Buffer& stream, std::size_t cut,
+                                                       bool first_is_startup) {
+  std::vector<std::pair<char, std::string>> out;
+  Buffer have;
+  std::size_t fed = 0;
+  bool startup = first_is_startup;
+  auto feed = [&](std::size_t upto) {
+    have.insert(have.end(), stream.begin() + static_cast<long>(fed), stream.begin() + static_cast<long>(upto));
+    fed = upto;
+    for (;;) {
+      auto r = startup ? next_startup_frame(have) : next_frame(have);
+      auto* f = std::get_if<Frame>(&r);
+      if (f == nullptr) {
+        REQUIRE(std::holds_alternative<NeedMore>(r));
+        return;
+      }
+      out.emplace_back(f->type, std::string(bytes::as_chars(f->body)));
+      have.erase(have.begin(), have.begin() + static_cast<long>(f->size));
+      startup = false;
+    }
+  };
+  feed(cut);
+  feed(stream.size());
+  REQUIRE(have.empty());
+  return out;
+}
+}  // namespace
+
+TEST_CASE("startup and typed frames survive every split point") {
+  Buffer stream;
+  encode_startup_message(stream, {{"user", "app"}, {"database", "appdb"}});
+  encode_query(stream, "SELECT 1");
+  encode_terminate(stream);
+  auto whole = frames_split(stream, stream.size(), true);
+  REQUIRE(whole.size() == 3);
+  CHECK(whole[0].first == 0);
+  CHECK(whole[1] == std::pair<char, std::string>{'Q', std::string("SELECT 1\0", 9)});
+  CHECK(whole[2] == std::pair<char, std::string>{'X', ""});
+  for (std::size_t cut = 0; cut <= stream.size(); ++cut) {
+    INFO("cut at " << cut);
+    CHECK(frames_split(stream, cut, true) == whole);
+  }
+}
+
+TEST_CASE("lengths are capped before anything is allocated") {
+  SECTION("startup length 2^31-1") {
+    Buffer b{0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0};
+    auto r = next_startup_frame(b);
+    REQUIRE(std::holds_alternative<FrameFailure>(r));
+    CHECK(std::get<FrameFailure>(r).error == FrameError::kLengthTooLarge);
+  }
+  SECTION("startup length below the minimum") {
+    Buffer b{0, 0, 0, 4};
+    CHECK(std::get<FrameFailure>(next_startup_frame(b)).error == FrameError::kLengthTooSmall);
+  }
+  SECTION("typed message over the configured maximum") {
+    Buffer b{'Q', 0, 0x10, 0, 1};
+    CHECK(std::get<FrameFailure>(next_frame(b, 1 << 20)).error == FrameError::kLengthTooLarge);
+    CHECK(std::holds_alternative<NeedMore>(next_frame(b, 1 << 21)));
+  }
+  SECTION("typed message length below 4") {
+    Buffer b{'Q', 0, 0, 0, 3};
+    CHECK(std::get<FrameFailure>(next_frame(b)).error == FrameError::kLengthTooSmall);
+  }
+}
+
+TEST_CASE("scanner passes bodies through and stops at inspected messages, at every split") {
+  Buffer stream;
+  encode_parameter_status(stream, "TimeZone", "UTC");
+  // A DataRow-like message bigger than any split piece.
+  bytes::Writer w(stream);
+  auto at = w.begin_message('D');
+  for (int i = 0; i < 300; ++i) w.u8(static_cast<std::uint8_t>(i));
+  w.end_message(at);
+  encode_query(stream, "x");
+  encode_ready_for_query(stream, 'T');
+  constexpr WantTable kWant = make_want_table({'Z', 'S'});
+
+  for (std::size_t cut = 0; cut <= stream.size(); ++cut) {
+    INFO("cut at " << cut);
+    MessageScanner scanner(kMaxMessageLength);
+    Buffer have;
+    std::size_t fed = 0;
+    std::size_t forwarded = 0;
+    std::string seen;
+    int passed = 0;
+    for (std::size_t upto : {cut, stream.size()}) {
+      have.insert(have.end(), stream.begin() + static_cast<long>(fed), stream.begin() + static_cast<long>(upto));
+      fed = upto;
+      for (;;) {
+        auto stop = scanner.scan(have, kWant, [&](const Header&) { ++passed; });
+        std::size_t consumed = stop.offset;
+        if (stop.kind == MessageScanner::Stop::kInspect) {
+          seen.push_back(stop.frame.type);
+          consumed += stop.frame.size;
+        }
+        forwarded += consumed;
+        have.erase(have.begin(), have.begin() + static_cast<long>(consumed));
+        if (stop.kind != MessageScanner::Stop::kInspect) break;
+      }
+    }
+    CHECK(seen == "SZ");
+    CHECK(passed == 2);
+    CHECK(forwarded == stream.size());
+    CHECK_FALSE(scanner.mid_message());
+  }
+}
+
+TEST_CASE("scanner reports a bad length without consuming it") {
+  Buffer stream;
+  encode_query(stream, "ok");
+  std::size_t good = stream.size();
+  stream.insert(stream.end(), {'Q', 0x7f, 0xff, 0xff, 0xff});
+  MessageScanner scanner(1 << 20);
+  auto stop = scanner.scan(stream, make_want_table({}), [](const Header&) {});
+  CHECK(stop.kind == MessageScanner::Stop::kError);
+  CHECK(stop.offset == good);
+}
