@@ -65,7 +65,8 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
   for (std::size_t i = 1; i <= a.size(); ++i) {
     cur[0] = i;
     for (std::size_t j = 1; j <= b.size(); ++j) {
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      cur[j] =
+          std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
     }
     std::swap(prev, cur);
   }
@@ -77,7 +78,8 @@ class Loader {
  public:
   explicit Loader(std::string source) : source_(std::move(source)) {}
 
-  [[noreturn]] void fail(const YAML::Node& at, const std::string& key, const std::string& what) const {
+  [[noreturn]] void fail(const YAML::Node& at, const std::string& key,
+                         const std::string& what) const {
     std::ostringstream msg;
     msg << source_;
     if (at.IsDefined() && at.Mark().line >= 0) msg << ":" << at.Mark().line + 1;
@@ -143,8 +145,9 @@ class Loader {
     bool ok = !s.empty() && s.size() < 19 && std::all_of(s.begin(), s.end(), ::isdigit);
     if (ok) v = std::stoull(s);
     if (!ok || v < min || v > max) {
-      fail(n, path, "expected a whole number from " + std::to_string(min) + " to " +
-                        std::to_string(max) + ", got '" + s + "'");
+      fail(n, path,
+           "expected a whole number from " + std::to_string(min) + " to " + std::to_string(max) +
+               ", got '" + s + "'");
     }
     return v;
   }
@@ -156,12 +159,17 @@ class Loader {
     while (digits < s.size() && std::isdigit(static_cast<unsigned char>(s[digits]))) ++digits;
     std::string unit = s.substr(digits);
     std::uint64_t mult = 0;
-    if (unit.empty() || unit == "s") mult = 1000;
-    else if (unit == "ms") mult = 1;
-    else if (unit == "m" || unit == "min") mult = 60'000;
-    else if (unit == "h") mult = 3'600'000;
+    if (unit.empty() || unit == "s")
+      mult = 1000;
+    else if (unit == "ms")
+      mult = 1;
+    else if (unit == "m" || unit == "min")
+      mult = 60'000;
+    else if (unit == "h")
+      mult = 3'600'000;
     if (digits == 0 || digits > 9 || mult == 0) {
-      fail(n, path, "expected a duration like 30s, 500ms, 2m or a number of seconds, got '" + s + "'");
+      fail(n, path,
+           "expected a duration like 30s, 500ms, 2m or a number of seconds, got '" + s + "'");
     }
     return Duration(static_cast<Duration::rep>(std::stoull(s.substr(0, digits)) * mult));
   }
@@ -182,7 +190,8 @@ class Loader {
   Endpoint endpoint(const YAML::Node& n, const std::string& path) const {
     auto s = str(n, path);
     auto colon = s.rfind(':');
-    if (colon == std::string::npos || colon == 0) fail(n, path, "expected host:port, got '" + s + "'");
+    if (colon == std::string::npos || colon == 0)
+      fail(n, path, "expected host:port, got '" + s + "'");
     Endpoint e;
     e.host = s.substr(0, colon);
     if (e.host.front() == '[' && e.host.back() == ']') e.host = e.host.substr(1, e.host.size() - 2);
@@ -196,9 +205,10 @@ class Loader {
   }
 
   PoolMode pool_mode(const YAML::Node& n, const std::string& path) const {
-    return choice<PoolMode>(n, path, {{"session", PoolMode::kSession},
-                                      {"transaction", PoolMode::kTransaction},
-                                      {"statement", PoolMode::kStatement}});
+    return choice<PoolMode>(n, path,
+                            {{"session", PoolMode::kSession},
+                             {"transaction", PoolMode::kTransaction},
+                             {"statement", PoolMode::kStatement}});
   }
 
   Backend backend(const YAML::Node& n, const std::string& path, const std::string& db) const {
@@ -213,14 +223,16 @@ class Loader {
 
   void load(const YAML::Node& root, Config& c) const {
     if (!root.IsDefined() || root.IsNull()) fail(root, "(top)", "the file is empty");
-    check_keys(root, "", {"listen", "workers", "auth_type", "databases", "users", "pool", "cache",
-                          "tls", "log", "shutdown_timeout", "limits"});
+    check_keys(root, "",
+               {"listen", "workers", "auth_type", "databases", "users", "pool", "cache", "tls",
+                "log", "shutdown_timeout", "limits"});
     if (auto l = root["listen"]) {
       check_keys(l, "listen", {"postgres", "http"});
       if (l["postgres"]) c.listen_postgres = endpoint(l["postgres"], "listen.postgres");
       if (l["http"]) c.listen_http = endpoint(l["http"], "listen.http");
     }
-    if (root["workers"]) c.workers = static_cast<std::uint32_t>(uint(root["workers"], "workers", 1, 64));
+    if (root["workers"])
+      c.workers = static_cast<std::uint32_t>(uint(root["workers"], "workers", 1, 64));
     if (root["auth_type"]) {
       c.auth_type = choice<AuthType>(root["auth_type"], "auth_type",
                                      {{"scram-sha-256", AuthType::kScram},
@@ -243,14 +255,17 @@ class Loader {
       check_keys(l, "log", {"level", "format"});
       if (l["level"]) {
         auto level = str(l["level"], "log.level");
-        static const std::set<std::string> kLevels{"trace", "debug", "info", "warn", "error", "off"};
+        static const std::set<std::string> kLevels{"trace", "debug", "info",
+                                                   "warn",  "error", "off"};
         if (!kLevels.contains(level))
           fail(l["level"], "log.level", "expected trace | debug | info | warn | error | off");
         c.log.level = level;
       }
-      if (l["format"]) c.log.json = choice<bool>(l["format"], "log.format", {{"text", false}, {"json", true}});
+      if (l["format"])
+        c.log.json = choice<bool>(l["format"], "log.format", {{"text", false}, {"json", true}});
     }
-    if (root["shutdown_timeout"]) c.shutdown_timeout = duration(root["shutdown_timeout"], "shutdown_timeout");
+    if (root["shutdown_timeout"])
+      c.shutdown_timeout = duration(root["shutdown_timeout"], "shutdown_timeout");
     if (auto lim = root["limits"]) {
       check_keys(lim, "limits", {"max_message_size"});
       if (lim["max_message_size"]) {
@@ -262,25 +277,31 @@ class Loader {
 
   void load_pool(const YAML::Node& p, Pool& pool) const {
     if (!p) return;
-    check_keys(p, "pool", {"mode", "size", "max_client_conn", "reset_query", "query_wait_timeout",
-                           "server_connect_timeout", "server_idle_timeout", "server_lifetime"});
+    check_keys(p, "pool",
+               {"mode", "size", "max_client_conn", "reset_query", "query_wait_timeout",
+                "server_connect_timeout", "server_idle_timeout", "server_lifetime"});
     if (p["mode"]) pool.mode = pool_mode(p["mode"], "pool.mode");
     if (p["size"]) pool.size = static_cast<std::uint32_t>(uint(p["size"], "pool.size", 1, 10000));
     if (p["max_client_conn"])
-      pool.max_client_conn =
-          static_cast<std::uint32_t>(uint(p["max_client_conn"], "pool.max_client_conn", 1, 1'000'000));
+      pool.max_client_conn = static_cast<std::uint32_t>(
+          uint(p["max_client_conn"], "pool.max_client_conn", 1, 1'000'000));
     if (p["reset_query"]) pool.reset_query = str(p["reset_query"], "pool.reset_query");
-    if (p["query_wait_timeout"]) pool.query_wait_timeout = duration(p["query_wait_timeout"], "pool.query_wait_timeout");
+    if (p["query_wait_timeout"])
+      pool.query_wait_timeout = duration(p["query_wait_timeout"], "pool.query_wait_timeout");
     if (p["server_connect_timeout"])
-      pool.server_connect_timeout = duration(p["server_connect_timeout"], "pool.server_connect_timeout");
-    if (p["server_idle_timeout"]) pool.server_idle_timeout = duration(p["server_idle_timeout"], "pool.server_idle_timeout");
-    if (p["server_lifetime"]) pool.server_lifetime = duration(p["server_lifetime"], "pool.server_lifetime");
+      pool.server_connect_timeout =
+          duration(p["server_connect_timeout"], "pool.server_connect_timeout");
+    if (p["server_idle_timeout"])
+      pool.server_idle_timeout = duration(p["server_idle_timeout"], "pool.server_idle_timeout");
+    if (p["server_lifetime"])
+      pool.server_lifetime = duration(p["server_lifetime"], "pool.server_lifetime");
   }
 
   void load_databases(const YAML::Node& root, Config& c) const {
     auto dbs = root["databases"];
     if (!dbs) fail(root, "databases", "is required: name at least one database to proxy");
-    if (!dbs.IsMap() || dbs.size() == 0) fail(dbs, "databases", "expected a mapping of database names");
+    if (!dbs.IsMap() || dbs.size() == 0)
+      fail(dbs, "databases", "expected a mapping of database names");
     for (const auto& kv : dbs) {
       auto name = kv.first.as<std::string>();
       std::string path = "databases." + name;
@@ -298,7 +319,8 @@ class Loader {
       if (auto p = d["pool"]) {
         check_keys(p, path + ".pool", {"mode", "size"});
         if (p["mode"]) db.pool_mode = pool_mode(p["mode"], path + ".pool.mode");
-        if (p["size"]) db.pool_size = static_cast<std::uint32_t>(uint(p["size"], path + ".pool.size", 1, 10000));
+        if (p["size"])
+          db.pool_size = static_cast<std::uint32_t>(uint(p["size"], path + ".pool.size", 1, 10000));
       }
       c.databases.emplace(name, std::move(db));
     }
@@ -314,16 +336,19 @@ class Loader {
     for (std::size_t i = 0; i < users.size(); ++i) {
       const auto& u = users[i];
       std::string path = "users[" + std::to_string(i) + "]";
-      check_keys(u, path, {"name", "password", "server_user", "server_password", "pool_mode", "pool_size"});
+      check_keys(u, path,
+                 {"name", "password", "server_user", "server_password", "pool_mode", "pool_size"});
       User user;
       if (!u["name"]) fail(u, path + ".name", "is required");
       user.name = str(u["name"], path + ".name");
       if (user.name.empty()) fail(u["name"], path + ".name", "must not be empty");
-      if (c.users.contains(user.name)) fail(u["name"], path + ".name", "user '" + user.name + "' is listed twice");
+      if (c.users.contains(user.name))
+        fail(u["name"], path + ".name", "user '" + user.name + "' is listed twice");
       std::string password;
       if (u["password"]) password = str(u["password"], path + ".password");
       if (password.empty() && c.auth_type != AuthType::kTrust)
-        fail(u, path + ".password", "is required (plaintext, ${ENV_VAR} or a SCRAM-SHA-256$ verifier)");
+        fail(u, path + ".password",
+             "is required (plaintext, ${ENV_VAR} or a SCRAM-SHA-256$ verifier)");
       if (password.starts_with("SCRAM-SHA-256$")) {
         auto v = pg::scram::Verifier::parse(password);
         if (!v) fail(u["password"], path + ".password", "is not a valid SCRAM-SHA-256 verifier");
@@ -338,9 +363,12 @@ class Loader {
       }
       user.server_user = user.name;
       if (u["server_user"]) user.server_user = str(u["server_user"], path + ".server_user");
-      if (u["server_password"]) user.server_password = str(u["server_password"], path + ".server_password");
+      if (u["server_password"])
+        user.server_password = str(u["server_password"], path + ".server_password");
       if (u["pool_mode"]) user.pool_mode = pool_mode(u["pool_mode"], path + ".pool_mode");
-      if (u["pool_size"]) user.pool_size = static_cast<std::uint32_t>(uint(u["pool_size"], path + ".pool_size", 1, 10000));
+      if (u["pool_size"])
+        user.pool_size =
+            static_cast<std::uint32_t>(uint(u["pool_size"], path + ".pool_size", 1, 10000));
       c.users.emplace(user.name, std::move(user));
     }
   }
@@ -366,7 +394,8 @@ class Loader {
     }
     if (t["server_ca"]) tls.server_ca_file = str(t["server_ca"], "tls.server_ca");
     if (tls.server_tls == ServerTls::kVerifyFull && tls.server_ca_file.empty())
-      fail(t["server_tls"], "tls.server_tls", "verify-full needs tls.server_ca (the CA that signed the server)");
+      fail(t["server_tls"], "tls.server_tls",
+           "verify-full needs tls.server_ca (the CA that signed the server)");
   }
 
  private:

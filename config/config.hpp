@@ -55,9 +55,9 @@ struct User {
   // What clients authenticate against: a SCRAM verifier always (derived from a plaintext password
   // at load time), plus the md5 hash when one can be known.
   pg::scram::Verifier scram;
-  std::string md5_hash;          // "md5..." or empty
-  std::string server_user;       // login to the server; defaults to name
-  std::string server_password;   // plaintext for server auth; empty when only a verifier is known
+  std::string md5_hash;         // "md5..." or empty
+  std::string server_user;      // login to the server; defaults to name
+  std::string server_password;  // plaintext for server auth; empty when only a verifier is known
   std::optional<PoolMode> pool_mode;
   std::optional<std::uint32_t> pool_size;
 };
@@ -107,6 +107,7 @@ struct Config {
 };
 
 std::shared_ptr<const Config> load_file(const std::string& path);
-std::shared_ptr<const Config> load_string(const std::string& yaml, const std::string& source = "<string>");
+std::shared_ptr<const Config> load_string(const std::string& yaml,
+                                          const std::string& source = "<string>");
 
 }  // namespace sluice::config

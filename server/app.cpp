@@ -41,11 +41,13 @@ void Runtime::install(std::shared_ptr<const config::Config> cfg) {
 App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
     : config_path_(std::move(config_path)), rt_(std::make_shared<Runtime>()) {
   rt_->install(cfg);
-  for (std::uint32_t i = 0; i < cfg->workers; ++i) loops_.push_back(std::make_unique<asio::io_context>(1));
+  for (std::uint32_t i = 0; i < cfg->workers; ++i)
+    loops_.push_back(std::make_unique<asio::io_context>(1));
 
   auto& ctx = *loops_.front();
   tcp::resolver resolver(ctx);
-  auto endpoints = resolver.resolve(cfg->listen_postgres.host, std::to_string(cfg->listen_postgres.port));
+  auto endpoints =
+      resolver.resolve(cfg->listen_postgres.host, std::to_string(cfg->listen_postgres.port));
   auto ep = endpoints.begin()->endpoint();
   acceptor_.emplace(ctx);
   acceptor_->open(ep.protocol());
@@ -73,15 +75,17 @@ int App::run() {
   asio::co_spawn(main_loop, maintenance_loop(), log_exception("maintenance"));
 
   spdlog::info("sluice {} listening on {} (postgres) with {} worker{}, {} database{}, pool.mode={}",
-               SLUICE_VERSION, acceptor_->local_endpoint().address().to_string() + ":" +
-                                   std::to_string(acceptor_->local_endpoint().port()),
+               SLUICE_VERSION,
+               acceptor_->local_endpoint().address().to_string() + ":" +
+                   std::to_string(acceptor_->local_endpoint().port()),
                cfg->workers, cfg->workers == 1 ? "" : "s", cfg->databases.size(),
                cfg->databases.size() == 1 ? "" : "s", config::to_string(cfg->pool.mode));
 
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto& l : loops_) guards.push_back(asio::make_work_guard(*l));
   std::vector<std::thread> threads;
-  for (std::size_t i = 1; i < loops_.size(); ++i) threads.emplace_back([&l = *loops_[i]] { l.run(); });
+  for (std::size_t i = 1; i < loops_.size(); ++i)
+    threads.emplace_back([&l = *loops_[i]] { l.run(); });
   main_loop.run();  // returns when drain() stops it
   for (auto& l : loops_) l->stop();
   for (auto& t : threads) t.join();
@@ -99,9 +103,10 @@ awaitable<void> App::accept_loop() {
       co_await sleep_for(std::chrono::milliseconds(100));
       continue;
     }
-    asio::co_spawn(loop, run_client_session(std::move(socket), rt_), [](const std::exception_ptr& e) {
-      if (e) spdlog::error("client session ended with an exception");
-    });
+    asio::co_spawn(loop, run_client_session(std::move(socket), rt_),
+                   [](const std::exception_ptr& e) {
+                     if (e) spdlog::error("client session ended with an exception");
+                   });
   }
 }
 
@@ -136,7 +141,10 @@ awaitable<void> App::drain() {
     if (sessions.empty() || Clock::now() > hard_deadline) break;
     bool all = force_stop_ || Clock::now() >= deadline;
     for (auto& h : sessions) {
-      if (all || h->idle) asio::post(h->ex, [h] { if (h->kill) h->kill(); });
+      if (all || h->idle)
+        asio::post(h->ex, [h] {
+          if (h->kill) h->kill();
+        });
     }
     co_await sleep_for(std::chrono::milliseconds(50));
   }
@@ -149,7 +157,8 @@ awaitable<void> App::maintenance_loop() {
   while (!rt_->stopping) {
     co_await sleep_for(std::chrono::seconds(1));
     auto cfg = rt_->config();
-    for (auto& pool : rt_->pools.all()) pool->close_expired(cfg->pool.server_idle_timeout, cfg->pool.server_lifetime);
+    for (auto& pool : rt_->pools.all())
+      pool->close_expired(cfg->pool.server_idle_timeout, cfg->pool.server_lifetime);
   }
 }
 
@@ -159,7 +168,8 @@ void App::reload() {
     auto cfg = config::load_file(config_path_);
     rt_->install(cfg);
     setup_logging(cfg->log);
-    if (cfg->listen_postgres.to_string() != old_cfg->listen_postgres.to_string() || cfg->workers != old_cfg->workers)
+    if (cfg->listen_postgres.to_string() != old_cfg->listen_postgres.to_string() ||
+        cfg->workers != old_cfg->workers)
       spdlog::warn("reload: listen addresses and workers change only on restart");
     spdlog::info("reloaded {}: {} database(s), {} user(s); new clients use it", config_path_,
                  cfg->databases.size(), cfg->users.size());

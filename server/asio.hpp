@@ -12,8 +12,8 @@ namespace sluice::server {
 namespace asio = boost::asio;
 namespace ssl = boost::asio::ssl;
 using tcp = asio::ip::tcp;
-using boost::system::error_code;
 using asio::awaitable;
+using boost::system::error_code;
 using Clock = std::chrono::steady_clock;
 
 inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
@@ -31,7 +31,8 @@ struct Boxed {
 };
 template <typename T>
 awaitable<Boxed<T>> boxed(awaitable<T> op) {
-  co_return Boxed<T>{co_await std::move(op)};
+  T value = co_await std::move(op);  // named first: see the g++ 12 note in docs/ARCHITECTURE.md
+  co_return Boxed<T>{std::move(value)};
 }
 
 // The result of `op`, or nullopt when `d` passes first (op is then cancelled).

@@ -24,7 +24,8 @@ pg::BackendKeyData CancelRegistry::add_client() {
 
 void CancelRegistry::set_target(pg::BackendKeyData client, std::optional<CancelTarget> target) {
   std::lock_guard lock(mu_);
-  if (auto it = entries_.find(client.pid); it != entries_.end()) it->second.target = std::move(target);
+  if (auto it = entries_.find(client.pid); it != entries_.end())
+    it->second.target = std::move(target);
 }
 
 void CancelRegistry::remove(pg::BackendKeyData client) {
@@ -36,7 +37,8 @@ std::optional<CancelTarget> CancelRegistry::find(pg::BackendKeyData client) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(client.pid);
   if (it == entries_.end()) return std::nullopt;
-  if (CRYPTO_memcmp(&it->second.secret, &client.secret, sizeof client.secret) != 0) return std::nullopt;
+  if (CRYPTO_memcmp(&it->second.secret, &client.secret, sizeof client.secret) != 0)
+    return std::nullopt;
   return it->second.target;
 }
 
@@ -44,10 +46,12 @@ awaitable<void> send_cancel(CancelTarget target) {
   using namespace asio::experimental::awaitable_operators;
   auto ex = co_await asio::this_coro::executor;
   tcp::resolver resolver(ex);
-  auto [rec, endpoints] = co_await resolver.async_resolve(target.host, std::to_string(target.port), use_nothrow);
+  auto [rec, endpoints] =
+      co_await resolver.async_resolve(target.host, std::to_string(target.port), use_nothrow);
   if (rec) co_return;
   tcp::socket socket(ex);
-  auto c = co_await (asio::async_connect(socket, endpoints, use_nothrow) || sleep_for(std::chrono::seconds(5)));
+  auto c = co_await (asio::async_connect(socket, endpoints, use_nothrow) ||
+                     sleep_for(std::chrono::seconds(5)));
   if (c.index() != 0 || std::get<0>(std::get<0>(c))) {
     spdlog::warn("cancel: could not connect to {}:{}", target.host, target.port);
     co_return;
@@ -57,7 +61,8 @@ awaitable<void> send_cancel(CancelTarget target) {
   co_await asio::async_write(socket, asio::buffer(req), use_nothrow);
   // The server closes the connection once it has read the request; wait for that briefly.
   std::array<char, 1> sink{};
-  co_await (socket.async_read_some(asio::buffer(sink), use_nothrow) || sleep_for(std::chrono::seconds(2)));
+  co_await (socket.async_read_some(asio::buffer(sink), use_nothrow) ||
+            sleep_for(std::chrono::seconds(2)));
 }
 
 }  // namespace sluice::server

@@ -14,7 +14,7 @@ namespace {
 
 using namespace asio::experimental::awaitable_operators;
 
-constexpr std::uint32_t kMaxAuthMessage = 65535;  // PG_MAX_AUTH_TOKEN_LENGTH
+constexpr std::uint32_t kMaxAuthMessage = 65535;          // PG_MAX_AUTH_TOKEN_LENGTH
 constexpr auto kLoginTimeout = std::chrono::seconds(60);  // postgres' authentication_timeout
 constexpr std::size_t kClientBuffer = 8 * 1024;
 constexpr std::size_t kServerBuffer = 32 * 1024;
@@ -56,12 +56,16 @@ class ClientSession {
   awaitable<std::string> server_to_client();
   awaitable<void> wait_killed();
   awaitable<bool> send(pg::Buffer b);
-  awaitable<void> fail(PgError e);
+  // Errors are queued in one statement and flushed in the next: g++ 12 miscompiles braced
+  // temporaries inside a co_await expression (double free), so never co_await f({...}).
+  void queue_error(const PgError& e);
+  awaitable<bool> flush();
   awaitable<std::optional<pg::Frame>> read_auth_message();
   void kill();
   void log_auth_failure(std::string_view why);
   bool server_reusable() const {
-    return pending_ == 0 && tx_status_ == 'I' && !to_server_.mid_message() && !to_client_.mid_message();
+    return pending_ == 0 && tx_status_ == 'I' && !to_server_.mid_message() &&
+           !to_client_.mid_message();
   }
   void note_request() {
     ++pending_;
@@ -87,9 +91,10 @@ class ClientSession {
   Lease server_;
   bool server_failed_ = false;
 
+  pg::Buffer outbox_;  // queued error responses
   pg::MessageScanner to_server_;
   pg::MessageScanner to_client_;
-  int pending_ = 0;       // requests sent (Query, Sync, FunctionCall) not yet answered by ReadyForQuery
+  int pending_ = 0;  // requests sent (Query, Sync, FunctionCall) not yet answered by ReadyForQuery
   char tx_status_ = 'I';  // from the last ReadyForQuery
 };
 
@@ -105,7 +110,8 @@ awaitable<void> ClientSession::run() {
   auto login = co_await (startup_and_auth() || sleep_for(kLoginTimeout) || wait_killed());
   bool logged_in = login.index() == 0 && std::get<0>(login);
   if (login.index() == 1) {
-    co_await fail({"08P01", "timeout during startup and authentication", {}, {}});
+    queue_error({"08P01", "timeout during startup and authentication", {}, {}});
+    co_await flush();
   } else if (logged_in && !killed_) {
     logged_in = co_await attach_server();
   }
@@ -117,10 +123,13 @@ awaitable<void> ClientSession::run() {
   }
   if (killed_) {
     reason = "shutdown";
-    if (!to_client_.mid_message())
-      co_await fail({"57P01", "terminating connection because sluice is shutting down", {}, {}});
+    if (!to_client_.mid_message()) {
+      queue_error({"57P01", "terminating connection because sluice is shutting down", {}, {}});
+      co_await flush();
+    }
   }
-  if (logged_in) spdlog::info("client {} user={} db={}: closed ({})", peer_, user_name_, db_name_, reason);
+  if (logged_in)
+    spdlog::info("client {} user={} db={}: closed ({})", peer_, user_name_, db_name_, reason);
 
   handle_->kill = nullptr;
   rt_->remove_session(handle_);
@@ -145,10 +154,16 @@ awaitable<bool> ClientSession::send(pg::Buffer b) {
   co_return !ec;
 }
 
-awaitable<void> ClientSession::fail(PgError e) {
-  pg::Buffer out;
-  pg::encode_error_response(out, {"FATAL", e.sqlstate, e.message, e.detail, e.hint});
-  co_await send(std::move(out));
+void ClientSession::queue_error(const PgError& e) {
+  pg::encode_error_response(outbox_, {"FATAL", e.sqlstate, e.message, e.detail, e.hint});
+}
+
+awaitable<bool> ClientSession::flush() {
+  if (outbox_.empty()) co_return true;
+  pg::Buffer out = std::move(outbox_);
+  outbox_.clear();
+  bool ok = co_await send(std::move(out));
+  co_return ok;
 }
 
 awaitable<bool> ClientSession::startup_and_auth() {
@@ -156,12 +171,17 @@ awaitable<bool> ClientSession::startup_and_auth() {
   if (rt_->clients > cfg_->pool.max_client_conn) {
     spdlog::warn("client {}: refused, {} clients connected (pool.max_client_conn={})", peer_,
                  rt_->clients.load(), cfg_->pool.max_client_conn);
-    co_await fail({"53300", "sorry, too many clients already", {},
-                   "sluice allows pool.max_client_conn=" + std::to_string(cfg_->pool.max_client_conn) +
-                       " clients; raise it or close idle clients"});
+    queue_error(
+        {"53300",
+         "sorry, too many clients already",
+         {},
+         "sluice allows pool.max_client_conn=" + std::to_string(cfg_->pool.max_client_conn) +
+             " clients; raise it or close idle clients"});
+    co_await flush();
     co_return false;
   }
-  co_return co_await authenticate();
+  bool authenticated = co_await authenticate();
+  co_return authenticated;
 }
 
 awaitable<bool> ClientSession::read_startup() {
@@ -170,20 +190,23 @@ awaitable<bool> ClientSession::read_startup() {
     if (m.ec) co_return false;
     if (m.bad) {
       spdlog::warn("client {}: invalid startup packet length {}", peer_, m.bad->declared_length);
-      co_await fail({"08P01", "invalid length of startup packet", {}, {}});
+      queue_error({"08P01", "invalid length of startup packet", {}, {}});
+      co_await flush();
       co_return false;
     }
     auto decoded = pg::decode_startup(m.frame.body);
     if (auto* err = std::get_if<pg::DecodeError>(&decoded)) {
       spdlog::warn("client {}: {}", peer_, err->message);
-      co_await fail({std::string(err->sqlstate), err->message, {}, {}});
+      queue_error({std::string(err->sqlstate), err->message, {}, {}});
+      co_await flush();
       co_return false;
     }
     auto& packet = std::get<pg::StartupPacket>(decoded);
     if (std::holds_alternative<pg::SslRequest>(packet)) {
       auto ctx = rt_->client_tls();
       if (client_->tls() || !reader_.pending().empty()) {
-        co_await fail({"08P01", "received unencrypted data after SSL request", {}, {}});
+        queue_error({"08P01", "received unencrypted data after SSL request", {}, {}});
+        co_await flush();
         co_return false;
       }
       pg::Buffer answer(1, static_cast<std::uint8_t>(ctx ? 'S' : 'N'));
@@ -202,7 +225,8 @@ awaitable<bool> ClientSession::read_startup() {
       continue;
     }
     if (auto* cancel = std::get_if<pg::CancelRequest>(&packet)) {
-      if (auto target = rt_->cancels.find({cancel->pid, cancel->secret})) co_await send_cancel(*target);
+      if (auto target = rt_->cancels.find({cancel->pid, cancel->secret}))
+        co_await send_cancel(*target);
       co_return false;  // the protocol closes cancel connections without a reply
     }
     auto& startup = std::get<pg::StartupMessage>(packet);
@@ -223,17 +247,22 @@ awaitable<bool> ClientSession::read_startup() {
     db_name_ = std::string(startup.get("database"));
     if (db_name_.empty()) db_name_ = user_name_;
     if (user_name_.empty()) {
-      co_await fail({"28000", "no PostgreSQL user name specified in startup packet", {}, {}});
+      queue_error({"28000", "no PostgreSQL user name specified in startup packet", {}, {}});
+      co_await flush();
       co_return false;
     }
     if (!startup.get("replication").empty() && startup.get("replication") != "false") {
-      co_await fail({"0A000", "sluice does not proxy replication connections", {},
-                     "connect replication clients to the server directly"});
+      queue_error({"0A000",
+                   "sluice does not proxy replication connections",
+                   {},
+                   "connect replication clients to the server directly"});
+      co_await flush();
       co_return false;
     }
     co_return true;
   }
-  co_await fail({"08P01", "too many negotiation packets before startup", {}, {}});
+  queue_error({"08P01", "too many negotiation packets before startup", {}, {}});
+  co_await flush();
   co_return false;
 }
 
@@ -241,7 +270,8 @@ awaitable<std::optional<pg::Frame>> ClientSession::read_auth_message() {
   auto m = co_await reader_.next(*client_, false, kMaxAuthMessage);
   if (m.ec) co_return std::nullopt;
   if (m.bad || m.frame.type != 'p') {
-    co_await fail({"08P01", "expected a password response", {}, {}});
+    queue_error({"08P01", "expected a password response", {}, {}});
+    co_await flush();
     co_return std::nullopt;
   }
   co_return m.frame;
@@ -265,8 +295,11 @@ awaitable<bool> ClientSession::authenticate() {
       break;
     case config::AuthType::kMd5:
       // Like postgres: md5 is answered with SCRAM when only a SCRAM verifier is known.
-      ok = user_ && !user_->md5_hash.empty() ? co_await authenticate_md5(*user_)
-                                             : co_await authenticate_scram(user_);
+      if (user_ && !user_->md5_hash.empty()) {
+        ok = co_await authenticate_md5(*user_);
+      } else {
+        ok = co_await authenticate_scram(user_);
+      }
       break;
     case config::AuthType::kScram:
       ok = co_await authenticate_scram(user_);
@@ -276,8 +309,11 @@ awaitable<bool> ClientSession::authenticate() {
   db_ = cfg_->database(db_name_);
   if (!db_) {
     spdlog::warn("client {} user={}: unknown database \"{}\"", peer_, user_name_, db_name_);
-    co_await fail({"3D000", "database \"" + db_name_ + "\" does not exist", {},
-                   "sluice serves only the databases listed under databases: in its config"});
+    queue_error({"3D000",
+                 "database \"" + db_name_ + "\" does not exist",
+                 {},
+                 "sluice serves only the databases listed under databases: in its config"});
+    co_await flush();
     co_return false;
   }
   pg::Buffer out;
@@ -289,8 +325,8 @@ awaitable<bool> ClientSession::authenticate_scram(const config::User* user) {
   // Unknown users get a full exchange against a random verifier, so probing reveals nothing.
   bool usable = user && !user->scram.salt.empty();
   auto verifier = usable ? user->scram
-                         : pg::scram::Verifier::from_password(
-                               std::string_view(), pg::scram::random_bytes(16), 16);
+                         : pg::scram::Verifier::from_password(std::string_view(),
+                                                              pg::scram::random_bytes(16), 16);
   pg::scram::ServerExchange scram(std::move(verifier));
   pg::Buffer out;
   pg::encode_auth_sasl(out, {pg::scram::kMechanism});
@@ -300,12 +336,14 @@ awaitable<bool> ClientSession::authenticate_scram(const config::User* user) {
   if (!first) co_return false;
   auto init = pg::decode_sasl_initial_response(first->body);
   if (!init || init->mechanism != pg::scram::kMechanism || !init->data) {
-    co_await fail({"08P01", "client selected an invalid SASL authentication mechanism", {}, {}});
+    queue_error({"08P01", "client selected an invalid SASL authentication mechanism", {}, {}});
+    co_await flush();
     co_return false;
   }
   auto server_first = scram.on_client_first(bytes::as_chars(*init->data));
   if (!server_first) {
-    co_await fail({"08P01", "malformed SCRAM message: " + scram.error(), {}, {}});
+    queue_error({"08P01", "malformed SCRAM message: " + scram.error(), {}, {}});
+    co_await flush();
     co_return false;
   }
   out.clear();
@@ -316,8 +354,12 @@ awaitable<bool> ClientSession::authenticate_scram(const config::User* user) {
   if (!final_msg) co_return false;
   auto server_final = scram.on_client_final(bytes::as_chars(final_msg->body));
   if (!server_final || !usable) {
-    log_auth_failure(!user ? "no such user" : !usable ? "user has only an md5 hash" : scram.error());
-    co_await fail({"28P01", "password authentication failed for user \"" + user_name_ + "\"", {}, {}});
+    log_auth_failure(!user     ? "no such user"
+                     : !usable ? "user has only an md5 hash"
+                               : scram.error());
+    queue_error(
+        {"28P01", "password authentication failed for user \"" + user_name_ + "\"", {}, {}});
+    co_await flush();
     co_return false;
   }
   out.clear();
@@ -339,7 +381,9 @@ awaitable<bool> ClientSession::authenticate_md5(const config::User& user) {
             CRYPTO_memcmp(answer->data(), expected.data(), expected.size()) == 0;
   if (!ok) {
     log_auth_failure("md5 response does not match");
-    co_await fail({"28P01", "password authentication failed for user \"" + user_name_ + "\"", {}, {}});
+    queue_error(
+        {"28P01", "password authentication failed for user \"" + user_name_ + "\"", {}, {}});
+    co_await flush();
   }
   co_return ok;
 }
@@ -352,13 +396,17 @@ awaitable<bool> ClientSession::attach_server() {
   if (r.index() == 1) co_return false;
   auto& got = std::get<0>(r).value;
   if (auto* e = std::get_if<PgError>(&got)) {
-    spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_, db_name_, e->message);
-    co_await fail(std::move(*e));
+    spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_, db_name_,
+                 e->message);
+    queue_error(std::move(*e));
+    co_await flush();
     co_return false;
   }
   server_ = std::move(std::get<Lease>(got));
-  if (auto settings = co_await apply_startup_settings(); std::holds_alternative<PgError>(settings)) {
-    co_await fail(std::get<PgError>(std::move(settings)));
+  if (auto settings = co_await apply_startup_settings();
+      std::holds_alternative<PgError>(settings)) {
+    queue_error(std::get<PgError>(std::move(settings)));
+    co_await flush();
     co_return false;
   }
   key_ = rt_->cancels.add_client();
@@ -376,7 +424,9 @@ awaitable<std::variant<std::monostate, PgError>> ClientSession::apply_startup_se
     if (name == "user" || name == "database" || name == "replication") continue;
     if (name == "options") {
       auto opts = pg::sql::parse_options(value);
-      if (!opts) co_return PgError{"08P01", "invalid command-line options in startup packet: " + value, {}, {}};
+      if (!opts)
+        co_return PgError{
+            "08P01", "invalid command-line options in startup packet: " + value, {}, {}};
       settings.insert(settings.end(), opts->begin(), opts->end());
       continue;
     }
@@ -403,7 +453,8 @@ awaitable<std::string> ClientSession::client_to_server() {
     if (stop.offset > 0) {
       if (auto ec = co_await server_->stream().write_all(asio::buffer(data.data(), stop.offset))) {
         server_failed_ = true;
-        co_await fail({"08006", "lost the connection to the server: " + ec.message(), {}, {}});
+        queue_error({"08006", "lost the connection to the server: " + ec.message(), {}, {}});
+        co_await flush();
         co_return "server write failed";
       }
       reader_.consume(stop.offset);
@@ -412,8 +463,11 @@ awaitable<std::string> ClientSession::client_to_server() {
     if (stop.kind == pg::MessageScanner::Stop::kError) {
       spdlog::warn("client {}: message length {} rejected (limits.max_message_size={})", peer_,
                    stop.failure.declared_length, cfg_->max_message_size);
-      co_await fail({"08P01", "invalid message length from client", {},
-                     "messages are capped by limits.max_message_size"});
+      queue_error({"08P01",
+                   "invalid message length from client",
+                   {},
+                   "messages are capped by limits.max_message_size"});
+      co_await flush();
       co_return "protocol violation";
     }
     reader_.shrink(kClientBuffer);
@@ -442,21 +496,27 @@ awaitable<std::string> ClientSession::server_to_client() {
       forward += stop.frame.size;
     }
     if (forward > 0) {
-      if (co_await client_->write_all(asio::buffer(data.data(), forward))) co_return "client write failed";
+      if (co_await client_->write_all(asio::buffer(data.data(), forward)))
+        co_return "client write failed";
       in.consume(forward);
     }
     if (stop.kind == pg::MessageScanner::Stop::kError) {
       server_failed_ = true;
-      co_await fail({"08P01", "server sent an invalid message length", {}, {}});
+      queue_error({"08P01", "server sent an invalid message length", {}, {}});
+      co_await flush();
       co_return "server protocol violation";
     }
     in.shrink(kServerBuffer);
     auto [ec, n] = co_await in.fill(server_->stream(), stop.need);
     if (ec) {
       server_failed_ = true;
-      if (!to_client_.mid_message())
-        co_await fail({"08006", "server closed the connection unexpectedly", {},
-                       "the server may have been restarted or terminated this backend"});
+      if (!to_client_.mid_message()) {
+        queue_error({"08006",
+                     "server closed the connection unexpectedly",
+                     {},
+                     "the server may have been restarted or terminated this backend"});
+        co_await flush();
+      }
       co_return "server disconnected";
     }
   }

@@ -10,9 +10,9 @@
 namespace sluice::server {
 
 struct ReadFrame {
-  error_code ec;                          // I/O error, or EOF
-  std::optional<pg::FrameFailure> bad;    // malformed length
-  pg::Frame frame{};                      // valid until the next read
+  error_code ec;                        // I/O error, or EOF
+  std::optional<pg::FrameFailure> bad;  // malformed length
+  pg::Frame frame{};                    // valid until the next read
 };
 
 class FramedReader {

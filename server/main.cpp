@@ -9,7 +9,8 @@
 
 namespace {
 
-constexpr const char* kUsage = R"(usage: sluice --config FILE       run the proxy with this configuration
+constexpr const char* kUsage =
+    R"(usage: sluice --config FILE       run the proxy with this configuration
        sluice --check-config FILE validate a configuration file and exit
        sluice --version           print the version
        sluice --help              print this help
@@ -60,9 +61,10 @@ int main(int argc, char** argv) {
   try {
     server::setup_logging(cfg->log);
     if (cfg->pool.mode != config::PoolMode::kSession) {
-      spdlog::warn("pool.mode={} is configured; this build pools in session mode (a server "
-                   "connection is held for the whole client session)",
-                   config::to_string(cfg->pool.mode));
+      spdlog::warn(
+          "pool.mode={} is configured; this build pools in session mode (a server "
+          "connection is held for the whole client session)",
+          config::to_string(cfg->pool.mode));
     }
     server::App app(config_path, cfg);
     return app.run();

@@ -53,12 +53,15 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
     std::lock_guard lock(mu_);
     if (!waiter->done) {
       std::erase(waiters_, waiter);
-      co_return PgError{"53300",
-                        "no server connection for " + name_ + " became free within " +
-                            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(limits.wait).count()) +
-                            "s (pool size " + std::to_string(limits.size) + ")",
-                        {},
-                        "raise pool.size or pool.query_wait_timeout, or shorten the sessions that hold connections"};
+      co_return PgError{
+          "53300",
+          "no server connection for " + name_ + " became free within " +
+              std::to_string(
+                  std::chrono::duration_cast<std::chrono::seconds>(limits.wait).count()) +
+              "s (pool size " + std::to_string(limits.size) + ")",
+          {},
+          "raise pool.size or pool.query_wait_timeout, or shorten the sessions that hold "
+          "connections"};
     }
     conn = std::move(waiter->conn);  // null with a permit: open a new one in the freed slot
   }
@@ -147,7 +150,8 @@ awaitable<void> Pool::reset_then_return(std::unique_ptr<ServerConn> conn, std::s
   if (ok) {
     hand_over(std::move(conn));
   } else {
-    spdlog::warn("pool {}: reset query '{}' failed; closing that server connection", name_, reset_query);
+    spdlog::warn("pool {}: reset query '{}' failed; closing that server connection", name_,
+                 reset_query);
     dispose(std::move(conn));
     free_slot();
   }
@@ -170,11 +174,14 @@ void Pool::close_expired(Clock::duration idle_timeout, Clock::duration lifetime)
   }
 }
 
-void Pool::close_idle() { close_expired(Clock::duration::zero(), Clock::duration::zero()); }
+void Pool::close_idle() {
+  close_expired(Clock::duration::zero(), Clock::duration::zero());
+}
 
 PoolStats Pool::stats() {
   std::lock_guard lock(mu_);
-  return {total_, static_cast<std::uint32_t>(idle_.size()), static_cast<std::uint32_t>(waiters_.size())};
+  return {total_, static_cast<std::uint32_t>(idle_.size()),
+          static_cast<std::uint32_t>(waiters_.size())};
 }
 
 std::shared_ptr<Pool> PoolRegistry::get(const config::Config& cfg, const config::Database& db,
@@ -192,10 +199,10 @@ std::shared_ptr<Pool> PoolRegistry::get(const config::Config& cfg, const config:
   login.timeout = cfg.pool.server_connect_timeout;
   // Everything that decides where and as whom the pool logs in is part of its identity, so a
   // reload that changes any of it starts a new pool instead of reusing stale logins.
-  std::string key = db.name + "/" + user.name + "\n" + login.host + ":" + std::to_string(login.port) +
-                    "/" + login.dbname + "\n" + login.user + "\n" +
-                    std::to_string(std::hash<std::string>{}(login.password + login.md5_hash)) + "\n" +
-                    std::to_string(static_cast<int>(login.tls)) + "\n" +
+  std::string key = db.name + "/" + user.name + "\n" + login.host + ":" +
+                    std::to_string(login.port) + "/" + login.dbname + "\n" + login.user + "\n" +
+                    std::to_string(std::hash<std::string>{}(login.password + login.md5_hash)) +
+                    "\n" + std::to_string(static_cast<int>(login.tls)) + "\n" +
                     std::to_string(reinterpret_cast<std::uintptr_t>(server_tls.get()));
   std::lock_guard lock(mu_);
   auto& pool = pools_[key];

@@ -50,7 +50,7 @@ struct PoolLimits {
 };
 
 struct PoolStats {
-  std::uint32_t total;    // open + opening
+  std::uint32_t total;  // open + opening
   std::uint32_t idle;
   std::uint32_t waiting;
 };
@@ -62,7 +62,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   const std::string& name() const { return name_; }
   // A connection on the caller's event loop, or an error for the client (53300 after `wait`).
   awaitable<std::variant<Lease, PgError>> acquire(PoolLimits limits);
-  // Called by Lease: a healthy connection is reset (pool.reset_query) and reused; a broken one closed.
+  // Called by Lease: a healthy connection is reset (pool.reset_query) and reused; a broken one
+  // closed.
   void give_back(std::unique_ptr<ServerConn> conn, bool broken);
   // Closes idle connections past the idle timeout or lifetime.
   void close_expired(Clock::duration idle_timeout, Clock::duration lifetime);

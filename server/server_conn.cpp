@@ -41,7 +41,8 @@ void ServerConn::set_param(std::string_view name, std::string_view value) {
   params_.emplace_back(name, value);
 }
 
-awaitable<std::variant<std::unique_ptr<ServerConn>, PgError>> ServerConn::connect(ServerLogin login) {
+awaitable<std::variant<std::unique_ptr<ServerConn>, PgError>> ServerConn::connect(
+    ServerLogin login) {
   auto ex = co_await asio::this_coro::executor;
   tcp::resolver resolver(ex);
   auto resolve = resolver.async_resolve(login.host, std::to_string(login.port), use_nothrow);
@@ -51,16 +52,26 @@ awaitable<std::variant<std::unique_ptr<ServerConn>, PgError>> ServerConn::connec
   if (rec) co_return io_error("could not resolve", login, rec);
 
   tcp::socket socket(ex);
-  auto c = co_await (asio::async_connect(socket, endpoints, use_nothrow) || sleep_for(login.timeout));
-  if (c.index() == 1) co_return PgError{"08006", "timed out connecting to " + login.host + ":" + std::to_string(login.port), {}, {}};
-  if (auto [cec, ep] = std::get<0>(c); cec) co_return io_error("could not connect to server", login, cec);
+  auto c =
+      co_await (asio::async_connect(socket, endpoints, use_nothrow) || sleep_for(login.timeout));
+  if (c.index() == 1)
+    co_return PgError{"08006",
+                      "timed out connecting to " + login.host + ":" + std::to_string(login.port),
+                      {},
+                      {}};
+  if (auto [cec, ep] = std::get<0>(c); cec)
+    co_return io_error("could not connect to server", login, cec);
   socket.set_option(tcp::no_delay(true));
 
   std::unique_ptr<ServerConn> conn(new ServerConn(std::move(socket)));
   conn->host_ = login.host;
   conn->port_ = login.port;
   auto l = co_await with_timeout(conn->login(login), login.timeout);
-  if (!l) co_return PgError{"08006", "timed out logging in to " + login.host + ":" + std::to_string(login.port), {}, {}};
+  if (!l)
+    co_return PgError{"08006",
+                      "timed out logging in to " + login.host + ":" + std::to_string(login.port),
+                      {},
+                      {}};
   if (auto* e = std::get_if<PgError>(&*l)) co_return std::move(*e);
   co_return std::move(conn);
 }
@@ -78,8 +89,11 @@ awaitable<Outcome> ServerConn::login(ServerLogin login) {
       if (auto ec = co_await stream_->connect_tls(*login.tls_context, login.host, verify))
         co_return io_error("TLS handshake failed with", login, ec);
     } else if (answer[0] != 'N' || login.tls != config::ServerTls::kPrefer) {
-      co_return PgError{"08006", "server " + login.host + ":" + std::to_string(login.port) + " does not accept TLS",
-                        {}, "set tls.server_tls to prefer or disable, or enable ssl on the server"};
+      co_return PgError{
+          "08006",
+          "server " + login.host + ":" + std::to_string(login.port) + " does not accept TLS",
+          {},
+          "set tls.server_tls to prefer or disable, or enable ssl on the server"};
     }
   }
   pg::Buffer startup;
@@ -89,12 +103,14 @@ awaitable<Outcome> ServerConn::login(ServerLogin login) {
   for (;;) {
     auto m = co_await reader_.next(*stream_, false, kMaxLoginMessage);
     if (m.ec) co_return io_error("lost connection while logging in to", login, m.ec);
-    if (m.bad) co_return PgError{"08P01", "server sent an invalid message length during login", {}, {}};
+    if (m.bad)
+      co_return PgError{"08P01", "server sent an invalid message length during login", {}, {}};
     auto body = m.frame.body;
     switch (m.frame.type) {
       case 'R': {
         auto a = pg::decode_authentication(body);
-        if (!a) co_return PgError{"08P01", "server sent a malformed authentication request", {}, {}};
+        if (!a)
+          co_return PgError{"08P01", "server sent a malformed authentication request", {}, {}};
         if (a->code == pg::auth::kOk) break;
         auto out = co_await authenticate(login, *a);
         if (std::holds_alternative<PgError>(out)) co_return out;
@@ -117,18 +133,23 @@ awaitable<Outcome> ServerConn::login(ServerLogin login) {
       case 'v':  // NegotiateProtocolVersion: we only speak 3.0 anyway
         break;
       default:
-        co_return PgError{"08P01", std::string("unexpected message '") + m.frame.type + "' during server login", {}, {}};
+        co_return PgError{
+            "08P01",
+            std::string("unexpected message '") + m.frame.type + "' during server login",
+            {},
+            {}};
     }
   }
 }
 
 awaitable<Outcome> ServerConn::authenticate(ServerLogin login, pg::Authentication a) {
   pg::Buffer out;
-  const PgError no_password{"28P01",
-                            "the server asks for a password for user \"" + login.user +
-                                "\" and sluice has none it can use",
-                            {},
-                            "give the user a plaintext password or server_password in the sluice config"};
+  const PgError no_password{
+      "28P01",
+      "the server asks for a password for user \"" + login.user +
+          "\" and sluice has none it can use",
+      {},
+      "give the user a plaintext password or server_password in the sluice config"};
   switch (a.code) {
     case pg::auth::kCleartext:
       if (login.password.empty()) co_return no_password;
@@ -136,41 +157,59 @@ awaitable<Outcome> ServerConn::authenticate(ServerLogin login, pg::Authenticatio
       break;
     case pg::auth::kMd5: {
       std::array<std::uint8_t, 4> salt{a.data[0], a.data[1], a.data[2], a.data[3]};
-      std::string stored = !login.password.empty() ? pg::md5::stored_hash(login.password, login.user) : login.md5_hash;
+      std::string stored = !login.password.empty()
+                               ? pg::md5::stored_hash(login.password, login.user)
+                               : login.md5_hash;
       if (stored.empty()) co_return no_password;
       pg::encode_password_message(out, pg::md5::response_from_stored(stored, salt));
       break;
     }
-    case pg::auth::kSasl:
-      co_return co_await scram(login, {a.data.begin(), a.data.end()});
+    case pg::auth::kSasl: {
+      std::vector<std::uint8_t> mechanisms(a.data.begin(), a.data.end());
+      auto outcome = co_await scram(std::move(login), std::move(mechanisms));
+      co_return outcome;
+    }
     default:
-      co_return PgError{"28000", "server asks for an authentication method sluice does not support (code " +
-                                     std::to_string(a.code) + ")", {}, "use scram-sha-256, md5 or password in pg_hba.conf"};
+      co_return PgError{"28000",
+                        "server asks for an authentication method sluice does not support (code " +
+                            std::to_string(a.code) + ")",
+                        {},
+                        "use scram-sha-256, md5 or password in pg_hba.conf"};
   }
-  if (auto ec = co_await send(out)) co_return io_error("lost connection while authenticating to", login, ec);
+  if (auto ec = co_await send(out))
+    co_return io_error("lost connection while authenticating to", login, ec);
   co_return std::monostate{};
 }
 
 awaitable<Outcome> ServerConn::scram(ServerLogin login, std::vector<std::uint8_t> mechanisms) {
   auto mechs = pg::decode_sasl_mechanisms(pg::Span(mechanisms.data(), mechanisms.size()));
-  bool offered = mechs && std::find(mechs->begin(), mechs->end(), pg::scram::kMechanism) != mechs->end();
-  if (!offered) co_return PgError{"28000", "server offers no SASL mechanism sluice supports", {}, {}};
+  bool offered =
+      mechs && std::find(mechs->begin(), mechs->end(), pg::scram::kMechanism) != mechs->end();
+  if (!offered)
+    co_return PgError{"28000", "server offers no SASL mechanism sluice supports", {}, {}};
   if (login.password.empty()) {
-    co_return PgError{"28P01", "the server asks for SCRAM for user \"" + login.user + "\" and sluice has no plaintext password",
-                      {}, "set password (or server_password) for this user in the sluice config"};
+    co_return PgError{"28P01",
+                      "the server asks for SCRAM for user \"" + login.user +
+                          "\" and sluice has no plaintext password",
+                      {},
+                      "set password (or server_password) for this user in the sluice config"};
   }
   pg::scram::ClientExchange scram(login.password);
   pg::Buffer out;
-  pg::encode_sasl_initial_response(out, pg::scram::kMechanism, bytes::as_bytes(scram.client_first()));
-  if (auto ec = co_await send(out)) co_return io_error("lost connection while authenticating to", login, ec);
+  pg::encode_sasl_initial_response(out, pg::scram::kMechanism,
+                                   bytes::as_bytes(scram.client_first()));
+  if (auto ec = co_await send(out))
+    co_return io_error("lost connection while authenticating to", login, ec);
 
   auto first = co_await expect_sasl(login, pg::auth::kSaslContinue);
   if (auto* e = std::get_if<PgError>(&first)) co_return std::move(*e);
   auto final_msg = scram.on_server_first(std::get<std::string>(first));
-  if (!final_msg) co_return PgError{"08P01", "SCRAM with the server failed: " + scram.error(), {}, {}};
+  if (!final_msg)
+    co_return PgError{"08P01", "SCRAM with the server failed: " + scram.error(), {}, {}};
   out.clear();
   pg::encode_sasl_response(out, bytes::as_bytes(*final_msg));
-  if (auto ec = co_await send(out)) co_return io_error("lost connection while authenticating to", login, ec);
+  if (auto ec = co_await send(out))
+    co_return io_error("lost connection while authenticating to", login, ec);
   auto last = co_await expect_sasl(login, pg::auth::kSaslFinal);
   if (auto* e = std::get_if<PgError>(&last)) co_return std::move(*e);
   if (!scram.on_server_final(std::get<std::string>(last)))
@@ -179,24 +218,27 @@ awaitable<Outcome> ServerConn::scram(ServerLogin login, std::vector<std::uint8_t
 }
 
 awaitable<std::variant<std::string, PgError>> ServerConn::expect_sasl(ServerLogin login,
-                                                                 std::uint32_t code) {
+                                                                      std::uint32_t code) {
   auto m = co_await reader_.next(*stream_, false, kMaxLoginMessage);
   if (m.ec) co_return io_error("lost connection while authenticating to", login, m.ec);
-  if (m.bad) co_return PgError{"08P01", "server sent an invalid message length during SCRAM", {}, {}};
+  if (m.bad)
+    co_return PgError{"08P01", "server sent an invalid message length during SCRAM", {}, {}};
   if (m.frame.type == 'E') {
     auto e = error_from_fields(m.frame.body);
     e.message = "server login failed: " + e.message;
     co_return e;
   }
   auto a = m.frame.type == 'R' ? pg::decode_authentication(m.frame.body) : std::nullopt;
-  if (!a || a->code != code) co_return PgError{"08P01", "unexpected message during SCRAM exchange", {}, {}};
+  if (!a || a->code != code)
+    co_return PgError{"08P01", "unexpected message during SCRAM exchange", {}, {}};
   co_return std::string(bytes::as_chars(a->data));
 }
 
 awaitable<Outcome> ServerConn::run(std::string sql) {
   pg::Buffer q;
   pg::encode_query(q, sql);
-  if (auto ec = co_await send(q)) co_return PgError{"08006", "lost the server connection: " + ec.message(), {}, {}};
+  if (auto ec = co_await send(q))
+    co_return PgError{"08006", "lost the server connection: " + ec.message(), {}, {}};
   Outcome result;
   for (;;) {
     auto m = co_await reader_.next(*stream_, false, pg::kMaxMessageLength);
@@ -204,7 +246,8 @@ awaitable<Outcome> ServerConn::run(std::string sql) {
     if (m.bad) co_return PgError{"08P01", "server sent an invalid message length", {}, {}};
     switch (m.frame.type) {
       case 'E':
-        if (std::holds_alternative<std::monostate>(result)) result = error_from_fields(m.frame.body);
+        if (std::holds_alternative<std::monostate>(result))
+          result = error_from_fields(m.frame.body);
         break;
       case 'S':
         if (auto p = pg::decode_parameter_status(m.frame.body)) set_param(p->name, p->value);

@@ -26,8 +26,8 @@ struct ServerLogin {
   std::uint16_t port = 5432;
   std::string dbname;
   std::string user;
-  std::string password;   // plaintext, for SCRAM / md5 / cleartext
-  std::string md5_hash;   // "md5..." when only the hash is known (md5 servers)
+  std::string password;  // plaintext, for SCRAM / md5 / cleartext
+  std::string md5_hash;  // "md5..." when only the hash is known (md5 servers)
   config::ServerTls tls = config::ServerTls::kDisable;
   std::shared_ptr<ssl::context> tls_context;  // required unless tls is disable
   Clock::duration timeout = std::chrono::seconds(15);
@@ -58,10 +58,14 @@ class ServerConn {
   explicit ServerConn(tcp::socket s) : stream_(std::make_unique<Stream>(std::move(s))) {}
   // Coroutines take their arguments by value: they may outlive the caller's temporaries.
   awaitable<std::variant<std::monostate, PgError>> login(ServerLogin login);
-  awaitable<std::variant<std::monostate, PgError>> authenticate(ServerLogin login, pg::Authentication a);
-  awaitable<std::variant<std::monostate, PgError>> scram(ServerLogin login, std::vector<std::uint8_t> mechanisms);
+  awaitable<std::variant<std::monostate, PgError>> authenticate(ServerLogin login,
+                                                                pg::Authentication a);
+  awaitable<std::variant<std::monostate, PgError>> scram(ServerLogin login,
+                                                         std::vector<std::uint8_t> mechanisms);
   awaitable<std::variant<std::string, PgError>> expect_sasl(ServerLogin login, std::uint32_t code);
-  awaitable<error_code> send(pg::Buffer b) { co_return co_await stream_->write_all(asio::buffer(b)); }
+  awaitable<error_code> send(pg::Buffer b) {
+    co_return co_await stream_->write_all(asio::buffer(b));
+  }
 
   std::unique_ptr<Stream> stream_;
   FramedReader reader_;

@@ -66,7 +66,8 @@ class Reader {
       ok_ = false;
       return {};
     }
-    std::string_view out(reinterpret_cast<const char*>(begin), static_cast<std::size_t>(nul - begin));
+    std::string_view out(reinterpret_cast<const char*>(begin),
+                         static_cast<std::size_t>(nul - begin));
     pos_ += out.size() + 1;
     return out;
   }
@@ -102,7 +103,8 @@ class Writer {
     out_.push_back(static_cast<std::uint8_t>(v));
   }
   void u32(std::uint32_t v) {
-    for (int shift = 24; shift >= 0; shift -= 8) out_.push_back(static_cast<std::uint8_t>(v >> shift));
+    for (int shift = 24; shift >= 0; shift -= 8)
+      out_.push_back(static_cast<std::uint8_t>(v >> shift));
   }
   void i32(std::int32_t v) { u32(static_cast<std::uint32_t>(v)); }
   void i16(std::int16_t v) { u16(static_cast<std::uint16_t>(v)); }
@@ -122,7 +124,9 @@ class Writer {
   }
   void end_message(std::size_t length_at) {
     auto len = static_cast<std::uint32_t>(out_.size() - length_at);
-    for (int i = 0; i < 4; ++i) out_[length_at + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(len >> (24 - 8 * i));
+    for (int i = 0; i < 4; ++i)
+      out_[length_at + static_cast<std::size_t>(i)] =
+          static_cast<std::uint8_t>(len >> (24 - 8 * i));
   }
 
  private:

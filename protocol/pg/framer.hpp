@@ -14,7 +14,7 @@ using bytes::Span;
 // Limits from the protocol (postgres' own MAX_STARTUP_PACKET_LENGTH is 10000).
 inline constexpr std::uint32_t kMaxStartupPacket = 10000;
 inline constexpr std::uint32_t kMaxMessageLength = 0x3fffffff;  // 1 GiB - 1, the server's cap
-inline constexpr std::size_t kHeaderSize = 5;                    // type byte + int32 length
+inline constexpr std::size_t kHeaderSize = 5;                   // type byte + int32 length
 
 inline constexpr std::uint32_t kProtocolV3 = 196608;  // 3.0
 inline constexpr std::uint32_t kSslRequestCode = 80877103;
@@ -31,8 +31,8 @@ struct NeedMore {
   std::size_t bytes;  // at least this many more bytes are needed
 };
 struct Frame {
-  char type;       // 0 for an untyped startup packet
-  Span body;       // bytes after the length word
+  char type;         // 0 for an untyped startup packet
+  Span body;         // bytes after the length word
   std::size_t size;  // whole frame size in the buffer
 };
 struct FrameFailure {

@@ -73,7 +73,9 @@ std::optional<std::string_view> decode_password_message(Span body) {
   return pw;
 }
 
-std::optional<std::string_view> decode_query(Span body) { return decode_password_message(body); }
+std::optional<std::string_view> decode_query(Span body) {
+  return decode_password_message(body);
+}
 
 std::optional<Authentication> decode_authentication(Span body) {
   Reader r(body);
@@ -168,8 +170,12 @@ void encode_fields(Buffer& out, char type, const ErrorSpec& e) {
 }
 }  // namespace
 
-void encode_error_response(Buffer& out, const ErrorSpec& e) { encode_fields(out, 'E', e); }
-void encode_notice_response(Buffer& out, const ErrorSpec& e) { encode_fields(out, 'N', e); }
+void encode_error_response(Buffer& out, const ErrorSpec& e) {
+  encode_fields(out, 'E', e);
+}
+void encode_notice_response(Buffer& out, const ErrorSpec& e) {
+  encode_fields(out, 'N', e);
+}
 
 void encode_authentication(Buffer& out, std::uint32_t code, Span data) {
   Writer w(out);

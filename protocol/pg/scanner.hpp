@@ -1,4 +1,5 @@
-// Follows message boundaries in a relayed byte stream, stopping only at messages the caller inspects.
+// Follows message boundaries in a relayed byte stream, stopping only at messages the caller
+// inspects.
 #pragma once
 
 #include <array>
@@ -48,8 +49,9 @@ class MessageScanner {
       const auto& header = std::get<Header>(h);
       if (want[static_cast<std::uint8_t>(header.type)] == Want::kWhole) {
         if (avail < header.total()) return {Stop::kNeedMore, pos, header.total() - avail};
-        return {Stop::kInspect, pos, 0,
-                Frame{header.type, data.subspan(pos + kHeaderSize, header.length - 4), header.total()}};
+        return {
+            Stop::kInspect, pos, 0,
+            Frame{header.type, data.subspan(pos + kHeaderSize, header.length - 4), header.total()}};
       }
       on_header(header);
       skip_ = header.total();

@@ -22,7 +22,9 @@ Key hmac(const std::uint8_t* key, std::size_t key_len, std::string_view msg) {
        reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out.data(), &len);
   return out;
 }
-Key hmac(const Key& key, std::string_view msg) { return hmac(key.data(), key.size(), msg); }
+Key hmac(const Key& key, std::string_view msg) {
+  return hmac(key.data(), key.size(), msg);
+}
 
 Key sha256(const Key& in) {
   Key out{};
@@ -40,9 +42,13 @@ Key salted_password(std::string_view password, const std::vector<std::uint8_t>& 
   return out;
 }
 
-bool equal(const Key& a, const Key& b) { return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0; }
+bool equal(const Key& a, const Key& b) {
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
 
-std::string b64(const Key& k) { return base64::encode(bytes::Span(k.data(), k.size())); }
+std::string b64(const Key& k) {
+  return base64::encode(bytes::Span(k.data(), k.size()));
+}
 
 std::optional<Key> decode_key(std::string_view text) {
   auto raw = base64::decode(text);
@@ -85,7 +91,8 @@ bool valid_nonce(std::string_view n) {
 
 std::vector<std::uint8_t> random_bytes(std::size_t n) {
   std::vector<std::uint8_t> out(n);
-  if (RAND_bytes(out.data(), static_cast<int>(n)) != 1) throw std::runtime_error("RAND_bytes failed");
+  if (RAND_bytes(out.data(), static_cast<int>(n)) != 1)
+    throw std::runtime_error("RAND_bytes failed");
   return out;
 }
 
@@ -101,7 +108,8 @@ std::optional<Verifier> Verifier::parse(std::string_view text) {
   if (colon2 == std::string_view::npos) return std::nullopt;
   Verifier v;
   auto iter_text = text.substr(0, colon1);
-  auto [ptr, ec] = std::from_chars(iter_text.data(), iter_text.data() + iter_text.size(), v.iterations);
+  auto [ptr, ec] =
+      std::from_chars(iter_text.data(), iter_text.data() + iter_text.size(), v.iterations);
   if (ec != std::errc{} || ptr != iter_text.data() + iter_text.size() || v.iterations == 0)
     return std::nullopt;
   auto salt = base64::decode(text.substr(colon1 + 1, dollar - colon1 - 1));
@@ -139,7 +147,8 @@ std::optional<std::string> ServerExchange::on_client_first(std::string_view msg)
   state_ = State::kFailed;
   // gs2-header: cbind-flag "," [authzid] ","
   std::size_t first = msg.find(',');
-  if (first == std::string_view::npos) return error_ = "malformed client-first-message", std::nullopt;
+  if (first == std::string_view::npos)
+    return error_ = "malformed client-first-message", std::nullopt;
   std::string_view flag = msg.substr(0, first);
   if (flag.starts_with("p=")) {
     error_ = "channel binding was requested but SCRAM-SHA-256-PLUS is not offered";
@@ -187,7 +196,8 @@ std::optional<std::string> ServerExchange::on_client_final(std::string_view msg)
   auto proof = decode_key(msg.substr(proof_at + 3));
   if (!proof) return error_ = "malformed client proof", std::nullopt;
 
-  std::string auth_message = client_first_bare_ + "," + server_first_ + "," + std::string(without_proof);
+  std::string auth_message =
+      client_first_bare_ + "," + server_first_ + "," + std::string(without_proof);
   Key signature = hmac(verifier_.stored_key, auth_message);
   Key client_key{};
   for (std::size_t i = 0; i < client_key.size(); ++i) client_key[i] = (*proof)[i] ^ signature[i];

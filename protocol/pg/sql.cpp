@@ -59,7 +59,8 @@ std::optional<std::pair<std::string, std::string>> setting(std::string_view word
 }
 }  // namespace
 
-std::optional<std::vector<std::pair<std::string, std::string>>> parse_options(std::string_view opts) {
+std::optional<std::vector<std::pair<std::string, std::string>>> parse_options(
+    std::string_view opts) {
   std::vector<std::pair<std::string, std::string>> out;
   auto words = split_words(opts);
   for (std::size_t i = 0; i < words.size(); ++i) {

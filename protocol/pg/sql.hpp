@@ -17,6 +17,7 @@ bool is_setting_name(std::string_view name);
 
 // Parses the `options` startup parameter ("-c name=value --name=value", backslash escapes a space)
 // into settings. Returns nullopt when it holds something other than settings.
-std::optional<std::vector<std::pair<std::string, std::string>>> parse_options(std::string_view opts);
+std::optional<std::vector<std::pair<std::string, std::string>>> parse_options(
+    std::string_view opts);
 
 }  // namespace sluice::pg::sql

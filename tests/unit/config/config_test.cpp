@@ -1,8 +1,8 @@
 // Config loading: the documented example loads; every error names the key and the line.
+#include "config/config.hpp"
+
 #include <catch2/catch.hpp>
 #include <cstdlib>
-
-#include "config/config.hpp"
 
 using namespace sluice::config;
 using Catch::Matchers::Contains;
@@ -69,22 +69,31 @@ TEST_CASE("a typo'd key names the key, the line and a suggestion") {
 TEST_CASE("bad values name the key and the line") {
   CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: h, port: 99999}\nusers: []\n"),
              Contains("test.yaml:3: key 'databases.d.primary.port'"));
-  CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: h}\npool:\n  mode: sometimes\n"),
-             Contains("test.yaml:5: key 'pool.mode': expected one of session | transaction | statement"));
+  CHECK_THAT(
+      error_of("databases:\n  d:\n    primary: {host: h}\npool:\n  mode: sometimes\n"),
+      Contains("test.yaml:5: key 'pool.mode': expected one of session | transaction | statement"));
   CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: h}\nusers:\n  - name: u\n"),
              Contains("users[0].password"));
   CHECK_THAT(error_of("listen:\n  postgres: nope\ndatabases: {}\n"), Contains("listen.postgres"));
-  CHECK_THAT(error_of("databases:\n  d:\n    primary: {port: 1}\n"), Contains("databases.d.primary.host"));
+  CHECK_THAT(error_of("databases:\n  d:\n    primary: {port: 1}\n"),
+             Contains("databases.d.primary.host"));
   CHECK_THAT(error_of("a: [\n"), Contains("invalid YAML"));
-  CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: h}\nauth_type: trust\nshutdown_timeout: soon\n"),
-             Contains("test.yaml:5: key 'shutdown_timeout'"));
+  CHECK_THAT(
+      error_of(
+          "databases:\n  d:\n    primary: {host: h}\nauth_type: trust\nshutdown_timeout: soon\n"),
+      Contains("test.yaml:5: key 'shutdown_timeout'"));
 }
 
 TEST_CASE("missing environment variables are errors, defaults apply") {
   unsetenv("SLUICE_NOT_SET");
-  CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: h}\nusers:\n  - name: u\n    password: ${SLUICE_NOT_SET}\n"),
-             Contains("test.yaml:6: key 'users[0].password': environment variable SLUICE_NOT_SET is not set"));
-  auto c = load_string("databases:\n  d:\n    primary: {host: h}\nusers:\n  - name: u\n    password: ${SLUICE_NOT_SET:-pw}\n");
+  CHECK_THAT(
+      error_of("databases:\n  d:\n    primary: {host: h}\nusers:\n  - name: u\n    password: "
+               "${SLUICE_NOT_SET}\n"),
+      Contains(
+          "test.yaml:6: key 'users[0].password': environment variable SLUICE_NOT_SET is not set"));
+  auto c = load_string(
+      "databases:\n  d:\n    primary: {host: h}\nusers:\n  - name: u\n    password: "
+      "${SLUICE_NOT_SET:-pw}\n");
   CHECK(c->user("u")->server_password == "pw");
 }
 
@@ -93,7 +102,8 @@ TEST_CASE("SCRAM verifiers and md5 hashes are accepted as passwords") {
       "databases:\n  d:\n    primary: {host: h}\nusers:\n"
       "  - name: a\n    password: SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0$"
       "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
-      "  - name: b\n    password: md5" + std::string(32, 'a') + "\n");
+      "  - name: b\n    password: md5" +
+      std::string(32, 'a') + "\n");
   CHECK(c->user("a")->scram.iterations == 4096);
   CHECK(c->user("a")->server_password.empty());
   CHECK(c->user("b")->md5_hash == "md5" + std::string(32, 'a'));
@@ -103,7 +113,8 @@ TEST_CASE("SCRAM verifiers and md5 hashes are accepted as passwords") {
 TEST_CASE("durations and per-database overrides") {
   auto c = load_string(
       "databases:\n  d:\n    primary: {host: h, dbname: real}\n    pool: {size: 3, mode: session}\n"
-      "auth_type: trust\npool:\n  query_wait_timeout: 500ms\n  server_lifetime: 2m\nshutdown_timeout: 7\n");
+      "auth_type: trust\npool:\n  query_wait_timeout: 500ms\n  server_lifetime: "
+      "2m\nshutdown_timeout: 7\n");
   CHECK(c->pool.query_wait_timeout == Duration(500));
   CHECK(c->pool.server_lifetime == Duration(120'000));
   CHECK(c->shutdown_timeout == Duration(7000));

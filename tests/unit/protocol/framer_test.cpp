@@ -1,7 +1,8 @@
 // Framer and relay-scanner tests, each replayed with the input split at every byte boundary.
+#include "protocol/pg/framer.hpp"
+
 #include <catch2/catch.hpp>
 
-#include "protocol/pg/framer.hpp"
 #include "protocol/pg/messages.hpp"
 #include "protocol/pg/scanner.hpp"
 
@@ -17,7 +18,8 @@ std::vector<std::pair<char, std::string>> frames_split(const Buffer& stream, std
   std::size_t fed = 0;
   bool startup = first_is_startup;
   auto feed = [&](std::size_t upto) {
-    have.insert(have.end(), stream.begin() + static_cast<long>(fed), stream.begin() + static_cast<long>(upto));
+    have.insert(have.end(), stream.begin() + static_cast<long>(fed),
+                stream.begin() + static_cast<long>(upto));
     fed = upto;
     for (;;) {
       auto r = startup ? next_startup_frame(have) : next_frame(have);
@@ -97,7 +99,8 @@ TEST_CASE("scanner passes bodies through and stops at inspected messages, at eve
     std::string seen;
     int passed = 0;
     for (std::size_t upto : {cut, stream.size()}) {
-      have.insert(have.end(), stream.begin() + static_cast<long>(fed), stream.begin() + static_cast<long>(upto));
+      have.insert(have.end(), stream.begin() + static_cast<long>(fed),
+                  stream.begin() + static_cast<long>(upto));
       fed = upto;
       for (;;) {
         auto stop = scanner.scan(have, kWant, [&](const Header&) { ++passed; });

@@ -1,7 +1,7 @@
 // Encoders and decoders agree: decode(encode(x)) == x for every message sluice writes.
-#include <catch2/catch.hpp>
-
 #include "protocol/pg/messages.hpp"
+
+#include <catch2/catch.hpp>
 
 using namespace sluice;
 using namespace sluice::pg;
@@ -29,11 +29,13 @@ TEST_CASE("startup packets decode") {
 
   Buffer ssl;
   encode_ssl_request(ssl);
-  CHECK(std::holds_alternative<SslRequest>(std::get<StartupPacket>(decode_startup(only_frame(ssl, true).body))));
+  CHECK(std::holds_alternative<SslRequest>(
+      std::get<StartupPacket>(decode_startup(only_frame(ssl, true).body))));
 
   Buffer cancel;
   encode_cancel_request(cancel, {42, 0xdeadbeef});
-  auto c = std::get<CancelRequest>(std::get<StartupPacket>(decode_startup(only_frame(cancel, true).body)));
+  auto c = std::get<CancelRequest>(
+      std::get<StartupPacket>(decode_startup(only_frame(cancel, true).body)));
   CHECK(c.pid == 42);
   CHECK(c.secret == 0xdeadbeef);
 }
@@ -44,8 +46,9 @@ TEST_CASE("malformed startup packets are errors, not crashes") {
     return decode_startup(b);
   };
   CHECK(std::get<DecodeError>(decode({0, 3, 0, 0, 'u', 's'})).sqlstate == "08P01");  // no NUL
-  CHECK(std::get<DecodeError>(decode({0, 2, 0, 0, 0})).sqlstate == "0A000");        // protocol 2
-  CHECK(std::get<DecodeError>(decode({0x04, 0xd2, 0x16, 0x2f, 1})).sqlstate == "08P01");  // SSL + junk
+  CHECK(std::get<DecodeError>(decode({0, 2, 0, 0, 0})).sqlstate == "0A000");         // protocol 2
+  CHECK(std::get<DecodeError>(decode({0x04, 0xd2, 0x16, 0x2f, 1})).sqlstate ==
+        "08P01");  // SSL + junk
   CHECK(std::get<DecodeError>(decode({0x04, 0xd2})).sqlstate == "08P01");
 }
 

@@ -1,9 +1,10 @@
 // SCRAM-SHA-256 against RFC 7677's test vector and client↔server exchanges; md5 hashing.
+#include "protocol/pg/scram.hpp"
+
 #include <catch2/catch.hpp>
 
 #include "protocol/common/base64.hpp"
 #include "protocol/pg/md5.hpp"
-#include "protocol/pg/scram.hpp"
 
 using namespace sluice;
 using namespace sluice::pg;

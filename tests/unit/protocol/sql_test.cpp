@@ -1,7 +1,7 @@
 // Literal quoting and startup `options` parsing.
-#include <catch2/catch.hpp>
-
 #include "protocol/pg/sql.hpp"
+
+#include <catch2/catch.hpp>
 
 using namespace sluice::pg::sql;
 
