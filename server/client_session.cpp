@@ -508,6 +508,7 @@ awaitable<std::string> ClientSession::server_to_client() {
     }
     in.shrink(kServerBuffer);
     auto [ec, n] = co_await in.fill(server_->stream(), stop.need);
+    if (ec == asio::error::operation_aborted) co_return "cancelled";  // the other direction ended
     if (ec) {
       server_failed_ = true;
       if (!to_client_.mid_message()) {

@@ -70,6 +70,7 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
     if (fresh && conn->stream().idle_and_open() && conn->stream().rebind(ex)) {
       co_return Lease(shared_from_this(), std::move(conn));
     }
+    spdlog::debug("pool {}: idle server connection unusable (fresh={}); opening a new one", name_, fresh);
     dispose(std::move(conn));  // keep its slot for a new connection on this event loop
   }
   co_return co_await open();
@@ -125,6 +126,7 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken) {
   {
     std::lock_guard lock(mu_);
     if (broken || Clock::now() - conn->created() >= lifetime_) {
+      spdlog::debug("pool {}: closing server connection ({})", name_, broken ? "broken" : "lifetime");
       dispose(std::move(conn));
       free_slot();
       return;

@@ -1,0 +1,145 @@
+"""Shared pieces of sluice's integration tests: the running cluster (cluster.py), a sluice process
+per test with its own config and port, and psql/pgbench helpers. Tests use unittest and real
+clients only (psql, pgbench, psycopg/libpq, and pgwire.py for raw protocol cases)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ENV_DIR = os.environ.get("SLUICE_TEST_ENV", os.path.join(ROOT, "build", "test-env"))
+SLUICE = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "release", "sluice"))
+APP_PASSWORD = "secret"
+
+
+def state():
+    with open(os.path.join(ENV_DIR, "state.json")) as f:
+        return json.load(f)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def direct_dsn(user="app", password=APP_PASSWORD, db="appdb", **params):
+    st = state()
+    return make_dsn(st["primary_port"], user, password, db, **params)
+
+
+def make_dsn(port, user="app", password=APP_PASSWORD, db="appdb", **params):
+    params.setdefault("sslmode", "disable")
+    extra = " ".join(f"{k}={v}" for k, v in params.items())
+    return f"host=127.0.0.1 port={port} user={user} password={password} dbname={db} {extra}"
+
+
+def default_config(port):
+    st = state()
+    return {
+        "listen": {"postgres": f"127.0.0.1:{port}"},
+        "databases": {"appdb": {"primary": {"host": "127.0.0.1", "port": st["primary_port"]},
+                                "replicas": [{"host": "127.0.0.1", "port": st["replica_port"]}]}},
+        "users": [{"name": "app", "password": APP_PASSWORD},
+                  {"name": "other", "password": "otherpass"},
+                  {"name": "md5user", "password": "md5pass"}],
+        "pool": {"mode": "session", "size": 40},
+        "tls": {"cert": f"{st['certs']}/server.crt", "key": f"{st['certs']}/server.key"},
+        "log": {"level": "info"},
+    }
+
+
+class Sluice:
+    """One sluice process. JSON is valid YAML, so configs are written as JSON."""
+
+    def __init__(self, config=None, tweak=None):
+        self.port = free_port()
+        self.config = config or default_config(self.port)
+        if tweak:
+            tweak(self.config)
+        self.dir = tempfile.mkdtemp(prefix="sluice-test-")
+        self.config_path = os.path.join(self.dir, "sluice.yaml")
+        self.log_path = os.path.join(self.dir, "sluice.log")
+        self.proc = None
+
+    def write_config(self):
+        with open(self.config_path, "w") as f:
+            json.dump(self.config, f, indent=2)
+
+    def start(self):
+        self.write_config()
+        self.log_file = open(self.log_path, "w")
+        self.proc = subprocess.Popen([SLUICE, "--config", self.config_path],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sluice exited early:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sluice did not start listening")
+
+    def dsn(self, user="app", password=APP_PASSWORD, db="appdb", **params):
+        return make_dsn(self.port, user, password, db, **params)
+
+    def url(self, user="app", password=APP_PASSWORD, db="appdb"):
+        return f"postgres://{user}:{password}@127.0.0.1:{self.port}/{db}"
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=40):
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError("sluice did not stop within the timeout")
+        self.log_file.close()
+        return self.proc.returncode
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def psql(dsn, sql=None, file=None, stdin=None, timeout=120, check=True, extra=()):
+    cmd = ["psql", "-X", "-v", "ON_ERROR_STOP=0", "-d", dsn, *extra]
+    if sql is not None:
+        cmd += ["-c", sql]
+    if file is not None:
+        cmd += ["-f", file]
+    r = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"psql failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
+    return r
+
+
+def superuser_sql(sql, db="appdb", port=None):
+    """Runs SQL on the primary as the cluster superuser over its unix socket."""
+    st = state()
+    cmd = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", st["sock_dir"], "-p",
+           str(port or st["primary_port"]), "-d", db, "-c", sql]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", st["os_user"], "--"] + cmd
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
