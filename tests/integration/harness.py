@@ -10,7 +10,7 @@ import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-ENV_DIR = os.environ.get("SLUICE_TEST_ENV", os.path.join(ROOT, "build", "test-env"))
+ENV_DIR = os.environ.get("SLUICE_TEST_ENV", "/tmp/sluice-it-manual")
 SLUICE = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "release", "sluice"))
 APP_PASSWORD = "secret"
 
@@ -110,6 +110,11 @@ class Sluice:
                 self.proc.wait()
                 raise RuntimeError("sluice did not stop within the timeout")
         self.log_file.close()
+        log = self.log()
+        for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
+                       "ThreadSanitizer"):
+            if marker in log:
+                raise AssertionError(f"sanitizer report in the sluice log:\n{log[-4000:]}")
         return self.proc.returncode
 
     def log(self):

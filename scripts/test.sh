@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every sluice test on this machine: installs what is missing (Debian packages), builds the
+# release and the ASan+UBSan builds, runs unit and integration tests (real PostgreSQL primary +
+# replica + Redis, started and stopped by ctest) on both, then a short libFuzzer pass.
+#   SLUICE_PGBENCH_SECONDS  length of each pgbench run in the release pass (default 30)
+#   SLUICE_FUZZ_SECONDS     seconds per fuzz target (default 30; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+jobs=$(nproc)
+echo "== release build"
+cmake --preset release -G Ninja -DSLUICE_WERROR=ON >/dev/null
+cmake --build --preset release -j "$jobs"
+echo "== release tests (unit + integration)"
+SLUICE_PGBENCH_SECONDS=${SLUICE_PGBENCH_SECONDS:-30} ctest --preset release
+
+echo "== ASan+UBSan build"
+cmake --preset debug -G Ninja -DSLUICE_WERROR=ON >/dev/null
+cmake --build --preset debug -j "$jobs"
+echo "== ASan+UBSan tests (unit + integration, shorter pgbench)"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  SLUICE_PGBENCH_SECONDS=5 ctest --preset debug
+
+fuzz_seconds=${SLUICE_FUZZ_SECONDS:-30}
+if [ "$fuzz_seconds" != 0 ]; then
+  echo "== libFuzzer (${fuzz_seconds}s per target)"
+  cmake --preset fuzz -G Ninja >/dev/null
+  cmake --build --preset fuzz -j "$jobs"
+  for target in fuzz_pg_frontend fuzz_pg_backend; do
+    corpus=$(mktemp -d)
+    build/fuzz/tests/fuzz/$target -max_total_time="$fuzz_seconds" -max_len=4096 "$corpus" 2>&1 | tail -n 1
+    rm -rf "$corpus"
+  done
+fi
+echo "== all tests passed"
