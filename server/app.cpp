@@ -49,7 +49,7 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
   auto endpoints =
       resolver.resolve(cfg->listen_postgres.host, std::to_string(cfg->listen_postgres.port));
   auto ep = endpoints.begin()->endpoint();
-  acceptor_.emplace(ctx);
+  acceptor_.emplace(ctx);  // lives on loop 0; closed before the loops are destroyed
   acceptor_->open(ep.protocol());
   acceptor_->set_option(tcp::acceptor::reuse_address(true));
   acceptor_->bind(ep);
@@ -89,6 +89,12 @@ int App::run() {
   main_loop.run();  // returns when drain() stops it
   for (auto& l : loops_) l->stop();
   for (auto& t : threads) t.join();
+  // Tear down while every loop object still exists: idle server connections first, then the
+  // loops, whose destruction frees the remaining session frames (their leases close inline).
+  rt_->pools.close_for_exit();
+  guards.clear();
+  acceptor_.reset();
+  loops_.clear();
   spdlog::info("sluice stopped");
   return 0;
 }

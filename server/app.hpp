@@ -25,7 +25,7 @@ class App {
 
   std::string config_path_;
   std::shared_ptr<Runtime> rt_;
-  std::vector<std::unique_ptr<asio::io_context>> loops_;
+  std::vector<std::unique_ptr<asio::io_context>> loops_;  // cleared at the end of run()
   std::optional<tcp::acceptor> acceptor_;
   std::size_t next_loop_ = 0;
   bool force_stop_ = false;

@@ -20,15 +20,17 @@ void Lease::give_back() {
   pool_.reset();
 }
 
-namespace {
-// Destroys a connection on its own event loop, where its socket is registered.
-void dispose(std::unique_ptr<ServerConn> conn) {
+// Destroys a connection on its own event loop, where its socket is registered (inline at exit).
+void Pool::discard(std::unique_ptr<ServerConn> conn) {
   if (!conn) return;
+  if (exiting_) {
+    conn->stream().close();
+    return;
+  }
   auto ex = conn->stream().socket().get_executor();
   std::shared_ptr<ServerConn> owned(std::move(conn));
   asio::post(ex, [owned] { owned->stream().close(); });
 }
-}  // namespace
 
 awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
   auto ex = co_await asio::this_coro::executor;
@@ -70,8 +72,10 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
     if (fresh && conn->stream().idle_and_open() && conn->stream().rebind(ex)) {
       co_return Lease(shared_from_this(), std::move(conn));
     }
-    spdlog::debug("pool {}: idle server connection unusable (fresh={}); opening a new one", name_, fresh);
-    dispose(std::move(conn));  // keep its slot for a new connection on this event loop
+    spdlog::debug("pool {}: idle server connection unusable (fresh={}); opening a new one", name_,
+                  fresh);
+    std::lock_guard lock(mu_);
+    discard(std::move(conn));  // keep its slot for a new connection on this event loop
   }
   co_return co_await open();
 }
@@ -126,13 +130,19 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken) {
   {
     std::lock_guard lock(mu_);
     if (broken || Clock::now() - conn->created() >= lifetime_) {
-      spdlog::debug("pool {}: closing server connection ({})", name_, broken ? "broken" : "lifetime");
-      dispose(std::move(conn));
+      spdlog::debug("pool {}: closing server connection ({})", name_,
+                    broken ? "broken" : "lifetime");
+      discard(std::move(conn));
       free_slot();
       return;
     }
-    if (reset_query_.empty()) {
-      hand_over(std::move(conn));
+    if (reset_query_.empty() || exiting_) {
+      if (exiting_) {
+        discard(std::move(conn));
+        free_slot();
+      } else {
+        hand_over(std::move(conn));
+      }
       return;
     }
     reset = reset_query_;
@@ -154,7 +164,7 @@ awaitable<void> Pool::reset_then_return(std::unique_ptr<ServerConn> conn, std::s
   } else {
     spdlog::warn("pool {}: reset query '{}' failed; closing that server connection", name_,
                  reset_query);
-    dispose(std::move(conn));
+    discard(std::move(conn));
     free_slot();
   }
 }
@@ -167,7 +177,7 @@ void Pool::close_expired(Clock::duration idle_timeout, Clock::duration lifetime)
   };
   for (auto it = idle_.begin(); it != idle_.end();) {
     if (expired(*it)) {
-      dispose(std::move(*it));
+      discard(std::move(*it));
       it = idle_.erase(it);
       free_slot();
     } else {
@@ -178,6 +188,18 @@ void Pool::close_expired(Clock::duration idle_timeout, Clock::duration lifetime)
 
 void Pool::close_idle() {
   close_expired(Clock::duration::zero(), Clock::duration::zero());
+}
+
+void Pool::close_for_exit() {
+  {
+    std::lock_guard lock(mu_);
+    exiting_ = true;
+  }
+  close_idle();
+}
+
+void PoolRegistry::close_for_exit() {
+  for (auto& pool : all()) pool->close_for_exit();
 }
 
 PoolStats Pool::stats() {

@@ -67,8 +67,11 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void give_back(std::unique_ptr<ServerConn> conn, bool broken);
   // Closes idle connections past the idle timeout or lifetime.
   void close_expired(Clock::duration idle_timeout, Clock::duration lifetime);
-  // Closes all idle connections (reload, shutdown).
+  // Closes all idle connections (drain).
   void close_idle();
+  // At exit, with the event loops stopped: closes idle connections now and makes every later
+  // give_back close inline instead of posting to a loop that is going away.
+  void close_for_exit();
   PoolStats stats();
 
  private:
@@ -83,6 +86,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void free_slot();                                  // under mu_
   awaitable<std::variant<Lease, PgError>> open();
   awaitable<void> reset_then_return(std::unique_ptr<ServerConn> conn, std::string reset_query);
+  void discard(std::unique_ptr<ServerConn> conn);  // under mu_
 
   std::string name_;
   ServerLogin login_;
@@ -92,6 +96,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::deque<std::shared_ptr<Waiter>> waiters_;
   std::string reset_query_ = "DISCARD ALL";
   Clock::duration lifetime_ = std::chrono::hours(1);
+  bool exiting_ = false;
 };
 
 // All pools, keyed by everything that decides where and as whom they log in.
@@ -101,6 +106,7 @@ class PoolRegistry {
                             const config::User& user,
                             const std::shared_ptr<ssl::context>& server_tls);
   std::vector<std::shared_ptr<Pool>> all();
+  void close_for_exit();
 
  private:
   std::mutex mu_;
