@@ -40,7 +40,12 @@ class ClientSession {
         client_(std::make_unique<Stream>(std::move(socket))),
         reader_(kClientBuffer),
         to_server_(cfg_->max_message_size),
-        to_client_(pg::kMaxMessageLength) {}
+        to_client_(pg::kMaxMessageLength) {
+    ++rt_->clients;
+  }
+  ClientSession(const ClientSession&) = delete;
+  ClientSession& operator=(const ClientSession&) = delete;
+  ~ClientSession();
 
   awaitable<void> run();
 
@@ -104,7 +109,6 @@ awaitable<void> ClientSession::run() {
   handle_ = std::make_shared<SessionHandle>(ex);
   handle_->kill = [this] { kill(); };
   rt_->add_session(handle_);
-  ++rt_->clients;
 
   std::string reason = "client disconnected during login";
   auto login = co_await (startup_and_auth() || sleep_for(kLoginTimeout) || wait_killed());
@@ -130,9 +134,14 @@ awaitable<void> ClientSession::run() {
   }
   if (logged_in)
     spdlog::info("client {} user={} db={}: closed ({})", peer_, user_name_, db_name_, reason);
+}
 
-  handle_->kill = nullptr;
-  rt_->remove_session(handle_);
+// The one exit path: runs however run() ends, an exception included.
+ClientSession::~ClientSession() {
+  if (handle_) {
+    handle_->kill = nullptr;
+    rt_->remove_session(handle_);
+  }
   --rt_->clients;
   if (key_.pid != 0) rt_->cancels.remove(key_);
   if (server_ && (server_failed_ || !server_reusable())) server_.mark_broken();
