@@ -50,7 +50,7 @@ psql -X -Atq "postgres://app:secret@127.0.0.1:$PORT/appdb?sslmode=require" \
 cat <<MSG
 
   connect:   psql "postgres://app:secret@127.0.0.1:$PORT/appdb"
-  TLS:       psql "postgres://app:secret@127.0.0.1:$PORT/appdb?sslmode=verify-full&sslrootcert=$SLUICE_CERT_DIR/ca.crt&host=localhost"
+  TLS:       psql "postgres://app:secret@127.0.0.1:$PORT/appdb?sslmode=verify-full&sslrootcert=$SLUICE_CERT_DIR/ca.crt"
   servers:   primary 127.0.0.1:$PRIMARY_PORT, replica 127.0.0.1:$REPLICA_PORT, redis 127.0.0.1:$REDIS_PORT
   config:    $RUN_DIR/sluice.yaml (kill -HUP $(cat "$RUN_DIR/sluice.pid") reloads it)
   log:       $RUN_DIR/sluice.log
