@@ -460,7 +460,8 @@ awaitable<std::string> ClientSession::client_to_server() {
       if (h.type == 'Q' || h.type == 'S' || h.type == 'F') note_request();
     });
     if (stop.offset > 0) {
-      if (auto ec = co_await server_->stream().write_all(asio::buffer(data.data(), stop.offset))) {
+      auto [ec, written] = co_await server_->stream().write(asio::buffer(data.data(), stop.offset));
+      if (ec) {
         server_failed_ = true;
         queue_error({"08006", "lost the connection to the server: " + ec.message(), {}, {}});
         co_await flush();
@@ -480,7 +481,8 @@ awaitable<std::string> ClientSession::client_to_server() {
       co_return "protocol violation";
     }
     reader_.shrink(kClientBuffer);
-    auto [ec, n] = co_await reader_.fill(*client_, stop.need);
+    auto [ec, n] = co_await client_->read_some(reader_.prepare(stop.need));
+    reader_.commit(n);
     if (ec) co_return "client disconnected";
   }
 }
@@ -505,8 +507,8 @@ awaitable<std::string> ClientSession::server_to_client() {
       forward += stop.frame.size;
     }
     if (forward > 0) {
-      if (co_await client_->write_all(asio::buffer(data.data(), forward)))
-        co_return "client write failed";
+      auto [ec, written] = co_await client_->write(asio::buffer(data.data(), forward));
+      if (ec) co_return "client write failed";
       in.consume(forward);
     }
     if (stop.kind == pg::MessageScanner::Stop::kError) {
@@ -516,7 +518,8 @@ awaitable<std::string> ClientSession::server_to_client() {
       co_return "server protocol violation";
     }
     in.shrink(kServerBuffer);
-    auto [ec, n] = co_await in.fill(server_->stream(), stop.need);
+    auto [ec, n] = co_await server_->stream().read_some(in.prepare(stop.need));
+    in.commit(n);
     if (ec == asio::error::operation_aborted) co_return "cancelled";  // the other direction ended
     if (ec) {
       server_failed_ = true;

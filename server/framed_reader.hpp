@@ -43,13 +43,12 @@ class FramedReader {
     begin_ += n;
     if (begin_ == end_) begin_ = end_ = 0;
   }
-  // Reads more bytes, making room for at least `need` (the relay's "need more").
-  awaitable<std::tuple<error_code, std::size_t>> fill(Stream& s, std::size_t need) {
+  // Room for at least `need` more bytes (the relay's "need more"); read into it, then commit().
+  asio::mutable_buffer prepare(std::size_t need) {
     reserve(std::max<std::size_t>(need, 1));
-    auto [ec, n] = co_await s.read_some(asio::buffer(buf_.data() + end_, buf_.size() - end_));
-    if (!ec) end_ += n;
-    co_return std::tuple{ec, n};
+    return asio::buffer(buf_.data() + end_, buf_.size() - end_);
   }
+  void commit(std::size_t n) { end_ += n; }
   // Returns to the normal capacity after a large message passed.
   void shrink(std::size_t capacity) {
     if (buf_.size() > capacity && end_ - begin_ <= capacity) {

@@ -16,6 +16,7 @@ class Stream {
   Stream& operator=(const Stream&) = delete;
 
   awaitable<std::tuple<error_code, std::size_t>> read_some(asio::mutable_buffer b);
+  awaitable<std::tuple<error_code, std::size_t>> write(asio::const_buffer b);  // all of b
   awaitable<error_code> write_all(asio::const_buffer b);
   // Reads exactly b.size() bytes.
   awaitable<error_code> read_exact(asio::mutable_buffer b);

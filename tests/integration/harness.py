@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import unittest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ENV_DIR = os.environ.get("SLUICE_TEST_ENV", "/tmp/sluice-it-manual")
@@ -126,6 +127,19 @@ class Sluice:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class SharedSluice(unittest.TestCase):
+    """A test class whose cases share one sluice with the default config; it must exit 0."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sluice = Sluice().start()
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.sluice.stop()
+        assert code == 0, f"sluice exited with {code}"
 
 
 def psql(dsn, sql=None, file=None, stdin=None, timeout=120, check=True, extra=()):

@@ -10,18 +10,10 @@ import unittest
 
 import psycopg
 
-from harness import Sluice
+from harness import SharedSluice
 
 
-class Cancel(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.sluice = Sluice().start()
-
-    @classmethod
-    def tearDownClass(cls):
-        assert cls.sluice.stop() == 0
-
+class Cancel(SharedSluice):
     def test_libpq_cancel_ends_the_query_with_57014(self):
         with psycopg.connect(self.sluice.dsn(), autocommit=True) as conn:
             timer = threading.Timer(0.5, conn.cancel)

@@ -7,19 +7,11 @@ import unittest
 
 import psycopg
 
-from harness import Sluice, default_config
+from harness import Sluice, SharedSluice
 from pgwire import Wire
 
 
-class LoginErrors(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.sluice = Sluice().start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.sluice.stop()
-
+class LoginErrors(SharedSluice):
     def wire(self):
         return Wire(self.sluice.port)
 

@@ -5,7 +5,7 @@ import re
 import subprocess
 import unittest
 
-from harness import Sluice, APP_PASSWORD
+from harness import SharedSluice, APP_PASSWORD
 
 SECONDS = int(os.environ.get("SLUICE_PGBENCH_SECONDS", "30"))
 
@@ -16,14 +16,8 @@ def pgbench(port, *args):
                           capture_output=True, text=True, env=env, timeout=SECONDS * 4 + 120)
 
 
-class Pgbench(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.sluice = Sluice().start()  # session pool of 40 > 32 clients
-
-    @classmethod
-    def tearDownClass(cls):
-        assert cls.sluice.stop() == 0
+class Pgbench(SharedSluice):
+    """The default test config pools in session mode with 40 server connections > 32 clients."""
 
     def test_init_and_runs_have_no_failures(self):
         r = pgbench(self.sluice.port, "-i", "-s", "2", "-q")

@@ -7,7 +7,7 @@ import re
 import subprocess
 import unittest
 
-from harness import Sluice, direct_dsn, superuser_sql
+from harness import SharedSluice, direct_dsn, superuser_sql
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -23,16 +23,7 @@ def run_psql(dsn, *args, stdin=None):
                           timeout=300, env=env)
 
 
-class PsqlParity(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.sluice = Sluice().start()
-
-    @classmethod
-    def tearDownClass(cls):
-        code = cls.sluice.stop()
-        assert code == 0, f"sluice exited with {code}"
-
+class PsqlParity(SharedSluice):
     def setUp(self):
         superuser_sql("DROP TABLE IF EXISTS parity_t, parity_copy")
 

@@ -4,22 +4,14 @@ import unittest
 
 import psycopg
 
-from harness import Sluice, state
+from harness import Sluice, SharedSluice, state
 
 
 def ssl_in_use(conn):
     return conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0]
 
 
-class ClientTls(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.sluice = Sluice().start()
-
-    @classmethod
-    def tearDownClass(cls):
-        assert cls.sluice.stop() == 0
-
+class ClientTls(SharedSluice):
     def test_sslmode_require(self):
         with psycopg.connect(self.sluice.dsn(sslmode="require")) as conn:
             self.assertEqual(conn.pgconn.ssl_in_use, True)
