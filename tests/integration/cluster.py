@@ -129,6 +129,8 @@ ssl_key_file = 'server.key'
         f.write("local all all trust\n"
                 "host replication repl 127.0.0.1/32 scram-sha-256\n"
                 "host all md5user 127.0.0.1/32 md5\n"
+                "host all pwuser 127.0.0.1/32 password\n"
+                "host all trustuser 127.0.0.1/32 trust\n"
                 "host all all 127.0.0.1/32 scram-sha-256\n")
     as_server_user([f"{PG_BIN}/pg_ctl", "-D", st["primary_dir"], "-l", f"{base}/primary.log",
                     "-w", "start"], capture_output=True)
@@ -138,6 +140,8 @@ ssl_key_file = 'server.key'
     psql(st["primary_port"], "CREATE ROLE other LOGIN PASSWORD 'otherpass'", sockdir=sock)
     psql(st["primary_port"], "SET password_encryption = 'md5'; "
          "CREATE ROLE md5user LOGIN PASSWORD 'md5pass'", sockdir=sock)
+    psql(st["primary_port"], "CREATE ROLE pwuser LOGIN PASSWORD 'pwpass'", sockdir=sock)
+    psql(st["primary_port"], "CREATE ROLE trustuser LOGIN", sockdir=sock)
     psql(st["primary_port"], "CREATE DATABASE appdb OWNER app", sockdir=sock)
     psql(st["primary_port"], "GRANT ALL ON SCHEMA public TO app, other, md5user", db="appdb", sockdir=sock)
 

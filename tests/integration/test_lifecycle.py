@@ -109,6 +109,21 @@ class Auth(unittest.TestCase):
             status, err = Wire(sl.port).login("app", "not-it", "appdb")
             self.assertEqual(err["C"], "28P01")
 
+    def test_every_server_auth_method(self):
+        # The server asks: scram-sha-256 (app), md5 (md5user), password (pwuser), trust (trustuser).
+        def tweak(c):
+            c["users"] = [{"name": "app", "password": "secret"},
+                          {"name": "md5user", "password": "md5pass"},
+                          {"name": "pwuser", "password": "pwpass"},
+                          {"name": "trustuser", "password": "client-side-only"}]
+        with Sluice(tweak=tweak) as sl:
+            for user, password in (("app", "secret"), ("md5user", "md5pass"),
+                                   ("pwuser", "pwpass"), ("trustuser", "client-side-only")):
+                with self.subTest(user=user):
+                    with psycopg.connect(sl.dsn(user=user, password=password)) as conn:
+                        self.assertEqual(conn.execute("SELECT current_user").fetchone()[0], user)
+            self.assertNotIn("pwpass", sl.log())
+
     def test_server_rejecting_the_login_reaches_the_client(self):
         def tweak(c):
             c["users"] = [{"name": "app", "password": "secret", "server_password": "not-the-password"}]
