@@ -6,7 +6,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 PKGS=(
-  build-essential cmake ninja-build pkg-config clang clang-format
+  build-essential cmake ninja-build pkg-config clang clang-format libclang-rt-14-dev
   libboost1.81-dev libpq-dev libpg-query-dev libmongoc-dev libbson-dev libhiredis-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 libssl-dev
   postgresql-15 postgresql-client-15 redis-server prometheus pgbouncer
