@@ -461,6 +461,10 @@ awaitable<std::string> ClientSession::client_to_server() {
     });
     if (stop.offset > 0) {
       auto [ec, written] = co_await server_->stream().write(asio::buffer(data.data(), stop.offset));
+      if (ec == asio::error::operation_aborted) {  // the server side ended mid-write
+        server_failed_ = true;
+        co_return "cancelled";
+      }
       if (ec) {
         server_failed_ = true;
         queue_error({"08006", "lost the connection to the server: " + ec.message(), {}, {}});
