@@ -74,12 +74,13 @@ int App::run() {
   asio::co_spawn(main_loop, signal_loop(), log_exception("signal handler"));
   asio::co_spawn(main_loop, maintenance_loop(), log_exception("maintenance"));
 
-  spdlog::info("sluice {} listening on {} (postgres) with {} worker{}, {} database{}, pool.mode={}",
-               SLUICE_VERSION,
-               acceptor_->local_endpoint().address().to_string() + ":" +
-                   std::to_string(acceptor_->local_endpoint().port()),
-               cfg->workers, cfg->workers == 1 ? "" : "s", cfg->databases.size(),
-               cfg->databases.size() == 1 ? "" : "s", config::to_string(cfg->pool.mode));
+  auto ep = acceptor_->local_endpoint();
+  spdlog::info(
+      "sluice {} listening on {}:{} (postgres): {} worker(s), {} database(s), auth={}, "
+      "pool.mode={}, tls={}",
+      SLUICE_VERSION, ep.address().to_string(), ep.port(), cfg->workers, cfg->databases.size(),
+      config::to_string(cfg->auth_type), config::to_string(cfg->pool.mode),
+      cfg->tls.cert_file.empty() ? "off" : "on");
 
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto& l : loops_) guards.push_back(asio::make_work_guard(*l));

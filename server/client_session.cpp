@@ -198,7 +198,8 @@ awaitable<bool> ClientSession::read_startup() {
     auto m = co_await reader_.next(*client_, true, pg::kMaxStartupPacket);
     if (m.ec) co_return false;
     if (m.bad) {
-      spdlog::warn("client {}: invalid startup packet length {}", peer_, m.bad->declared_length);
+      spdlog::warn("client {}: startup packet length {}: {}", peer_, m.bad->declared_length,
+                   pg::describe(m.bad->error));
       queue_error({"08P01", "invalid length of startup packet", {}, {}});
       co_await flush();
       co_return false;
@@ -475,8 +476,9 @@ awaitable<std::string> ClientSession::client_to_server() {
     }
     if (stop.kind == pg::MessageScanner::Stop::kInspect) co_return "client terminated";  // 'X'
     if (stop.kind == pg::MessageScanner::Stop::kError) {
-      spdlog::warn("client {}: message length {} rejected (limits.max_message_size={})", peer_,
-                   stop.failure.declared_length, cfg_->max_message_size);
+      spdlog::warn("client {}: message length {} rejected: {} (limits.max_message_size={})", peer_,
+                   stop.failure.declared_length, pg::describe(stop.failure.error),
+                   cfg_->max_message_size);
       queue_error({"08P01",
                    "invalid message length from client",
                    {},

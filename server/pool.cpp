@@ -202,12 +202,6 @@ void PoolRegistry::close_for_exit() {
   for (auto& pool : all()) pool->close_for_exit();
 }
 
-PoolStats Pool::stats() {
-  std::lock_guard lock(mu_);
-  return {total_, static_cast<std::uint32_t>(idle_.size()),
-          static_cast<std::uint32_t>(waiters_.size())};
-}
-
 std::shared_ptr<Pool> PoolRegistry::get(const config::Config& cfg, const config::Database& db,
                                         const config::User& user,
                                         const std::shared_ptr<ssl::context>& server_tls) {

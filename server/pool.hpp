@@ -72,7 +72,6 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // At exit, with the event loops stopped: closes idle connections now and makes every later
   // give_back close inline instead of posting to a loop that is going away.
   void close_for_exit();
-  PoolStats stats();
 
  private:
   struct Waiter {

@@ -89,6 +89,15 @@ TEST_CASE("backend messages round-trip") {
   CHECK(e->get('H') == "h");
 
   b.clear();
+  encode_notice_response(b, {"NOTICE", "00000", "hello"});
+  auto n = only_frame(b);
+  CHECK(n.type == 'N');
+  auto nf = decode_error_fields(n.body);
+  REQUIRE(nf);
+  CHECK(nf->get('M') == "hello");
+  CHECK(nf->get('D').empty());
+
+  b.clear();
   encode_auth_sasl(b, {"SCRAM-SHA-256"});
   auto a = decode_authentication(only_frame(b).body);
   REQUIRE(a);
