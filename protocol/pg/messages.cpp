@@ -287,9 +287,12 @@ void encode_query(Buffer& out, std::string_view sql) {
 }
 
 void encode_terminate(Buffer& out) {
+  encode_empty_message(out, 'X');
+}
+
+void encode_empty_message(Buffer& out, char type) {
   Writer w(out);
-  auto at = w.begin_message('X');
-  w.end_message(at);
+  w.end_message(w.begin_message(type));
 }
 
 }  // namespace sluice::pg

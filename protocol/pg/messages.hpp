@@ -117,5 +117,7 @@ void encode_sasl_initial_response(Buffer& out, std::string_view mechanism, Span 
 void encode_sasl_response(Buffer& out, Span data);
 void encode_query(Buffer& out, std::string_view sql);
 void encode_terminate(Buffer& out);
+// Any message without a body (Terminate, Sync, Flush, ParseComplete, ...).
+void encode_empty_message(Buffer& out, char type);
 
 }  // namespace sluice::pg
