@@ -32,7 +32,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (text.find("i=") != std::string_view::npos && text.size() < 512) {
     auto i_at = text.find("i=");
     auto digits = text.substr(i_at + 2, 5);
-    if (digits.size() < 5 && client.on_server_first(text.substr(0, nl)) && nl != std::string_view::npos) {
+    if (digits.size() < 5 && client.on_server_first(text.substr(0, nl)) &&
+        nl != std::string_view::npos) {
       (void)client.on_server_final(text.substr(nl + 1));
     }
   }

@@ -1,5 +1,6 @@
 // libFuzzer: the client-facing side — startup framing, startup packets, typed frames, the relay
-// scanner, auth and extended-protocol messages, the SCRAM server — never crash, hang or over-allocate.
+// scanner, auth and extended-protocol messages, the SCRAM server — never crash, hang or
+// over-allocate.
 #include <cstddef>
 #include <cstdint>
 

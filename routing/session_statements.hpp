@@ -1,0 +1,83 @@
+// What SQL statements do to session state, decided with the real PostgreSQL parser (libpg_query):
+// settings (SET/RESET/set_config), SQL-level prepared statements, transaction control, and the
+// features that cannot be pooled (pins). Transaction pooling uses it to keep each client's state
+// its own. Results are cached in a bounded LRU keyed by the exact statement text.
+#pragma once
+
+#include <cstddef>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace sluice::routing {
+
+enum class StatementKind {
+  kOther,
+  kSet,            // SET name ... / set_config(name, literal, false): session-wide
+  kSetLocal,       // SET LOCAL / set_config(..., true): ends with the transaction
+  kReset,          // RESET name / SET name TO DEFAULT
+  kResetAll,       // RESET ALL
+  kPrepare,        // PREPARE name AS ...
+  kExecute,        // EXECUTE name
+  kDeallocate,     // DEALLOCATE name
+  kDeallocateAll,  // DEALLOCATE ALL
+  kDiscardAll,     // DISCARD ALL: forgets settings, prepared statements, temp tables
+  kBegin,
+  kCommit,    // COMMIT / END / COMMIT PREPARED
+  kRollback,  // ROLLBACK / ABORT (not ROLLBACK TO SAVEPOINT)
+};
+
+// Session features a pooled server connection cannot carry from one client to the next.
+enum class Pin {
+  kListen,
+  kAdvisoryLock,    // session-level pg_advisory_lock* (the _xact_ forms are fine)
+  kTempRelation,    // CREATE TEMP TABLE/VIEW/SEQUENCE, SELECT INTO TEMP
+  kWithHoldCursor,  // DECLARE ... WITH HOLD
+  kSetRole,         // SET ROLE
+  kSessionAuthorization,
+  kUntrackedSetConfig,  // set_config(..., false) with non-literal arguments
+};
+std::string_view to_string(Pin p);
+
+struct Statement {
+  StatementKind kind = StatementKind::kOther;
+  std::string name;   // setting (lower case) or prepared statement name
+  std::string value;  // kSet from set_config(): the literal value
+  std::string text;   // the statement's own text, to replay a SET on another connection
+};
+
+struct Analysis {
+  bool parsed = false;  // false: not valid SQL for the parser (the server will say why)
+  std::vector<Statement> statements;        // one per statement in the string
+  std::vector<Statement> set_config_calls;  // set_config(literal, literal, bool) calls inside them
+  std::vector<Pin> pins;
+};
+
+// Parses `sql` (one or many statements). Never throws; unparseable input gives parsed=false.
+Analysis analyze(std::string_view sql);
+
+// A bounded LRU of analyses keyed by statement text, safe to share between threads.
+class AnalysisCache {
+ public:
+  explicit AnalysisCache(std::size_t capacity = 4096, std::size_t max_key = 16 * 1024)
+      : capacity_(capacity), max_key_(max_key) {}
+  std::shared_ptr<const Analysis> get(std::string_view sql);
+  std::size_t size() const;
+  std::size_t hits() const { return hits_; }
+
+ private:
+  using Lru = std::list<std::pair<std::string, std::shared_ptr<const Analysis>>>;
+  std::size_t capacity_;
+  std::size_t max_key_;
+  mutable std::mutex mu_;
+  Lru lru_;  // front = most recently used
+  std::unordered_map<std::string_view, Lru::iterator> index_;
+  std::size_t hits_ = 0;
+};
+
+}  // namespace sluice::routing
