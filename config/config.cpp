@@ -279,7 +279,8 @@ class Loader {
     if (!p) return;
     check_keys(p, "pool",
                {"mode", "size", "max_client_conn", "reset_query", "query_wait_timeout",
-                "server_connect_timeout", "server_idle_timeout", "server_lifetime"});
+                "server_connect_timeout", "server_idle_timeout", "server_lifetime", "query_timeout",
+                "idle_transaction_timeout", "client_idle_timeout"});
     if (p["mode"]) pool.mode = pool_mode(p["mode"], "pool.mode");
     if (p["size"]) pool.size = static_cast<std::uint32_t>(uint(p["size"], "pool.size", 1, 10000));
     if (p["max_client_conn"])
@@ -295,6 +296,11 @@ class Loader {
       pool.server_idle_timeout = duration(p["server_idle_timeout"], "pool.server_idle_timeout");
     if (p["server_lifetime"])
       pool.server_lifetime = duration(p["server_lifetime"], "pool.server_lifetime");
+    for (auto [key, field] : {std::pair{"query_timeout", &pool.query_timeout},
+                              std::pair{"idle_transaction_timeout", &pool.idle_transaction_timeout},
+                              std::pair{"client_idle_timeout", &pool.client_idle_timeout}}) {
+      if (p[key]) *field = duration(p[key], std::string("pool.") + key);
+    }
   }
 
   void load_databases(const YAML::Node& root, Config& c) const {

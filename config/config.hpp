@@ -71,6 +71,10 @@ struct Pool {
   Duration server_connect_timeout{15'000};
   Duration server_idle_timeout{600'000};
   Duration server_lifetime{3'600'000};
+  // 0 = off (the PgBouncer defaults).
+  Duration query_timeout{0};             // a request running longer is cancelled, client closed
+  Duration idle_transaction_timeout{0};  // a client idle inside a transaction is closed
+  Duration client_idle_timeout{0};       // a client idle between transactions is closed
 };
 
 struct Tls {

@@ -4,6 +4,8 @@
 #include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "protocol/pg/md5.hpp"
 #include "protocol/pg/scanner.hpp"
 #include "protocol/pg/scram.hpp"
@@ -73,9 +75,11 @@ class ClientSession {
            !to_client_.mid_message();
   }
   void note_request() {
+    if (pending_ == 0) request_started_ = Clock::now();
     ++pending_;
     handle_->idle = false;
   }
+  awaitable<std::string> watchdog();
 
   std::shared_ptr<Runtime> rt_;
   std::shared_ptr<const config::Config> cfg_;
@@ -100,7 +104,11 @@ class ClientSession {
   pg::MessageScanner to_server_;
   pg::MessageScanner to_client_;
   int pending_ = 0;  // requests sent (Query, Sync, FunctionCall) not yet answered by ReadyForQuery
-  char tx_status_ = 'I';  // from the last ReadyForQuery
+  Clock::time_point request_started_{};             // when pending_ last rose from 0
+  Clock::time_point last_activity_ = Clock::now();  // last client bytes or ReadyForQuery
+  std::optional<PgError> close_error_;              // why the watchdog ended the session
+  bool cancel_server_ = false;                      // stop the server's work before closing
+  char tx_status_ = 'I';                            // from the last ReadyForQuery
 };
 
 awaitable<void> ClientSession::run() {
@@ -122,8 +130,28 @@ awaitable<void> ClientSession::run() {
   if (logged_in && !killed_) {
     spdlog::info("client {} user={} db={}{}: logged in", peer_, user_name_, db_name_,
                  client_->tls() ? " tls" : "");
-    auto r = co_await (client_to_server() || server_to_client() || wait_killed());
-    reason = r.index() == 0 ? std::get<0>(r) : r.index() == 1 ? std::get<1>(r) : "shutdown";
+    auto r = co_await (client_to_server() || server_to_client() || watchdog() || wait_killed());
+    switch (r.index()) {
+      case 0:
+        reason = std::get<0>(r);
+        break;
+      case 1:
+        reason = std::get<1>(r);
+        break;
+      case 2:
+        reason = std::get<2>(r);
+        break;
+      default:
+        reason = "shutdown";
+    }
+    if (close_error_ && !to_client_.mid_message()) {
+      queue_error(*close_error_);
+      co_await flush();
+    }
+    if (cancel_server_) {
+      CancelTarget target{server_->host(), server_->port(), server_->key()};  // own statement:
+      co_await send_cancel(std::move(target));  // no braced temporary in a co_await (g++ 12)
+    }
   }
   if (killed_) {
     reason = "shutdown";
@@ -490,6 +518,7 @@ awaitable<std::string> ClientSession::client_to_server() {
     auto [ec, n] = co_await client_->read_some(reader_.prepare(stop.need));
     reader_.commit(n);
     if (ec) co_return "client disconnected";
+    last_activity_ = Clock::now();
   }
 }
 
@@ -506,6 +535,7 @@ awaitable<std::string> ClientSession::server_to_client() {
       if (stop.frame.type == 'Z') {
         tx_status_ = pg::decode_ready_for_query(stop.frame.body).value_or('E');
         if (pending_ > 0) --pending_;
+        last_activity_ = Clock::now();
         handle_->idle = pending_ == 0 && tx_status_ == 'I';
       } else if (auto p = pg::decode_parameter_status(stop.frame.body)) {
         server_->set_param(p->name, p->value);
@@ -537,6 +567,58 @@ awaitable<std::string> ClientSession::server_to_client() {
         co_await flush();
       }
       co_return "server disconnected";
+    }
+  }
+}
+
+// Enforces pool.query_timeout, idle_transaction_timeout and client_idle_timeout. Completes only
+// when one fires (the relay then ends); never completes when all three are off.
+awaitable<std::string> ClientSession::watchdog() {
+  const auto& p = cfg_->pool;
+  auto ex = co_await asio::this_coro::executor;
+  std::vector<Clock::duration> on;
+  for (auto d : {p.query_timeout, p.idle_transaction_timeout, p.client_idle_timeout}) {
+    if (d.count() > 0) on.push_back(d);
+  }
+  if (on.empty()) {
+    asio::steady_timer forever(ex, Clock::time_point::max());
+    co_await forever.async_wait(use_nothrow);
+    co_return "cancelled";
+  }
+  // Check often enough to act within a quarter of the shortest timeout (50 ms .. 1 s).
+  auto tick = std::clamp<Clock::duration>(*std::min_element(on.begin(), on.end()) / 4,
+                                          std::chrono::milliseconds(50), std::chrono::seconds(1));
+  auto expired = [](Clock::duration limit, Clock::time_point since) {
+    return limit.count() > 0 && Clock::now() - since >= limit;
+  };
+  for (;;) {
+    asio::steady_timer t(ex, tick);
+    auto [ec] = co_await t.async_wait(use_nothrow);
+    if (ec) co_return "cancelled";
+    if (pending_ > 0 && expired(p.query_timeout, request_started_)) {
+      server_failed_ = true;  // mid-request: the server connection is never reused
+      cancel_server_ = true;  // after the relay stops, so no reply overtakes our error
+      close_error_ = PgError{"57014",
+                             "canceling statement due to query_timeout",
+                             {},
+                             "the request ran longer than pool.query_timeout"};
+      co_return "query timeout";
+    }
+    if (pending_ == 0 && tx_status_ != 'I' && expired(p.idle_transaction_timeout, last_activity_)) {
+      server_failed_ = true;  // closing it rolls the transaction back on the server
+      close_error_ =
+          PgError{"25P03",
+                  "terminating connection due to idle-in-transaction timeout",
+                  {},
+                  "transactions idle longer than pool.idle_transaction_timeout are ended"};
+      co_return "idle transaction timeout";
+    }
+    if (pending_ == 0 && tx_status_ == 'I' && expired(p.client_idle_timeout, last_activity_)) {
+      close_error_ = PgError{"57P05",
+                             "terminating connection due to idle-session timeout",
+                             {},
+                             "clients idle longer than pool.client_idle_timeout are closed"};
+      co_return "client idle timeout";
     }
   }
 }

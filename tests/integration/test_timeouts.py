@@ -1,0 +1,77 @@
+"""pool.query_timeout, idle_transaction_timeout and client_idle_timeout close the client with the
+SQLSTATE postgres uses for the same situation, and leave nothing running on the server."""
+import time
+import unittest
+
+import psycopg
+
+from harness import Sluice, superuser_sql
+
+
+def backends_running(query_prefix):
+    return int(superuser_sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                             f"'{query_prefix}%' AND state = 'active'", db="postgres"))
+
+
+class Timeouts(unittest.TestCase):
+    def test_query_timeout_cancels_on_the_server_and_closes(self):
+        def tweak(c):
+            c["pool"]["query_timeout"] = "1s"
+        with Sluice(tweak=tweak) as sl:
+            conn = psycopg.connect(sl.dsn(), autocommit=True)
+            self.assertEqual(conn.execute("SELECT pg_sleep(0.2), 1").fetchone()[1], 1)  # under the limit
+            started = time.time()
+            with self.assertRaises(psycopg.OperationalError) as ctx:
+                conn.execute("SELECT pg_sleep(20) /* timeout-test */")
+            elapsed = time.time() - started
+            self.assertIn("query_timeout", str(ctx.exception))
+            self.assertLess(elapsed, 3.0)
+            time.sleep(0.3)
+            self.assertEqual(backends_running("SELECT pg_sleep(20) /* timeout-test */"), 0)
+            self.assertIn("query timeout", sl.log())
+            with psycopg.connect(sl.dsn()) as again:  # others are served
+                self.assertEqual(again.execute("SELECT 2").fetchone()[0], 2)
+
+    def test_idle_in_transaction_is_ended_and_rolled_back(self):
+        def tweak(c):
+            c["pool"]["idle_transaction_timeout"] = "500ms"
+        superuser_sql("DROP TABLE IF EXISTS idle_tx_t; CREATE TABLE idle_tx_t (x int); "
+                      "GRANT ALL ON idle_tx_t TO app")
+        with Sluice(tweak=tweak) as sl:
+            conn = psycopg.connect(sl.dsn())
+            conn.execute("INSERT INTO idle_tx_t VALUES (1)")  # transaction left open
+            time.sleep(1.5)
+            with self.assertRaises(psycopg.OperationalError) as ctx:
+                conn.execute("SELECT 1")
+            self.assertIn("idle-in-transaction timeout", str(ctx.exception))
+            self.assertEqual(superuser_sql("SELECT count(*) FROM idle_tx_t"), "0")
+            # Outside a transaction the same idleness is fine.
+            with psycopg.connect(sl.dsn(), autocommit=True) as ok:
+                time.sleep(1.0)
+                self.assertEqual(ok.execute("SELECT 3").fetchone()[0], 3)
+        superuser_sql("DROP TABLE idle_tx_t")
+
+    def test_client_idle_timeout(self):
+        def tweak(c):
+            c["pool"]["client_idle_timeout"] = "500ms"
+        with Sluice(tweak=tweak) as sl:
+            conn = psycopg.connect(sl.dsn(), autocommit=True)
+            for _ in range(4):  # activity keeps it alive
+                conn.execute("SELECT 1")
+                time.sleep(0.2)
+            time.sleep(1.5)
+            with self.assertRaises(psycopg.OperationalError) as ctx:
+                conn.execute("SELECT 1")
+            self.assertIn("idle-session timeout", str(ctx.exception))
+            self.assertIn("client idle timeout", sl.log())
+
+    def test_timeouts_off_by_default(self):
+        with Sluice() as sl:
+            with psycopg.connect(sl.dsn()) as conn:
+                conn.execute("SELECT 1")
+                time.sleep(1.2)
+                self.assertEqual(conn.execute("SELECT pg_sleep(1.2), 4").fetchone()[1], 4)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
