@@ -278,11 +278,20 @@ class Loader {
   void load_pool(const YAML::Node& p, Pool& pool) const {
     if (!p) return;
     check_keys(p, "pool",
-               {"mode", "size", "max_client_conn", "reset_query", "query_wait_timeout",
-                "server_connect_timeout", "server_idle_timeout", "server_lifetime", "query_timeout",
+               {"mode", "size", "min_pool_size", "reserve_pool_size", "reserve_pool_timeout",
+                "max_client_conn", "reset_query", "query_wait_timeout", "server_connect_timeout",
+                "server_idle_timeout", "server_lifetime", "query_timeout",
                 "idle_transaction_timeout", "client_idle_timeout"});
     if (p["mode"]) pool.mode = pool_mode(p["mode"], "pool.mode");
     if (p["size"]) pool.size = static_cast<std::uint32_t>(uint(p["size"], "pool.size", 1, 10000));
+    if (p["min_pool_size"])
+      pool.min_pool_size =
+          static_cast<std::uint32_t>(uint(p["min_pool_size"], "pool.min_pool_size", 0, 10000));
+    if (p["reserve_pool_size"])
+      pool.reserve_pool_size = static_cast<std::uint32_t>(
+          uint(p["reserve_pool_size"], "pool.reserve_pool_size", 0, 10000));
+    if (p["reserve_pool_timeout"])
+      pool.reserve_pool_timeout = duration(p["reserve_pool_timeout"], "pool.reserve_pool_timeout");
     if (p["max_client_conn"])
       pool.max_client_conn = static_cast<std::uint32_t>(
           uint(p["max_client_conn"], "pool.max_client_conn", 1, 1'000'000));

@@ -65,6 +65,10 @@ struct User {
 struct Pool {
   PoolMode mode = PoolMode::kTransaction;
   std::uint32_t size = 20;
+  std::uint32_t min_pool_size = 0;  // kept open (pre-warmed) per configured (database, user)
+  std::uint32_t reserve_pool_size =
+      0;  // extra connections for clients waiting reserve_pool_timeout
+  Duration reserve_pool_timeout{5'000};
   std::uint32_t max_client_conn = 1000;
   std::string reset_query = "DISCARD ALL";
   Duration query_wait_timeout{120'000};

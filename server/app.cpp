@@ -59,20 +59,10 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
 int App::run() {
   auto cfg = rt_->config();
   std::signal(SIGPIPE, SIG_IGN);
-  auto log_exception = [](const char* what) {
-    return [what](const std::exception_ptr& e) {
-      if (!e) return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        spdlog::error("{} stopped with an exception: {}", what, ex.what());
-      }
-    };
-  };
   auto& main_loop = *loops_.front();
-  asio::co_spawn(main_loop, accept_loop(), log_exception("listener"));
-  asio::co_spawn(main_loop, signal_loop(), log_exception("signal handler"));
-  asio::co_spawn(main_loop, maintenance_loop(), log_exception("maintenance"));
+  asio::co_spawn(main_loop, accept_loop(), log_exceptions("listener"));
+  asio::co_spawn(main_loop, signal_loop(), log_exceptions("signal handler"));
+  asio::co_spawn(main_loop, maintenance_loop(), log_exceptions("maintenance"));
 
   auto ep = acceptor_->local_endpoint();
   spdlog::info(
@@ -111,9 +101,7 @@ awaitable<void> App::accept_loop() {
       continue;
     }
     asio::co_spawn(loop, run_client_session(std::move(socket), rt_),
-                   [](const std::exception_ptr& e) {
-                     if (e) spdlog::error("client session ended with an exception");
-                   });
+                   log_exceptions("client session"));
   }
 }
 
@@ -136,7 +124,7 @@ awaitable<void> App::signal_loop() {
     rt_->stopping = true;
     error_code ignored;
     acceptor_->close(ignored);
-    asio::co_spawn(co_await asio::this_coro::executor, drain(), asio::detached);
+    asio::co_spawn(co_await asio::this_coro::executor, drain(), log_exceptions("drain"));
   }
 }
 
@@ -160,12 +148,24 @@ awaitable<void> App::drain() {
   for (auto& l : loops_) l->stop();
 }
 
+// Once a second: close expired idle server connections and keep pool.min_pool_size open for
+// every configured (database, user).
 awaitable<void> App::maintenance_loop() {
+  auto ex = co_await asio::this_coro::executor;
   while (!rt_->stopping) {
-    co_await sleep_for(std::chrono::seconds(1));
     auto cfg = rt_->config();
     for (auto& pool : rt_->pools.all())
       pool->close_expired(cfg->pool.server_idle_timeout, cfg->pool.server_lifetime);
+    if (cfg->pool.min_pool_size > 0) {
+      for (const auto& [db_name, db] : cfg->databases) {
+        for (const auto& [user_name, user] : cfg->users) {
+          auto pool = rt_->pools.get(*cfg, db, user, rt_->server_tls());
+          asio::co_spawn(ex, pool->warm(PoolLimits::from(*cfg, db, user), cfg->pool.min_pool_size),
+                         log_exceptions("pool warm-up"));
+        }
+      }
+    }
+    co_await sleep_for(std::chrono::seconds(1));
   }
 }
 

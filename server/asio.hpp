@@ -1,11 +1,14 @@
 // Common Asio aliases for the server: coroutine tokens where I/O errors are values.
 #pragma once
 
+#include <spdlog/spdlog.h>
+
 #include <boost/asio.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ssl.hpp>
 #include <chrono>
 #include <optional>
+#include <string>
 
 namespace sluice::server {
 
@@ -17,6 +20,20 @@ using boost::system::error_code;
 using Clock = std::chrono::steady_clock;
 
 inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
+
+// Completion handler for co_spawn: an exception that escapes a coroutine is logged, never lost.
+inline auto log_exceptions(std::string what) {
+  return [what = std::move(what)](const std::exception_ptr& e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      spdlog::error("{} stopped with an exception: {}", what, ex.what());
+    } catch (...) {
+      spdlog::error("{} stopped with an unknown exception", what);
+    }
+  };
+}
 
 // Completes after `d` unless cancelled; used as the right-hand side of `op || sleep_for(d)`.
 inline awaitable<void> sleep_for(Clock::duration d) {

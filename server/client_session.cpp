@@ -428,8 +428,7 @@ awaitable<bool> ClientSession::authenticate_md5(const config::User& user) {
 
 awaitable<bool> ClientSession::attach_server() {
   auto pool = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
-  PoolLimits limits{cfg_->pool_size_for(*db_, *user_), cfg_->pool.query_wait_timeout,
-                    cfg_->pool.server_lifetime, cfg_->pool.reset_query};
+  auto limits = PoolLimits::from(*cfg_, *db_, *user_);
   auto r = co_await (boxed(pool->acquire(limits)) || wait_killed());
   if (r.index() == 1) co_return false;
   auto& got = std::get<0>(r).value;

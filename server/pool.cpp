@@ -32,10 +32,17 @@ void Pool::discard(std::unique_ptr<ServerConn> conn) {
   asio::post(ex, [owned] { owned->stream().close(); });
 }
 
+PoolLimits PoolLimits::from(const config::Config& cfg, const config::Database& db,
+                            const config::User& user) {
+  return {cfg.pool_size_for(db, user), cfg.pool.query_wait_timeout, cfg.pool.server_lifetime,
+          cfg.pool.reset_query,        cfg.pool.reserve_pool_size,  cfg.pool.reserve_pool_timeout};
+}
+
 awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
   auto ex = co_await asio::this_coro::executor;
   std::shared_ptr<Waiter> waiter;
   std::unique_ptr<ServerConn> conn;
+  const auto deadline = Clock::now() + limits.wait;
   {
     std::lock_guard lock(mu_);
     reset_query_ = limits.reset_query;
@@ -46,15 +53,23 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
     } else if (total_ < limits.size) {
       ++total_;
     } else {
-      waiter = std::make_shared<Waiter>(ex, Clock::now() + limits.wait);
+      // With a reserve, wake after reserve_timeout to consider it; otherwise at the deadline.
+      auto first = limits.reserve_size > 0
+                       ? std::min(Clock::now() + limits.reserve_timeout, deadline)
+                       : deadline;
+      waiter = std::make_shared<Waiter>(ex, first);
       waiters_.push_back(waiter);
     }
   }
-  if (waiter) {
-    co_await waiter->timer.async_wait(use_nothrow);  // cancelled by a hand-over, or the deadline
+  while (waiter) {
+    auto [ec] = co_await waiter->timer.async_wait(use_nothrow);  // a hand-over cancels it
     std::lock_guard lock(mu_);
-    if (!waiter->done) {
-      std::erase(waiters_, waiter);
+    if (waiter->done) {
+      conn = std::move(waiter->conn);  // null with a permit: open a new one in the freed slot
+      break;
+    }
+    if (ec == asio::error::operation_aborted || Clock::now() >= deadline) {
+      std::erase(waiters_, waiter);  // the caller went away, or waited long enough
       co_return PgError{
           "53300",
           "no server connection for " + name_ + " became free within " +
@@ -65,7 +80,16 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
           "raise pool.size or pool.query_wait_timeout, or shorten the sessions that hold "
           "connections"};
     }
-    conn = std::move(waiter->conn);  // null with a permit: open a new one in the freed slot
+    if (total_ < limits.size + limits.reserve_size) {  // waited reserve_timeout: use the reserve
+      std::erase(waiters_, waiter);
+      ++total_;
+      spdlog::info(
+          "pool {}: a client waited {} ms; opening a reserve connection ({} of {}+{})", name_,
+          std::chrono::duration_cast<std::chrono::milliseconds>(limits.reserve_timeout).count(),
+          total_, limits.size, limits.reserve_size);
+      break;
+    }
+    waiter->timer.expires_at(deadline);  // no reserve left: keep waiting
   }
   if (conn) {
     bool fresh = Clock::now() - conn->created() < limits.lifetime;
@@ -78,6 +102,29 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
     discard(std::move(conn));  // keep its slot for a new connection on this event loop
   }
   co_return co_await open();
+}
+
+awaitable<void> Pool::warm(PoolLimits limits, std::uint32_t min) {
+  auto self = shared_from_this();
+  {
+    std::lock_guard lock(mu_);
+    if (warming_) co_return;
+    warming_ = true;
+  }
+  for (;;) {
+    {
+      std::lock_guard lock(mu_);
+      if (exiting_ || total_ >= std::min(min, limits.size) || !waiters_.empty()) break;
+      ++total_;
+    }
+    auto r = co_await open();                       // frees the slot itself on failure
+    if (std::holds_alternative<PgError>(r)) break;  // logged by open(); retried next round
+    auto conn = std::move(std::get<Lease>(r).conn_);
+    std::lock_guard lock(mu_);
+    hand_over(std::move(conn));
+  }
+  std::lock_guard lock(mu_);
+  warming_ = false;
 }
 
 awaitable<std::variant<Lease, PgError>> Pool::open() {
@@ -149,9 +196,7 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken) {
   }
   auto ex = conn->stream().socket().get_executor();
   asio::co_spawn(ex, reset_then_return(std::move(conn), std::move(reset)),
-                 [name = name_](const std::exception_ptr& e) {
-                   if (e) spdlog::error("pool {}: reset failed with an exception", name);
-                 });
+                 log_exceptions("pool " + name_ + " reset"));
 }
 
 awaitable<void> Pool::reset_then_return(std::unique_ptr<ServerConn> conn, std::string reset_query) {

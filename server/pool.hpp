@@ -29,6 +29,7 @@ class Lease {
   Lease& operator=(const Lease&) = delete;
   ~Lease() { give_back(); }
 
+  friend class Pool;  // warm() keeps the connection without a reset
   ServerConn* operator->() const { return conn_.get(); }
   ServerConn& operator*() const { return *conn_; }
   explicit operator bool() const { return conn_ != nullptr; }
@@ -47,6 +48,11 @@ struct PoolLimits {
   Clock::duration wait;
   Clock::duration lifetime;
   std::string reset_query;
+  std::uint32_t reserve_size = 0;
+  Clock::duration reserve_timeout{};
+
+  static PoolLimits from(const config::Config& cfg, const config::Database& db,
+                         const config::User& user);
 };
 
 struct PoolStats {
@@ -65,6 +71,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // Called by Lease: a healthy connection is reset (pool.reset_query) and reused; a broken one
   // closed.
   void give_back(std::unique_ptr<ServerConn> conn, bool broken);
+  // Opens connections until `min` (at most the pool size) exist; one warm-up at a time.
+  awaitable<void> warm(PoolLimits limits, std::uint32_t min);
   // Closes idle connections past the idle timeout or lifetime.
   void close_expired(Clock::duration idle_timeout, Clock::duration lifetime);
   // Closes all idle connections (drain).
@@ -96,6 +104,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::string reset_query_ = "DISCARD ALL";
   Clock::duration lifetime_ = std::chrono::hours(1);
   bool exiting_ = false;
+  bool warming_ = false;
 };
 
 // All pools, keyed by everything that decides where and as whom they log in.

@@ -68,6 +68,41 @@ class SessionPool(unittest.TestCase):
             self.assertLessEqual(peak, 3)
             self.assertLessEqual(len(set(results)), 3)
 
+    def test_reserve_pool_after_reserve_pool_timeout(self):
+        def tweak(c):
+            c["pool"].update(size=1, reserve_pool_size=1, reserve_pool_timeout="300ms",
+                             query_wait_timeout="1500ms")
+        with Sluice(tweak=tweak) as sl:
+            first = psycopg.connect(sl.dsn())
+            started = time.time()
+            second = psycopg.connect(sl.dsn())  # waits reserve_pool_timeout, then gets the reserve
+            waited = time.time() - started
+            self.assertGreaterEqual(waited, 0.25)
+            self.assertLess(waited, 1.4)
+            pids = {c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in (first, second)}
+            self.assertEqual(len(pids), 2)
+            status, err = Wire(sl.port).login("app", "secret", "appdb")  # size + reserve in use
+            self.assertEqual((status, err["C"]), ("error", "53300"))
+            self.assertLessEqual(sluice_backends(), 2)
+            self.assertIn("reserve connection", sl.log())
+            first.close()
+            second.close()
+
+    def test_min_pool_size_prewarms(self):
+        def tweak(c):
+            c["pool"].update(size=5, min_pool_size=3)
+            c["users"] = [{"name": "app", "password": "secret"}]
+        before = sluice_backends()
+        with Sluice(tweak=tweak) as sl:
+            deadline = time.time() + 5
+            while time.time() < deadline and sluice_backends() < before + 3:
+                time.sleep(0.1)
+            self.assertEqual(sluice_backends(), before + 3)  # before any client connected
+            with psycopg.connect(sl.dsn()) as conn:
+                self.assertEqual(conn.execute("SELECT 1").fetchone()[0], 1)
+            time.sleep(1.5)
+            self.assertEqual(sluice_backends(), before + 3)  # still 3, never above min when idle
+
     def test_two_workers_share_one_pool(self):
         def tweak(c):
             c["workers"] = 2
