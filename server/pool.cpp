@@ -111,6 +111,13 @@ awaitable<void> Pool::warm(PoolLimits limits, std::uint32_t min) {
     if (warming_) co_return;
     warming_ = true;
   }
+  struct Done {  // clears the flag however this coroutine ends (cancellation included)
+    Pool* pool;
+    ~Done() {
+      std::lock_guard lock(pool->mu_);
+      pool->warming_ = false;
+    }
+  } done{this};
   for (;;) {
     {
       std::lock_guard lock(mu_);
@@ -123,8 +130,6 @@ awaitable<void> Pool::warm(PoolLimits limits, std::uint32_t min) {
     std::lock_guard lock(mu_);
     hand_over(std::move(conn));
   }
-  std::lock_guard lock(mu_);
-  warming_ = false;
 }
 
 awaitable<std::variant<Lease, PgError>> Pool::open() {
