@@ -279,8 +279,8 @@ class Loader {
     if (!p) return;
     check_keys(p, "pool",
                {"mode", "size", "min_pool_size", "reserve_pool_size", "reserve_pool_timeout",
-                "max_client_conn", "reset_query", "query_wait_timeout", "server_connect_timeout",
-                "server_idle_timeout", "server_lifetime", "query_timeout",
+                "max_client_conn", "client_login_timeout", "reset_query", "query_wait_timeout",
+                "server_connect_timeout", "server_idle_timeout", "server_lifetime", "query_timeout",
                 "idle_transaction_timeout", "client_idle_timeout"});
     if (p["mode"]) pool.mode = pool_mode(p["mode"], "pool.mode");
     if (p["size"]) pool.size = static_cast<std::uint32_t>(uint(p["size"], "pool.size", 1, 10000));
@@ -305,7 +305,8 @@ class Loader {
       pool.server_idle_timeout = duration(p["server_idle_timeout"], "pool.server_idle_timeout");
     if (p["server_lifetime"])
       pool.server_lifetime = duration(p["server_lifetime"], "pool.server_lifetime");
-    for (auto [key, field] : {std::pair{"query_timeout", &pool.query_timeout},
+    for (auto [key, field] : {std::pair{"client_login_timeout", &pool.client_login_timeout},
+                              std::pair{"query_timeout", &pool.query_timeout},
                               std::pair{"idle_transaction_timeout", &pool.idle_transaction_timeout},
                               std::pair{"client_idle_timeout", &pool.client_idle_timeout}}) {
       if (p[key]) *field = duration(p[key], std::string("pool.") + key);

@@ -73,6 +73,7 @@ struct Pool {
   std::string reset_query = "DISCARD ALL";
   Duration query_wait_timeout{120'000};
   Duration server_connect_timeout{15'000};
+  Duration client_login_timeout{60'000};  // startup + TLS + authentication must finish within this
   Duration server_idle_timeout{600'000};
   Duration server_lifetime{3'600'000};
   // 0 = off (the PgBouncer defaults).

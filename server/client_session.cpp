@@ -16,8 +16,7 @@ namespace {
 
 using namespace asio::experimental::awaitable_operators;
 
-constexpr std::uint32_t kMaxAuthMessage = 65535;          // PG_MAX_AUTH_TOKEN_LENGTH
-constexpr auto kLoginTimeout = std::chrono::seconds(60);  // postgres' authentication_timeout
+constexpr std::uint32_t kMaxAuthMessage = 65535;  // PG_MAX_AUTH_TOKEN_LENGTH
 constexpr std::size_t kClientBuffer = 8 * 1024;
 constexpr std::size_t kServerBuffer = 32 * 1024;
 
@@ -119,7 +118,8 @@ awaitable<void> ClientSession::run() {
   rt_->add_session(handle_);
 
   std::string reason = "client disconnected during login";
-  auto login = co_await (startup_and_auth() || sleep_for(kLoginTimeout) || wait_killed());
+  auto login =
+      co_await (startup_and_auth() || sleep_for(cfg_->pool.client_login_timeout) || wait_killed());
   bool logged_in = login.index() == 0 && std::get<0>(login);
   if (login.index() == 1) {
     queue_error({"08P01", "timeout during startup and authentication", {}, {}});

@@ -1,5 +1,6 @@
 """pool.query_timeout, idle_transaction_timeout and client_idle_timeout close the client with the
 SQLSTATE postgres uses for the same situation, and leave nothing running on the server."""
+import socket
 import time
 import unittest
 
@@ -64,6 +65,20 @@ class Timeouts(unittest.TestCase):
                 conn.execute("SELECT 1")
             self.assertIn("idle-session timeout", str(ctx.exception))
             self.assertIn("client idle timeout", sl.log())
+
+    def test_client_login_timeout(self):
+        def tweak(c):
+            c["pool"]["client_login_timeout"] = "500ms"
+        with Sluice(tweak=tweak) as sl:
+            silent = socket.create_connection(("127.0.0.1", sl.port))  # never sends a startup packet
+            started = time.time()
+            silent.settimeout(5)
+            data = silent.recv(4096)
+            self.assertIn(b"08P01", data)
+            self.assertIn(b"timeout during startup and authentication", data)
+            self.assertLess(time.time() - started, 2.0)
+            with psycopg.connect(sl.dsn()) as conn:  # a real client logs in well within it
+                self.assertEqual(conn.execute("SELECT 5").fetchone()[0], 5)
 
     def test_timeouts_off_by_default(self):
         with Sluice() as sl:

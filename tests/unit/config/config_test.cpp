@@ -113,10 +113,13 @@ TEST_CASE("SCRAM verifiers and md5 hashes are accepted as passwords") {
 TEST_CASE("durations and per-database overrides") {
   auto c = load_string(
       "databases:\n  d:\n    primary: {host: h, dbname: real}\n    pool: {size: 3, mode: session}\n"
-      "auth_type: trust\npool:\n  query_wait_timeout: 500ms\n  server_lifetime: "
-      "2m\nshutdown_timeout: 7\n");
+      "auth_type: trust\npool:\n  query_wait_timeout: 500ms\n  server_lifetime: 2m\n"
+      "  client_login_timeout: 3s\n  query_timeout: 1m\nshutdown_timeout: 7\n");
   CHECK(c->pool.query_wait_timeout == Duration(500));
   CHECK(c->pool.server_lifetime == Duration(120'000));
+  CHECK(c->pool.client_login_timeout == Duration(3000));
+  CHECK(c->pool.query_timeout == Duration(60'000));
+  CHECK(c->pool.client_idle_timeout == Duration(0));
   CHECK(c->shutdown_timeout == Duration(7000));
   CHECK(c->database("d")->primary.dbname == "real");
   CHECK(c->database("d")->pool_size == 3u);
