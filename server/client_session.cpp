@@ -18,7 +18,6 @@ using namespace asio::experimental::awaitable_operators;
 
 constexpr std::uint32_t kMaxAuthMessage = 65535;  // PG_MAX_AUTH_TOKEN_LENGTH
 constexpr std::size_t kClientBuffer = 8 * 1024;
-constexpr std::size_t kServerBuffer = 32 * 1024;
 
 // Client → server: see Terminate whole; count requests that end in ReadyForQuery.
 constexpr pg::WantTable kFromClient = pg::make_want_table({'X'});
@@ -552,7 +551,7 @@ awaitable<std::string> ClientSession::server_to_client() {
       co_await flush();
       co_return "server protocol violation";
     }
-    in.shrink(kServerBuffer);
+    in.shrink(ServerConn::kReadBuffer);
     auto [ec, n] = co_await server_->stream().read_some(in.prepare(stop.need));
     in.commit(n);
     if (ec == asio::error::operation_aborted) co_return "cancelled";  // the other direction ended

@@ -36,6 +36,8 @@ struct ServerLogin {
 class ServerConn {
  public:
   using Params = std::vector<std::pair<std::string, std::string>>;
+  // Read buffer size; it grows for a large inspected message and the relay shrinks it back.
+  static constexpr std::size_t kReadBuffer = 16 * 1024;
 
   // Connects, negotiates TLS, authenticates, and reads up to the first ReadyForQuery.
   static awaitable<std::variant<std::unique_ptr<ServerConn>, PgError>> connect(ServerLogin login);
@@ -68,7 +70,7 @@ class ServerConn {
   }
 
   std::unique_ptr<Stream> stream_;
-  FramedReader reader_;
+  FramedReader reader_{kReadBuffer};
   Params params_;
   pg::BackendKeyData key_{0, 0};
   std::string host_;
