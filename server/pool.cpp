@@ -20,6 +20,11 @@ void Lease::give_back() {
   pool_.reset();
 }
 
+void Pool::drop(std::unique_ptr<ServerConn> conn) {
+  discard(std::move(conn));
+  free_slot();
+}
+
 // Destroys a connection on its own event loop, where its socket is registered (inline at exit).
 void Pool::discard(std::unique_ptr<ServerConn> conn) {
   if (!conn) return;
@@ -181,20 +186,17 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken) {
   std::string reset;
   {
     std::lock_guard lock(mu_);
-    if (broken || Clock::now() - conn->created() >= lifetime_) {
+    bool expired = Clock::now() - conn->created() >= lifetime_;
+    if (broken || expired || exiting_) {
       spdlog::debug("pool {}: closing server connection ({})", name_,
-                    broken ? "broken" : "lifetime");
-      discard(std::move(conn));
-      free_slot();
+                    broken    ? "broken"
+                    : expired ? "lifetime"
+                              : "exiting");
+      drop(std::move(conn));
       return;
     }
-    if (reset_query_.empty() || exiting_) {
-      if (exiting_) {
-        discard(std::move(conn));
-        free_slot();
-      } else {
-        hand_over(std::move(conn));
-      }
+    if (reset_query_.empty()) {
+      hand_over(std::move(conn));
       return;
     }
     reset = reset_query_;
@@ -214,8 +216,7 @@ awaitable<void> Pool::reset_then_return(std::unique_ptr<ServerConn> conn, std::s
   } else {
     spdlog::warn("pool {}: reset query '{}' failed; closing that server connection", name_,
                  reset_query);
-    discard(std::move(conn));
-    free_slot();
+    drop(std::move(conn));
   }
 }
 
@@ -227,17 +228,13 @@ void Pool::close_expired(Clock::duration idle_timeout, Clock::duration lifetime)
   };
   for (auto it = idle_.begin(); it != idle_.end();) {
     if (expired(*it)) {
-      discard(std::move(*it));
+      auto conn = std::move(*it);
       it = idle_.erase(it);
-      free_slot();
+      drop(std::move(conn));
     } else {
       ++it;
     }
   }
-}
-
-void Pool::close_idle() {
-  close_expired(Clock::duration::zero(), Clock::duration::zero());
 }
 
 void Pool::close_for_exit() {
@@ -245,7 +242,7 @@ void Pool::close_for_exit() {
     std::lock_guard lock(mu_);
     exiting_ = true;
   }
-  close_idle();
+  close_expired(Clock::duration::zero(), Clock::duration::zero());  // every idle connection
 }
 
 void PoolRegistry::close_for_exit() {

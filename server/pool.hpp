@@ -75,8 +75,6 @@ class Pool : public std::enable_shared_from_this<Pool> {
   awaitable<void> warm(PoolLimits limits, std::uint32_t min);
   // Closes idle connections past the idle timeout or lifetime.
   void close_expired(Clock::duration idle_timeout, Clock::duration lifetime);
-  // Closes all idle connections (drain).
-  void close_idle();
   // At exit, with the event loops stopped: closes idle connections now and makes every later
   // give_back close inline instead of posting to a loop that is going away.
   void close_for_exit();
@@ -94,6 +92,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   awaitable<std::variant<Lease, PgError>> open();
   awaitable<void> reset_then_return(std::unique_ptr<ServerConn> conn, std::string reset_query);
   void discard(std::unique_ptr<ServerConn> conn);  // under mu_
+  void drop(std::unique_ptr<ServerConn> conn);     // under mu_: discard and free its slot
 
   std::string name_;
   ServerLogin login_;
