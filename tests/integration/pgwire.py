@@ -12,6 +12,7 @@ class Wire:
     def __init__(self, port, host="127.0.0.1", timeout=10):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
+        self.key = None  # (pid, secret) from BackendKeyData
 
     def close(self):
         self.sock.close()
@@ -86,6 +87,8 @@ class Wire:
             elif typ == b"S":
                 k, v = body.split(b"\0")[:2]
                 status[k.decode()] = v.decode()
+            elif typ == b"K":
+                self.key = struct.unpack("!II", body)
             elif typ == b"Z":
                 return "ok", status
 

@@ -11,6 +11,7 @@ import unittest
 import psycopg
 
 from harness import SharedSluice
+from pgwire import Wire
 
 
 class Cancel(SharedSluice):
@@ -40,18 +41,21 @@ class Cancel(SharedSluice):
         self.assertLess(elapsed, 1.0, f"psql cancel took {elapsed:.3f}s")
 
     def test_a_wrong_cancel_key_cancels_nothing(self):
-        with psycopg.connect(self.sluice.dsn(), autocommit=True) as conn:
-            pid = conn.pgconn.backend_pid  # the key sluice handed out, not the server's
-            secret = conn.pgconn.backend_key if hasattr(conn.pgconn, "backend_key") else 0
+        w = Wire(self.sluice.port)
+        self.assertEqual(w.login("app", "secret", "appdb")[0], "ok")
+        pid, secret = w.key  # the key sluice handed out; flip one bit of the secret
 
-            def wrong_cancel():
-                s = socket.create_connection(("127.0.0.1", self.sluice.port))
-                s.sendall(struct.pack("!IIII", 16, 80877102, pid, (secret + 1) & 0xFFFFFFFF))
-                s.close()
-            timer = threading.Timer(0.2, wrong_cancel)
-            timer.start()
-            self.assertEqual(conn.execute("SELECT pg_sleep(0.8), 1").fetchone()[1], 1)
-            timer.join()
+        def wrong_cancel():
+            s = socket.create_connection(("127.0.0.1", self.sluice.port))
+            s.sendall(struct.pack("!IIII", 16, 80877102, pid, secret ^ 1))
+            s.close()
+        timer = threading.Timer(0.2, wrong_cancel)
+        timer.start()
+        rows, err = w.query("SELECT pg_sleep(0.8), 1")
+        timer.join()
+        self.assertIsNone(err)
+        self.assertEqual(rows, [["", "1"]])
+        w.close()
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
