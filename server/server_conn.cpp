@@ -31,6 +31,15 @@ PgError error_from_fields(pg::Span body) {
   return e;
 }
 
+namespace {
+// An ErrorResponse received while logging in, marked so the client sees who refused it.
+PgError login_error(pg::Span body) {
+  auto e = error_from_fields(body);
+  e.message = "server login failed: " + e.message;
+  return e;
+}
+}  // namespace
+
 void ServerConn::set_param(std::string_view name, std::string_view value) {
   for (auto& [k, v] : params_) {
     if (k == name) {
@@ -122,11 +131,8 @@ awaitable<Outcome> ServerConn::login(ServerLogin login) {
       case 'K':
         if (auto k = pg::decode_backend_key_data(body)) key_ = *k;
         break;
-      case 'E': {
-        auto e = error_from_fields(body);
-        e.message = "server login failed: " + e.message;
-        co_return e;
-      }
+      case 'E':
+        co_return login_error(body);
       case 'Z':
         co_return std::monostate{};
       case 'N':
@@ -223,11 +229,7 @@ awaitable<std::variant<std::string, PgError>> ServerConn::expect_sasl(ServerLogi
   if (m.ec) co_return io_error("lost connection while authenticating to", login, m.ec);
   if (m.bad)
     co_return PgError{"08P01", "server sent an invalid message length during SCRAM", {}, {}};
-  if (m.frame.type == 'E') {
-    auto e = error_from_fields(m.frame.body);
-    e.message = "server login failed: " + e.message;
-    co_return e;
-  }
+  if (m.frame.type == 'E') co_return login_error(m.frame.body);
   auto a = m.frame.type == 'R' ? pg::decode_authentication(m.frame.body) : std::nullopt;
   if (!a || a->code != code)
     co_return PgError{"08P01", "unexpected message during SCRAM exchange", {}, {}};
