@@ -77,6 +77,27 @@ std::optional<std::string_view> decode_query(Span body) {
   return decode_password_message(body);
 }
 
+std::optional<DataRow> decode_data_row(Span body) {
+  Reader r(body);
+  std::uint16_t n = r.u16();
+  // Each column takes at least its 4-byte length: bound the count before reserving.
+  if (!r.ok() || std::size_t{n} * 4 > r.remaining()) return std::nullopt;
+  DataRow row;
+  row.reserve(n);
+  for (std::uint16_t i = 0; i < n; ++i) {
+    std::int32_t len = r.i32();
+    if (len < 0) {
+      row.emplace_back(std::nullopt);
+      continue;
+    }
+    auto v = r.take(static_cast<std::size_t>(len));
+    if (!r.ok()) return std::nullopt;
+    row.emplace_back(bytes::as_chars(v));
+  }
+  if (!r.at_end()) return std::nullopt;
+  return row;
+}
+
 std::optional<Authentication> decode_authentication(Span body) {
   Reader r(body);
   Authentication a{r.u32(), {}};

@@ -79,6 +79,10 @@ struct BackendKeyData {
 };
 std::optional<BackendKeyData> decode_backend_key_data(Span body);
 
+// 'D': column values (nullopt = SQL NULL), as views into the body.
+using DataRow = std::vector<std::optional<std::string_view>>;
+std::optional<DataRow> decode_data_row(Span body);
+
 // 'Z': the transaction status byte 'I', 'T' or 'E'.
 std::optional<char> decode_ready_for_query(Span body);
 

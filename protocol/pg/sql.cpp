@@ -1,6 +1,8 @@
 // Literal quoting and startup `options` parsing, as libpq and the postmaster define them.
 #include "protocol/pg/sql.hpp"
 
+#include <cctype>
+
 namespace sluice::pg::sql {
 
 std::string quote_literal(std::string_view s) {
@@ -14,6 +16,34 @@ std::string quote_literal(std::string_view s) {
   }
   out.push_back('\'');
   return out;
+}
+
+std::string quote_ident(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  out.push_back('"');
+  for (char c : s) {
+    if (c == '"') out.push_back(c);
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
+std::string raise_error(std::string_view sqlstate, std::string_view message,
+                        std::string_view hint) {
+  // The body is dollar-quoted: its own tag must not occur inside.
+  auto clean = [](std::string_view s) {
+    std::string out(s);
+    for (std::size_t at; (at = out.find("$sluice$")) != std::string::npos;) out[at] = '?';
+    return out;
+  };
+  std::string code;
+  for (char c : sqlstate.substr(0, 5))
+    code.push_back(std::isalnum(static_cast<unsigned char>(c)) ? c : '0');
+  return "DO $sluice$BEGIN RAISE EXCEPTION USING ERRCODE = '" + code +
+         "', MESSAGE = " + quote_literal(clean(message)) +
+         ", HINT = " + quote_literal(clean(hint)) + "; END$sluice$";
 }
 
 bool is_setting_name(std::string_view name) {

@@ -126,3 +126,23 @@ TEST_CASE("frontend auth messages round-trip") {
   Buffer bad_len{'M', 0, 0, 0, 0, 9};  // declares 9 bytes, has 0
   CHECK_FALSE(decode_sasl_initial_response(bad_len));
 }
+
+TEST_CASE("DataRow decodes values and NULLs, rejects lies about lengths") {
+  Buffer b = {0,    3,                           // three columns
+              0,    0,    0,    2,    'h', 'i',  // "hi"
+              0xff, 0xff, 0xff, 0xff,            // NULL
+              0,    0,    0,    0};              // ""
+  auto row = decode_data_row(b);
+  REQUIRE(row);
+  REQUIRE(row->size() == 3);
+  CHECK((*row)[0] == "hi");
+  CHECK(!(*row)[1]);
+  CHECK((*row)[2] == "");
+
+  Buffer too_long = {0, 1, 0, 0, 0, 9, 'x'};
+  CHECK(!decode_data_row(too_long));
+  Buffer huge_count = {0xff, 0xff, 0, 0, 0, 0};
+  CHECK(!decode_data_row(huge_count));
+  Buffer trailing = {0, 1, 0, 0, 0, 1, 'x', 'y'};
+  CHECK(!decode_data_row(trailing));
+}

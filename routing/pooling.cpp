@@ -1,0 +1,472 @@
+// Per-client prepared statements and settings over pooled server connections (see pooling.hpp).
+#include "routing/pooling.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cstdio>
+
+#include "protocol/pg/sql.hpp"
+
+namespace sluice::routing {
+namespace {
+
+// FNV-1a, 64 bits: the same name for the same statement in every sluice process.
+std::uint64_t fnv1a(std::uint64_t h, const void* data, std::size_t n) {
+  const auto* p = static_cast<const std::uint8_t*>(data);
+  for (std::size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+pg::Span whole(const pg::Frame& f) {
+  return {f.body.data() - pg::kHeaderSize, f.size};
+}
+
+void append(pg::Buffer& out, pg::Span bytes) {
+  out.insert(out.end(), bytes.begin(), bytes.end());
+}
+
+char lower(char c) {
+  return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+}
+
+// Case-insensitive: does `hay` contain `needle` (lower case) at `at`?
+bool word_at(std::string_view hay, std::size_t at, std::string_view needle) {
+  if (hay.size() - at < needle.size()) return false;
+  for (std::size_t i = 0; i < needle.size(); ++i) {
+    if (lower(hay[at + i]) != needle[i]) return false;
+  }
+  return true;
+}
+
+bool contains(std::string_view hay, std::string_view needle) {
+  if (hay.size() < needle.size()) return false;
+  for (std::size_t i = 0; i + needle.size() <= hay.size(); ++i) {
+    if (lower(hay[i]) == needle[0] && word_at(hay, i, needle)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+StatementPtr make_statement(std::string_view query, std::vector<std::uint32_t> param_types) {
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  h = fnv1a(h, query.data(), query.size());
+  for (auto oid : param_types) h = fnv1a(h, &oid, sizeof oid);
+  std::array<char, 24> name{};
+  std::snprintf(name.data(), name.size(), "sluice_%016llx", static_cast<unsigned long long>(h));
+  return std::make_shared<const PreparedStatement>(
+      PreparedStatement{std::string(query), std::move(param_types), std::string(name.data())});
+}
+
+bool ServerState::has(const PreparedStatement& s) {
+  auto it = index_.find(s.server_name);
+  if (it == index_.end() || !(*it->second)->same_as(s)) return false;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return true;
+}
+
+std::vector<std::string> ServerState::add(StatementPtr s) {
+  std::vector<std::string> close;
+  if (auto it = index_.find(s->server_name); it != index_.end()) {  // a hash collision
+    close.push_back(s->server_name);
+    lru_.erase(it->second);
+    index_.erase(it);
+  }
+  while (lru_.size() >= max_statements_) {
+    close.push_back(lru_.back()->server_name);
+    index_.erase(lru_.back()->server_name);
+    lru_.pop_back();
+  }
+  lru_.push_front(std::move(s));
+  index_.emplace(lru_.front()->server_name, lru_.begin());
+  return close;
+}
+
+void ServerState::forget(std::string_view server_name) {
+  if (auto it = index_.find(server_name); it != index_.end()) {
+    auto pos = it->second;
+    index_.erase(it);
+    lru_.erase(pos);
+  }
+}
+
+void ServerState::clear_statements() {
+  index_.clear();
+  lru_.clear();
+  sql_prepared.clear();
+}
+
+std::string settings_sync_sql(const Settings& want, const Settings& have) {
+  std::string resets;
+  std::string sets;
+  for (const auto& [name, value] : have) {
+    if (!want.contains(name)) resets += "RESET " + pg::sql::quote_ident(name) + "; ";
+  }
+  for (const auto& [name, value] : want) {
+    auto it = have.find(name);
+    if (it != have.end() && it->second == value) continue;
+    sets += sets.empty() ? "SELECT " : ", ";
+    sets += "pg_catalog.set_config(" + pg::sql::quote_literal(name) + ", " +
+            pg::sql::quote_literal(value) + ", false)";
+  }
+  return resets + sets;
+}
+
+std::string settings_capture_sql(const std::set<std::string>& names) {
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + pg::sql::quote_literal(n);
+  return "SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[" + list +
+         "]::text[]) AS n";
+}
+
+bool may_affect_session(std::string_view sql) {
+  // Anywhere in the text: functions and clauses that change or pin the session.
+  for (auto w : {"set_config", "advisory", "temp", "execute"}) {
+    if (contains(sql, w)) return true;
+  }
+  // At the start of any statement (every ';' is taken as a possible start; strings too).
+  constexpr std::array<std::string_view, 8> leading = {"set",     "reset",  "prepare", "deallocate",
+                                                       "discard", "listen", "declare", "load"};
+  std::size_t at = 0;
+  for (;;) {
+    while (at < sql.size() && std::isspace(static_cast<unsigned char>(sql[at]))) ++at;
+    if (word_at(sql, at, "/*") || word_at(sql, at, "--")) return true;  // not worth skipping
+    for (auto w : leading) {
+      if (word_at(sql, at, w)) return true;
+    }
+    at = sql.find(';', at);
+    if (at == std::string_view::npos) return false;
+    ++at;
+  }
+}
+
+// ---- PooledSession: client → server --------------------------------------------------------
+
+void PooledSession::push(Expect e) {
+  if (e.kind == Expect::kSync && !e.injected) ++pending_;
+  expect_.push_back(std::move(e));
+}
+
+void PooledSession::inject_query(std::string sql, pg::Buffer& out) {
+  pg::encode_query(out, sql);
+  push({Expect::kSync, true});
+}
+
+// Prepares `s` on this server under its server name unless it is there already.
+void PooledSession::ensure_prepared(const StatementPtr& s, ServerState& server, pg::Buffer& out) {
+  if (server.has(*s)) return;
+  for (const auto& name : server.add(s)) {
+    pg::encode_close(out, {'S', name});
+    push({Expect::kReply, true});
+  }
+  pg::encode_parse(out, s->server_name, s->query, s->param_types);
+  push({Expect::kReply, true, s});
+}
+
+// Gives the server this client's SQL-level prepared statement `name` (same text).
+void PooledSession::ensure_sql_prepared(const std::string& name, ServerState& server,
+                                        pg::Buffer& out) {
+  const auto& text = sql_prepared_.at(name);
+  auto it = server.sql_prepared.find(name);
+  if (it != server.sql_prepared.end() && it->second == text) return;
+  std::string sql;
+  if (it != server.sql_prepared.end()) sql = "DEALLOCATE " + pg::sql::quote_ident(name) + "; ";
+  sql += text;
+  inject_query(std::move(sql), out);
+  expect_.back().sql_name = name;
+  server.sql_prepared[name] = text;
+}
+
+std::optional<Pin> PooledSession::note_text(const Analysis& a, ServerState& server, pg::Buffer& out,
+                                            bool simple_query) {
+  if (!a.pins.empty()) return a.pins.front();
+  auto touch_all = [&] {
+    for (const auto& [name, value] : settings_) touched_.insert(name);
+    for (const auto& [name, value] : server.settings) touched_.insert(name);
+  };
+  auto forget_sql_on_server = [&](const std::string& name) {
+    if (server.sql_prepared.erase(name) > 0)
+      inject_query("DEALLOCATE " + pg::sql::quote_ident(name), out);
+  };
+  for (const auto& s : a.statements) {
+    switch (s.kind) {
+      case StatementKind::kSet:
+      case StatementKind::kReset:
+        touched_.insert(s.name);
+        break;
+      case StatementKind::kResetAll:
+        touch_all();
+        break;
+      case StatementKind::kDiscardAll:
+        touch_all();
+        statements_.clear();
+        sql_prepared_.clear();
+        server.clear_statements();
+        break;
+      case StatementKind::kDeallocateAll:
+        statements_.clear();  // DEALLOCATE ALL drops protocol-level statements too
+        sql_prepared_.clear();
+        server.clear_statements();
+        break;
+      case StatementKind::kPrepare:
+        if (!simple_query) break;
+        if (sql_prepared_.contains(s.name)) {
+          ensure_sql_prepared(s.name, server, out);  // the server refuses the duplicate itself
+        } else {
+          forget_sql_on_server(s.name);  // another client's statement of that name
+          sql_prepared_[s.name] = s.text;
+          server.sql_prepared[s.name] = s.text;
+          uncertain_.insert(s.name);
+        }
+        break;
+      case StatementKind::kExecute:
+      case StatementKind::kDeallocate:
+        if (!simple_query) break;
+        if (sql_prepared_.contains(s.name)) {
+          ensure_sql_prepared(s.name, server, out);
+          if (s.kind == StatementKind::kDeallocate) {
+            sql_prepared_.erase(s.name);
+            server.sql_prepared.erase(s.name);
+          }
+        } else {
+          forget_sql_on_server(s.name);  // the server must say it does not exist
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  for (const auto& c : a.set_config_calls) {
+    if (c.kind == StatementKind::kSet) touched_.insert(c.name);
+  }
+  return std::nullopt;
+}
+
+PooledSession::ClientOutcome PooledSession::on_query(std::string_view sql, ServerState& server,
+                                                     pg::Buffer& out) {
+  ClientOutcome r;
+  if (may_affect_session(sql)) {
+    auto analysis = analyses_.get(sql);
+    r.pin = note_text(*analysis, server, out, true);
+    if (r.pin && options_.pin_is_error) {
+      pg::encode_query(out, pg::sql::raise_error("0A000",
+                                                 std::string(to_string(*r.pin)) +
+                                                     " is not supported in transaction pooling",
+                                                 "use a database or user with pool mode session "
+                                                 "for this client, or set pool.pinning: pin"));
+      push({Expect::kSync});
+      return r;
+    }
+  }
+  pg::encode_query(out, sql);
+  push({Expect::kSync});
+  return r;
+}
+
+PooledSession::ClientOutcome PooledSession::on_client(const pg::Frame& f, ServerState& server,
+                                                      pg::Buffer& out) {
+  ClientOutcome r;
+  switch (f.type) {
+    case 'Q': {
+      auto sql = pg::decode_query(f.body);
+      if (!sql) return {true, {}};
+      return on_query(*sql, server, out);
+    }
+    case 'P': {
+      auto p = pg::decode_parse(f.body);
+      if (!p) return {true, {}};
+      unsynced_ = true;
+      std::string query(p->query);
+      if (may_affect_session(query)) {
+        r.pin = note_text(*analyses_.get(query), server, out, false);
+        if (r.pin && options_.pin_is_error) {
+          // Every execution of this statement reports the refusal.
+          query = pg::sql::raise_error(
+              "0A000", std::string(to_string(*r.pin)) + " is not supported in transaction pooling",
+              "use a database or user with pool mode session for this client, or set "
+              "pool.pinning: pin");
+        }
+      }
+      if (p->name.empty()) {
+        if (query == p->query) {
+          append(out, whole(f));
+        } else {
+          pg::encode_parse(out, "", query, p->param_types);
+        }
+        push({Expect::kReply});
+        return r;
+      }
+      std::string name(p->name);
+      if (auto it = statements_.find(name); it != statements_.end()) {
+        // Postgres refuses to redefine a name (42P05): let the server refuse it, under the
+        // existing statement's server name.
+        ensure_prepared(it->second, server, out);
+        pg::encode_parse(out, it->second->server_name, query, p->param_types);
+        push({Expect::kReply});
+        return r;
+      }
+      auto s = make_statement(query, std::move(p->param_types));
+      statements_[name] = s;
+      if (server.has(*s)) {
+        // Prepared already (by another client): parse it again so the client gets its own
+        // ParseComplete, in order, and any error the server now finds in it.
+        pg::encode_close(out, {'S', s->server_name});
+        push({Expect::kReply, true});
+      } else {
+        for (const auto& evicted : server.add(s)) {
+          pg::encode_close(out, {'S', evicted});
+          push({Expect::kReply, true});
+        }
+      }
+      pg::encode_parse(out, s->server_name, s->query, s->param_types);
+      push({Expect::kReply, false, s, name});
+      return r;
+    }
+    case 'B': {
+      auto b = pg::decode_bind(f.body);
+      if (!b) return {true, {}};
+      unsynced_ = true;
+      auto it =
+          b->statement.empty() ? statements_.end() : statements_.find(std::string(b->statement));
+      if (it == statements_.end()) {
+        append(out, whole(f));  // unnamed, or unknown: the server reports 26000 itself
+      } else {
+        auto s = it->second;  // ensure_prepared may not invalidate it
+        ensure_prepared(s, server, out);
+        pg::encode_bind_renamed(out, *b, s->server_name);
+      }
+      push({Expect::kReply});
+      return r;
+    }
+    case 'D': {
+      auto t = pg::decode_target(f.body);
+      if (!t || (t->kind != 'S' && t->kind != 'P')) return {true, {}};
+      unsynced_ = true;
+      auto it = t->kind == 'S' && !t->name.empty() ? statements_.find(std::string(t->name))
+                                                   : statements_.end();
+      if (it == statements_.end()) {
+        append(out, whole(f));
+      } else {
+        auto s = it->second;
+        ensure_prepared(s, server, out);
+        pg::encode_describe(out, {'S', s->server_name});
+      }
+      return r;  // its replies ('t', 'T', 'n') never look like '1', '2', '3'
+    }
+    case 'C': {
+      auto t = pg::decode_target(f.body);
+      if (!t || (t->kind != 'S' && t->kind != 'P')) return {true, {}};
+      unsynced_ = true;
+      if (t->kind == 'S' && !t->name.empty()) {
+        // Other clients may share the server's copy; it stays until evicted.
+        statements_.erase(std::string(t->name));
+        pg::encode_close(out, {'S', kNoSuchStatement});
+      } else {
+        append(out, whole(f));
+      }
+      push({Expect::kReply});
+      return r;
+    }
+    case 'S':
+      unsynced_ = false;
+      append(out, whole(f));
+      push({Expect::kSync});
+      return r;
+    case 'F':
+      append(out, whole(f));
+      push({Expect::kSync});
+      return r;
+    default:
+      append(out, whole(f));
+      return r;
+  }
+}
+
+void PooledSession::on_client_passed(char type) {
+  if (type == 'E' || type == 'H') unsynced_ = true;
+}
+
+// ---- PooledSession: server → client --------------------------------------------------------
+
+void PooledSession::drop_reply(const Expect& e, ServerState& server) {
+  if (!e.prepared) return;
+  server.forget(e.prepared->server_name);
+  if (e.client_name.empty()) return;
+  if (auto it = statements_.find(e.client_name);
+      it != statements_.end() && it->second == e.prepared)
+    statements_.erase(it);
+}
+
+PooledSession::Verdict PooledSession::on_server(const pg::Frame& f, ServerState& server) {
+  switch (f.type) {
+    case '1':
+    case '2':
+    case '3': {
+      if (expect_.empty() || expect_.front().kind != Expect::kReply) return Verdict::kDesync;
+      bool injected = expect_.front().injected;
+      expect_.pop_front();
+      return injected ? Verdict::kDrop : Verdict::kForward;
+    }
+    case 'E': {
+      if (swallowing()) {
+        expect_.front().failed = true;
+        return Verdict::kDrop;
+      }
+      // The server skips to the next Sync: the replies before it will not come.
+      while (!expect_.empty() && expect_.front().kind == Expect::kReply) {
+        drop_reply(expect_.front(), server);
+        expect_.pop_front();
+      }
+      if (!expect_.empty()) expect_.front().failed = true;
+      return Verdict::kForward;
+    }
+    case 'Z': {
+      auto status = pg::decode_ready_for_query(f.body);
+      if (!status || expect_.empty() || expect_.front().kind != Expect::kSync)
+        return Verdict::kDesync;
+      auto e = std::move(expect_.front());
+      expect_.pop_front();
+      if (e.injected) {
+        if (e.failed && !e.sql_name.empty()) server.sql_prepared.erase(e.sql_name);
+        return Verdict::kDrop;
+      }
+      --pending_;
+      tx_status_ = *status;
+      return Verdict::kForward;
+    }
+    default:
+      return swallowing() ? Verdict::kDrop : Verdict::kForward;
+  }
+}
+
+// ---- attach / release ----------------------------------------------------------------------
+
+void PooledSession::apply_capture(const Rows& rows, ServerState& server) {
+  for (const auto& row : rows) {
+    if (row.size() != 2 || !row[0]) continue;
+    const auto& name = *row[0];
+    if (row[1]) {
+      settings_[name] = *row[1];
+      server.settings[name] = *row[1];
+    } else {
+      settings_.erase(name);
+      server.settings.erase(name);
+    }
+  }
+  touched_.clear();
+}
+
+void PooledSession::apply_present(const std::set<std::string>& present, ServerState& server) {
+  for (const auto& name : uncertain_) {
+    if (present.contains(name)) continue;
+    sql_prepared_.erase(name);
+    server.sql_prepared.erase(name);
+  }
+  uncertain_.clear();
+}
+
+}  // namespace sluice::routing

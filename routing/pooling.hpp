@@ -1,0 +1,171 @@
+// Transaction pooling without breakage, sans-I/O: each client's prepared statements and settings
+// are its own, and follow it onto whichever server connection it gets next.
+//
+// A PooledSession sees every client message that matters (Parse, Bind, Describe, Close, Query,
+// Sync, FunctionCall) and writes what the server must get instead: statements under server-side
+// names of sluice's own ("sluice_" + hash of text and types), prepared on demand on the current
+// server; SQL-level PREPAREd statements re-prepared before EXECUTE. It keeps a queue of the
+// replies it expects, in order, so the relay can drop the replies to what sluice injected and
+// forward the rest untouched.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "protocol/pg/extended.hpp"
+#include "protocol/pg/messages.hpp"
+#include "routing/session_statements.hpp"
+
+namespace sluice::routing {
+
+// Setting name (lower case) → value as the server shows it (current_setting()).
+using Settings = std::map<std::string, std::string>;
+// Rows of a result read back by sluice (NULL = nullopt).
+using Rows = std::vector<std::vector<std::optional<std::string>>>;
+
+// A protocol-level prepared statement as the server sees it.
+struct PreparedStatement {
+  std::string query;
+  std::vector<std::uint32_t> param_types;
+  std::string server_name;  // "sluice_" + 16 hex digits of a hash of query and types
+  bool same_as(const PreparedStatement& o) const {
+    return query == o.query && param_types == o.param_types;
+  }
+};
+using StatementPtr = std::shared_ptr<const PreparedStatement>;
+StatementPtr make_statement(std::string_view query, std::vector<std::uint32_t> param_types);
+
+// A name for Close that never exists on a server: closing it only yields CloseComplete.
+inline constexpr std::string_view kNoSuchStatement = "sluice_none";
+
+// What sluice knows of one server connection's session: its prepared statements (bounded, LRU),
+// SQL-level prepared statements, and the settings sluice changed from the login defaults.
+class ServerState {
+ public:
+  explicit ServerState(std::size_t max_statements = 250)
+      : max_statements_(std::max<std::size_t>(max_statements, 1)) {}
+
+  // True when this server has the statement; it becomes the most recently used.
+  bool has(const PreparedStatement& s);
+  // Records that `s` is being prepared here. Returns server names to Close first: the least
+  // recently used beyond the bound, and a different statement under the same name.
+  std::vector<std::string> add(StatementPtr s);
+  void forget(std::string_view server_name);
+  std::size_t statement_count() const { return lru_.size(); }
+  void set_max_statements(std::size_t n) { max_statements_ = std::max<std::size_t>(n, 1); }
+  // DEALLOCATE ALL ran: no prepared statement of either kind is left.
+  void clear_statements();
+
+  Settings settings;                                // absent: the login default
+  std::map<std::string, std::string> sql_prepared;  // PREPARE name → its statement text
+
+ private:
+  std::size_t max_statements_;
+  std::list<StatementPtr> lru_;  // front = most recently used
+  std::unordered_map<std::string_view, std::list<StatementPtr>::iterator> index_;
+};
+
+// SQL that turns `have` into `want` on a server ("" when they already agree): set_config() for
+// values that differ, RESET for names only `have` has.
+std::string settings_sync_sql(const Settings& want, const Settings& have);
+// SQL whose rows are (name, current_setting(name, true)) for each name.
+std::string settings_capture_sql(const std::set<std::string>& names);
+// Cheap check before parsing: false only when `sql` cannot change session state or pin.
+bool may_affect_session(std::string_view sql);
+
+class PooledSession {
+ public:
+  struct Options {
+    bool pin_is_error = false;  // pool.pinning: error
+  };
+  PooledSession(AnalysisCache& analyses, Settings startup, Options options)
+      : analyses_(analyses), startup_(startup), settings_(std::move(startup)), options_(options) {}
+
+  // ---- client → server ----
+  struct ClientOutcome {
+    bool bad = false;        // malformed message: a protocol violation
+    std::optional<Pin> pin;  // the message needs a session of its own (or was refused)
+  };
+  // A whole client message of a type the relay inspects ('P','B','D','C','Q','S','F'); appends
+  // what the server must receive to `out`.
+  ClientOutcome on_client(const pg::Frame& f, ServerState& server, pg::Buffer& out);
+  // A client message passed through unchanged (Execute, Flush, CopyData...).
+  void on_client_passed(char type);
+
+  // ---- server → client ----
+  enum class Verdict { kForward, kDrop, kDesync };
+  // A whole server message; the relay must show it whole for '1','2','3','E','Z','S', and for
+  // every message while swallowing() is true.
+  Verdict on_server(const pg::Frame& f, ServerState& server);
+  // The next server messages answer a query sluice injected: drop all of them.
+  bool swallowing() const {
+    return !expect_.empty() && expect_.front().injected && expect_.front().kind == Expect::kSync;
+  }
+
+  // Nothing outstanding, outside a transaction, no unsynced extended messages: the server
+  // connection may go back to the pool.
+  bool idle() const { return expect_.empty() && !unsynced_ && tx_status_ == 'I'; }
+  char tx_status() const { return tx_status_; }
+  // Client requests (Query, Sync, FunctionCall) not yet answered by ReadyForQuery.
+  int pending() const { return pending_; }
+
+  // ---- on attach / release ----
+  const Settings& settings() const { return settings_; }
+  // Names whose values must be read back from the server before it is released.
+  const std::set<std::string>& touched() const { return touched_; }
+  // The server's answer to settings_capture_sql(touched()).
+  void apply_capture(const Rows& rows, ServerState& server);
+  // SQL-level prepared statements whose creation may have failed: names to check on the server.
+  const std::set<std::string>& uncertain() const { return uncertain_; }
+  // `present`: names of SQL-prepared statements the server really has (pg_prepared_statements).
+  void apply_present(const std::set<std::string>& present, ServerState& server);
+  // After the settings were synced to a new server.
+  void attached(ServerState& server) { server.settings = settings_; }
+
+  std::size_t statement_count() const { return statements_.size(); }
+
+ private:
+  struct Expect {
+    enum Kind : std::uint8_t { kReply, kSync };  // '1'/'2'/'3', or a request ending in 'Z'
+    Expect(Kind k, bool inj = false, StatementPtr p = nullptr, std::string client = {})
+        : kind(k), injected(inj), prepared(std::move(p)), client_name(std::move(client)) {}
+    Kind kind;
+    bool injected = false;
+    bool failed = false;
+    StatementPtr prepared;    // a Parse: the server has it only if this succeeds
+    std::string client_name;  // a client's named Parse: it exists only if this succeeds
+    std::string sql_name;     // an injected PREPARE: the server has it only if this succeeds
+  };
+  void push(Expect e);
+  void ensure_prepared(const StatementPtr& s, ServerState& server, pg::Buffer& out);
+  void inject_query(std::string sql, pg::Buffer& out);
+  ClientOutcome on_query(std::string_view sql, ServerState& server, pg::Buffer& out);
+  std::optional<Pin> note_text(const Analysis& a, ServerState& server, pg::Buffer& out,
+                               bool simple_query);
+  void ensure_sql_prepared(const std::string& name, ServerState& server, pg::Buffer& out);
+  void drop_reply(const Expect& e, ServerState& server);
+
+  AnalysisCache& analyses_;
+  Settings startup_;
+  Settings settings_;
+  Options options_;
+  std::unordered_map<std::string, StatementPtr> statements_;  // client name → statement
+  std::map<std::string, std::string> sql_prepared_;           // SQL PREPARE name → text
+  std::set<std::string> touched_;
+  std::set<std::string> uncertain_;
+  std::deque<Expect> expect_;
+  bool unsynced_ = false;
+  char tx_status_ = 'I';
+  int pending_ = 0;
+};
+
+}  // namespace sluice::routing

@@ -1,0 +1,375 @@
+// Transaction pooling's bookkeeping, without sockets: what the server is sent for each client
+// message, which server replies the client sees, and how settings follow the client.
+#include "routing/pooling.hpp"
+
+#include <catch2/catch.hpp>
+
+#include "protocol/pg/sql.hpp"
+
+using namespace sluice;
+using namespace sluice::routing;
+using Verdict = PooledSession::Verdict;
+
+namespace {
+
+struct Msg {
+  char type;
+  pg::Buffer body;
+};
+
+std::vector<Msg> frames(const pg::Buffer& b) {
+  std::vector<Msg> out;
+  pg::Span rest(b);
+  while (!rest.empty()) {
+    auto r = pg::next_frame(rest);
+    REQUIRE(std::holds_alternative<pg::Frame>(r));
+    auto f = std::get<pg::Frame>(r);
+    out.push_back({f.type, pg::Buffer(f.body.begin(), f.body.end())});
+    rest = rest.subspan(f.size);
+  }
+  return out;
+}
+
+// One client message through the session; returns what the server was sent.
+std::vector<Msg> send(PooledSession& s, ServerState& server, const pg::Buffer& msg,
+                      PooledSession::ClientOutcome* outcome = nullptr) {
+  auto r = pg::next_frame(msg);
+  REQUIRE(std::holds_alternative<pg::Frame>(r));
+  pg::Buffer out;
+  auto o = s.on_client(std::get<pg::Frame>(r), server, out);
+  if (outcome) *outcome = o;
+  return frames(out);
+}
+
+Verdict reply(PooledSession& s, ServerState& server, const pg::Buffer& msg) {
+  auto r = pg::next_frame(msg);
+  REQUIRE(std::holds_alternative<pg::Frame>(r));
+  return s.on_server(std::get<pg::Frame>(r), server);
+}
+
+pg::Buffer parse(std::string_view name, std::string_view query) {
+  pg::Buffer b;
+  pg::encode_parse(b, name, query, {23});
+  return b;
+}
+pg::Buffer bind(std::string_view statement) {
+  pg::Buffer b = {'B'};
+  pg::Buffer body = {0};  // unnamed portal
+  body.insert(body.end(), statement.begin(), statement.end());
+  body.push_back(0);
+  body.insert(body.end(), {0, 0, 0, 0, 0, 0});  // no formats, no parameters, no result formats
+  std::uint32_t len = static_cast<std::uint32_t>(body.size() + 4);
+  b.insert(b.end(), {static_cast<std::uint8_t>(len >> 24), static_cast<std::uint8_t>(len >> 16),
+                     static_cast<std::uint8_t>(len >> 8), static_cast<std::uint8_t>(len)});
+  b.insert(b.end(), body.begin(), body.end());
+  return b;
+}
+pg::Buffer empty(char type) {
+  pg::Buffer b;
+  pg::encode_empty_message(b, type);
+  return b;
+}
+pg::Buffer query(std::string_view sql) {
+  pg::Buffer b;
+  pg::encode_query(b, sql);
+  return b;
+}
+pg::Buffer rfq(char status) {
+  pg::Buffer b;
+  pg::encode_ready_for_query(b, status);
+  return b;
+}
+pg::Buffer error() {
+  pg::Buffer b;
+  pg::encode_error_response(b, {"ERROR", "42P01", "relation does not exist"});
+  return b;
+}
+std::string_view name_in(const Msg& m) {  // Parse's name, or Bind's statement
+  std::string_view s(reinterpret_cast<const char*>(m.body.data()), m.body.size());
+  if (m.type == 'B') s = s.substr(s.find('\0') + 1);
+  if (m.type == 'D' || m.type == 'C') s = s.substr(1);
+  return s.substr(0, s.find('\0'));
+}
+
+}  // namespace
+
+TEST_CASE("statement names are stable and depend on text and types") {
+  auto a = make_statement("SELECT $1", {23});
+  CHECK(a->server_name == make_statement("SELECT $1", {23})->server_name);
+  CHECK(a->server_name != make_statement("SELECT $1", {25})->server_name);
+  CHECK(a->server_name != make_statement("SELECT $2", {23})->server_name);
+  CHECK(a->server_name.starts_with("sluice_"));
+  CHECK(a->server_name.size() == 7 + 16);
+}
+
+TEST_CASE("a named statement follows its client onto another server connection") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState first;
+  auto sent = send(s, first, parse("q1", "SELECT * FROM t WHERE id = $1"));
+  REQUIRE(sent.size() == 1);
+  CHECK(sent[0].type == 'P');
+  auto server_name = std::string(name_in(sent[0]));
+  CHECK(server_name.starts_with("sluice_"));
+  sent = send(s, first, bind("q1"));
+  REQUIRE(sent.size() == 1);
+  CHECK(name_in(sent[0]) == server_name);
+  send(s, first, empty('S'));
+  CHECK(!s.idle());
+  CHECK(reply(s, first, empty('1')) == Verdict::kForward);
+  CHECK(reply(s, first, empty('2')) == Verdict::kForward);
+  CHECK(reply(s, first, rfq('I')) == Verdict::kForward);
+  CHECK(s.idle());
+
+  // Next transaction, another server connection that never saw q1.
+  ServerState second;
+  sent = send(s, second, bind("q1"));
+  REQUIRE(sent.size() == 2);
+  CHECK(sent[0].type == 'P');
+  CHECK(name_in(sent[0]) == server_name);
+  CHECK(sent[1].type == 'B');
+  CHECK(name_in(sent[1]) == server_name);
+  send(s, second, empty('S'));
+  CHECK(reply(s, second, empty('1')) == Verdict::kDrop);  // sluice's own Parse
+  CHECK(reply(s, second, empty('2')) == Verdict::kForward);
+  CHECK(reply(s, second, rfq('I')) == Verdict::kForward);
+
+  // Describe of the statement on a third connection replays the Parse first too.
+  ServerState third;
+  pg::Buffer describe;
+  pg::encode_describe(describe, {'S', "q1"});
+  sent = send(s, third, describe);
+  REQUIRE(sent.size() == 2);
+  CHECK(sent[0].type == 'P');
+  CHECK(sent[1].type == 'D');
+  CHECK(name_in(sent[1]) == server_name);
+
+  // And the same connection again: nothing to replay.
+  sent = send(s, second, bind("q1"));
+  CHECK(sent.size() == 1);
+}
+
+TEST_CASE("a statement another client prepared is parsed again for this client's ParseComplete") {
+  AnalysisCache cache;
+  PooledSession a(cache, {}, {});
+  PooledSession b(cache, {}, {});
+  ServerState server;
+  send(a, server, parse("x", "SELECT $1"));
+  auto sent = send(b, server, parse("y", "SELECT $1"));
+  REQUIRE(sent.size() == 2);
+  CHECK(sent[0].type == 'C');  // sluice closes and re-parses it: one server copy, same name
+  CHECK(sent[1].type == 'P');
+  CHECK(reply(b, server, empty('3')) == Verdict::kDrop);
+  CHECK(reply(b, server, empty('1')) == Verdict::kForward);
+  CHECK(server.statement_count() == 1);
+}
+
+TEST_CASE("Close forgets the client's name and still answers CloseComplete in order") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, parse("q", "SELECT 1"));
+  pg::Buffer close;
+  pg::encode_close(close, {'S', "q"});
+  auto sent = send(s, server, close);
+  REQUIRE(sent.size() == 1);
+  CHECK(name_in(sent[0]) == kNoSuchStatement);
+  CHECK(s.statement_count() == 0);
+  sent = send(s, server, bind("q"));  // unknown now: the server itself reports 26000
+  REQUIRE(sent.size() == 1);
+  CHECK(name_in(sent[0]) == "q");
+}
+
+TEST_CASE("an error skips the replies up to Sync and undoes a failed Parse") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, parse("bad", "SELECT * FROM missing"));
+  send(s, server, bind("bad"));
+  send(s, server, empty('S'));
+  CHECK(server.statement_count() == 1);
+  CHECK(reply(s, server, error()) == Verdict::kForward);
+  CHECK(server.statement_count() == 0);
+  CHECK(s.statement_count() == 0);  // Postgres did not create it either
+  CHECK(reply(s, server, rfq('I')) == Verdict::kForward);
+  CHECK(s.idle());
+}
+
+TEST_CASE("a replayed Parse that fails is shown to the client") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState one;
+  send(s, one, parse("q", "SELECT * FROM t"));
+  send(s, one, empty('S'));
+  reply(s, one, empty('1'));
+  reply(s, one, rfq('I'));
+  ServerState two;
+  send(s, two, bind("q"));
+  send(s, two, empty('S'));
+  CHECK(reply(s, two, error()) == Verdict::kForward);
+  CHECK(two.statement_count() == 0);
+  CHECK(reply(s, two, rfq('I')) == Verdict::kForward);
+}
+
+TEST_CASE("the per-server statement cache is bounded and evicts the least recently used") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server(2);
+  send(s, server, parse("a", "SELECT 1"));
+  send(s, server, parse("b", "SELECT 2"));
+  send(s, server, bind("a"));  // a is now the most recently used
+  auto sent = send(s, server, parse("c", "SELECT 3"));
+  REQUIRE(sent.size() == 2);
+  CHECK(sent[0].type == 'C');
+  CHECK(name_in(sent[0]) == make_statement("SELECT 2", {23})->server_name);
+  CHECK(server.statement_count() == 2);
+  sent = send(s, server, bind("b"));  // evicted: prepared again, evicting a
+  REQUIRE(sent.size() == 3);
+  CHECK(sent[0].type == 'C');
+  CHECK(sent[1].type == 'P');
+  CHECK(sent[2].type == 'B');
+}
+
+TEST_CASE("redefining a name is refused by the server, as without sluice") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, parse("q", "SELECT 1"));
+  auto sent = send(s, server, parse("q", "SELECT 2"));
+  REQUIRE(sent.size() == 1);
+  CHECK(name_in(sent[0]) == make_statement("SELECT 1", {23})->server_name);  // 42P05 there
+}
+
+TEST_CASE("settings are captured, synced with a diff, and reset when another client set them") {
+  AnalysisCache cache;
+  PooledSession s(cache, {{"application_name", "app"}}, {});
+  ServerState server;
+  CHECK(settings_sync_sql(s.settings(), server.settings) ==
+        "SELECT pg_catalog.set_config('application_name', 'app', false)");
+  s.attached(server);
+  CHECK(settings_sync_sql(s.settings(), server.settings).empty());
+
+  send(s, server, query("SET search_path TO myschema, public"));
+  CHECK(s.touched() == std::set<std::string>{"search_path"});
+  CHECK(settings_capture_sql(s.touched()).find("'search_path'") != std::string::npos);
+  s.apply_capture({{std::string("search_path"), std::string("myschema, public")}}, server);
+  CHECK(s.touched().empty());
+  CHECK(s.settings().at("search_path") == "myschema, public");
+
+  ServerState other;
+  other.settings = {{"timezone", "Asia/Tokyo"}};
+  auto sql = settings_sync_sql(s.settings(), other.settings);
+  CHECK(sql.starts_with("RESET \"timezone\"; SELECT "));
+  CHECK(sql.find("'search_path', 'myschema, public'") != std::string::npos);
+
+  send(s, server, query("SELECT set_config('statement_timeout', '5s', false)"));
+  CHECK(s.touched().contains("statement_timeout"));
+  send(s, server, query("SET LOCAL work_mem = '1MB'"));
+  CHECK(!s.touched().contains("work_mem"));  // ends with the transaction anyway
+  s.apply_capture({{std::string("statement_timeout"), std::nullopt}}, server);
+  CHECK(!s.settings().contains("statement_timeout"));
+}
+
+TEST_CASE("the cheap check lets ordinary statements skip the parser") {
+  CHECK(!may_affect_session("SELECT abalance FROM pgbench_accounts WHERE aid = 42"));
+  CHECK(!may_affect_session("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1"));
+  CHECK(!may_affect_session("INSERT INTO t VALUES (1); SELECT 2"));
+  CHECK(may_affect_session("  set search_path = x"));
+  CHECK(may_affect_session("SELECT 1; RESET ALL"));
+  CHECK(may_affect_session("SELECT pg_catalog.set_config('a', 'b', false)"));
+  CHECK(may_affect_session("SELECT pg_advisory_lock(1)"));
+  CHECK(may_affect_session("CREATE TEMP TABLE x (a int)"));
+  CHECK(may_affect_session("/* hi */ SET x = 1"));
+  CHECK(may_affect_session("EXPLAIN EXECUTE q(1)"));
+  CHECK(may_affect_session("LISTEN ch"));
+  CHECK(may_affect_session("DECLARE c CURSOR WITH HOLD FOR SELECT 1"));
+}
+
+TEST_CASE("SQL-level PREPARE is replayed before EXECUTE on another server") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState one;
+  send(s, one, query("PREPARE p(int) AS SELECT $1 + 1"));
+  CHECK(s.uncertain().contains("p"));
+  reply(s, one, rfq('I'));
+  s.apply_present({"p"}, one);
+  CHECK(s.uncertain().empty());
+
+  ServerState two;
+  auto sent = send(s, two, query("EXECUTE p(41)"));
+  REQUIRE(sent.size() == 2);
+  CHECK(sent[0].type == 'Q');
+  CHECK(std::string_view(reinterpret_cast<const char*>(sent[0].body.data())) ==
+        "PREPARE p(int) AS SELECT $1 + 1");
+  CHECK(s.swallowing());
+  pg::Buffer cc = {'C', 0, 0, 0, 12, 'P', 'R', 'E', 'P', 'A', 'R', 'E', 0};
+  CHECK(reply(s, two, cc) == Verdict::kDrop);
+  CHECK(reply(s, two, rfq('I')) == Verdict::kDrop);
+  CHECK(!s.swallowing());
+  CHECK(reply(s, two, rfq('I')) == Verdict::kForward);
+  CHECK(two.sql_prepared.at("p") == "PREPARE p(int) AS SELECT $1 + 1");
+
+  // Another client's EXECUTE p on that server must fail as if p did not exist.
+  PooledSession other(cache, {}, {});
+  sent = send(other, two, query("EXECUTE p(1)"));
+  REQUIRE(sent.size() == 2);
+  CHECK(std::string_view(reinterpret_cast<const char*>(sent[0].body.data())) == "DEALLOCATE \"p\"");
+
+  // DEALLOCATE ALL forgets both kinds on the server and in the client.
+  send(s, two, parse("named", "SELECT 1"));
+  send(s, two, query("DEALLOCATE ALL"));
+  CHECK(s.statement_count() == 0);
+  CHECK(two.statement_count() == 0);
+  CHECK(two.sql_prepared.empty());
+}
+
+TEST_CASE("features that cannot be pooled pin, or are refused in order with pinning: error") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  PooledSession::ClientOutcome o;
+  send(s, server, query("LISTEN jobs"), &o);
+  REQUIRE(o.pin);
+  CHECK(*o.pin == Pin::kListen);
+  send(s, server, query("SELECT pg_advisory_xact_lock(1)"), &o);
+  CHECK(!o.pin);
+
+  PooledSession strict(cache, {}, {true});
+  auto sent = send(strict, server, query("SELECT pg_advisory_lock(7)"), &o);
+  REQUIRE(o.pin);
+  REQUIRE(sent.size() == 1);
+  auto sql = std::string_view(reinterpret_cast<const char*>(sent[0].body.data()));
+  CHECK(sql.starts_with("DO $sluice$"));
+  CHECK(sql.find("'0A000'") != std::string_view::npos);
+}
+
+TEST_CASE("replies that match nothing sent are a desync, never forwarded") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  CHECK(reply(s, server, empty('1')) == Verdict::kDesync);
+  CHECK(reply(s, server, rfq('I')) == Verdict::kDesync);
+  send(s, server, parse("", "SELECT 1"));
+  send(s, server, empty('S'));
+  CHECK(reply(s, server, rfq('I')) == Verdict::kDesync);  // ParseComplete missing
+}
+
+TEST_CASE("a transaction keeps the server; unsynced extended messages keep it too") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, query("BEGIN"));
+  reply(s, server, rfq('T'));
+  CHECK(!s.idle());
+  send(s, server, query("COMMIT"));
+  CHECK(s.pending() == 1);
+  reply(s, server, rfq('I'));
+  CHECK(s.idle());
+  send(s, server, parse("", "SELECT 1"));
+  reply(s, server, empty('1'));
+  CHECK(!s.idle());  // no Sync yet: the unnamed statement lives on this server
+  s.on_client_passed('H');
+  send(s, server, empty('S'));
+  reply(s, server, rfq('I'));
+  CHECK(s.idle());
+}
