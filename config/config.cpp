@@ -281,8 +281,17 @@ class Loader {
                {"mode", "size", "min_pool_size", "reserve_pool_size", "reserve_pool_timeout",
                 "max_client_conn", "client_login_timeout", "reset_query", "query_wait_timeout",
                 "server_connect_timeout", "server_idle_timeout", "server_lifetime", "query_timeout",
-                "idle_transaction_timeout", "client_idle_timeout"});
+                "idle_transaction_timeout", "client_idle_timeout", "pinning",
+                "max_prepared_statements", "max_db_connections"});
     if (p["mode"]) pool.mode = pool_mode(p["mode"], "pool.mode");
+    if (p["pinning"])
+      pool.pin_is_error = choice<bool>(p["pinning"], "pool.pinning", {{"pin", false}, {"error", true}});
+    if (p["max_prepared_statements"])
+      pool.max_prepared_statements = static_cast<std::uint32_t>(
+          uint(p["max_prepared_statements"], "pool.max_prepared_statements", 1, 100000));
+    if (p["max_db_connections"])
+      pool.max_db_connections = static_cast<std::uint32_t>(
+          uint(p["max_db_connections"], "pool.max_db_connections", 0, 100000));
     if (p["size"]) pool.size = static_cast<std::uint32_t>(uint(p["size"], "pool.size", 1, 10000));
     if (p["min_pool_size"])
       pool.min_pool_size =
@@ -333,7 +342,10 @@ class Loader {
           db.replicas.push_back(backend(r[i], path + ".replicas[" + std::to_string(i) + "]", name));
       }
       if (auto p = d["pool"]) {
-        check_keys(p, path + ".pool", {"mode", "size"});
+        check_keys(p, path + ".pool", {"mode", "size", "max_db_connections"});
+        if (p["max_db_connections"])
+          db.max_db_connections = static_cast<std::uint32_t>(uint(
+              p["max_db_connections"], path + ".pool.max_db_connections", 0, 100000));
         if (p["mode"]) db.pool_mode = pool_mode(p["mode"], path + ".pool.mode");
         if (p["size"])
           db.pool_size = static_cast<std::uint32_t>(uint(p["size"], path + ".pool.size", 1, 10000));

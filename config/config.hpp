@@ -48,6 +48,7 @@ struct Database {
   std::vector<Backend> replicas;
   std::optional<PoolMode> pool_mode;
   std::optional<std::uint32_t> pool_size;
+  std::optional<std::uint32_t> max_db_connections;
 };
 
 struct User {
@@ -80,6 +81,11 @@ struct Pool {
   Duration query_timeout{0};             // a request running longer is cancelled, client closed
   Duration idle_transaction_timeout{0};  // a client idle inside a transaction is closed
   Duration client_idle_timeout{0};       // a client idle between transactions is closed
+  // Transaction pooling: what to do with LISTEN, session advisory locks, temp tables, WITH HOLD
+  // cursors, SET ROLE: keep the client on its server connection (pin) or refuse them (error).
+  bool pin_is_error = false;
+  std::uint32_t max_prepared_statements = 250;  // per server connection, LRU beyond
+  std::uint32_t max_db_connections = 0;         // per database across its user pools; 0 = no cap
 };
 
 struct Tls {
@@ -113,6 +119,9 @@ struct Config {
   const User* user(const std::string& name) const;
   PoolMode pool_mode_for(const Database& db, const User& u) const;
   std::uint32_t pool_size_for(const Database& db, const User& u) const;
+  std::uint32_t max_db_connections_for(const Database& db) const {
+    return db.max_db_connections.value_or(pool.max_db_connections);
+  }
 };
 
 std::shared_ptr<const Config> load_file(const std::string& path);

@@ -5,11 +5,14 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
+#include <set>
 
 #include "protocol/pg/md5.hpp"
 #include "protocol/pg/scanner.hpp"
 #include "protocol/pg/scram.hpp"
 #include "protocol/pg/sql.hpp"
+#include "routing/pooling.hpp"
 
 namespace sluice::server {
 namespace {
@@ -23,6 +26,18 @@ constexpr std::size_t kClientBuffer = 8 * 1024;
 constexpr pg::WantTable kFromClient = pg::make_want_table({'X'});
 // Server → client: see ReadyForQuery (transaction state) and ParameterStatus whole.
 constexpr pg::WantTable kFromServer = pg::make_want_table({'Z', 'S'});
+// Transaction pooling sees every message that names a statement or ends a request, and the
+// replies it must match up with what it sent.
+constexpr pg::WantTable kFromClientPooled =
+    pg::make_want_table({'X', 'P', 'B', 'D', 'C', 'Q', 'S', 'F'});
+constexpr pg::WantTable kFromServerPooled = pg::make_want_table({'Z', 'S', '1', '2', '3', 'E'});
+constexpr pg::WantTable kEveryMessage = [] {
+  pg::WantTable t{};
+  t.fill(pg::Want::kWhole);
+  return t;
+}();
+// What the relay returns when the server connection went back to the pool between transactions.
+constexpr std::string_view kReleased = "released";
 
 std::string peer_of(const tcp::socket& s) {
   error_code ec;
@@ -56,9 +71,21 @@ class ClientSession {
   awaitable<bool> authenticate_scram(const config::User* user);
   awaitable<bool> authenticate_md5(const config::User& user);
   awaitable<bool> attach_server();
-  awaitable<std::variant<std::monostate, PgError>> apply_startup_settings();
+  std::variant<routing::Settings, PgError> startup_settings() const;
+  awaitable<std::string> relay();
+  awaitable<std::string> relay_attached();
+  awaitable<std::string> wait_for_client();
+  awaitable<bool> checkout();
+  awaitable<void> release();
   awaitable<std::string> client_to_server();
   awaitable<std::string> server_to_client();
+  awaitable<std::string> client_to_server_pooled();
+  awaitable<std::string> server_to_client_pooled();
+  // Writes client bytes to the server; a reason to end the session when that fails.
+  awaitable<std::optional<std::string>> write_to_server(asio::const_buffer b);
+  awaitable<std::string> client_message_rejected(const pg::FrameFailure& failure);
+  awaitable<std::string> server_read_failed(const error_code& ec);
+  void note_pin(routing::Pin pin);
   awaitable<void> wait_killed();
   awaitable<bool> send(pg::Buffer b);
   // Errors are queued in one statement and flushed in the next: g++ 12 miscompiles braced
@@ -68,9 +95,18 @@ class ClientSession {
   awaitable<std::optional<pg::Frame>> read_auth_message();
   void kill();
   void log_auth_failure(std::string_view why);
+  int pending() const { return ps_ ? ps_->pending() : pending_; }
+  char tx_status() const { return ps_ ? ps_->tx_status() : tx_status_; }
   bool server_reusable() const {
-    return pending_ == 0 && tx_status_ == 'I' && !to_server_.mid_message() &&
-           !to_client_.mid_message();
+    if (to_server_.mid_message() || to_client_.mid_message()) return false;
+    if (ps_) return !pinned_ && ps_->idle() && ps_->touched().empty();
+    return pending_ == 0 && tx_status_ == 'I';
+  }
+  // Transaction pooling: the server connection can go back to the pool now.
+  bool can_release() const {
+    return ps_ && !pinned_ && ps_->idle() && !to_server_.mid_message() &&
+           !to_client_.mid_message() && !server_writing_ && !client_writing_ &&
+           server_->reader().pending().empty();
   }
   void note_request() {
     if (pending_ == 0) request_started_ = Clock::now();
@@ -97,6 +133,19 @@ class ClientSession {
   pg::BackendKeyData key_{0, 0};
   Lease server_;
   bool server_failed_ = false;
+  std::shared_ptr<Pool> pool_;
+  std::optional<PoolLimits> limits_;
+  routing::Settings startup_;  // settings from the startup packet, applied on every server
+
+  // Transaction and statement pooling.
+  std::optional<routing::PooledSession> ps_;
+  bool statement_mode_ = false;
+  bool pinned_ = false;          // the client keeps its server connection to the end
+  bool release_wanted_ = false;  // idle, waiting for a write in flight to finish
+  bool server_writing_ = false;
+  bool client_writing_ = false;
+  pg::Buffer to_server_buf_;
+  pg::Buffer to_client_buf_;
 
   pg::Buffer outbox_;  // queued error responses
   pg::MessageScanner to_server_;
@@ -124,30 +173,19 @@ awaitable<void> ClientSession::run() {
     queue_error({"08P01", "timeout during startup and authentication", {}, {}});
     co_await flush();
   } else if (logged_in && !killed_) {
-    logged_in = co_await attach_server();
+    bool attached = co_await attach_server();
+    logged_in = attached;
   }
   if (logged_in && !killed_) {
     spdlog::info("client {} user={} db={}{}: logged in", peer_, user_name_, db_name_,
                  client_->tls() ? " tls" : "");
-    auto r = co_await (client_to_server() || server_to_client() || watchdog() || wait_killed());
-    switch (r.index()) {
-      case 0:
-        reason = std::get<0>(r);
-        break;
-      case 1:
-        reason = std::get<1>(r);
-        break;
-      case 2:
-        reason = std::get<2>(r);
-        break;
-      default:
-        reason = "shutdown";
-    }
+    auto relay_reason = co_await relay();
+    reason = std::move(relay_reason);
     if (close_error_ && !to_client_.mid_message()) {
       queue_error(*close_error_);
       co_await flush();
     }
-    if (cancel_server_) {
+    if (cancel_server_ && server_) {
       CancelTarget target{server_->host(), server_->port(), server_->key()};  // own statement:
       co_await send_cancel(std::move(target));  // no braced temporary in a co_await (g++ 12)
     }
@@ -171,7 +209,8 @@ ClientSession::~ClientSession() {
   }
   --rt_->clients;
   if (key_.pid != 0) rt_->cancels.remove(key_);
-  if (server_ && (server_failed_ || !server_reusable())) server_.mark_broken();
+  // A pinned server holds LISTENs, locks or temp tables of this client: it is closed, not reused.
+  if (server_ && (server_failed_ || pinned_ || !server_reusable())) server_.mark_broken();
   server_.give_back();
   client_->close();
 }
@@ -333,14 +372,18 @@ awaitable<bool> ClientSession::authenticate() {
     case config::AuthType::kMd5:
       // Like postgres: md5 is answered with SCRAM when only a SCRAM verifier is known.
       if (user_ && !user_->md5_hash.empty()) {
-        ok = co_await authenticate_md5(*user_);
+        bool md5_ok = co_await authenticate_md5(*user_);
+        ok = md5_ok;
       } else {
-        ok = co_await authenticate_scram(user_);
+        bool scram_ok = co_await authenticate_scram(user_);
+        ok = scram_ok;
       }
       break;
-    case config::AuthType::kScram:
-      ok = co_await authenticate_scram(user_);
+    case config::AuthType::kScram: {
+      bool scram_ok = co_await authenticate_scram(user_);
+      ok = scram_ok;
       break;
+    }
   }
   if (!ok) co_return false;
   db_ = cfg_->database(db_name_);
@@ -426,9 +469,59 @@ awaitable<bool> ClientSession::authenticate_md5(const config::User& user) {
 }
 
 awaitable<bool> ClientSession::attach_server() {
-  auto pool = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
-  auto limits = PoolLimits::from(*cfg_, *db_, *user_);
-  auto r = co_await (boxed(pool->acquire(limits)) || wait_killed());
+  auto settings = startup_settings();
+  if (auto* e = std::get_if<PgError>(&settings)) {
+    queue_error(std::move(*e));
+    co_await flush();
+    co_return false;
+  }
+  startup_ = std::get<routing::Settings>(std::move(settings));
+  auto mode = cfg_->pool_mode_for(*db_, *user_);
+  if (mode != config::PoolMode::kSession) {
+    ps_.emplace(rt_->analyses, startup_, routing::PooledSession::Options{cfg_->pool.pin_is_error});
+    statement_mode_ = mode == config::PoolMode::kStatement;
+  }
+  pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
+  limits_ = PoolLimits::from(*cfg_, *db_, *user_);
+  if (!co_await checkout()) co_return false;
+  key_ = rt_->cancels.add_client();
+  rt_->cancels.set_target(key_, CancelTarget{server_->host(), server_->port(), server_->key()});
+  pg::Buffer out;
+  for (const auto& [name, value] : server_->params()) pg::encode_parameter_status(out, name, value);
+  pg::encode_backend_key_data(out, key_);
+  pg::encode_ready_for_query(out, 'I');
+  if (!co_await send(std::move(out))) co_return false;
+  if (can_release()) co_await release();
+  co_return true;
+}
+
+// Settings from the startup packet (parameters and `options` -c switches), names in lower case.
+std::variant<routing::Settings, PgError> ClientSession::startup_settings() const {
+  routing::Settings settings;
+  auto add = [&](std::string name, std::string value) {
+    std::transform(name.begin(), name.end(), name.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    settings[std::move(name)] = std::move(value);
+  };
+  for (const auto& [name, value] : startup_params_) {
+    if (name == "user" || name == "database" || name == "replication") continue;
+    if (name == "options") {
+      auto opts = pg::sql::parse_options(value);
+      if (!opts)
+        return PgError{"08P01", "invalid command-line options in startup packet: " + value, {}, {}};
+      for (auto& [k, v] : *opts) add(k, v);
+      continue;
+    }
+    if (!pg::sql::is_setting_name(name))
+      return PgError{"42704", "unrecognized configuration parameter \"" + name + "\"", {}, {}};
+    add(name, value);
+  }
+  return settings;
+}
+
+// Gets a server connection from the pool and gives it this client's settings.
+awaitable<bool> ClientSession::checkout() {
+  auto r = co_await (boxed(pool_->acquire(*limits_)) || wait_killed());
   if (r.index() == 1) co_return false;
   auto& got = std::get<0>(r).value;
   if (auto* e = std::get_if<PgError>(&got)) {
@@ -439,47 +532,171 @@ awaitable<bool> ClientSession::attach_server() {
     co_return false;
   }
   server_ = std::move(std::get<Lease>(got));
-  if (auto settings = co_await apply_startup_settings();
-      std::holds_alternative<PgError>(settings)) {
-    queue_error(std::get<PgError>(std::move(settings)));
-    co_await flush();
-    co_return false;
+  auto& state = server_->state;
+  if (ps_) {
+    server_.skip_reset();  // the pooled session's state is tracked instead
+    state.set_max_statements(cfg_->pool.max_prepared_statements);
   }
-  key_ = rt_->cancels.add_client();
-  rt_->cancels.set_target(key_, CancelTarget{server_->host(), server_->port(), server_->key()});
-  pg::Buffer out;
-  for (const auto& [name, value] : server_->params()) pg::encode_parameter_status(out, name, value);
-  pg::encode_backend_key_data(out, key_);
-  pg::encode_ready_for_query(out, 'I');
-  co_return co_await send(std::move(out));
-}
-
-awaitable<std::variant<std::monostate, PgError>> ClientSession::apply_startup_settings() {
-  std::vector<std::pair<std::string, std::string>> settings;
-  for (const auto& [name, value] : startup_params_) {
-    if (name == "user" || name == "database" || name == "replication") continue;
-    if (name == "options") {
-      auto opts = pg::sql::parse_options(value);
-      if (!opts)
-        co_return PgError{
-            "08P01", "invalid command-line options in startup packet: " + value, {}, {}};
-      settings.insert(settings.end(), opts->begin(), opts->end());
-      continue;
+  // Session mode: the reset query left the server at its defaults.
+  auto sql = routing::settings_sync_sql(ps_ ? ps_->settings() : startup_,
+                                        ps_ ? state.settings : routing::Settings{});
+  if (!sql.empty()) {
+    auto synced = co_await server_->run(std::move(sql));
+    if (auto* e = std::get_if<PgError>(&synced)) {
+      server_.mark_broken();  // some settings may have been applied
+      queue_error(std::move(*e));
+      co_await flush();
+      co_return false;
     }
-    if (!pg::sql::is_setting_name(name))
-      co_return PgError{"42704", "unrecognized configuration parameter \"" + name + "\"", {}, {}};
-    settings.emplace_back(name, value);
   }
-  if (settings.empty()) co_return std::monostate{};
-  std::string sql = "SELECT ";
-  for (std::size_t i = 0; i < settings.size(); ++i) {
-    if (i > 0) sql += ", ";
-    sql += "pg_catalog.set_config(" + pg::sql::quote_literal(settings[i].first) + ", " +
-           pg::sql::quote_literal(settings[i].second) + ", false)";
-  }
-  co_return co_await server_->run(std::move(sql));
+  if (ps_) ps_->attached(state);
+  if (key_.pid != 0)
+    rt_->cancels.set_target(key_, CancelTarget{server_->host(), server_->port(), server_->key()});
+  co_return true;
 }
 
+// Transaction pooling, between transactions: reads back the settings the client changed, then
+// returns the server connection to the pool.
+awaitable<void> ClientSession::release() {
+  auto& state = server_->state;
+  if (!ps_->touched().empty()) {
+    auto r = co_await server_->query(routing::settings_capture_sql(ps_->touched()));
+    if (auto* rows = std::get_if<routing::Rows>(&r)) {
+      ps_->apply_capture(*rows, state);
+    } else {
+      server_failed_ = true;
+    }
+  }
+  if (!server_failed_ && !ps_->uncertain().empty()) {
+    auto r = co_await server_->query(
+        "SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql");
+    if (auto* rows = std::get_if<routing::Rows>(&r)) {
+      std::set<std::string> present;
+      for (const auto& row : *rows) {
+        if (!row.empty() && row[0]) present.insert(*row[0]);
+      }
+      ps_->apply_present(present, state);
+    } else {
+      server_failed_ = true;
+    }
+  }
+  if (key_.pid != 0) rt_->cancels.set_target(key_, std::nullopt);
+  if (server_failed_) server_.mark_broken();
+  server_failed_ = false;
+  release_wanted_ = false;
+  server_.give_back();
+}
+
+// Waits, without a server connection, until the client sends something.
+awaitable<std::string> ClientSession::wait_for_client() {
+  for (;;) {
+    auto data = reader_.pending();
+    if (data.size() >= pg::kHeaderSize && data[0] == 'X') co_return "client terminated";
+    if (!data.empty()) co_return std::string();
+    reader_.shrink(kClientBuffer);
+    auto [ec, n] = co_await client_->read_some(reader_.prepare(1));
+    reader_.commit(n);
+    if (ec) co_return "client disconnected";
+    last_activity_ = Clock::now();
+  }
+}
+
+awaitable<std::string> ClientSession::relay() {
+  for (;;) {
+    if (!server_) {
+      auto w = co_await (wait_for_client() || watchdog() || wait_killed());
+      if (w.index() == 1) co_return std::get<1>(w);
+      if (w.index() == 2) co_return "shutdown";
+      if (!std::get<0>(w).empty()) co_return std::get<0>(w);
+      if (!co_await checkout()) co_return "no server connection";
+    }
+    auto reason = co_await relay_attached();
+    if (reason != kReleased) co_return reason;
+    co_await release();
+  }
+}
+
+// Relays while a server connection is attached; kReleased when it went back to the pool.
+// Each result is initialised from its co_await in its own statement: g++ 12 miscompiles
+// `r = co_await ...` assignments and `c ? co_await a : co_await b` (double free).
+awaitable<std::string> ClientSession::relay_attached() {
+  auto reason = [](auto& r) -> std::string {
+    switch (r.index()) {
+      case 0:
+        return std::get<0>(r);
+      case 1:
+        return std::get<1>(r);
+      case 2:
+        return std::get<2>(r);
+      default:
+        return "shutdown";
+    }
+  };
+  if (ps_) {
+    auto r = co_await (client_to_server_pooled() || server_to_client_pooled() || watchdog() ||
+                       wait_killed());
+    co_return reason(r);
+  }
+  auto r = co_await (client_to_server() || server_to_client() || watchdog() || wait_killed());
+  co_return reason(r);
+}
+
+void ClientSession::note_pin(routing::Pin pin) {
+  auto& counter = rt_->pins[static_cast<std::size_t>(pin)];
+  ++counter;
+  if (cfg_->pool.pin_is_error) {
+    spdlog::info("client {} user={} db={}: refused {} (pool.pinning: error)", peer_, user_name_,
+                 db_name_, routing::to_string(pin));
+    return;
+  }
+  if (!pinned_)
+    spdlog::info("client {} user={} db={}: pinned to its server connection ({})", peer_,
+                 user_name_, db_name_, routing::to_string(pin));
+  pinned_ = true;
+}
+
+awaitable<std::optional<std::string>> ClientSession::write_to_server(asio::const_buffer b) {
+  server_writing_ = true;
+  auto [ec, written] = co_await server_->stream().write(b);
+  server_writing_ = false;
+  if (ec == asio::error::operation_aborted) {  // the server side ended mid-write
+    server_failed_ = true;
+    co_return "cancelled";
+  }
+  if (ec) {
+    server_failed_ = true;
+    queue_error({"08006", "lost the connection to the server: " + ec.message(), {}, {}});
+    co_await flush();
+    co_return "server write failed";
+  }
+  co_return std::nullopt;
+}
+
+awaitable<std::string> ClientSession::client_message_rejected(const pg::FrameFailure& failure) {
+  spdlog::warn("client {}: message length {} rejected: {} (limits.max_message_size={})", peer_,
+               failure.declared_length, pg::describe(failure.error), cfg_->max_message_size);
+  queue_error({"08P01",
+               "invalid message length from client",
+               {},
+               "messages are capped by limits.max_message_size"});
+  co_await flush();
+  co_return "protocol violation";
+}
+
+awaitable<std::string> ClientSession::server_read_failed(const error_code& ec) {
+  if (ec == asio::error::operation_aborted) co_return "cancelled";  // the other direction ended
+  server_failed_ = true;
+  if (!to_client_.mid_message()) {
+    queue_error({"08006",
+                 "server closed the connection unexpectedly",
+                 {},
+                 "the server may have been restarted or terminated this backend"});
+    co_await flush();
+  }
+  co_return "server disconnected";
+}
+
+// Session pooling: bytes pass through; only request boundaries are counted.
 awaitable<std::string> ClientSession::client_to_server() {
   for (;;) {
     auto data = reader_.pending();
@@ -487,30 +704,14 @@ awaitable<std::string> ClientSession::client_to_server() {
       if (h.type == 'Q' || h.type == 'S' || h.type == 'F') note_request();
     });
     if (stop.offset > 0) {
-      auto [ec, written] = co_await server_->stream().write(asio::buffer(data.data(), stop.offset));
-      if (ec == asio::error::operation_aborted) {  // the server side ended mid-write
-        server_failed_ = true;
-        co_return "cancelled";
-      }
-      if (ec) {
-        server_failed_ = true;
-        queue_error({"08006", "lost the connection to the server: " + ec.message(), {}, {}});
-        co_await flush();
-        co_return "server write failed";
-      }
+      if (auto failed = co_await write_to_server(asio::buffer(data.data(), stop.offset)))
+        co_return *failed;
       reader_.consume(stop.offset);
     }
     if (stop.kind == pg::MessageScanner::Stop::kInspect) co_return "client terminated";  // 'X'
     if (stop.kind == pg::MessageScanner::Stop::kError) {
-      spdlog::warn("client {}: message length {} rejected: {} (limits.max_message_size={})", peer_,
-                   stop.failure.declared_length, pg::describe(stop.failure.error),
-                   cfg_->max_message_size);
-      queue_error({"08P01",
-                   "invalid message length from client",
-                   {},
-                   "messages are capped by limits.max_message_size"});
-      co_await flush();
-      co_return "protocol violation";
+      auto reason = co_await client_message_rejected(stop.failure);
+      co_return reason;
     }
     reader_.shrink(kClientBuffer);
     auto [ec, n] = co_await client_->read_some(reader_.prepare(stop.need));
@@ -554,17 +755,174 @@ awaitable<std::string> ClientSession::server_to_client() {
     in.shrink(ServerConn::kReadBuffer);
     auto [ec, n] = co_await server_->stream().read_some(in.prepare(stop.need));
     in.commit(n);
-    if (ec == asio::error::operation_aborted) co_return "cancelled";  // the other direction ended
     if (ec) {
-      server_failed_ = true;
-      if (!to_client_.mid_message()) {
-        queue_error({"08006",
-                     "server closed the connection unexpectedly",
-                     {},
-                     "the server may have been restarted or terminated this backend"});
-        co_await flush();
+      auto reason = co_await server_read_failed(ec);
+      co_return reason;
+    }
+  }
+}
+
+// Transaction pooling, client → server: statement names rewritten, requests tracked.
+awaitable<std::string> ClientSession::client_to_server_pooled() {
+  for (;;) {
+    auto data = reader_.pending();
+    to_server_buf_.clear();
+    std::size_t pos = 0;
+    pg::MessageScanner::Stop stop{};
+    bool terminate = false;
+    bool bad = false;
+    const int before = ps_->pending();
+    for (;;) {
+      stop = to_server_.scan(data.subspan(pos), kFromClientPooled,
+                             [this](const pg::Header& h) { ps_->on_client_passed(h.type); });
+      to_server_buf_.insert(to_server_buf_.end(), data.begin() + static_cast<std::ptrdiff_t>(pos),
+                            data.begin() + static_cast<std::ptrdiff_t>(pos + stop.offset));
+      pos += stop.offset;
+      if (stop.kind != pg::MessageScanner::Stop::kInspect) break;
+      if (stop.frame.type == 'X') {
+        terminate = true;
+        break;
       }
-      co_return "server disconnected";
+      auto outcome = ps_->on_client(stop.frame, server_->state, to_server_buf_);
+      pos += stop.frame.size;
+      if (outcome.bad) {
+        bad = true;
+        break;
+      }
+      if (outcome.pin) note_pin(*outcome.pin);
+    }
+    reader_.consume(pos);  // all of it is in to_server_buf_ now
+    if (before == 0 && ps_->pending() > 0) request_started_ = Clock::now();
+    if (!ps_->idle()) handle_->idle = false;
+    if (!to_server_buf_.empty()) {
+      if (auto failed = co_await write_to_server(asio::buffer(to_server_buf_))) co_return *failed;
+    }
+    if (bad) {
+      queue_error({"08P01", "invalid extended-query message from client", {}, {}});
+      co_await flush();
+      co_return "protocol violation";
+    }
+    if (terminate) co_return "client terminated";
+    if (stop.kind == pg::MessageScanner::Stop::kError) {
+      auto reason = co_await client_message_rejected(stop.failure);
+      co_return reason;
+    }
+    if (release_wanted_) {
+      if (!ps_->idle()) {
+        release_wanted_ = false;
+      } else if (can_release()) {
+        co_return std::string(kReleased);
+      }
+    }
+    reader_.shrink(kClientBuffer);
+    auto [ec, n] = co_await client_->read_some(reader_.prepare(stop.need));
+    reader_.commit(n);
+    if (ec) co_return "client disconnected";
+    last_activity_ = Clock::now();
+  }
+}
+
+// Transaction pooling, server → client: replies to what sluice sent on its own are dropped;
+// at ReadyForQuery outside a transaction the server connection is released.
+awaitable<std::string> ClientSession::server_to_client_pooled() {
+  auto& in = server_->reader();
+  for (;;) {
+    auto data = in.pending();
+    std::size_t pos = 0;
+    std::size_t kept = 0;  // forwarded bytes; == pos while nothing was dropped
+    to_client_buf_.clear();
+    bool idle_now = false;
+    bool desync = false;
+    bool tx_refused = false;
+    pg::MessageScanner::Stop stop{};
+    auto keep = [&](std::size_t from, std::size_t n) {
+      if (n == 0) return;
+      if (to_client_buf_.empty() && kept == from) {
+        kept += n;  // still one contiguous run from the start: no copy
+        return;
+      }
+      if (to_client_buf_.empty())  // first gap: copy the run before it, then append
+        to_client_buf_.assign(data.begin(), data.begin() + static_cast<std::ptrdiff_t>(kept));
+      to_client_buf_.insert(to_client_buf_.end(), data.begin() + static_cast<std::ptrdiff_t>(from),
+                            data.begin() + static_cast<std::ptrdiff_t>(from + n));
+    };
+    for (;;) {
+      const auto& want = ps_->swallowing() ? kEveryMessage : kFromServerPooled;
+      stop = to_client_.scan(data.subspan(pos), want, [](const pg::Header&) {});
+      keep(pos, stop.offset);
+      pos += stop.offset;
+      if (stop.kind != pg::MessageScanner::Stop::kInspect) break;
+      const auto& f = stop.frame;
+      auto verdict = ps_->on_server(f, server_->state);
+      if (verdict == routing::PooledSession::Verdict::kDesync) {
+        desync = true;
+        break;
+      }
+      if (f.type == 'S') {
+        if (auto p = pg::decode_parameter_status(f.body)) server_->set_param(p->name, p->value);
+      }
+      if (verdict == routing::PooledSession::Verdict::kForward) keep(pos, f.size);
+      pos += f.size;
+      if (f.type == 'Z' && verdict == routing::PooledSession::Verdict::kForward) {
+        last_activity_ = Clock::now();
+        handle_->idle = ps_->pending() == 0 && ps_->tx_status() == 'I';
+        if (statement_mode_ && ps_->tx_status() != 'I') {
+          tx_refused = true;
+          break;
+        }
+        if (ps_->idle()) {
+          idle_now = true;
+          break;
+        }
+      }
+    }
+    asio::const_buffer out = to_client_buf_.empty() ? asio::buffer(data.data(), kept)
+                                                    : asio::buffer(to_client_buf_);
+    if (out.size() > 0) {
+      client_writing_ = true;
+      auto [ec, written] = co_await client_->write(out);
+      client_writing_ = false;
+      if (ec) co_return "client write failed";
+    }
+    in.consume(pos);
+    if (desync) {
+      server_failed_ = true;
+      spdlog::error("client {} user={} db={}: server reply does not match the requests sent",
+                    peer_, user_name_, db_name_);
+      queue_error({"08P01", "sluice lost track of the server's replies; reconnect", {}, {}});
+      co_await flush();
+      co_return "server reply out of sync";
+    }
+    if (tx_refused) {
+      server_failed_ = true;  // closing it ends the transaction on the server
+      queue_error({"0A000",
+                   "transaction blocks not allowed in statement pooling mode",
+                   {},
+                   "use pool mode transaction for clients that run BEGIN ... COMMIT"});
+      co_await flush();
+      co_return "transaction in statement pooling";
+    }
+    if (idle_now) release_wanted_ = true;
+    if (release_wanted_) {
+      if (!ps_->idle()) {
+        release_wanted_ = false;
+      } else if (can_release()) {
+        co_return std::string(kReleased);
+      }
+    }
+    if (stop.kind == pg::MessageScanner::Stop::kError) {
+      server_failed_ = true;
+      queue_error({"08P01", "server sent an invalid message length", {}, {}});
+      co_await flush();
+      co_return "server protocol violation";
+    }
+    if (in.pending().size() > 0 && stop.kind == pg::MessageScanner::Stop::kInspect) continue;
+    in.shrink(ServerConn::kReadBuffer);
+    auto [ec, n] = co_await server_->stream().read_some(in.prepare(stop.need));
+    in.commit(n);
+    if (ec) {
+      auto reason = co_await server_read_failed(ec);
+      co_return reason;
     }
   }
 }
@@ -593,7 +951,7 @@ awaitable<std::string> ClientSession::watchdog() {
     asio::steady_timer t(ex, tick);
     auto [ec] = co_await t.async_wait(use_nothrow);
     if (ec) co_return "cancelled";
-    if (pending_ > 0 && expired(p.query_timeout, request_started_)) {
+    if (pending() > 0 && expired(p.query_timeout, request_started_)) {
       server_failed_ = true;  // mid-request: the server connection is never reused
       cancel_server_ = true;  // after the relay stops, so no reply overtakes our error
       close_error_ = PgError{"57014",
@@ -602,7 +960,7 @@ awaitable<std::string> ClientSession::watchdog() {
                              "the request ran longer than pool.query_timeout"};
       co_return "query timeout";
     }
-    if (pending_ == 0 && tx_status_ != 'I' && expired(p.idle_transaction_timeout, last_activity_)) {
+    if (pending() == 0 && tx_status() != 'I' && expired(p.idle_transaction_timeout, last_activity_)) {
       server_failed_ = true;  // closing it rolls the transaction back on the server
       close_error_ =
           PgError{"25P03",
@@ -611,7 +969,7 @@ awaitable<std::string> ClientSession::watchdog() {
                   "transactions idle longer than pool.idle_transaction_timeout are ended"};
       co_return "idle transaction timeout";
     }
-    if (pending_ == 0 && tx_status_ == 'I' && expired(p.client_idle_timeout, last_activity_)) {
+    if (pending() == 0 && tx_status() == 'I' && expired(p.client_idle_timeout, last_activity_)) {
       close_error_ = PgError{"57P05",
                              "terminating connection due to idle-session timeout",
                              {},

@@ -60,12 +60,6 @@ int main(int argc, char** argv) {
   }
   try {
     server::setup_logging(cfg->log);
-    if (cfg->pool.mode != config::PoolMode::kSession) {
-      spdlog::warn(
-          "pool.mode={} is configured; this build pools in session mode (a server "
-          "connection is held for the whole client session)",
-          config::to_string(cfg->pool.mode));
-    }
     server::App app(config_path, cfg);
     return app.run();
   } catch (const std::exception& e) {

@@ -11,12 +11,13 @@ Lease& Lease::operator=(Lease&& other) noexcept {
     pool_ = std::move(other.pool_);
     conn_ = std::move(other.conn_);
     broken_ = other.broken_;
+    reset_ = other.reset_;
   }
   return *this;
 }
 
 void Lease::give_back() {
-  if (pool_ && conn_) pool_->give_back(std::move(conn_), broken_);
+  if (pool_ && conn_) pool_->give_back(std::move(conn_), broken_, reset_);
   pool_.reset();
 }
 
@@ -182,7 +183,7 @@ void Pool::hand_over(std::unique_ptr<ServerConn> conn) {
   idle_.push_back(std::move(conn));
 }
 
-void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken) {
+void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken, bool run_reset) {
   std::string reset;
   {
     std::lock_guard lock(mu_);
@@ -195,7 +196,7 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken) {
       drop(std::move(conn));
       return;
     }
-    if (reset_query_.empty()) {
+    if (!run_reset || reset_query_.empty()) {
       hand_over(std::move(conn));
       return;
     }
@@ -264,7 +265,8 @@ std::shared_ptr<Pool> PoolRegistry::get(const config::Config& cfg, const config:
   login.timeout = cfg.pool.server_connect_timeout;
   // Everything that decides where and as whom the pool logs in is part of its identity, so a
   // reload that changes any of it starts a new pool instead of reusing stale logins.
-  std::string key = db.name + "/" + user.name + "\n" + login.host + ":" +
+  std::string key = db.name + "/" + user.name + "\n" +
+                    std::string(to_string(cfg.pool_mode_for(db, user))) + "\n" + login.host + ":" +
                     std::to_string(login.port) + "/" + login.dbname + "\n" + login.user + "\n" +
                     std::to_string(std::hash<std::string>{}(login.password + login.md5_hash)) +
                     "\n" + std::to_string(static_cast<int>(login.tls)) + "\n" +

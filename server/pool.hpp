@@ -35,12 +35,15 @@ class Lease {
   explicit operator bool() const { return conn_ != nullptr; }
   // The connection is in an unknown state (lost sync, I/O error): close it, never reuse it.
   void mark_broken() { broken_ = true; }
+  // Transaction pooling: the session's state is tracked, so it goes back without the reset query.
+  void skip_reset() { reset_ = false; }
   void give_back();
 
  private:
   std::shared_ptr<Pool> pool_;
   std::unique_ptr<ServerConn> conn_;
   bool broken_ = false;
+  bool reset_ = true;
 };
 
 struct PoolLimits {
@@ -70,7 +73,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   awaitable<std::variant<Lease, PgError>> acquire(PoolLimits limits);
   // Called by Lease: a healthy connection is reset (pool.reset_query) and reused; a broken one
   // closed.
-  void give_back(std::unique_ptr<ServerConn> conn, bool broken);
+  void give_back(std::unique_ptr<ServerConn> conn, bool broken, bool run_reset);
   // Opens connections until `min` (at most the pool size) exist; one warm-up at a time.
   awaitable<void> warm(PoolLimits limits, std::uint32_t min);
   // Closes idle connections past the idle timeout or lifetime.

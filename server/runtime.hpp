@@ -1,6 +1,7 @@
 // State shared by every session: the config snapshot, TLS contexts, pools, cancel keys, sessions.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -9,6 +10,7 @@
 
 #include "config/config.hpp"
 #include "server/cancel_registry.hpp"
+#include "routing/session_statements.hpp"
 #include "server/pool.hpp"
 
 namespace sluice::server {
@@ -53,6 +55,9 @@ class Runtime {
 
   CancelRegistry cancels;
   PoolRegistry pools;
+  routing::AnalysisCache analyses;  // session-state analysis of statement texts, shared
+  // Clients pinned to a server connection (or refused) in transaction pooling, by reason.
+  std::array<std::atomic<std::uint64_t>, 8> pins{};
   std::atomic<std::uint32_t> clients{0};
   std::atomic<bool> stopping{false};
 

@@ -237,28 +237,42 @@ awaitable<std::variant<std::string, PgError>> ServerConn::expect_sasl(ServerLogi
 }
 
 awaitable<Outcome> ServerConn::run(std::string sql) {
+  auto r = co_await query(std::move(sql));
+  if (auto* e = std::get_if<PgError>(&r)) co_return std::move(*e);
+  co_return std::monostate{};
+}
+
+awaitable<std::variant<routing::Rows, PgError>> ServerConn::query(std::string sql) {
   pg::Buffer q;
   pg::encode_query(q, sql);
   if (auto ec = co_await send(q))
     co_return PgError{"08006", "lost the server connection: " + ec.message(), {}, {}};
-  Outcome result;
+  routing::Rows rows;
+  std::optional<PgError> error;
   for (;;) {
     auto m = co_await reader_.next(*stream_, false, pg::kMaxMessageLength);
     if (m.ec) co_return PgError{"08006", "lost the server connection: " + m.ec.message(), {}, {}};
     if (m.bad) co_return PgError{"08P01", "server sent an invalid message length", {}, {}};
     switch (m.frame.type) {
       case 'E':
-        if (std::holds_alternative<std::monostate>(result))
-          result = error_from_fields(m.frame.body);
+        if (!error) error = error_from_fields(m.frame.body);
         break;
       case 'S':
         if (auto p = pg::decode_parameter_status(m.frame.body)) set_param(p->name, p->value);
         break;
+      case 'D': {
+        auto row = pg::decode_data_row(m.frame.body);
+        if (!row) co_return PgError{"08P01", "server sent a malformed DataRow", {}, {}};
+        auto& copy = rows.emplace_back();
+        for (const auto& v : *row) copy.emplace_back(v ? std::optional<std::string>(*v) : std::nullopt);
+        break;
+      }
       case 'Z':
         touch();
-        co_return result;
+        if (error) co_return std::move(*error);
+        co_return std::move(rows);
       default:
-        break;  // rows, CommandComplete, notices
+        break;  // RowDescription, CommandComplete, notices
     }
   }
 }

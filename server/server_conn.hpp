@@ -9,6 +9,7 @@
 
 #include "config/config.hpp"
 #include "protocol/pg/messages.hpp"
+#include "routing/pooling.hpp"
 #include "server/framed_reader.hpp"
 
 namespace sluice::server {
@@ -42,8 +43,10 @@ class ServerConn {
   // Connects, negotiates TLS, authenticates, and reads up to the first ReadyForQuery.
   static awaitable<std::variant<std::unique_ptr<ServerConn>, PgError>> connect(ServerLogin login);
 
-  // Runs one simple-protocol query to completion, discarding rows; returns the first error.
+  // Runs one simple-protocol query string to completion, discarding rows; the first error.
   awaitable<std::variant<std::monostate, PgError>> run(std::string sql);
+  // Runs a query string and returns its rows (text format), or the first error.
+  awaitable<std::variant<routing::Rows, PgError>> query(std::string sql);
 
   Stream& stream() { return *stream_; }
   FramedReader& reader() { return reader_; }
@@ -55,6 +58,9 @@ class ServerConn {
   Clock::time_point created() const { return created_; }
   Clock::time_point last_used() const { return last_used_; }
   void touch() { last_used_ = Clock::now(); }
+
+  // What transaction pooling knows of this session: prepared statements and settings.
+  routing::ServerState state;
 
  private:
   explicit ServerConn(tcp::socket s) : stream_(std::make_unique<Stream>(std::move(s))) {}

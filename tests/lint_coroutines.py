@@ -1,13 +1,16 @@
 #!/usr/bin/python3
 """Fails on the coroutine patterns g++ 12 miscompiles (double destruction, see
 docs/ARCHITECTURE.md): a braced temporary inside a co_await's operand — co_await f({...}),
-co_await g(T{...}) — or around it — co_return T{co_await x}."""
+co_await g(T{...}) — or around it — co_return T{co_await x}; and co_await in a conditional
+expression (c ? co_await a : co_await b); assigning a co_await result (r = co_await x)."""
 import pathlib
 import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BAD_WRAP = re.compile(r"co_return[^;{}]*\{[^;]*co_await")
+BAD_TERNARY = re.compile(r"\?[^;?]*\bco_await\b")  # c ? co_await a : co_await b
+BAD_ASSIGN = re.compile(r"^[ \t]*[A-Za-z_][\w.]*(->\w+)*[ \t]*=[ \t]*co_await\b", re.M)  # r = co_await
 
 
 def strip_comments(text):
@@ -33,8 +36,9 @@ def violations(path):
                     found.append(text.count("\n", 0, m.start()) + 1)
                 break  # a body starts here (if (co_await x) {)
             i += 1
-    for m in BAD_WRAP.finditer(text):
-        found.append(text.count("\n", 0, m.start()) + 1)
+    for pattern in (BAD_WRAP, BAD_TERNARY, BAD_ASSIGN):
+        for m in pattern.finditer(text):
+            found.append(text.count("\n", 0, m.start()) + 1)
     return found
 
 
@@ -45,7 +49,7 @@ def main():
             continue
         bad += [f"{path.relative_to(ROOT)}:{line}" for line in violations(path)]
     if bad:
-        print("braced temporaries in co_await expressions (g++ 12 miscompiles them):")
+        print("co_await patterns g++ 12 miscompiles (see docs/ARCHITECTURE.md):")
         print("\n".join(bad))
         return 1
     print("coroutine lint: clean")
