@@ -232,6 +232,11 @@ std::optional<Pin> PooledSession::note_text(const Analysis& a, ServerState& serv
             sql_prepared_.erase(s.name);
             server.sql_prepared.erase(s.name);
           }
+        } else if (s.kind == StatementKind::kDeallocate && statements_.erase(s.name) > 0) {
+          // DEALLOCATE of a protocol-level statement (one namespace in Postgres): give the
+          // server something of that name to drop, so the client's statement succeeds.
+          forget_sql_on_server(s.name);
+          inject_query("PREPARE " + pg::sql::quote_ident(s.name) + " AS SELECT NULL", out);
         } else {
           forget_sql_on_server(s.name);  // the server must say it does not exist
         }

@@ -650,8 +650,8 @@ void ClientSession::note_pin(routing::Pin pin) {
     return;
   }
   if (!pinned_)
-    spdlog::info("client {} user={} db={}: pinned to its server connection ({})", peer_,
-                 user_name_, db_name_, routing::to_string(pin));
+    spdlog::info("client {} user={} db={}: pinned to its server connection ({})", peer_, user_name_,
+                 db_name_, routing::to_string(pin));
   pinned_ = true;
 }
 
@@ -861,23 +861,25 @@ awaitable<std::string> ClientSession::server_to_client_pooled() {
       if (f.type == 'S') {
         if (auto p = pg::decode_parameter_status(f.body)) server_->set_param(p->name, p->value);
       }
-      if (verdict == routing::PooledSession::Verdict::kForward) keep(pos, f.size);
+      const bool forward = verdict == routing::PooledSession::Verdict::kForward;
+      if (f.type == 'Z' && forward && statement_mode_ && ps_->tx_status() != 'I') {
+        tx_refused = true;  // the client gets the error in place of this ReadyForQuery
+        pos += f.size;
+        break;
+      }
+      if (forward) keep(pos, f.size);
       pos += f.size;
-      if (f.type == 'Z' && verdict == routing::PooledSession::Verdict::kForward) {
+      if (f.type == 'Z' && forward) {
         last_activity_ = Clock::now();
         handle_->idle = ps_->pending() == 0 && ps_->tx_status() == 'I';
-        if (statement_mode_ && ps_->tx_status() != 'I') {
-          tx_refused = true;
-          break;
-        }
         if (ps_->idle()) {
           idle_now = true;
           break;
         }
       }
     }
-    asio::const_buffer out = to_client_buf_.empty() ? asio::buffer(data.data(), kept)
-                                                    : asio::buffer(to_client_buf_);
+    asio::const_buffer out =
+        to_client_buf_.empty() ? asio::buffer(data.data(), kept) : asio::buffer(to_client_buf_);
     if (out.size() > 0) {
       client_writing_ = true;
       auto [ec, written] = co_await client_->write(out);
@@ -887,8 +889,8 @@ awaitable<std::string> ClientSession::server_to_client_pooled() {
     in.consume(pos);
     if (desync) {
       server_failed_ = true;
-      spdlog::error("client {} user={} db={}: server reply does not match the requests sent",
-                    peer_, user_name_, db_name_);
+      spdlog::error("client {} user={} db={}: server reply does not match the requests sent", peer_,
+                    user_name_, db_name_);
       queue_error({"08P01", "sluice lost track of the server's replies; reconnect", {}, {}});
       co_await flush();
       co_return "server reply out of sync";
@@ -960,7 +962,8 @@ awaitable<std::string> ClientSession::watchdog() {
                              "the request ran longer than pool.query_timeout"};
       co_return "query timeout";
     }
-    if (pending() == 0 && tx_status() != 'I' && expired(p.idle_transaction_timeout, last_activity_)) {
+    if (pending() == 0 && tx_status() != 'I' &&
+        expired(p.idle_transaction_timeout, last_activity_)) {
       server_failed_ = true;  // closing it rolls the transaction back on the server
       close_error_ =
           PgError{"25P03",

@@ -9,8 +9,8 @@
 #include <set>
 
 #include "config/config.hpp"
-#include "server/cancel_registry.hpp"
 #include "routing/session_statements.hpp"
+#include "server/cancel_registry.hpp"
 #include "server/pool.hpp"
 
 namespace sluice::server {

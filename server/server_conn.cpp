@@ -264,7 +264,8 @@ awaitable<std::variant<routing::Rows, PgError>> ServerConn::query(std::string sq
         auto row = pg::decode_data_row(m.frame.body);
         if (!row) co_return PgError{"08P01", "server sent a malformed DataRow", {}, {}};
         auto& copy = rows.emplace_back();
-        for (const auto& v : *row) copy.emplace_back(v ? std::optional<std::string>(*v) : std::nullopt);
+        for (const auto& v : *row)
+          copy.emplace_back(v ? std::optional<std::string>(*v) : std::nullopt);
         break;
       }
       case 'Z':

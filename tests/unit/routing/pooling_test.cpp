@@ -373,3 +373,15 @@ TEST_CASE("a transaction keeps the server; unsynced extended messages keep it to
   reply(s, server, rfq('I'));
   CHECK(s.idle());
 }
+
+TEST_CASE("SQL DEALLOCATE of a protocol-level statement succeeds, as in Postgres") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, parse("proto", "SELECT 1"));
+  auto sent = send(s, server, query("DEALLOCATE proto"));
+  REQUIRE(sent.size() == 2);
+  CHECK(std::string_view(reinterpret_cast<const char*>(sent[0].body.data())) ==
+        "PREPARE \"proto\" AS SELECT NULL");
+  CHECK(s.statement_count() == 0);
+}

@@ -1,0 +1,343 @@
+"""Transaction pooling with real drivers (psycopg 3 from Debian, node-postgres from npm) over a pool
+far smaller than the number of clients: named prepared statements, SQL PREPARE, settings that
+never leak between clients, COPY, cancel, pipelines with errors, binary formats, pins, and
+statement mode."""
+import json
+import os
+import subprocess
+import threading
+import time
+import unittest
+
+import psycopg
+from psycopg import errors
+
+from harness import ROOT, Sluice, superuser_sql
+
+NODE_DIR = os.path.join(ROOT, "tests", "integration", "node")
+
+
+def pooled(mode="transaction", size=2, **pool):
+    def tweak(c):
+        c["pool"] = {"mode": mode, "size": size, **pool}
+    return tweak
+
+
+def run_threads(n, fn):
+    """Runs fn(i) in n threads; re-raises the first failure."""
+    failures = []
+
+    def body(i):
+        try:
+            fn(i)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    if failures:
+        raise failures[0]
+
+
+def sluice_backends():
+    """Server connections sluice holds on the primary (application_name unset, user app)."""
+    return int(superuser_sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = "
+        "'client backend' AND pid <> pg_backend_pid()"))
+
+
+class TransactionPooling(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sluice = Sluice(tweak=pooled()).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.sluice.stop()
+        assert code == 0, f"sluice exited with {code}"
+
+    def connect(self, **kw):
+        return psycopg.connect(self.sluice.dsn(**kw), autocommit=True)
+
+    def test_named_statements_survive_many_transactions(self):
+        # psycopg prepares server-side (named "_pg3_N") from the first use with prepare=True.
+        def client(i):
+            with self.connect() as conn:
+                for n in range(60):
+                    row = conn.execute("SELECT %s::int + %s::int, pg_backend_pid() > 0", (i, n),
+                                       prepare=True).fetchone()
+                    self.assertEqual(row, (i + n, True))
+                    if n % 15 == 0:
+                        with conn.transaction():
+                            conn.execute("SELECT %s::text", (f"tx{i}",), prepare=True)
+        run_threads(8, client)
+
+    def test_describe_close_and_redefinition_behave_as_direct(self):
+        with self.connect() as conn:
+            pgconn = conn.pgconn
+            pgconn.prepare(b"s1", b"SELECT $1::int * 2")
+            # Another client takes the other connections, so this one moves between servers.
+            with self.connect() as other:
+                other.execute("SELECT 1")
+            desc = pgconn.describe_prepared(b"s1")
+            self.assertEqual(desc.nfields, 1)
+            self.assertEqual(desc.nparams, 1)
+            res = pgconn.exec_prepared(b"s1", [b"21"])
+            self.assertEqual(res.get_value(0, 0), b"42")
+            dup = pgconn.prepare(b"s1", b"SELECT 1")
+            self.assertEqual(dup.error_field(psycopg.pq.DiagnosticField.SQLSTATE), b"42P05")
+            conn.execute("DEALLOCATE s1")  # SQL-level DEALLOCATE of a protocol-level statement
+            gone = pgconn.exec_prepared(b"s1", [b"1"])
+            self.assertEqual(gone.error_field(psycopg.pq.DiagnosticField.SQLSTATE), b"26000")
+
+    def test_sql_prepare_execute_deallocate(self):
+        def client(i):
+            with self.connect() as conn:
+                conn.execute(f"PREPARE mine(int) AS SELECT $1 + {i * 1000}")
+                for n in range(30):
+                    self.assertEqual(conn.execute(f"EXECUTE mine({n})").fetchone()[0],
+                                     i * 1000 + n)
+                conn.execute("DEALLOCATE mine")
+                with self.assertRaises(errors.InvalidSqlStatementName):
+                    conn.execute("EXECUTE mine(1)")
+                conn.execute("PREPARE again AS SELECT 7")
+                conn.execute("DEALLOCATE ALL")
+                with self.assertRaises(errors.InvalidSqlStatementName):
+                    conn.execute("EXECUTE again")
+        run_threads(6, client)
+
+    def test_settings_follow_each_client(self):
+        def client(i):
+            with self.connect() as conn:
+                conn.execute(f"SET search_path TO s{i}, public")
+                conn.execute(f"SET statement_timeout = '{i + 1}s'")
+                for _ in range(40):
+                    row = conn.execute("SELECT current_setting('search_path'), "
+                                       "current_setting('statement_timeout')").fetchone()
+                    self.assertEqual(row, (f"s{i}, public", f"{i + 1}s"))
+                conn.execute("RESET statement_timeout")
+                self.assertEqual(conn.execute("SHOW statement_timeout").fetchone()[0], "0")
+        run_threads(6, client)
+
+    def test_set_local_and_rolled_back_set_do_not_stick(self):
+        with self.connect() as conn:
+            conn.execute("SET work_mem = '8MB'")
+            with conn.transaction():
+                conn.execute("SET LOCAL work_mem = '16MB'")
+            self.assertEqual(conn.execute("SHOW work_mem").fetchone()[0], "8MB")
+            conn.execute("BEGIN")
+            conn.execute("SET work_mem = '32MB'")
+            conn.execute("ROLLBACK")
+            with self.connect() as other:  # take the other server
+                with other.transaction():
+                    other.execute("SELECT 1")
+            self.assertEqual(conn.execute("SHOW work_mem").fetchone()[0], "8MB")
+
+    def test_copy_in_and_out(self):
+        with self.connect() as conn:
+            conn.execute("DROP TABLE IF EXISTS py_copy")
+            conn.execute("CREATE TABLE py_copy (id int, label text)")
+            with conn.cursor() as cur:
+                with cur.copy("COPY py_copy FROM STDIN") as copy:
+                    for i in range(3000):
+                        copy.write_row((i, f"row {i} ✓"))
+                self.assertEqual(conn.execute("SELECT count(*) FROM py_copy").fetchone()[0], 3000)
+                out = b""
+                with cur.copy("COPY (SELECT * FROM py_copy ORDER BY id) TO STDOUT") as copy:
+                    for chunk in copy:
+                        out += bytes(chunk)
+                self.assertEqual(out.decode().splitlines()[2999], "2999\trow 2999 ✓")
+            conn.execute("DROP TABLE py_copy")
+
+    def test_cancel_reaches_the_server_running_the_query(self):
+        with self.connect() as conn:
+            timer = threading.Timer(0.3, conn.cancel)
+            started = time.monotonic()
+            timer.start()
+            with self.assertRaises(errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(10)")
+            self.assertLess(time.monotonic() - started, 1.3)
+            self.assertEqual(conn.execute("SELECT 1").fetchone()[0], 1)
+
+    def test_pipeline_with_an_error_skips_to_sync(self):
+        with self.connect() as conn:
+            conn.execute("DROP TABLE IF EXISTS py_pipe")
+            conn.execute("CREATE TABLE py_pipe (id int primary key)")
+            with self.assertRaises(errors.UniqueViolation):
+                with conn.pipeline():
+                    conn.execute("INSERT INTO py_pipe VALUES (%s)", (1,), prepare=True)
+                    conn.execute("INSERT INTO py_pipe VALUES (%s)", (1,), prepare=True)
+                    conn.execute("INSERT INTO py_pipe VALUES (%s)", (2,), prepare=True)
+            # The implicit transaction of the pipeline was rolled back as a whole.
+            self.assertEqual(conn.execute("SELECT count(*) FROM py_pipe").fetchone()[0], 0)
+            with conn.pipeline():
+                for i in range(50):
+                    conn.execute("INSERT INTO py_pipe VALUES (%s)", (i,), prepare=True)
+            self.assertEqual(conn.execute("SELECT count(*) FROM py_pipe").fetchone()[0], 50)
+            conn.execute("DROP TABLE py_pipe")
+
+    def test_binary_formats(self):
+        with self.connect() as conn:
+            with conn.cursor(binary=True) as cur:
+                cur.execute("SELECT %b::bytea, %s::int8, %s::float8",
+                            (b"\x00\x01\xff", 2**40, 1.5), prepare=True)
+                self.assertEqual(cur.fetchone(), (b"\x00\x01\xff", 2**40, 1.5))
+
+    def test_startup_parameters_and_parameter_status_are_the_clients_own(self):
+        with psycopg.connect(self.sluice.dsn(application_name="mine",
+                                             options="'-c TimeZone=Asia/Tokyo'"),
+                             autocommit=True) as conn:
+            with self.connect(application_name="theirs") as other:
+                other.execute("SET TimeZone = 'America/Lima'")
+                for _ in range(10):
+                    other.execute("SELECT 1")
+                    row = conn.execute("SELECT current_setting('application_name'), "
+                                       "current_setting('TimeZone')").fetchone()
+                    self.assertEqual(row, ("mine", "Asia/Tokyo"))
+                self.assertEqual(conn.info.parameter_status("TimeZone"), "Asia/Tokyo")
+                self.assertEqual(other.info.parameter_status("TimeZone"), "America/Lima")
+                self.assertEqual(conn.info.parameter_status("application_name"), "mine")
+
+    def test_session_features_pin_the_client(self):
+        with self.connect() as conn, self.connect() as notifier:
+            conn.execute("LISTEN jobs")
+            conn.execute("CREATE TEMP TABLE mine (a int)")
+            conn.execute("INSERT INTO mine VALUES (1)")
+            conn.execute("SELECT pg_advisory_lock(4242)")
+            for _ in range(5):
+                notifier.execute("SELECT 1")
+            self.assertEqual(conn.execute("SELECT count(*) FROM mine").fetchone()[0], 1)
+            got = []
+            conn.add_notify_handler(lambda n: got.append(n.payload))
+            notifier.execute("NOTIFY jobs, 'hello'")
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                conn.execute("SELECT 1")  # notifications arrive with the next reply
+                time.sleep(0.05)
+            self.assertEqual(got, ["hello"])
+            self.assertTrue(conn.execute("SELECT pg_advisory_unlock(4242)").fetchone()[0])
+        self.assertIn("pinned to its server connection (listen)", self.sluice.log())
+
+    def test_node_postgres(self):
+        if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "pg")):
+            raise unittest.SkipTest("npm packages not installed (scripts/setup.sh installs them)")
+        cfg = {"host": "127.0.0.1", "port": self.sluice.port, "user": "app",
+               "password": "secret", "database": "appdb"}
+        r = subprocess.run(["node", "--no-deprecation", os.path.join(NODE_DIR, "tx_pooling.js"),
+                            json.dumps(cfg)], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr + r.stdout)
+        result = json.loads(r.stdout)
+        self.assertTrue(result["ok"])
+        self.assertLess(result["cancel_ms"], 1000)
+
+
+class NoSettingLeaks(unittest.TestCase):
+    """Many clients alternate their own search_path / TimeZone / statement_timeout over a pool of 2:
+    each only ever observes its own values."""
+
+    def test_each_client_sees_only_its_own_settings(self):
+        zones = ["UTC", "Asia/Tokyo", "America/Lima", "Europe/Paris", "Australia/Sydney",
+                 "Africa/Cairo", "America/New_York", "Asia/Kolkata"]
+        with Sluice(tweak=pooled(size=2)) as sluice:
+            def client(i):
+                with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                    for rnd in range(25):
+                        # Alternate between two own values, so a leak of another client's or of
+                        # this client's previous value would show.
+                        path = f"c{i}_r{rnd % 2}, public"
+                        zone = zones[(i + rnd) % len(zones)]
+                        timeout = f"{(i + 1) * 100 + 1 + rnd % 2}ms"  # never a whole second
+                        conn.execute(f"SET search_path TO c{i}_r{rnd % 2}, public")
+                        conn.execute(f"SET TimeZone = '{zone}'")
+                        conn.execute("SELECT set_config('statement_timeout', %s, false)",
+                                     (timeout,))
+                        for _ in range(3):
+                            row = conn.execute(
+                                "SELECT current_setting('search_path'), "
+                                "current_setting('TimeZone'), "
+                                "current_setting('statement_timeout')").fetchone()
+                            self.assertEqual(row, (path, zone, timeout), f"client {i} round {rnd}")
+                        self.assertEqual(conn.info.parameter_status("TimeZone"), zone)
+            run_threads(10, client)
+            # A fresh client sees the defaults, whatever the pool's connections went through.
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                for _ in range(4):
+                    row = conn.execute("SELECT current_setting('search_path'), "
+                                       "current_setting('statement_timeout')").fetchone()
+                    self.assertEqual(row, ('"$user", public', "0"))
+
+
+class PinningError(unittest.TestCase):
+    def test_unpoolable_features_are_refused_with_0A000(self):
+        with Sluice(tweak=pooled(pinning="error")) as sluice:
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                with self.assertRaises(errors.FeatureNotSupported) as cm:
+                    conn.execute("LISTEN nope")
+                self.assertIn("listen is not supported in transaction pooling", str(cm.exception))
+                with self.assertRaises(errors.FeatureNotSupported):
+                    conn.execute("SELECT pg_advisory_lock(1)")
+                self.assertEqual(conn.execute("SELECT 1").fetchone()[0], 1)  # still usable
+
+
+class StatementMode(unittest.TestCase):
+    def test_autocommit_works_and_transaction_blocks_are_refused(self):
+        with Sluice(tweak=pooled(mode="statement")) as sluice:
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                for i in range(20):
+                    self.assertEqual(conn.execute("SELECT %s::int", (i,)).fetchone()[0], i)
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                with self.assertRaises(psycopg.OperationalError) as cm:  # FATAL, then closed
+                    conn.execute("BEGIN")
+                self.assertIn("transaction blocks not allowed in statement pooling mode",
+                              str(cm.exception))
+
+
+class ManyClients(unittest.TestCase):
+    """2000 clients over pool_size 20: pgbench with 0 failed transactions, and the primary never
+    sees more than 20 (+ reserve) sluice connections."""
+
+    SECONDS = int(os.environ.get("SLUICE_MANY_CLIENTS_SECONDS", "60"))
+
+    def test_2000_clients_over_a_pool_of_20(self):
+        st_env = dict(os.environ, PGPASSWORD="secret")
+        with Sluice(tweak=lambda c: c.update(pool={"mode": "transaction", "size": 20,
+                                                    "reserve_pool_size": 2,
+                                                    "max_client_conn": 2100,
+                                                    "query_wait_timeout": "60s"})) as sluice:
+            subprocess.run(["pgbench", "-i", "-q", "-s", "2", "-h", "127.0.0.1", "-p",
+                            str(sluice.port), "-U", "app", "appdb"], check=True, env=st_env,
+                           capture_output=True, timeout=120)
+            peak = [0]
+            stop = threading.Event()
+
+            def watch():
+                while not stop.is_set():
+                    peak[0] = max(peak[0], sluice_backends())
+                    time.sleep(0.2)
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            try:
+                r = subprocess.run(["pgbench", "-n", "-S", "-c", "2000", "-j", "2", "-T",
+                                    str(self.SECONDS), "-h", "127.0.0.1", "-p", str(sluice.port),
+                                    "-U", "app", "appdb"], env=st_env, capture_output=True,
+                                   text=True, timeout=self.SECONDS + 240)
+            finally:
+                stop.set()
+                watcher.join()
+            out = r.stdout + r.stderr
+            self.assertEqual(r.returncode, 0, out[-3000:])
+            self.assertIn("number of clients: 2000", out)
+            self.assertIn("number of failed transactions: 0 (0.000%)", out)
+            processed = int(out.split("number of transactions actually processed: ")[1].split()[0])
+            self.assertGreater(processed, 2000)
+            self.assertLessEqual(peak[0], 22, f"primary saw {peak[0]} sluice connections")
+            self.assertGreater(peak[0], 0)
+            print(f"\n2000 clients / pool 20: {processed} transactions in {self.SECONDS} s, "
+                  f"peak server connections {peak[0]}")
+
+
+if __name__ == "__main__":
+    unittest.main()
