@@ -33,4 +33,11 @@ fi
 if ! id sluicetest >/dev/null 2>&1; then
   $SUDO useradd -m -s /bin/bash sluicetest
 fi
+# node-postgres for the driver tests (npm registry; Node itself comes with the machine — Debian's
+# nodejs/npm packages conflict with it). Without npm those tests are skipped, loudly.
+if command -v npm >/dev/null 2>&1; then
+  (cd "$(dirname "$0")/../tests/integration/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+else
+  echo "setup: WARNING: npm not found; the node-postgres tests will be skipped"
+fi
 echo "setup: ok"

@@ -3,6 +3,7 @@
 # release and the ASan+UBSan builds, runs unit and integration tests (real PostgreSQL primary +
 # replica + Redis, started and stopped by ctest) on both, then a short libFuzzer pass.
 #   SLUICE_PGBENCH_SECONDS  length of each pgbench run in the release pass (default 30)
+#   SLUICE_MANY_CLIENTS_SECONDS  length of the 2000-client run in the release pass (default 60)
 #   SLUICE_FUZZ_SECONDS     seconds per fuzz target (default 30; 0 skips fuzzing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ cmake --preset debug -G Ninja -DSLUICE_WERROR=ON >/dev/null
 cmake --build --preset debug -j "$jobs"
 echo "== ASan+UBSan tests (unit + integration, shorter pgbench)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  SLUICE_PGBENCH_SECONDS=5 ctest --preset debug
+  SLUICE_PGBENCH_SECONDS=5 SLUICE_MANY_CLIENTS_SECONDS=10 ctest --preset debug
 
 fuzz_seconds=${SLUICE_FUZZ_SECONDS:-30}
 if [ "$fuzz_seconds" != 0 ]; then
