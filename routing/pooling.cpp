@@ -411,30 +411,29 @@ PooledSession::Verdict PooledSession::on_server(const pg::Frame& f, ServerState&
     case '1':
     case '2':
     case '3': {
-      if (expect_.empty() || expect_.front().kind != Expect::kReply) return Verdict::kDesync;
-      bool injected = expect_.front().injected;
-      expect_.pop_front();
+      if (expect_empty() || front().kind != Expect::kReply) return Verdict::kDesync;
+      bool injected = front().injected;
+      pop_front();
       return injected ? Verdict::kDrop : Verdict::kForward;
     }
     case 'E': {
       if (swallowing()) {
-        expect_.front().failed = true;
+        front().failed = true;
         return Verdict::kDrop;
       }
       // The server skips to the next Sync: the replies before it will not come.
-      while (!expect_.empty() && expect_.front().kind == Expect::kReply) {
-        drop_reply(expect_.front(), server);
-        expect_.pop_front();
+      while (!expect_empty() && front().kind == Expect::kReply) {
+        drop_reply(front(), server);
+        pop_front();
       }
-      if (!expect_.empty()) expect_.front().failed = true;
+      if (!expect_empty()) front().failed = true;
       return Verdict::kForward;
     }
     case 'Z': {
       auto status = pg::decode_ready_for_query(f.body);
-      if (!status || expect_.empty() || expect_.front().kind != Expect::kSync)
-        return Verdict::kDesync;
-      auto e = std::move(expect_.front());
-      expect_.pop_front();
+      if (!status || expect_empty() || front().kind != Expect::kSync) return Verdict::kDesync;
+      auto e = std::move(front());
+      pop_front();
       if (e.injected) {
         if (e.failed && !e.sql_name.empty()) server.sql_prepared.erase(e.sql_name);
         return Verdict::kDrop;

@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <list>
 #include <map>
 #include <memory>
@@ -108,12 +107,12 @@ class PooledSession {
   Verdict on_server(const pg::Frame& f, ServerState& server);
   // The next server messages answer a query sluice injected: drop all of them.
   bool swallowing() const {
-    return !expect_.empty() && expect_.front().injected && expect_.front().kind == Expect::kSync;
+    return !expect_empty() && front().injected && front().kind == Expect::kSync;
   }
 
   // Nothing outstanding, outside a transaction, no unsynced extended messages: the server
   // connection may go back to the pool.
-  bool idle() const { return expect_.empty() && !unsynced_ && tx_status_ == 'I'; }
+  bool idle() const { return expect_empty() && !unsynced_ && tx_status_ == 'I'; }
   char tx_status() const { return tx_status_; }
   // Client requests (Query, Sync, FunctionCall) not yet answered by ReadyForQuery.
   int pending() const { return pending_; }
@@ -132,6 +131,10 @@ class PooledSession {
   void attached(ServerState& server) { server.settings = settings_; }
 
   std::size_t statement_count() const { return statements_.size(); }
+  // Gives back the reply queue's memory while the client idles.
+  void trim() {
+    if (expect_empty()) std::vector<Expect>().swap(expect_);
+  }
 
  private:
   struct Expect {
@@ -146,6 +149,17 @@ class PooledSession {
     std::string sql_name;     // an injected PREPARE: the server has it only if this succeeds
   };
   void push(Expect e);
+  // The queue of expected replies: a vector and a head index (a deque allocates ~600 bytes up
+  // front, per idle client).
+  bool expect_empty() const { return head_ == expect_.size(); }
+  const Expect& front() const { return expect_[head_]; }
+  Expect& front() { return expect_[head_]; }
+  void pop_front() {
+    if (++head_ == expect_.size()) {
+      expect_.clear();
+      head_ = 0;
+    }
+  }
   void ensure_prepared(const StatementPtr& s, ServerState& server, pg::Buffer& out);
   void inject_query(std::string sql, pg::Buffer& out);
   ClientOutcome on_query(std::string_view sql, ServerState& server, pg::Buffer& out);
@@ -162,7 +176,8 @@ class PooledSession {
   std::map<std::string, std::string> sql_prepared_;           // SQL PREPARE name → text
   std::set<std::string> touched_;
   std::set<std::string> uncertain_;
-  std::deque<Expect> expect_;
+  std::vector<Expect> expect_;
+  std::size_t head_ = 0;
   bool unsynced_ = false;
   char tx_status_ = 'I';
   int pending_ = 0;

@@ -57,6 +57,9 @@ class ClientSession {
         to_server_(cfg_->max_message_size),
         to_client_(pg::kMaxMessageLength) {
     ++rt_->clients;
+    const auto& p = cfg_->pool;
+    watchdog_on_ = p.query_timeout.count() > 0 || p.idle_transaction_timeout.count() > 0 ||
+                   p.client_idle_timeout.count() > 0;
   }
   ClientSession(const ClientSession&) = delete;
   ClientSession& operator=(const ClientSession&) = delete;
@@ -74,6 +77,7 @@ class ClientSession {
   std::variant<routing::Settings, PgError> startup_settings() const;
   awaitable<std::string> relay();
   awaitable<std::string> relay_attached();
+  awaitable<std::string> wait_detached();
   awaitable<std::string> wait_for_client();
   awaitable<bool> checkout();
   awaitable<void> release();
@@ -142,6 +146,9 @@ class ClientSession {
   bool statement_mode_ = false;
   bool pinned_ = false;          // the client keeps its server connection to the end
   bool release_wanted_ = false;  // idle, waiting for a write in flight to finish
+  bool watchdog_on_ = true;      // any of query/idle_transaction/client_idle timeouts set
+  bool parked_ = false;          // idle between transactions, waiting for the client's socket
+  bool attached_light_ = false;  // relaying without a wait_killed() coroutine
   bool server_writing_ = false;
   bool client_writing_ = false;
   pg::Buffer to_server_buf_;
@@ -218,6 +225,9 @@ ClientSession::~ClientSession() {
 void ClientSession::kill() {
   killed_ = true;
   kill_timer_->cancel();
+  error_code ec;
+  if (parked_ || attached_light_) client_->socket().cancel(ec);
+  if (attached_light_ && server_) server_->stream().socket().cancel(ec);
 }
 
 awaitable<void> ClientSession::wait_killed() {
@@ -521,17 +531,22 @@ std::variant<routing::Settings, PgError> ClientSession::startup_settings() const
 
 // Gets a server connection from the pool and gives it this client's settings.
 awaitable<bool> ClientSession::checkout() {
-  auto r = co_await (boxed(pool_->acquire(*limits_)) || wait_killed());
-  if (r.index() == 1) co_return false;
-  auto& got = std::get<0>(r).value;
-  if (auto* e = std::get_if<PgError>(&got)) {
-    spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_, db_name_,
-                 e->message);
-    queue_error(std::move(*e));
-    co_await flush();
-    co_return false;
+  auto ex = co_await asio::this_coro::executor;
+  if (auto idle = pool_->try_acquire(*limits_, ex)) {
+    server_ = std::move(*idle);  // the common case: no waiting, no coroutines
+  } else {
+    auto r = co_await (boxed(pool_->acquire(*limits_)) || wait_killed());
+    if (r.index() == 1) co_return false;
+    auto& got = std::get<0>(r).value;
+    if (auto* e = std::get_if<PgError>(&got)) {
+      spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_, db_name_,
+                   e->message);
+      queue_error(std::move(*e));
+      co_await flush();
+      co_return false;
+    }
+    server_ = std::move(std::get<Lease>(got));
   }
-  server_ = std::move(std::get<Lease>(got));
   auto& state = server_->state;
   if (ps_) {
     server_.skip_reset();  // the pooled session's state is tracked instead
@@ -587,13 +602,25 @@ awaitable<void> ClientSession::release() {
   server_.give_back();
 }
 
-// Waits, without a server connection, until the client sends something.
+// Waits, without a server connection, until the client sends something. A plain-TCP client
+// holds no read buffer while it waits: thousands of idle clients cost little memory.
 awaitable<std::string> ClientSession::wait_for_client() {
   for (;;) {
     auto data = reader_.pending();
     if (data.size() >= pg::kHeaderSize && data[0] == 'X') co_return "client terminated";
     if (!data.empty()) co_return std::string();
+    if (!client_->tls()) {
+      reader_.release();
+      to_server_buf_ = pg::Buffer();
+      if (ps_) ps_->trim();
+      parked_ = true;  // kill() cancels this wait
+      auto [wec] = co_await client_->socket().async_wait(tcp::socket::wait_read, use_nothrow);
+      parked_ = false;
+      if (killed_) co_return "shutdown";
+      if (wec) co_return "client disconnected";
+    }
     reader_.shrink(kClientBuffer);
+    reader_.ensure(kClientBuffer);
     auto [ec, n] = co_await client_->read_some(reader_.prepare(1));
     reader_.commit(n);
     if (ec) co_return "client disconnected";
@@ -604,10 +631,8 @@ awaitable<std::string> ClientSession::wait_for_client() {
 awaitable<std::string> ClientSession::relay() {
   for (;;) {
     if (!server_) {
-      auto w = co_await (wait_for_client() || watchdog() || wait_killed());
-      if (w.index() == 1) co_return std::get<1>(w);
-      if (w.index() == 2) co_return "shutdown";
-      if (!std::get<0>(w).empty()) co_return std::get<0>(w);
+      auto why = co_await wait_detached();
+      if (!why.empty()) co_return why;
       if (!co_await checkout()) co_return "no server connection";
     }
     auto reason = co_await relay_attached();
@@ -616,22 +641,49 @@ awaitable<std::string> ClientSession::relay() {
   }
 }
 
+// Between transactions: "" once the client sent something, else why the session ends.
+awaitable<std::string> ClientSession::wait_detached() {
+  if (killed_) co_return "shutdown";
+  if (cfg_->pool.client_idle_timeout.count() == 0 && !client_->tls()) {
+    // No timer and no parallel group: an idle client costs one small coroutine frame, and
+    // kill() cancels the socket wait.
+    auto why = co_await wait_for_client();
+    co_return why;
+  }
+  if (watchdog_on_) {
+    auto w = co_await (wait_for_client() || watchdog() || wait_killed());
+    if (w.index() == 0) co_return std::get<0>(w);
+    if (w.index() == 1) co_return std::get<1>(w);
+    co_return "shutdown";
+  }
+  auto w = co_await (wait_for_client() || wait_killed());  // one coroutine frame fewer
+  if (w.index() == 0) co_return std::get<0>(w);
+  co_return "shutdown";
+}
+
 // Relays while a server connection is attached; kReleased when it went back to the pool.
 // Each result is initialised from its co_await in its own statement: g++ 12 miscompiles
 // `r = co_await ...` assignments and `c ? co_await a : co_await b` (double free).
 awaitable<std::string> ClientSession::relay_attached() {
-  auto reason = [](auto& r) -> std::string {
-    switch (r.index()) {
-      case 0:
-        return std::get<0>(r);
-      case 1:
-        return std::get<1>(r);
-      case 2:
-        return std::get<2>(r);
-      default:
-        return "shutdown";
-    }
+  auto reason = [](auto& r) {
+    return std::visit(
+        [](auto& v) -> std::string {
+          if constexpr (std::is_same_v<std::decay_t<decltype(v)>, std::monostate>) {
+            return "shutdown";  // wait_killed
+          } else {
+            return v;
+          }
+        },
+        r);
   };
+  if (ps_ && !watchdog_on_) {
+    // kill() cancels both sockets' operations instead of a third coroutine per transaction.
+    attached_light_ = true;
+    auto r = co_await (client_to_server_pooled() || server_to_client_pooled());
+    attached_light_ = false;
+    if (killed_) co_return "shutdown";
+    co_return reason(r);
+  }
   if (ps_) {
     auto r = co_await (client_to_server_pooled() || server_to_client_pooled() || watchdog() ||
                        wait_killed());

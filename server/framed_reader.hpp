@@ -49,6 +49,16 @@ class FramedReader {
     return asio::buffer(buf_.data() + end_, buf_.size() - end_);
   }
   void commit(std::size_t n) { end_ += n; }
+  // Frees the buffer while nothing is pending (an idle client); ensure() brings it back.
+  void release() {
+    if (begin_ == end_) {
+      begin_ = end_ = 0;
+      std::vector<std::uint8_t>().swap(buf_);
+    }
+  }
+  void ensure(std::size_t capacity) {
+    if (buf_.size() < capacity) buf_.resize(capacity);
+  }
   // Returns to the normal capacity after a large message passed.
   void shrink(std::size_t capacity) {
     if (buf_.size() > capacity && end_ - begin_ <= capacity) {

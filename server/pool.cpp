@@ -98,16 +98,34 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
     waiter->timer.expires_at(deadline);  // no reserve left: keep waiting
   }
   if (conn) {
-    bool fresh = Clock::now() - conn->created() < limits.lifetime;
-    if (fresh && conn->stream().idle_and_open() && conn->stream().rebind(ex)) {
-      co_return Lease(shared_from_this(), std::move(conn));
-    }
-    spdlog::debug("pool {}: idle server connection unusable (fresh={}); opening a new one", name_,
-                  fresh);
+    if (usable(*conn, limits, ex)) co_return Lease(shared_from_this(), std::move(conn));
     std::lock_guard lock(mu_);
     discard(std::move(conn));  // keep its slot for a new connection on this event loop
   }
   co_return co_await open();
+}
+
+bool Pool::usable(ServerConn& conn, const PoolLimits& limits, const asio::any_io_executor& ex) {
+  bool fresh = Clock::now() - conn.created() < limits.lifetime;
+  if (fresh && conn.stream().idle_and_open() && conn.stream().rebind(ex)) return true;
+  spdlog::debug("pool {}: idle server connection unusable (fresh={}); replacing it", name_, fresh);
+  return false;
+}
+
+std::optional<Lease> Pool::try_acquire(const PoolLimits& limits, const asio::any_io_executor& ex) {
+  std::unique_ptr<ServerConn> conn;
+  {
+    std::lock_guard lock(mu_);
+    if (idle_.empty() || !waiters_.empty()) return std::nullopt;  // FIFO: waiters go first
+    reset_query_ = limits.reset_query;
+    lifetime_ = limits.lifetime;
+    conn = std::move(idle_.back());
+    idle_.pop_back();
+  }
+  if (usable(*conn, limits, ex)) return Lease(shared_from_this(), std::move(conn));
+  std::lock_guard lock(mu_);
+  drop(std::move(conn));  // its slot is free again; acquire() opens a new one
+  return std::nullopt;
 }
 
 awaitable<void> Pool::warm(PoolLimits limits, std::uint32_t min) {

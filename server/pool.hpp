@@ -71,6 +71,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   const std::string& name() const { return name_; }
   // A connection on the caller's event loop, or an error for the client (53300 after `wait`).
   awaitable<std::variant<Lease, PgError>> acquire(PoolLimits limits);
+  // The fast path of acquire(): an idle connection, usable on `ex`, if there is one now.
+  std::optional<Lease> try_acquire(const PoolLimits& limits, const asio::any_io_executor& ex);
   // Called by Lease: a healthy connection is reset (pool.reset_query) and reused; a broken one
   // closed.
   void give_back(std::unique_ptr<ServerConn> conn, bool broken, bool run_reset);
@@ -91,7 +93,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
     bool done = false;
   };
   void hand_over(std::unique_ptr<ServerConn> conn);  // under mu_
-  void free_slot();                                  // under mu_
+  // An idle connection fit for reuse on `ex` (fresh, open, nothing unread), or null.
+  bool usable(ServerConn& conn, const PoolLimits& limits, const asio::any_io_executor& ex);
+  void free_slot();  // under mu_
   awaitable<std::variant<Lease, PgError>> open();
   awaitable<void> reset_then_return(std::unique_ptr<ServerConn> conn, std::string reset_query);
   void discard(std::unique_ptr<ServerConn> conn);  // under mu_

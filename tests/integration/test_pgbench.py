@@ -1,11 +1,12 @@
-"""pgbench through sluice: -i, then runs with -M simple, extended and prepared at -c 32 -j 2,
-each with 0 failed transactions. Run length: SLUICE_PGBENCH_SECONDS (default 30)."""
+"""pgbench through sluice: -i, then runs with -M simple, extended and prepared at -c 32 -j 2 in
+session pooling, and at -c 64 over a pool of 20 in transaction pooling, each with 0 failed
+transactions. Run length: SLUICE_PGBENCH_SECONDS (default 30)."""
 import os
 import re
 import subprocess
 import unittest
 
-from harness import SharedSluice, APP_PASSWORD
+from harness import SharedSluice, Sluice, APP_PASSWORD
 
 SECONDS = int(os.environ.get("SLUICE_PGBENCH_SECONDS", "30"))
 
@@ -14,6 +15,18 @@ def pgbench(port, *args):
     env = dict(os.environ, PGPASSWORD=APP_PASSWORD, PGSSLMODE="disable")
     return subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "app", *args, "appdb"],
                           capture_output=True, text=True, env=env, timeout=SECONDS * 4 + 120)
+
+
+def check_run(test, r, what):
+    test.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+    failed = re.search(r"number of failed transactions: (\d+)", r.stdout)
+    processed = re.search(r"number of transactions actually processed: (\d+)", r.stdout)
+    tps = re.search(r"tps = ([\d.]+)", r.stdout)
+    test.assertIsNotNone(processed, r.stdout)
+    test.assertGreater(int(processed.group(1)), 0)
+    test.assertEqual(int(failed.group(1)) if failed else 0, 0, r.stdout)
+    print(f"{what} through sluice: {processed.group(1)} transactions, 0 failed, "
+          f"tps {tps.group(1)}")
 
 
 class Pgbench(SharedSluice):
@@ -25,15 +38,26 @@ class Pgbench(SharedSluice):
         for mode in ("simple", "extended", "prepared"):
             with self.subTest(mode=mode):
                 r = pgbench(self.sluice.port, "-M", mode, "-c", "32", "-j", "2", "-T", str(SECONDS))
-                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-                failed = re.search(r"number of failed transactions: (\d+)", r.stdout)
-                processed = re.search(r"number of transactions actually processed: (\d+)", r.stdout)
-                tps = re.search(r"tps = ([\d.]+)", r.stdout)
-                self.assertIsNotNone(processed, r.stdout)
-                self.assertGreater(int(processed.group(1)), 0)
-                self.assertEqual(int(failed.group(1)) if failed else 0, 0, r.stdout)
-                print(f"pgbench -M {mode} -c 32 -j 2 -T {SECONDS} through sluice: "
-                      f"{processed.group(1)} transactions, 0 failed, tps {tps.group(1)}")
+                check_run(self, r, f"pgbench -M {mode} -c 32 -j 2 -T {SECONDS}")
+
+
+class PgbenchTransactionPooling(unittest.TestCase):
+    """64 clients over 20 server connections, named prepared statements included. pgbench
+    prepares synchronously (PQprepare), so -M prepared runs one thread per client: a thread
+    blocked waiting for a server would stall its other clients, which hold servers inside their
+    transactions (a deadlock for any transaction pooler, PgBouncer too)."""
+
+    def test_prepared_and_simple_over_a_pool_of_20(self):
+        tweak = lambda c: c.update(pool={"mode": "transaction", "size": 20})  # noqa: E731
+        with Sluice(tweak=tweak) as sluice:
+            r = pgbench(sluice.port, "-i", "-s", "2", "-q")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            for mode, threads in (("prepared", "64"), ("simple", "2"), ("extended", "2")):
+                with self.subTest(mode=mode):
+                    r = pgbench(sluice.port, "-M", mode, "-c", "64", "-j", threads, "-T",
+                                str(SECONDS))
+                    check_run(self, r, f"transaction pooling, pgbench -M {mode} -c 64 -j "
+                                       f"{threads} -T {SECONDS}, pool 20")
 
 
 if __name__ == "__main__":
