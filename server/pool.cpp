@@ -5,6 +5,11 @@
 
 namespace sluice::server {
 
+namespace {
+// How often a client waiting under max_db_connections looks for room another pool made.
+constexpr auto kDbPoll = std::chrono::milliseconds(100);
+}  // namespace
+
 Lease& Lease::operator=(Lease&& other) noexcept {
   if (this != &other) {
     give_back();
@@ -49,6 +54,7 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
   std::shared_ptr<Waiter> waiter;
   std::unique_ptr<ServerConn> conn;
   const auto deadline = Clock::now() + limits.wait;
+  const bool db_limited = db_->limited();
   {
     std::lock_guard lock(mu_);
     reset_query_ = limits.reset_query;
@@ -56,17 +62,18 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
     if (!idle_.empty()) {
       conn = std::move(idle_.back());  // LIFO: the warmest connection
       idle_.pop_back();
-    } else if (total_ < limits.size) {
-      ++total_;
-    } else {
+    } else if (!take_slot(limits.size)) {
       // With a reserve, wake after reserve_timeout to consider it; otherwise at the deadline.
+      // Under max_db_connections, also look every 100 ms for room another pool made.
       auto first = limits.reserve_size > 0
                        ? std::min(Clock::now() + limits.reserve_timeout, deadline)
                        : deadline;
+      if (db_limited) first = std::min(first, Clock::now() + kDbPoll);
       waiter = std::make_shared<Waiter>(ex, first);
       waiters_.push_back(waiter);
     }
   }
+  if (waiter && db_limited) db_->evict_idle(this);  // make room now if another pool idles
   while (waiter) {
     auto [ec] = co_await waiter->timer.async_wait(use_nothrow);  // a hand-over cancels it
     std::lock_guard lock(mu_);
@@ -83,19 +90,31 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
                   std::chrono::duration_cast<std::chrono::seconds>(limits.wait).count()) +
               "s (pool size " + std::to_string(limits.size) + ")",
           {},
-          "raise pool.size or pool.query_wait_timeout, or shorten the sessions that hold "
-          "connections"};
+          db_limited ? "raise max_db_connections, pool.size or pool.query_wait_timeout, or shorten "
+                       "the transactions that hold connections"
+                     : "raise pool.size or pool.query_wait_timeout, or shorten the sessions that "
+                       "hold connections"};
     }
-    if (total_ < limits.size + limits.reserve_size) {  // waited reserve_timeout: use the reserve
+    if (db_limited && take_slot(limits.size)) {  // another pool of the database made room
       std::erase(waiters_, waiter);
-      ++total_;
+      break;
+    }
+    bool reserve_due = Clock::now() - (deadline - limits.wait) >= limits.reserve_timeout;
+    if (limits.reserve_size > 0 && reserve_due &&
+        take_slot(limits.size + limits.reserve_size)) {  // waited reserve_timeout: the reserve
+      std::erase(waiters_, waiter);
       spdlog::info(
           "pool {}: a client waited {} ms; opening a reserve connection ({} of {}+{})", name_,
           std::chrono::duration_cast<std::chrono::milliseconds>(limits.reserve_timeout).count(),
           total_, limits.size, limits.reserve_size);
       break;
     }
-    waiter->timer.expires_at(deadline);  // no reserve left: keep waiting
+    auto next = deadline;  // no reserve left: keep waiting
+    if (db_limited) next = std::min(next, Clock::now() + kDbPoll);
+    if (limits.reserve_size > 0 && !reserve_due)
+      next = std::min(next, deadline - limits.wait + limits.reserve_timeout);
+    waiter->timer.expires_at(next);
+    if (db_limited) db_->evict_idle(this);
   }
   if (conn) {
     if (usable(*conn, limits, ex)) co_return Lease(shared_from_this(), std::move(conn));
@@ -145,8 +164,7 @@ awaitable<void> Pool::warm(PoolLimits limits, std::uint32_t min) {
   for (;;) {
     {
       std::lock_guard lock(mu_);
-      if (exiting_ || total_ >= std::min(min, limits.size) || !waiters_.empty()) break;
-      ++total_;
+      if (exiting_ || !waiters_.empty() || !take_slot(std::min(min, limits.size))) break;
     }
     auto r = co_await open();                       // frees the slot itself on failure
     if (std::holds_alternative<PgError>(r)) break;  // logged by open(); retried next round
@@ -186,6 +204,38 @@ void Pool::free_slot() {
     return;
   }
   --total_;
+  db_->give();
+}
+
+bool Pool::take_slot(std::uint32_t limit) {
+  if (total_ >= limit || !db_->try_take()) return false;
+  ++total_;
+  return true;
+}
+
+bool Pool::evict_one_idle() {
+  std::lock_guard lock(mu_);
+  if (idle_.empty()) return false;
+  auto conn = std::move(idle_.front());  // the least recently used
+  idle_.erase(idle_.begin());
+  spdlog::debug("pool {}: closing an idle server connection for another pool (max_db_connections)",
+                name_);
+  drop(std::move(conn));
+  return true;
+}
+
+bool DbLimit::evict_idle(const Pool* except) {
+  std::vector<std::shared_ptr<Pool>> pools;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& w : pools_) {
+      if (auto p = w.lock(); p && p.get() != except) pools.push_back(std::move(p));
+    }
+  }
+  for (auto& p : pools) {  // one pool lock at a time, never while holding ours
+    if (p->evict_one_idle()) return true;
+  }
+  return false;
 }
 
 void Pool::hand_over(std::unique_ptr<ServerConn> conn) {
@@ -290,8 +340,14 @@ std::shared_ptr<Pool> PoolRegistry::get(const config::Config& cfg, const config:
                     "\n" + std::to_string(static_cast<int>(login.tls)) + "\n" +
                     std::to_string(reinterpret_cast<std::uintptr_t>(server_tls.get()));
   std::lock_guard lock(mu_);
+  auto& limit = db_limits_[db.name];
+  if (!limit) limit = std::make_shared<DbLimit>();
+  limit->set_max(cfg.max_db_connections_for(db));
   auto& pool = pools_[key];
-  if (!pool) pool = std::make_shared<Pool>(db.name + "/" + user.name, std::move(login));
+  if (!pool) {
+    pool = std::make_shared<Pool>(db.name + "/" + user.name, std::move(login), limit);
+    limit->add_pool(pool);
+  }
   return pool;
 }
 

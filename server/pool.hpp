@@ -16,6 +16,42 @@ namespace sluice::server {
 
 class Pool;
 
+// max_db_connections: server connections of one database, counted across all its pools.
+class DbLimit {
+ public:
+  void set_max(std::uint32_t max) {
+    std::lock_guard lock(mu_);
+    max_ = max;
+  }
+  bool limited() const {
+    std::lock_guard lock(mu_);
+    return max_ > 0;
+  }
+  // Counts one more connection unless the database is at its limit.
+  bool try_take() {
+    std::lock_guard lock(mu_);
+    if (max_ > 0 && open_ >= max_) return false;
+    ++open_;
+    return true;
+  }
+  void give() {
+    std::lock_guard lock(mu_);
+    if (open_ > 0) --open_;
+  }
+  void add_pool(const std::shared_ptr<Pool>& p) {
+    std::lock_guard lock(mu_);
+    pools_.push_back(p);
+  }
+  // Closes one idle connection of another pool of this database, making room; false if none.
+  bool evict_idle(const Pool* except);
+
+ private:
+  mutable std::mutex mu_;
+  std::uint32_t max_ = 0;
+  std::uint32_t open_ = 0;
+  std::vector<std::weak_ptr<Pool>> pools_;
+};
+
 // A checked-out server connection. Its destructor gives the connection back: reset first when
 // dirty, closed when broken. Move-only.
 class Lease {
@@ -66,7 +102,8 @@ struct PoolStats {
 
 class Pool : public std::enable_shared_from_this<Pool> {
  public:
-  Pool(std::string name, ServerLogin login) : name_(std::move(name)), login_(std::move(login)) {}
+  Pool(std::string name, ServerLogin login, std::shared_ptr<DbLimit> db)
+      : name_(std::move(name)), login_(std::move(login)), db_(std::move(db)) {}
 
   const std::string& name() const { return name_; }
   // A connection on the caller's event loop, or an error for the client (53300 after `wait`).
@@ -80,6 +117,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   awaitable<void> warm(PoolLimits limits, std::uint32_t min);
   // Closes idle connections past the idle timeout or lifetime.
   void close_expired(Clock::duration idle_timeout, Clock::duration lifetime);
+  // Closes the least recently used idle connection (for another pool of the database).
+  bool evict_one_idle();
   // At exit, with the event loops stopped: closes idle connections now and makes every later
   // give_back close inline instead of posting to a loop that is going away.
   void close_for_exit();
@@ -101,8 +140,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void discard(std::unique_ptr<ServerConn> conn);  // under mu_
   void drop(std::unique_ptr<ServerConn> conn);     // under mu_: discard and free its slot
 
+  bool take_slot(std::uint32_t limit);  // under mu_: below `limit` and the database's cap
   std::string name_;
   ServerLogin login_;
+  std::shared_ptr<DbLimit> db_;
   std::mutex mu_;
   std::uint32_t total_ = 0;
   std::vector<std::unique_ptr<ServerConn>> idle_;  // back = most recently used
@@ -125,6 +166,7 @@ class PoolRegistry {
  private:
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Pool>> pools_;
+  std::map<std::string, std::shared_ptr<DbLimit>> db_limits_;  // by database name
 };
 
 }  // namespace sluice::server

@@ -295,6 +295,42 @@ class StatementMode(unittest.TestCase):
                               str(cm.exception))
 
 
+class MaxDbConnections(unittest.TestCase):
+    """max_db_connections caps a database's server connections across its user pools; a waiting
+    client of one pool gets a connection another pool closes while idle."""
+
+    def test_two_users_share_a_cap_of_3(self):
+        def tweak(c):
+            c["pool"] = {"mode": "transaction", "size": 5, "max_db_connections": 3}
+        with Sluice(tweak=tweak) as sluice:
+            peak = [0]
+            stop = threading.Event()
+
+            def watch():
+                while not stop.is_set():
+                    peak[0] = max(peak[0], int(superuser_sql(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename IN ('app', 'other') "
+                        "AND datname = 'appdb' AND pid <> pg_backend_pid()")))
+                    time.sleep(0.02)
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+
+            def client(i):
+                user, password = ("app", "secret") if i % 2 else ("other", "otherpass")
+                with psycopg.connect(sluice.dsn(user=user, password=password),
+                                     autocommit=True) as conn:
+                    for _ in range(8):
+                        self.assertEqual(conn.execute("SELECT 1 FROM pg_sleep(0.03)").fetchone(),
+                                         (1,))
+            try:
+                run_threads(8, client)
+            finally:
+                stop.set()
+                watcher.join()
+            self.assertLessEqual(peak[0], 3, f"the primary saw {peak[0]} connections")
+            self.assertGreaterEqual(peak[0], 2)
+
+
 class ManyClients(unittest.TestCase):
     """2000 clients over pool_size 20: pgbench with 0 failed transactions, and the primary never
     sees more than 20 (+ reserve) sluice connections."""

@@ -124,3 +124,21 @@ TEST_CASE("durations and per-database overrides") {
   CHECK(c->database("d")->primary.dbname == "real");
   CHECK(c->database("d")->pool_size == 3u);
 }
+
+TEST_CASE("transaction pooling settings: pinning, statement cache, database cap") {
+  auto c = load_string(
+      "auth_type: trust\ndatabases:\n  d:\n    primary: {host: h}\n"
+      "    pool: {max_db_connections: 4}\n  e:\n    primary: {host: h}\n"
+      "pool:\n  pinning: error\n  max_prepared_statements: 50\n  max_db_connections: 9\n");
+  CHECK(c->pool.pin_is_error);
+  CHECK(c->pool.max_prepared_statements == 50u);
+  CHECK(c->max_db_connections_for(*c->database("d")) == 4u);
+  CHECK(c->max_db_connections_for(*c->database("e")) == 9u);
+  auto defaults = load_string("auth_type: trust\ndatabases:\n  d:\n    primary: {host: h}\n");
+  CHECK(!defaults->pool.pin_is_error);
+  CHECK(defaults->pool.mode == PoolMode::kTransaction);
+  CHECK(defaults->max_db_connections_for(*defaults->database("d")) == 0u);
+  CHECK_THAT(error_of("auth_type: trust\ndatabases:\n  d:\n    primary: {host: h}\n"
+                      "pool:\n  pinning: maybe\n"),
+             Contains("test.yaml:6") && Contains("pool.pinning") && Contains("pin | error"));
+}
