@@ -338,7 +338,7 @@ class ManyClients(unittest.TestCase):
     SECONDS = int(os.environ.get("SLUICE_MANY_CLIENTS_SECONDS", "60"))
 
     def test_2000_clients_over_a_pool_of_20(self):
-        st_env = dict(os.environ, PGPASSWORD="secret")
+        st_env = dict(os.environ, PGPASSWORD="secret", PGSSLMODE="disable")
         with Sluice(tweak=lambda c: c.update(pool={"mode": "transaction", "size": 20,
                                                     "reserve_pool_size": 2,
                                                     "max_client_conn": 2100,
