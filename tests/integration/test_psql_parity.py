@@ -1,4 +1,4 @@
-"""psql through sluice behaves exactly as psql direct: simple and multi-statement queries, errors
+"""psql through sluice (session and transaction pooling) behaves exactly as psql direct: simple and multi-statement queries, errors
 followed by good queries, transactions and ROLLBACK, NOTICEs, COPY and \\copy in and out,
 LISTEN/NOTIFY, unicode, bytea, NULLs, and a 50 MB result."""
 import hashlib
@@ -7,7 +7,7 @@ import re
 import subprocess
 import unittest
 
-from harness import SharedSluice, direct_dsn, superuser_sql
+from harness import SharedSluice, Sluice, direct_dsn, superuser_sql
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -66,6 +66,16 @@ class PsqlParity(SharedSluice):
         self.assertTrue(proxied.stdout.startswith(b"5242880|"), proxied.stdout[:100])
         row = run_psql(self.sluice.dsn(), "-At", "-c", "SELECT repeat('z', 20 * 1024 * 1024)")
         self.assertEqual(len(row.stdout.strip()), 20 * 1024 * 1024)
+
+
+class PsqlParityTransactionPooling(PsqlParity):
+    """The same script, in transaction pooling over 2 server connections: LISTEN pins the session,
+    everything else moves between server connections, and psql cannot tell."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sluice = Sluice(tweak=lambda c: c.update(pool={"mode": "transaction", "size": 2}))
+        cls.sluice.start()
 
 
 if __name__ == "__main__":

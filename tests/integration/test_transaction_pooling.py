@@ -179,6 +179,16 @@ class TransactionPooling(unittest.TestCase):
             self.assertEqual(conn.execute("SELECT count(*) FROM py_pipe").fetchone()[0], 50)
             conn.execute("DROP TABLE py_pipe")
 
+    def test_notices_reach_the_client_that_caused_them(self):
+        with self.connect() as conn:
+            got = []
+            conn.add_notice_handler(lambda d: got.append(d.message_primary))
+            for i in range(5):
+                conn.execute(f"DO $$BEGIN RAISE NOTICE 'notice %', {i}; END$$")
+                with self.connect() as other:  # moves conn to another server next time
+                    other.execute("SELECT 1")
+            self.assertEqual(got, [f"notice {i}" for i in range(5)])
+
     def test_binary_formats(self):
         with self.connect() as conn:
             with conn.cursor(binary=True) as cur:
