@@ -225,9 +225,12 @@ ClientSession::~ClientSession() {
 void ClientSession::kill() {
   killed_ = true;
   kill_timer_->cancel();
+  // Without a wait_killed() coroutine, the pending reads are cancelled and the loops see
+  // killed_ before their next read. A write in flight finishes (cancelling it could leave half a
+  // message on the socket).
   error_code ec;
-  if (parked_ || attached_light_) client_->socket().cancel(ec);
-  if (attached_light_ && server_) server_->stream().socket().cancel(ec);
+  if (parked_ || (attached_light_ && !client_writing_)) client_->socket().cancel(ec);
+  if (attached_light_ && server_ && !server_writing_) server_->stream().socket().cancel(ec);
 }
 
 awaitable<void> ClientSession::wait_killed() {
@@ -866,6 +869,7 @@ awaitable<std::string> ClientSession::client_to_server_pooled() {
         co_return std::string(kReleased);
       }
     }
+    if (killed_) co_return "shutdown";
     reader_.shrink(kClientBuffer);
     auto [ec, n] = co_await client_->read_some(reader_.prepare(stop.need));
     reader_.commit(n);
@@ -971,6 +975,7 @@ awaitable<std::string> ClientSession::server_to_client_pooled() {
       co_return "server protocol violation";
     }
     if (in.pending().size() > 0 && stop.kind == pg::MessageScanner::Stop::kInspect) continue;
+    if (killed_) co_return "shutdown";
     in.shrink(ServerConn::kReadBuffer);
     auto [ec, n] = co_await server_->stream().read_some(in.prepare(stop.need));
     in.commit(n);

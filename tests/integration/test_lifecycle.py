@@ -181,8 +181,17 @@ class Auth(unittest.TestCase):
 
 
 class Signals(unittest.TestCase):
+    MODE = "session"
+
+    def make(self, tweak=None):
+        def both(c):
+            c["pool"]["mode"] = self.MODE
+            if tweak:
+                tweak(c)
+        return Sluice(tweak=both)
+
     def test_sigterm_lets_the_transaction_finish_then_exits_0(self):
-        sl = Sluice().start()
+        sl = self.make().start()
         conn = psycopg.connect(sl.dsn())
         idle = psycopg.connect(sl.dsn())
         conn.execute("CREATE TABLE IF NOT EXISTS drain_t (x int)")
@@ -207,7 +216,7 @@ class Signals(unittest.TestCase):
     def test_shutdown_timeout_closes_stuck_transactions(self):
         def tweak(c):
             c["shutdown_timeout"] = "1s"
-        sl = Sluice(tweak=tweak).start()
+        sl = self.make(tweak).start()
         conn = psycopg.connect(sl.dsn())
         conn.execute("SELECT 1")  # opens a transaction and leaves it open
         started = time.time()
@@ -219,7 +228,7 @@ class Signals(unittest.TestCase):
     def test_sighup_reloads_users_and_pool_size(self):
         def tweak(c):
             c["users"] = [{"name": "app", "password": "secret"}]
-        sl = Sluice(tweak=tweak).start()
+        sl = self.make(tweak).start()
         try:
             status, err = Wire(sl.port).login("other", "otherpass", "appdb")
             self.assertEqual(err["C"], "28P01")
@@ -242,6 +251,11 @@ class Signals(unittest.TestCase):
                 self.assertEqual(conn.execute("SELECT 1").fetchone()[0], 1)
         finally:
             self.assertEqual(sl.stop(), 0)
+
+
+class SignalsTransactionPooling(Signals):
+    """The same drain rules when clients hold no server connection between transactions."""
+    MODE = "transaction"
 
 
 if __name__ == "__main__":
