@@ -114,6 +114,8 @@ class PooledSession {
   // connection may go back to the pool.
   bool idle() const { return expect_empty() && !unsynced_ && tx_status_ == 'I'; }
   char tx_status() const { return tx_status_; }
+  // Extended-query messages were sent after the last Sync (e.g. Describe + Flush).
+  bool unsynced() const { return unsynced_; }
   // Client requests (Query, Sync, FunctionCall) not yet answered by ReadyForQuery.
   int pending() const { return pending_; }
 

@@ -30,7 +30,8 @@ constexpr pg::WantTable kFromServer = pg::make_want_table({'Z', 'S'});
 // replies it must match up with what it sent.
 constexpr pg::WantTable kFromClientPooled =
     pg::make_want_table({'X', 'P', 'B', 'D', 'C', 'Q', 'S', 'F'});
-constexpr pg::WantTable kFromServerPooled = pg::make_want_table({'Z', 'S', '1', '2', '3', 'E'});
+constexpr pg::WantTable kFromServerPooled =
+    pg::make_want_table({'Z', 'S', '1', '2', '3', 'E', 'G', 'W'});
 constexpr pg::WantTable kEveryMessage = [] {
   pg::WantTable t{};
   t.fill(pg::Want::kWhole);
@@ -38,6 +39,11 @@ constexpr pg::WantTable kEveryMessage = [] {
 }();
 // What the relay returns when the server connection went back to the pool between transactions.
 constexpr std::string_view kReleased = "released";
+// What the sequential relay returns when both directions must be relayed at once.
+constexpr std::string_view kConcurrent = "concurrent";
+// Requests up to this size are written before reading any reply (the server's socket buffer takes
+// them whole, so the server cannot block on its replies while sluice writes).
+constexpr std::size_t kSequentialBatch = 32 * 1024;
 
 std::string peer_of(const tcp::socket& s) {
   error_code ec;
@@ -85,6 +91,28 @@ class ClientSession {
   awaitable<std::string> server_to_client();
   awaitable<std::string> client_to_server_pooled();
   awaitable<std::string> server_to_client_pooled();
+  awaitable<std::string> relay_sequential();
+  struct ClientScan {
+    enum Kind { kNeedMore, kTerminate, kBad, kTooLong } kind = kNeedMore;
+    std::size_t need = 0;  // kNeedMore: bytes still missing (0 = any)
+    pg::FrameFailure failure{};
+  };
+  struct ServerScan {
+    std::size_t consumed = 0;  // bytes of the server's buffer dealt with
+    asio::const_buffer out;    // what goes to the client
+    bool idle_now = false;     // ReadyForQuery with nothing outstanding, outside a transaction
+    bool copy_in = false;      // CopyInResponse / CopyBothResponse went to the client
+    bool desync = false;
+    bool tx_refused = false;  // statement mode saw a transaction
+    pg::MessageScanner::Stop stop{};
+  };
+  ClientScan scan_client();
+  ServerScan scan_server();
+  awaitable<std::optional<std::string>> forward_client(ClientScan scan);
+  awaitable<std::optional<std::string>> forward_server(ServerScan scan);
+  awaitable<std::optional<std::string>> read_client(std::size_t need);
+  awaitable<std::optional<std::string>> read_server(std::size_t need);
+  bool want_release(bool idle_now);
   // Writes client bytes to the server; a reason to end the session when that fails.
   awaitable<std::optional<std::string>> write_to_server(asio::const_buffer b);
   awaitable<std::string> client_message_rejected(const pg::FrameFailure& failure);
@@ -144,11 +172,12 @@ class ClientSession {
   // Transaction and statement pooling.
   std::optional<routing::PooledSession> ps_;
   bool statement_mode_ = false;
-  bool pinned_ = false;          // the client keeps its server connection to the end
-  bool release_wanted_ = false;  // idle, waiting for a write in flight to finish
-  bool watchdog_on_ = true;      // any of query/idle_transaction/client_idle timeouts set
-  bool parked_ = false;          // idle between transactions, waiting for the client's socket
-  bool attached_light_ = false;  // relaying without a wait_killed() coroutine
+  bool pinned_ = false;                // the client keeps its server connection to the end
+  bool release_wanted_ = false;        // idle, waiting for a write in flight to finish
+  bool watchdog_on_ = true;            // any of query/idle_transaction/client_idle timeouts set
+  bool parked_ = false;                // idle between transactions, waiting for the client's socket
+  std::function<void()> cancel_wait_;  // set while waiting in the pool
+  bool attached_light_ = false;        // relaying without a wait_killed() coroutine
   bool server_writing_ = false;
   bool client_writing_ = false;
   pg::Buffer to_server_buf_;
@@ -228,6 +257,7 @@ void ClientSession::kill() {
   // Without a wait_killed() coroutine, the pending reads are cancelled and the loops see
   // killed_ before their next read. A write in flight finishes (cancelling it could leave half a
   // message on the socket).
+  if (cancel_wait_) cancel_wait_();  // waiting for a server connection
   error_code ec;
   if (parked_ || (attached_light_ && !client_writing_)) client_->socket().cancel(ec);
   if (attached_light_ && server_ && !server_writing_) server_->stream().socket().cancel(ec);
@@ -538,9 +568,10 @@ awaitable<bool> ClientSession::checkout() {
   if (auto idle = pool_->try_acquire(*limits_, ex)) {
     server_ = std::move(*idle);  // the common case: no waiting, no coroutines
   } else {
-    auto r = co_await (boxed(pool_->acquire(*limits_)) || wait_killed());
-    if (r.index() == 1) co_return false;
-    auto& got = std::get<0>(r).value;
+    // kill() ends the wait through cancel_wait_ (no wait_killed() coroutine per checkout).
+    auto got = co_await pool_->acquire(*limits_, &cancel_wait_);
+    if (auto* lease = std::get_if<Lease>(&got); lease && ps_) lease->skip_reset();
+    if (killed_) co_return false;  // a connection goes straight back, untouched
     if (auto* e = std::get_if<PgError>(&got)) {
       spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_, db_name_,
                    e->message);
@@ -638,7 +669,17 @@ awaitable<std::string> ClientSession::relay() {
       if (!why.empty()) co_return why;
       if (!co_await checkout()) co_return "no server connection";
     }
-    auto reason = co_await relay_attached();
+    std::string reason(kConcurrent);
+    if (ps_ && !watchdog_on_ && !pinned_) {
+      attached_light_ = true;  // kill() cancels the pending read
+      auto sequential = co_await relay_sequential();
+      attached_light_ = false;
+      reason = killed_ ? std::string("shutdown") : std::move(sequential);
+    }
+    if (reason == kConcurrent) {
+      auto concurrent = co_await relay_attached();
+      reason = std::move(concurrent);
+    }
     if (reason != kReleased) co_return reason;
     co_await release();
   }
@@ -817,172 +858,244 @@ awaitable<std::string> ClientSession::server_to_client() {
   }
 }
 
-// Transaction pooling, client → server: statement names rewritten, requests tracked.
-awaitable<std::string> ClientSession::client_to_server_pooled() {
+// Transaction pooling, one step client → server: moves the client's buffered messages into
+// to_server_buf_ (statement names rewritten, requests tracked), consuming them from reader_.
+ClientSession::ClientScan ClientSession::scan_client() {
+  auto data = reader_.pending();
+  std::size_t pos = 0;
+  ClientScan result;
+  const int before = ps_->pending();
   for (;;) {
-    auto data = reader_.pending();
+    auto stop = to_server_.scan(data.subspan(pos), kFromClientPooled,
+                                [this](const pg::Header& h) { ps_->on_client_passed(h.type); });
+    to_server_buf_.insert(to_server_buf_.end(), data.begin() + static_cast<std::ptrdiff_t>(pos),
+                          data.begin() + static_cast<std::ptrdiff_t>(pos + stop.offset));
+    pos += stop.offset;
+    if (stop.kind == pg::MessageScanner::Stop::kNeedMore) {
+      result.need = stop.need;
+      break;
+    }
+    if (stop.kind == pg::MessageScanner::Stop::kError) {
+      result.kind = ClientScan::kTooLong;
+      result.failure = stop.failure;
+      break;
+    }
+    if (stop.frame.type == 'X') {
+      result.kind = ClientScan::kTerminate;
+      break;
+    }
+    auto outcome = ps_->on_client(stop.frame, server_->state, to_server_buf_);
+    pos += stop.frame.size;
+    if (outcome.bad) {
+      result.kind = ClientScan::kBad;
+      break;
+    }
+    if (outcome.pin) note_pin(*outcome.pin);
+  }
+  reader_.consume(pos);  // all of it is in to_server_buf_ now
+  if (before == 0 && ps_->pending() > 0) request_started_ = Clock::now();
+  if (!ps_->idle()) handle_->idle = false;
+  return result;
+}
+
+// Writes to_server_buf_ and reacts to what scan_client() found; a reason to end the session.
+awaitable<std::optional<std::string>> ClientSession::forward_client(ClientScan scan) {
+  if (!to_server_buf_.empty()) {
+    if (auto failed = co_await write_to_server(asio::buffer(to_server_buf_))) co_return failed;
     to_server_buf_.clear();
-    std::size_t pos = 0;
-    pg::MessageScanner::Stop stop{};
-    bool terminate = false;
-    bool bad = false;
-    const int before = ps_->pending();
-    for (;;) {
-      stop = to_server_.scan(data.subspan(pos), kFromClientPooled,
-                             [this](const pg::Header& h) { ps_->on_client_passed(h.type); });
-      to_server_buf_.insert(to_server_buf_.end(), data.begin() + static_cast<std::ptrdiff_t>(pos),
-                            data.begin() + static_cast<std::ptrdiff_t>(pos + stop.offset));
-      pos += stop.offset;
-      if (stop.kind != pg::MessageScanner::Stop::kInspect) break;
-      if (stop.frame.type == 'X') {
-        terminate = true;
-        break;
-      }
-      auto outcome = ps_->on_client(stop.frame, server_->state, to_server_buf_);
-      pos += stop.frame.size;
-      if (outcome.bad) {
-        bad = true;
-        break;
-      }
-      if (outcome.pin) note_pin(*outcome.pin);
-    }
-    reader_.consume(pos);  // all of it is in to_server_buf_ now
-    if (before == 0 && ps_->pending() > 0) request_started_ = Clock::now();
-    if (!ps_->idle()) handle_->idle = false;
-    if (!to_server_buf_.empty()) {
-      if (auto failed = co_await write_to_server(asio::buffer(to_server_buf_))) co_return *failed;
-    }
-    if (bad) {
+  }
+  switch (scan.kind) {
+    case ClientScan::kBad: {
       queue_error({"08P01", "invalid extended-query message from client", {}, {}});
       co_await flush();
       co_return "protocol violation";
     }
-    if (terminate) co_return "client terminated";
-    if (stop.kind == pg::MessageScanner::Stop::kError) {
-      auto reason = co_await client_message_rejected(stop.failure);
+    case ClientScan::kTerminate:
+      co_return "client terminated";
+    case ClientScan::kTooLong: {
+      auto reason = co_await client_message_rejected(scan.failure);
       co_return reason;
     }
-    if (release_wanted_) {
-      if (!ps_->idle()) {
-        release_wanted_ = false;
-      } else if (can_release()) {
-        co_return std::string(kReleased);
-      }
-    }
-    if (killed_) co_return "shutdown";
-    reader_.shrink(kClientBuffer);
-    auto [ec, n] = co_await client_->read_some(reader_.prepare(stop.need));
-    reader_.commit(n);
-    if (ec) co_return "client disconnected";
-    last_activity_ = Clock::now();
+    default:
+      co_return std::nullopt;
   }
 }
 
-// Transaction pooling, server → client: replies to what sluice sent on its own are dropped;
-// at ReadyForQuery outside a transaction the server connection is released.
-awaitable<std::string> ClientSession::server_to_client_pooled() {
-  auto& in = server_->reader();
+// Reads more client bytes (at least `need` when known); a reason to end the session.
+awaitable<std::optional<std::string>> ClientSession::read_client(std::size_t need) {
+  if (killed_) co_return "shutdown";
+  reader_.shrink(kClientBuffer);
+  reader_.ensure(kClientBuffer);
+  auto [ec, n] = co_await client_->read_some(reader_.prepare(need));
+  reader_.commit(n);
+  if (ec) co_return "client disconnected";
+  last_activity_ = Clock::now();
+  co_return std::nullopt;
+}
+
+// One step server → client over what the server sent so far: replies to sluice's own messages
+// are dropped, the rest forwarded as one buffer (zero-copy while nothing was dropped).
+ClientSession::ServerScan ClientSession::scan_server() {
+  auto data = server_->reader().pending();
+  ServerScan r;
+  std::size_t kept = 0;  // forwarded bytes; == consumed while nothing was dropped
+  to_client_buf_.clear();
+  auto keep = [&](std::size_t from, std::size_t n) {
+    if (n == 0) return;
+    if (to_client_buf_.empty() && kept == from) {
+      kept += n;  // still one contiguous run from the start: no copy
+      return;
+    }
+    if (to_client_buf_.empty())  // first gap: copy the run before it, then append
+      to_client_buf_.assign(data.begin(), data.begin() + static_cast<std::ptrdiff_t>(kept));
+    to_client_buf_.insert(to_client_buf_.end(), data.begin() + static_cast<std::ptrdiff_t>(from),
+                          data.begin() + static_cast<std::ptrdiff_t>(from + n));
+  };
+  std::size_t& pos = r.consumed;
   for (;;) {
-    auto data = in.pending();
-    std::size_t pos = 0;
-    std::size_t kept = 0;  // forwarded bytes; == pos while nothing was dropped
-    to_client_buf_.clear();
-    bool idle_now = false;
-    bool desync = false;
-    bool tx_refused = false;
-    pg::MessageScanner::Stop stop{};
-    auto keep = [&](std::size_t from, std::size_t n) {
-      if (n == 0) return;
-      if (to_client_buf_.empty() && kept == from) {
-        kept += n;  // still one contiguous run from the start: no copy
-        return;
-      }
-      if (to_client_buf_.empty())  // first gap: copy the run before it, then append
-        to_client_buf_.assign(data.begin(), data.begin() + static_cast<std::ptrdiff_t>(kept));
-      to_client_buf_.insert(to_client_buf_.end(), data.begin() + static_cast<std::ptrdiff_t>(from),
-                            data.begin() + static_cast<std::ptrdiff_t>(from + n));
-    };
-    for (;;) {
-      const auto& want = ps_->swallowing() ? kEveryMessage : kFromServerPooled;
-      stop = to_client_.scan(data.subspan(pos), want, [](const pg::Header&) {});
-      keep(pos, stop.offset);
-      pos += stop.offset;
-      if (stop.kind != pg::MessageScanner::Stop::kInspect) break;
-      const auto& f = stop.frame;
-      auto verdict = ps_->on_server(f, server_->state);
-      if (verdict == routing::PooledSession::Verdict::kDesync) {
-        desync = true;
-        break;
-      }
-      if (f.type == 'S') {
-        if (auto p = pg::decode_parameter_status(f.body)) server_->set_param(p->name, p->value);
-      }
-      const bool forward = verdict == routing::PooledSession::Verdict::kForward;
-      if (f.type == 'Z' && forward && statement_mode_ && ps_->tx_status() != 'I') {
-        tx_refused = true;  // the client gets the error in place of this ReadyForQuery
-        pos += f.size;
-        break;
-      }
-      if (forward) keep(pos, f.size);
+    const auto& want = ps_->swallowing() ? kEveryMessage : kFromServerPooled;
+    r.stop = to_client_.scan(data.subspan(pos), want, [](const pg::Header&) {});
+    keep(pos, r.stop.offset);
+    pos += r.stop.offset;
+    if (r.stop.kind != pg::MessageScanner::Stop::kInspect) break;
+    const auto& f = r.stop.frame;
+    auto verdict = ps_->on_server(f, server_->state);
+    if (verdict == routing::PooledSession::Verdict::kDesync) {
+      r.desync = true;
+      break;
+    }
+    if (f.type == 'S') {
+      if (auto p = pg::decode_parameter_status(f.body)) server_->set_param(p->name, p->value);
+    }
+    const bool forward = verdict == routing::PooledSession::Verdict::kForward;
+    if (forward && (f.type == 'G' || f.type == 'W')) r.copy_in = true;
+    if (f.type == 'Z' && forward && statement_mode_ && ps_->tx_status() != 'I') {
+      r.tx_refused = true;  // the client gets the error in place of this ReadyForQuery
       pos += f.size;
-      if (f.type == 'Z' && forward) {
-        last_activity_ = Clock::now();
-        handle_->idle = ps_->pending() == 0 && ps_->tx_status() == 'I';
-        if (ps_->idle()) {
-          idle_now = true;
-          break;
-        }
+      break;
+    }
+    if (forward) keep(pos, f.size);
+    pos += f.size;
+    if (f.type == 'Z' && forward) {
+      last_activity_ = Clock::now();
+      handle_->idle = ps_->pending() == 0 && ps_->tx_status() == 'I';
+      if (ps_->idle()) {
+        r.idle_now = true;
+        break;
       }
     }
-    asio::const_buffer out =
-        to_client_buf_.empty() ? asio::buffer(data.data(), kept) : asio::buffer(to_client_buf_);
-    if (out.size() > 0) {
-      client_writing_ = true;
-      auto [ec, written] = co_await client_->write(out);
-      client_writing_ = false;
-      if (ec) co_return "client write failed";
+  }
+  r.out = to_client_buf_.empty() ? asio::buffer(data.data(), kept) : asio::buffer(to_client_buf_);
+  return r;
+}
+
+// Writes what scan_server() kept, consumes what it read; a reason to end the session.
+awaitable<std::optional<std::string>> ClientSession::forward_server(ServerScan scan) {
+  if (scan.out.size() > 0) {
+    client_writing_ = true;
+    auto [ec, written] = co_await client_->write(scan.out);
+    client_writing_ = false;
+    if (ec) co_return "client write failed";
+  }
+  server_->reader().consume(scan.consumed);
+  if (scan.desync) {
+    server_failed_ = true;
+    spdlog::error("client {} user={} db={}: server reply does not match the requests sent", peer_,
+                  user_name_, db_name_);
+    queue_error({"08P01", "sluice lost track of the server's replies; reconnect", {}, {}});
+    co_await flush();
+    co_return "server reply out of sync";
+  }
+  if (scan.tx_refused) {
+    server_failed_ = true;  // closing it ends the transaction on the server
+    queue_error({"0A000",
+                 "transaction blocks not allowed in statement pooling mode",
+                 {},
+                 "use pool mode transaction for clients that run BEGIN ... COMMIT"});
+    co_await flush();
+    co_return "transaction in statement pooling";
+  }
+  if (scan.stop.kind == pg::MessageScanner::Stop::kError) {
+    server_failed_ = true;
+    queue_error({"08P01", "server sent an invalid message length", {}, {}});
+    co_await flush();
+    co_return "server protocol violation";
+  }
+  co_return std::nullopt;
+}
+
+// Reads more server bytes; a reason to end the session.
+awaitable<std::optional<std::string>> ClientSession::read_server(std::size_t need) {
+  if (killed_) co_return "shutdown";
+  auto& in = server_->reader();
+  in.shrink(ServerConn::kReadBuffer);
+  auto [ec, n] = co_await server_->stream().read_some(in.prepare(need));
+  in.commit(n);
+  if (ec) {
+    auto reason = co_await server_read_failed(ec);
+    co_return reason;
+  }
+  co_return std::nullopt;
+}
+
+// True when the server connection can go back now, or should once a write in flight ends.
+bool ClientSession::want_release(bool idle_now) {
+  if (idle_now) release_wanted_ = true;
+  if (release_wanted_ && !ps_->idle()) release_wanted_ = false;
+  return release_wanted_ && can_release();
+}
+
+// Transaction pooling, the common shape without coroutines spawned per transaction: forward
+// the client's requests, then relay the replies until they are all answered, then the client's
+// next requests. Returns kConcurrent for what needs both directions at once (COPY FROM STDIN,
+// Flush-driven batches, large pipelines, pinned sessions), kReleased at the end of a
+// transaction.
+awaitable<std::string> ClientSession::relay_sequential() {
+  for (;;) {
+    auto scan = scan_client();
+    bool large = to_server_buf_.size() > kSequentialBatch;
+    if (scan.kind == ClientScan::kNeedMore &&
+        (large || pinned_ || ps_->unsynced() || to_server_.mid_message()))
+      co_return kConcurrent;  // it writes what scan_client() buffered first
+    const bool sent = !to_server_buf_.empty();
+    if (auto end = co_await forward_client(scan)) co_return *end;
+    while (ps_->pending() > 0) {
+      auto answer = scan_server();
+      if (auto end = co_await forward_server(answer)) co_return *end;
+      if (answer.copy_in) co_return kConcurrent;  // the client sends data now
+      if (answer.stop.kind == pg::MessageScanner::Stop::kInspect) continue;  // more buffered
+      if (ps_->pending() == 0) break;
+      if (auto end = co_await read_server(answer.stop.need)) co_return *end;
     }
-    in.consume(pos);
-    if (desync) {
-      server_failed_ = true;
-      spdlog::error("client {} user={} db={}: server reply does not match the requests sent", peer_,
-                    user_name_, db_name_);
-      queue_error({"08P01", "sluice lost track of the server's replies; reconnect", {}, {}});
-      co_await flush();
-      co_return "server reply out of sync";
-    }
-    if (tx_refused) {
-      server_failed_ = true;  // closing it ends the transaction on the server
-      queue_error({"0A000",
-                   "transaction blocks not allowed in statement pooling mode",
-                   {},
-                   "use pool mode transaction for clients that run BEGIN ... COMMIT"});
-      co_await flush();
-      co_return "transaction in statement pooling";
-    }
-    if (idle_now) release_wanted_ = true;
-    if (release_wanted_) {
-      if (!ps_->idle()) {
-        release_wanted_ = false;
-      } else if (can_release()) {
-        co_return std::string(kReleased);
-      }
-    }
-    if (stop.kind == pg::MessageScanner::Stop::kError) {
-      server_failed_ = true;
-      queue_error({"08P01", "server sent an invalid message length", {}, {}});
-      co_await flush();
-      co_return "server protocol violation";
-    }
-    if (in.pending().size() > 0 && stop.kind == pg::MessageScanner::Stop::kInspect) continue;
-    if (killed_) co_return "shutdown";
-    in.shrink(ServerConn::kReadBuffer);
-    auto [ec, n] = co_await server_->stream().read_some(in.prepare(stop.need));
-    in.commit(n);
-    if (ec) {
-      auto reason = co_await server_read_failed(ec);
-      co_return reason;
-    }
+    // Nothing sent (a partial message so far): read on rather than release and re-acquire.
+    if (sent && want_release(ps_->idle())) co_return kReleased;
+    if (!server_->reader().pending().empty()) co_return kConcurrent;  // unexpected extra bytes
+    if (sent && !reader_.pending().empty()) continue;  // the client pipelined more: scan it
+    if (auto end = co_await read_client(scan.need)) co_return *end;
+  }
+}
+
+// Transaction pooling, client → server, concurrently with server_to_client_pooled().
+awaitable<std::string> ClientSession::client_to_server_pooled() {
+  for (;;) {
+    auto scan = scan_client();
+    if (auto end = co_await forward_client(scan)) co_return *end;
+    if (want_release(false)) co_return std::string(kReleased);
+    if (auto end = co_await read_client(scan.need)) co_return *end;
+  }
+}
+
+// Transaction pooling, server → client: at ReadyForQuery outside a transaction the server
+// connection is released.
+awaitable<std::string> ClientSession::server_to_client_pooled() {
+  for (;;) {
+    auto scan = scan_server();
+    if (auto end = co_await forward_server(scan)) co_return *end;
+    if (want_release(scan.idle_now)) co_return std::string(kReleased);
+    if (scan.stop.kind == pg::MessageScanner::Stop::kInspect &&
+        !server_->reader().pending().empty())
+      continue;
+    if (auto end = co_await read_server(scan.stop.need)) co_return *end;
   }
 }
 

@@ -49,7 +49,8 @@ PoolLimits PoolLimits::from(const config::Config& cfg, const config::Database& d
           cfg.pool.reset_query,        cfg.pool.reserve_pool_size,  cfg.pool.reserve_pool_timeout};
 }
 
-awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
+awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits,
+                                                      std::function<void()>* cancel) {
   auto ex = co_await asio::this_coro::executor;
   std::shared_ptr<Waiter> waiter;
   std::unique_ptr<ServerConn> conn;
@@ -74,6 +75,17 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits) {
     }
   }
   if (waiter && db_limited) db_->evict_idle(this);  // make room now if another pool idles
+  struct ClearCancel {                              // however the wait ends
+    std::function<void()>* cancel;
+    ~ClearCancel() {
+      if (cancel) *cancel = nullptr;
+    }
+  } clear_cancel{cancel};
+  if (waiter && cancel) {
+    *cancel = [w = std::weak_ptr<Waiter>(waiter)] {
+      if (auto alive = w.lock()) alive->timer.cancel();
+    };
+  }
   while (waiter) {
     auto [ec] = co_await waiter->timer.async_wait(use_nothrow);  // a hand-over cancels it
     std::lock_guard lock(mu_);

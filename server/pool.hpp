@@ -2,6 +2,7 @@
 #pragma once
 
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -107,7 +108,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
 
   const std::string& name() const { return name_; }
   // A connection on the caller's event loop, or an error for the client (53300 after `wait`).
-  awaitable<std::variant<Lease, PgError>> acquire(PoolLimits limits);
+  // While it waits, `*cancel` (when given) ends the wait early when called on the caller's loop.
+  awaitable<std::variant<Lease, PgError>> acquire(PoolLimits limits,
+                                                  std::function<void()>* cancel = nullptr);
   // The fast path of acquire(): an idle connection, usable on `ex`, if there is one now.
   std::optional<Lease> try_acquire(const PoolLimits& limits, const asio::any_io_executor& ex);
   // Called by Lease: a healthy connection is reset (pool.reset_query) and reused; a broken one
