@@ -54,22 +54,18 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits,
   auto ex = co_await asio::this_coro::executor;
   std::shared_ptr<Waiter> waiter;
   std::unique_ptr<ServerConn> conn;
-  const auto deadline = Clock::now() + limits.wait;
+  const auto started = Clock::now();
+  const auto deadline = started + limits.wait;
+  const auto reserve_at = started + limits.reserve_timeout;
   const bool db_limited = db_->limited();
   {
     std::lock_guard lock(mu_);
-    reset_query_ = limits.reset_query;
-    lifetime_ = limits.lifetime;
-    if (!idle_.empty()) {
-      conn = std::move(idle_.back());  // LIFO: the warmest connection
-      idle_.pop_back();
-    } else if (!take_slot(limits.size)) {
+    conn = take_idle(limits);
+    if (!conn && !take_slot(limits.size)) {
       // With a reserve, wake after reserve_timeout to consider it; otherwise at the deadline.
       // Under max_db_connections, also look every 100 ms for room another pool made.
-      auto first = limits.reserve_size > 0
-                       ? std::min(Clock::now() + limits.reserve_timeout, deadline)
-                       : deadline;
-      if (db_limited) first = std::min(first, Clock::now() + kDbPoll);
+      auto first = limits.reserve_size > 0 ? std::min(reserve_at, deadline) : deadline;
+      if (db_limited) first = std::min(first, started + kDbPoll);
       waiter = std::make_shared<Waiter>(ex, first);
       waiters_.push_back(waiter);
     }
@@ -111,7 +107,7 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits,
       std::erase(waiters_, waiter);
       break;
     }
-    bool reserve_due = Clock::now() - (deadline - limits.wait) >= limits.reserve_timeout;
+    bool reserve_due = Clock::now() >= reserve_at;
     if (limits.reserve_size > 0 && reserve_due &&
         take_slot(limits.size + limits.reserve_size)) {  // waited reserve_timeout: the reserve
       std::erase(waiters_, waiter);
@@ -123,8 +119,7 @@ awaitable<std::variant<Lease, PgError>> Pool::acquire(PoolLimits limits,
     }
     auto next = deadline;  // no reserve left: keep waiting
     if (db_limited) next = std::min(next, Clock::now() + kDbPoll);
-    if (limits.reserve_size > 0 && !reserve_due)
-      next = std::min(next, deadline - limits.wait + limits.reserve_timeout);
+    if (limits.reserve_size > 0 && !reserve_due) next = std::min(next, reserve_at);
     waiter->timer.expires_at(next);
     if (db_limited) db_->evict_idle(this);
   }
@@ -147,12 +142,10 @@ std::optional<Lease> Pool::try_acquire(const PoolLimits& limits, const asio::any
   std::unique_ptr<ServerConn> conn;
   {
     std::lock_guard lock(mu_);
-    if (idle_.empty() || !waiters_.empty()) return std::nullopt;  // FIFO: waiters go first
-    reset_query_ = limits.reset_query;
-    lifetime_ = limits.lifetime;
-    conn = std::move(idle_.back());
-    idle_.pop_back();
+    if (!waiters_.empty()) return std::nullopt;  // FIFO: waiters go first
+    conn = take_idle(limits);
   }
+  if (!conn) return std::nullopt;
   if (usable(*conn, limits, ex)) return Lease(shared_from_this(), std::move(conn));
   std::lock_guard lock(mu_);
   drop(std::move(conn));  // its slot is free again; acquire() opens a new one
@@ -217,6 +210,15 @@ void Pool::free_slot() {
   }
   --total_;
   db_->give();
+}
+
+std::unique_ptr<ServerConn> Pool::take_idle(const PoolLimits& limits) {
+  reset_query_ = limits.reset_query;
+  lifetime_ = limits.lifetime;
+  if (idle_.empty()) return nullptr;
+  auto conn = std::move(idle_.back());  // LIFO: the warmest connection
+  idle_.pop_back();
+  return conn;
 }
 
 bool Pool::take_slot(std::uint32_t limit) {

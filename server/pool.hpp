@@ -144,6 +144,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void drop(std::unique_ptr<ServerConn> conn);     // under mu_: discard and free its slot
 
   bool take_slot(std::uint32_t limit);  // under mu_: below `limit` and the database's cap
+  // Under mu_: the most recently used idle connection, or null; records the current limits.
+  std::unique_ptr<ServerConn> take_idle(const PoolLimits& limits);
   std::string name_;
   ServerLogin login_;
   std::shared_ptr<DbLimit> db_;
