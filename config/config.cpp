@@ -50,6 +50,14 @@ const User* Config::user(const std::string& name) const {
   auto it = users.find(name);
   return it == users.end() ? nullptr : &it->second;
 }
+bool Config::is_admin(const std::string& user) const {
+  return std::find(admin.users.begin(), admin.users.end(), user) != admin.users.end();
+}
+bool Config::is_stats_user(const std::string& user) const {
+  return is_admin(user) || std::find(admin.stats_users.begin(), admin.stats_users.end(), user) !=
+                               admin.stats_users.end();
+}
+
 PoolMode Config::pool_mode_for(const Database& db, const User& u) const {
   return u.pool_mode.value_or(db.pool_mode.value_or(pool.mode));
 }
@@ -225,11 +233,31 @@ class Loader {
     if (!root.IsDefined() || root.IsNull()) fail(root, "(top)", "the file is empty");
     check_keys(root, "",
                {"listen", "workers", "auth_type", "databases", "users", "pool", "cache", "tls",
-                "log", "shutdown_timeout", "limits"});
+                "log", "shutdown_timeout", "limits", "admin", "insights", "health_check_interval",
+                "stats_period"});
     if (auto l = root["listen"]) {
-      check_keys(l, "listen", {"postgres", "http"});
+      check_keys(l, "listen", {"postgres", "http", "so_reuseport"});
       if (l["postgres"]) c.listen_postgres = endpoint(l["postgres"], "listen.postgres");
-      if (l["http"]) c.listen_http = endpoint(l["http"], "listen.http");
+      if (l["http"]) {
+        if (l["http"].IsScalar() && l["http"].Scalar() == "off") {
+          c.listen_http.reset();
+        } else {
+          c.listen_http = endpoint(l["http"], "listen.http");
+        }
+      }
+      if (l["so_reuseport"]) c.so_reuseport = boolean(l["so_reuseport"], "listen.so_reuseport");
+    }
+    load_admin(root["admin"], c.admin);
+    load_insights(root["insights"], c.insights);
+    if (root["health_check_interval"]) {
+      c.health_check_interval = duration(root["health_check_interval"], "health_check_interval");
+      if (c.health_check_interval.count() < 100)
+        fail(root["health_check_interval"], "health_check_interval", "must be at least 100ms");
+    }
+    if (root["stats_period"]) {
+      c.stats_period = duration(root["stats_period"], "stats_period");
+      if (c.stats_period.count() < 1000)
+        fail(root["stats_period"], "stats_period", "must be at least 1s");
     }
     if (root["workers"])
       c.workers = static_cast<std::uint32_t>(uint(root["workers"], "workers", 1, 64));
@@ -248,6 +276,18 @@ class Loader {
         c.cache_redis = str(cache["redis"], "cache.redis");
         if (!c.cache_redis.starts_with("redis://"))
           fail(cache["redis"], "cache.redis", "expected a redis://host:port URL");
+      }
+    }
+    if (c.databases.contains("sluice"))
+      fail(root["databases"]["sluice"], "databases.sluice",
+           "the name 'sluice' is reserved for the admin console; rename this database");
+    for (const auto* list : {&c.admin.users, &c.admin.stats_users}) {
+      const char* key = list == &c.admin.users ? "admin.users" : "admin.stats_users";
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        if (c.auth_type != AuthType::kTrust && !c.users.contains((*list)[i]))
+          fail(root["admin"][list == &c.admin.users ? "users" : "stats_users"][i],
+               std::string(key) + "[" + std::to_string(i) + "]",
+               "user '" + (*list)[i] + "' is not listed under users: (it must log in)");
       }
     }
     load_tls(root["tls"], c.tls);
@@ -275,6 +315,45 @@ class Loader {
     }
   }
 
+  bool boolean(const YAML::Node& n, const std::string& path) const {
+    return choice<bool>(n, path, {{"true", true}, {"false", false}, {"on", true}, {"off", false}});
+  }
+
+  std::vector<std::string> names(const YAML::Node& n, const std::string& path) const {
+    if (!n.IsSequence()) fail(n, path, "expected a list of user names");
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < n.size(); ++i)
+      out.push_back(str(n[i], path + "[" + std::to_string(i) + "]"));
+    return out;
+  }
+
+  void load_admin(const YAML::Node& a, Admin& admin) const {
+    if (!a) return;
+    check_keys(a, "admin", {"users", "stats_users"});
+    if (a["users"]) admin.users = names(a["users"], "admin.users");
+    if (a["stats_users"]) admin.stats_users = names(a["stats_users"], "admin.stats_users");
+  }
+
+  void load_insights(const YAML::Node& n, Insights& in) const {
+    if (!n) return;
+    check_keys(n, "insights",
+               {"slow_query_threshold", "slow_log_interval", "explain", "seq_scan_rows", "top_n",
+                "max_fingerprints"});
+    if (n["slow_query_threshold"])
+      in.slow_query_threshold =
+          duration(n["slow_query_threshold"], "insights.slow_query_threshold");
+    if (n["slow_log_interval"])
+      in.slow_log_interval = duration(n["slow_log_interval"], "insights.slow_log_interval");
+    if (n["explain"]) in.explain = boolean(n["explain"], "insights.explain");
+    if (n["seq_scan_rows"])
+      in.seq_scan_rows = uint(n["seq_scan_rows"], "insights.seq_scan_rows", 0, 1'000'000'000'000);
+    if (n["top_n"])
+      in.top_n = static_cast<std::uint32_t>(uint(n["top_n"], "insights.top_n", 0, 200));
+    if (n["max_fingerprints"])
+      in.max_fingerprints = static_cast<std::uint32_t>(
+          uint(n["max_fingerprints"], "insights.max_fingerprints", 10, 100'000));
+  }
+
   void load_pool(const YAML::Node& p, Pool& pool) const {
     if (!p) return;
     check_keys(p, "pool",
@@ -285,7 +364,8 @@ class Loader {
                 "max_prepared_statements", "max_db_connections"});
     if (p["mode"]) pool.mode = pool_mode(p["mode"], "pool.mode");
     if (p["pinning"])
-      pool.pin_is_error = choice<bool>(p["pinning"], "pool.pinning", {{"pin", false}, {"error", true}});
+      pool.pin_is_error =
+          choice<bool>(p["pinning"], "pool.pinning", {{"pin", false}, {"error", true}});
     if (p["max_prepared_statements"])
       pool.max_prepared_statements = static_cast<std::uint32_t>(
           uint(p["max_prepared_statements"], "pool.max_prepared_statements", 1, 100000));
@@ -344,8 +424,8 @@ class Loader {
       if (auto p = d["pool"]) {
         check_keys(p, path + ".pool", {"mode", "size", "max_db_connections"});
         if (p["max_db_connections"])
-          db.max_db_connections = static_cast<std::uint32_t>(uint(
-              p["max_db_connections"], path + ".pool.max_db_connections", 0, 100000));
+          db.max_db_connections = static_cast<std::uint32_t>(
+              uint(p["max_db_connections"], path + ".pool.max_db_connections", 0, 100000));
         if (p["mode"]) db.pool_mode = pool_mode(p["mode"], path + ".pool.mode");
         if (p["size"])
           db.pool_size = static_cast<std::uint32_t>(uint(p["size"], path + ".pool.size", 1, 10000));

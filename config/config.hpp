@@ -100,10 +100,27 @@ struct Log {
   bool json = false;
 };
 
+// The admin console (database "sluice"): users run every command, stats_users SHOW only.
+struct Admin {
+  std::vector<std::string> users;
+  std::vector<std::string> stats_users;
+};
+
+// Query insights: per-fingerprint statistics, the slow-query log, optional EXPLAIN.
+struct Insights {
+  Duration slow_query_threshold{1'000};  // 0 = no slow-query log
+  Duration slow_log_interval{60'000};    // one line per fingerprint per interval
+  bool explain = false;                  // EXPLAIN (FORMAT JSON) a slow parameterless SELECT
+  std::uint64_t seq_scan_rows = 10'000;  // a sequential scan over more rows is reported
+  std::uint32_t top_n = 20;              // fingerprints exported as metrics
+  std::uint32_t max_fingerprints = 2'000;
+};
+
 struct Config {
   std::string source;  // file path, for messages
   Endpoint listen_postgres{"127.0.0.1", 6432};
-  std::optional<Endpoint> listen_http;
+  std::optional<Endpoint> listen_http = Endpoint{"127.0.0.1", 9930};  // nullopt: "off"
+  bool so_reuseport = false;  // listen.so_reuseport: a second sluice may bind the same port
   std::uint32_t workers = 1;
   AuthType auth_type = AuthType::kScram;
   std::map<std::string, Database> databases;
@@ -114,6 +131,13 @@ struct Config {
   Log log;
   Duration shutdown_timeout{30'000};
   std::uint32_t max_message_size = 0x3fffffff;
+  Admin admin;
+  Insights insights;
+  Duration health_check_interval{1'000};
+  Duration stats_period{60'000};  // averages in SHOW STATS cover this period
+
+  bool is_admin(const std::string& user) const;
+  bool is_stats_user(const std::string& user) const;
 
   const Database* database(const std::string& name) const;
   const User* user(const std::string& name) const;

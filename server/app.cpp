@@ -3,6 +3,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <csignal>
 #include <thread>
 
@@ -52,8 +53,32 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
   acceptor_.emplace(ctx);  // lives on loop 0; closed before the loops are destroyed
   acceptor_->open(ep.protocol());
   acceptor_->set_option(tcp::acceptor::reuse_address(true));
+  if (cfg->so_reuseport) {
+    // A second sluice can bind the same port: the new one takes connections while the old one
+    // drains (SHUTDOWN WAIT_FOR_CLIENTS), for restarts without refused connections.
+    using reuse_port = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
+    acceptor_->set_option(reuse_port(true));
+  }
   acceptor_->bind(ep);
   acceptor_->listen(asio::socket_base::max_listen_connections);
+  if (cfg->listen_http) http_ = std::make_unique<HttpServer>(rt_, *cfg->listen_http);
+  rt_->obs.add_runtime_collectors(*rt_);
+  rt_->reload = [this] { return reload(); };  // from the admin console, on any loop
+  rt_->stop = [this](StopMode mode) {
+    asio::post(*loops_.front(), [this, mode] { begin_stop(mode); });
+  };
+}
+
+// What the monitor checks: every database's primary and replicas.
+void App::watch_backends() {
+  auto cfg = rt_->config();
+  std::vector<routing::BackendTarget> targets;
+  for (const auto& [name, db] : cfg->databases) {
+    targets.push_back({name, "primary", db.primary.host, db.primary.port, db.primary.dbname});
+    for (const auto& r : db.replicas)
+      targets.push_back({name, "replica", r.host, r.port, r.dbname});
+  }
+  rt_->obs.monitor.set_targets(std::move(targets), cfg->health_check_interval);
 }
 
 int App::run() {
@@ -63,6 +88,18 @@ int App::run() {
   asio::co_spawn(main_loop, accept_loop(), log_exceptions("listener"));
   asio::co_spawn(main_loop, signal_loop(), log_exceptions("signal handler"));
   asio::co_spawn(main_loop, maintenance_loop(), log_exceptions("maintenance"));
+  rt_->loops = static_cast<std::uint32_t>(loops_.size());
+  for (std::uint32_t i = 0; i < loops_.size(); ++i)
+    asio::co_spawn(*loops_[i], heartbeat(i), log_exceptions("heartbeat"));
+  watch_backends();
+  rt_->obs.monitor.start();
+  rt_->accepting = true;
+  if (http_) {
+    http_->start();
+    auto hep = http_->local_endpoint();
+    spdlog::info("http endpoint on {}:{}: /metrics /healthz /readyz /status",
+                 hep.address().to_string(), hep.port());
+  }
 
   auto ep = acceptor_->local_endpoint();
   spdlog::info(
@@ -80,6 +117,8 @@ int App::run() {
   main_loop.run();  // returns when drain() stops it
   for (auto& l : loops_) l->stop();
   for (auto& t : threads) t.join();
+  if (http_) http_->stop();
+  rt_->obs.monitor.stop();
   // Tear down while every loop object still exists: idle server connections first, then the
   // loops, whose destruction frees the remaining session frames (their leases close inline).
   rt_->pools.close_for_exit();
@@ -114,25 +153,54 @@ awaitable<void> App::signal_loop() {
       reload();
       continue;
     }
-    if (rt_->stopping) {
-      spdlog::warn("second stop signal: closing every client now");
-      force_stop_ = true;
-      continue;
-    }
-    spdlog::info("received {}: no new clients; waiting up to {} ms for transactions to finish",
-                 sig == SIGTERM ? "SIGTERM" : "SIGINT", rt_->config()->shutdown_timeout.count());
-    rt_->stopping = true;
-    error_code ignored;
-    acceptor_->close(ignored);
-    asio::co_spawn(co_await asio::this_coro::executor, drain(), log_exceptions("drain"));
+    spdlog::info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    begin_stop(StopMode::kDrain);
   }
 }
 
-awaitable<void> App::drain() {
+void App::begin_stop(StopMode mode) {
+  if (rt_->stopping) {
+    if (mode == StopMode::kWaitForClients) return;
+    spdlog::warn("stopping again: closing every client now");
+    force_stop_ = true;
+    return;
+  }
+  switch (mode) {
+    case StopMode::kDrain:
+      spdlog::info("no new clients; waiting up to {} ms for transactions to finish",
+                   rt_->config()->shutdown_timeout.count());
+      break;
+    case StopMode::kImmediate:
+      spdlog::info("SHUTDOWN: closing every client now");
+      force_stop_ = true;
+      break;
+    case StopMode::kWaitForClients:
+      spdlog::info(
+          "SHUTDOWN WAIT_FOR_CLIENTS: no new clients; exiting when the connected ones have left");
+      break;
+  }
+  rt_->stopping = true;
+  rt_->accepting = false;
+  error_code ignored;
+  acceptor_->close(ignored);
+  asio::co_spawn(*loops_.front(), drain(mode), log_exceptions("drain"));
+}
+
+awaitable<void> App::drain(StopMode mode) {
   auto deadline = Clock::now() + rt_->config()->shutdown_timeout;
   auto hard_deadline = deadline + std::chrono::seconds(5);
   for (;;) {
     auto sessions = rt_->sessions();
+    if (mode == StopMode::kWaitForClients && !force_stop_) {
+      // Only clients of the databases count: admin consoles are closed at the end.
+      bool clients_left = std::any_of(sessions.begin(), sessions.end(),
+                                      [](const auto& h) { return !h->snapshot().admin; });
+      if (clients_left) {
+        co_await sleep_for(std::chrono::milliseconds(50));
+        continue;
+      }
+      force_stop_ = true;  // close the admin consoles now
+    }
     if (sessions.empty() || Clock::now() > hard_deadline) break;
     bool all = force_stop_ || Clock::now() >= deadline;
     for (auto& h : sessions) {
@@ -146,12 +214,30 @@ awaitable<void> App::drain() {
   for (auto& l : loops_) l->stop();  // run() then closes the pools' idle connections inline
 }
 
+// Each loop notes every 250 ms that it runs; /healthz fails when one stops doing so.
+awaitable<void> App::heartbeat(std::uint32_t loop) {
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer t(ex);
+  for (;;) {
+    rt_->heartbeats[loop] = Clock::now().time_since_epoch().count();
+    t.expires_after(std::chrono::milliseconds(250));
+    auto [ec] = co_await t.async_wait(use_nothrow);
+    if (ec) co_return;
+  }
+}
+
 // Once a second: close expired idle server connections and keep pool.min_pool_size open for
 // every configured (database, user).
 awaitable<void> App::maintenance_loop() {
   auto ex = co_await asio::this_coro::executor;
+  auto period_start = Clock::now();
   while (!rt_->stopping) {
     auto cfg = rt_->config();
+    if (Clock::now() - period_start >= cfg->stats_period) {
+      rt_->obs.roll_stats_period(
+          std::chrono::duration<double>(Clock::now() - period_start).count());
+      period_start = Clock::now();
+    }
     for (auto& pool : rt_->pools.all())
       pool->close_expired(cfg->pool.server_idle_timeout, cfg->pool.server_lifetime);
     if (cfg->pool.min_pool_size > 0) {
@@ -167,19 +253,29 @@ awaitable<void> App::maintenance_loop() {
   }
 }
 
-void App::reload() {
+std::string App::reload() {
+  std::lock_guard lock(reload_mu_);  // SIGHUP and RELOAD may race
   try {
     auto old_cfg = rt_->config();
     auto cfg = config::load_file(config_path_);
     rt_->install(cfg);
+    ++rt_->generation;  // sessions pick the new limits and backends up at their next checkout
     setup_logging(cfg->log);
+    watch_backends();
+    auto http = [](const config::Config& c) {
+      return c.listen_http ? c.listen_http->to_string() : std::string("off");
+    };
     if (cfg->listen_postgres.to_string() != old_cfg->listen_postgres.to_string() ||
-        cfg->workers != old_cfg->workers)
+        http(*cfg) != http(*old_cfg) || cfg->workers != old_cfg->workers ||
+        cfg->so_reuseport != old_cfg->so_reuseport)
       spdlog::warn("reload: listen addresses and workers change only on restart");
-    spdlog::info("reloaded {}: {} database(s), {} user(s); new clients use it", config_path_,
-                 cfg->databases.size(), cfg->users.size());
+    spdlog::info(
+        "reloaded {}: {} database(s), {} user(s); clients use it from their next transaction",
+        config_path_, cfg->databases.size(), cfg->users.size());
+    return {};
   } catch (const std::exception& e) {
     spdlog::error("reload failed, keeping the running configuration: {}", e.what());
+    return e.what();
   }
 }
 

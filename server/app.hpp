@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "server/http.hpp"
 #include "server/runtime.hpp"
 
 namespace sluice::server {
@@ -20,13 +21,20 @@ class App {
   awaitable<void> accept_loop();
   awaitable<void> signal_loop();
   awaitable<void> maintenance_loop();
-  awaitable<void> drain();
-  void reload();
+  awaitable<void> drain(StopMode mode);
+  awaitable<void> heartbeat(std::uint32_t loop);
+  // Starts stopping (SIGTERM, SIGINT, admin SHUTDOWN); on loop 0.
+  void begin_stop(StopMode mode);
+  // Loads the config file again; "" when applied, else why not.
+  std::string reload();
+  void watch_backends();
 
   std::string config_path_;
   std::shared_ptr<Runtime> rt_;
   std::vector<std::unique_ptr<asio::io_context>> loops_;  // cleared at the end of run()
   std::optional<tcp::acceptor> acceptor_;
+  std::unique_ptr<HttpServer> http_;
+  std::mutex reload_mu_;
   std::size_t next_loop_ = 0;
   bool force_stop_ = false;
 };

@@ -13,6 +13,7 @@
 #include "protocol/pg/scram.hpp"
 #include "protocol/pg/sql.hpp"
 #include "routing/pooling.hpp"
+#include "server/admin.hpp"
 
 namespace sluice::server {
 namespace {
@@ -22,16 +23,17 @@ using namespace asio::experimental::awaitable_operators;
 constexpr std::uint32_t kMaxAuthMessage = 65535;  // PG_MAX_AUTH_TOKEN_LENGTH
 constexpr std::size_t kClientBuffer = 8 * 1024;
 
-// Client → server: see Terminate whole; count requests that end in ReadyForQuery.
-constexpr pg::WantTable kFromClient = pg::make_want_table({'X'});
-// Server → client: see ReadyForQuery (transaction state) and ParameterStatus whole.
-constexpr pg::WantTable kFromServer = pg::make_want_table({'Z', 'S'});
+// Client → server: see Terminate whole, and what names a statement or ends a request (insights).
+constexpr pg::WantTable kFromClient = pg::make_want_table({'X', 'Q', 'P', 'B', 'C', 'S', 'F'});
+// Server → client: see ReadyForQuery (transaction state), ParameterStatus, and the replies that
+// end a statement (CommandComplete, ErrorResponse) whole.
+constexpr pg::WantTable kFromServer = pg::make_want_table({'Z', 'S', 'C', 'E'});
 // Transaction pooling sees every message that names a statement or ends a request, and the
 // replies it must match up with what it sent.
 constexpr pg::WantTable kFromClientPooled =
     pg::make_want_table({'X', 'P', 'B', 'D', 'C', 'Q', 'S', 'F'});
 constexpr pg::WantTable kFromServerPooled =
-    pg::make_want_table({'Z', 'S', '1', '2', '3', 'E', 'G', 'W'});
+    pg::make_want_table({'Z', 'S', '1', '2', '3', 'E', 'G', 'W', 'C'});
 constexpr pg::WantTable kEveryMessage = [] {
   pg::WantTable t{};
   t.fill(pg::Want::kWhole);
@@ -60,9 +62,11 @@ class ClientSession {
         peer_(peer_of(socket)),
         client_(std::make_unique<Stream>(std::move(socket))),
         reader_(kClientBuffer),
+        tracker_(&rt_->obs.insights),
         to_server_(cfg_->max_message_size),
         to_client_(pg::kMaxMessageLength) {
     ++rt_->clients;
+    generation_ = rt_->generation.load();
     const auto& p = cfg_->pool;
     watchdog_on_ = p.query_timeout.count() > 0 || p.idle_transaction_timeout.count() > 0 ||
                    p.client_idle_timeout.count() > 0;
@@ -119,6 +123,11 @@ class ClientSession {
   awaitable<std::string> server_read_failed(const error_code& ec);
   void note_pin(routing::Pin pin);
   awaitable<void> wait_killed();
+  awaitable<std::optional<PgError>> wait_while_paused();
+  void refresh_config();
+  void finish_request(const routing::Completed& c, Clock::time_point now);
+  void note_server_message(const pg::Frame& f, Clock::time_point now);
+  void fill_info();
   awaitable<bool> send(pg::Buffer b);
   // Errors are queued in one statement and flushed in the next: g++ 12 miscompiles braced
   // temporaries inside a co_await expression (double free), so never co_await f({...}).
@@ -167,6 +176,12 @@ class ClientSession {
   bool server_failed_ = false;
   std::shared_ptr<Pool> pool_;
   std::optional<PoolLimits> limits_;
+  bool admin_ = false;            // on the admin console
+  std::uint64_t generation_ = 0;  // of the configuration cfg_ came from
+  std::shared_ptr<const PoolCounters> counters_;
+  routing::RequestTracker tracker_;
+  Clock::time_point xact_start_{};
+  bool xact_open_ = false;
   routing::Settings startup_;  // settings from the startup packet, applied on every server
 
   // Transaction and statement pooling.
@@ -199,6 +214,7 @@ awaitable<void> ClientSession::run() {
   kill_timer_.emplace(ex, Clock::time_point::max());
   handle_ = std::make_shared<SessionHandle>(ex);
   handle_->kill = [this] { kill(); };
+  fill_info();
   rt_->add_session(handle_);
 
   std::string reason = "client disconnected during login";
@@ -208,6 +224,17 @@ awaitable<void> ClientSession::run() {
   if (login.index() == 1) {
     queue_error({"08P01", "timeout during startup and authentication", {}, {}});
     co_await flush();
+  } else if (logged_in && admin_ && !killed_) {
+    fill_info();
+    handle_->state = ClientState::kActive;
+    spdlog::info("client {} user={}: on the admin console", peer_, user_name_);
+    AdminClient who;  // named: no braced temporary inside a co_await (g++ 12)
+    who.user = user_name_;
+    who.full = cfg_->is_admin(user_name_);
+    auto r = co_await (run_admin_console(*client_, reader_, rt_, std::move(who)) || wait_killed());
+    reason = r.index() == 0 ? std::get<0>(r) : std::string("shutdown");
+    logged_in = false;  // logged as an admin session
+    spdlog::info("client {} user={}: left the admin console ({})", peer_, user_name_, reason);
   } else if (logged_in && !killed_) {
     bool attached = co_await attach_server();
     logged_in = attached;
@@ -227,9 +254,16 @@ awaitable<void> ClientSession::run() {
     }
   }
   if (killed_) {
-    reason = "shutdown";
+    reason = handle_->admin_kill ? "KILL" : "shutdown";
     if (!to_client_.mid_message()) {
-      queue_error({"57P01", "terminating connection because sluice is shutting down", {}, {}});
+      if (handle_->admin_kill) {
+        queue_error({"57P01",
+                     "terminating connection due to administrator command (KILL " + db_name_ + ")",
+                     {},
+                     "the database is paused until an operator runs RESUME on the admin console"});
+      } else {
+        queue_error({"57P01", "terminating connection because sluice is shutting down", {}, {}});
+      }
       co_await flush();
     }
   }
@@ -273,7 +307,35 @@ awaitable<bool> ClientSession::send(pg::Buffer b) {
 }
 
 void ClientSession::queue_error(const PgError& e) {
+  rt_->obs.count_error(e.sqlstate);
   pg::encode_error_response(outbox_, {"FATAL", e.sqlstate, e.message, e.detail, e.hint});
+}
+
+// What SHOW CLIENTS shows of this client; called as login reveals more.
+void ClientSession::fill_info() {
+  std::lock_guard lock(handle_->mu);
+  auto& i = handle_->info;
+  error_code ec;
+  if (i.addr.empty()) {
+    auto remote = client_->socket().remote_endpoint(ec);
+    if (!ec) {
+      i.addr = remote.address().to_string();
+      i.port = remote.port();
+    }
+    auto local = client_->socket().local_endpoint(ec);
+    if (!ec) {
+      i.local_addr = local.address().to_string();
+      i.local_port = local.port();
+    }
+  }
+  i.user = user_name_;
+  i.database = db_name_;
+  i.tls = client_->tls();
+  i.admin = admin_;
+  i.pool = pool_.get();
+  for (const auto& [k, v] : startup_params_) {
+    if (k == "application_name") i.application_name = v;
+  }
 }
 
 awaitable<bool> ClientSession::flush() {
@@ -428,8 +490,43 @@ awaitable<bool> ClientSession::authenticate() {
       break;
     }
   }
+  rt_->obs.count_login(ok);
   if (!ok) co_return false;
+  if (db_name_ == kAdminDatabase || (db_name_ == "pgbouncer" && !cfg_->database(db_name_))) {
+    // The admin console ("pgbouncer" too, for scripts written for PgBouncer).
+    if (!cfg_->is_stats_user(user_name_)) {
+      spdlog::warn("client {} user={}: refused on the admin console", peer_, user_name_);
+      queue_error({"28000",
+                   "user \"" + user_name_ + "\" is not allowed on the sluice admin console",
+                   {},
+                   "list the user under admin.users (every command) or admin.stats_users (SHOW "
+                   "only)"});
+      co_await flush();
+      co_return false;
+    }
+    admin_ = true;
+    pg::Buffer out;
+    pg::encode_authentication(out, pg::auth::kOk);
+    for (auto [name, value] :
+         {std::pair{"server_version", "15.0 (sluice " SLUICE_VERSION ")"},
+          std::pair{"server_encoding", "UTF8"}, std::pair{"client_encoding", "UTF8"},
+          std::pair{"DateStyle", "ISO, MDY"}, std::pair{"integer_datetimes", "on"},
+          std::pair{"standard_conforming_strings", "on"}, std::pair{"TimeZone", "UTC"},
+          std::pair{"application_name", ""}})
+      pg::encode_parameter_status(out, name, value);
+    pg::encode_backend_key_data(out, {0, 0});
+    pg::encode_ready_for_query(out, 'I');
+    co_return co_await send(std::move(out));
+  }
   db_ = cfg_->database(db_name_);
+  if (db_ && rt_->control.disabled(db_name_)) {
+    queue_error({"57P03",
+                 "database \"" + db_name_ + "\" is disabled on sluice",
+                 {},
+                 "an operator ran DISABLE " + db_name_ + " on the admin console; ENABLE lifts it"});
+    co_await flush();
+    co_return false;
+  }
   if (!db_) {
     spdlog::warn("client {} user={}: unknown database \"{}\"", peer_, user_name_, db_name_);
     queue_error({"3D000",
@@ -526,6 +623,9 @@ awaitable<bool> ClientSession::attach_server() {
   }
   pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
   limits_ = PoolLimits::from(*cfg_, *db_, *user_);
+  counters_ = rt_->obs.counters(db_name_, user_name_);
+  fill_info();
+  handle_->state = ClientState::kActive;
   if (!co_await checkout()) co_return false;
   key_ = rt_->cancels.add_client();
   rt_->cancels.set_target(key_, CancelTarget{server_->host(), server_->port(), server_->key()});
@@ -565,11 +665,28 @@ std::variant<routing::Settings, PgError> ClientSession::startup_settings() const
 // Gets a server connection from the pool and gives it this client's settings.
 awaitable<bool> ClientSession::checkout() {
   auto ex = co_await asio::this_coro::executor;
+  if (rt_->control.any_paused()) {
+    auto refused = co_await wait_while_paused();
+    if (killed_) co_return false;
+    if (refused) {
+      queue_error(std::move(*refused));
+      co_await flush();
+      co_return false;
+    }
+  }
+  if (rt_->generation.load(std::memory_order_relaxed) != generation_) refresh_config();
   if (auto idle = pool_->try_acquire(*limits_, ex)) {
     server_ = std::move(*idle);  // the common case: no waiting, no coroutines
   } else {
     // kill() ends the wait through cancel_wait_ (no wait_killed() coroutine per checkout).
+    const auto wait_from = Clock::now();
+    handle_->wait_since = wait_from.time_since_epoch().count();
+    handle_->state = ClientState::kWaiting;
     auto got = co_await pool_->acquire(*limits_, &cancel_wait_);
+    handle_->state = ClientState::kActive;
+    counters_->waits->inc();
+    counters_->wait_us->inc(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - wait_from).count()));
     if (auto* lease = std::get_if<Lease>(&got); lease && ps_) lease->skip_reset();
     if (killed_) co_return false;  // a connection goes straight back, untouched
     if (auto* e = std::get_if<PgError>(&got)) {
@@ -602,6 +719,100 @@ awaitable<bool> ClientSession::checkout() {
   if (key_.pid != 0)
     rt_->cancels.set_target(key_, CancelTarget{server_->host(), server_->port(), server_->key()});
   co_return true;
+}
+
+// PAUSE / KILL: holds the client until RESUME, at most pool.query_wait_timeout (then 53300).
+awaitable<std::optional<PgError>> ClientSession::wait_while_paused() {
+  if (!rt_->control.paused(db_name_)) co_return std::nullopt;
+  auto ex = co_await asio::this_coro::executor;
+  const auto from = Clock::now();
+  handle_->wait_since = from.time_since_epoch().count();
+  handle_->state = ClientState::kWaiting;
+  asio::steady_timer timer(ex);
+  cancel_wait_ = [&timer] { timer.cancel(); };
+  std::optional<PgError> refused;
+  while (!killed_ && rt_->control.paused(db_name_)) {
+    if (Clock::now() - from >= cfg_->pool.query_wait_timeout) {
+      refused = PgError{"53300",
+                        "database \"" + db_name_ + "\" stayed paused longer than " +
+                            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                               cfg_->pool.query_wait_timeout)
+                                               .count()) +
+                            "s",
+                        {},
+                        "an operator ran PAUSE on the admin console; RESUME releases waiting "
+                        "clients (pool.query_wait_timeout bounds the wait)"};
+      break;
+    }
+    timer.expires_after(std::chrono::milliseconds(10));
+    co_await timer.async_wait(use_nothrow);
+  }
+  cancel_wait_ = nullptr;
+  handle_->state = ClientState::kActive;
+  counters_->wait_us->inc(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - from).count()));
+  co_return refused;
+}
+
+// After a reload: the next transaction uses the new pool size, limits and backend, as long as
+// the client's database and user still exist (otherwise it keeps the old ones until it leaves).
+void ClientSession::refresh_config() {
+  generation_ = rt_->generation.load();
+  auto cfg = rt_->config();
+  const auto* db = cfg->database(db_name_);
+  const auto* user = user_ == &trust_user_ ? &trust_user_ : cfg->user(user_name_);
+  if (!db || !user) return;
+  cfg_ = std::move(cfg);
+  db_ = db;
+  user_ = user;
+  pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
+  limits_ = PoolLimits::from(*cfg_, *db_, *user_);
+  fill_info();
+}
+
+// One request answered (ReadyForQuery): statement and transaction counters, timings, insights.
+void ClientSession::finish_request(const routing::Completed& c, Clock::time_point now) {
+  const auto route = routing::Route::kPrimary;
+  const auto& k = *counters_;
+  if (c.statements > 0) k.queries[static_cast<std::size_t>(route)]->inc(c.statements);
+  k.query_us->inc(static_cast<std::uint64_t>(c.seconds * 1e6));
+  k.query_duration->observe(c.seconds);
+  if (!xact_open_) {
+    xact_open_ = true;
+    xact_start_ =
+        now - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.seconds));
+  }
+  if (c.tx_status == 'I') {
+    xact_open_ = false;
+    k.transactions->inc();
+    k.xact_us->inc(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(now - xact_start_).count()));
+  }
+  handle_->request_time = std::time(nullptr);
+  if (!c.entry) return;
+  const auto& in = cfg_->insights;
+  const double threshold = std::chrono::duration<double>(in.slow_query_threshold).count();
+  auto slow = rt_->obs.insights.record(*c.entry, c.seconds, c.rows, c.failed, route, now, threshold,
+                                       in.slow_log_interval);
+  if (threshold > 0 && c.seconds >= threshold) rt_->obs.count_slow(db_name_);
+  if (slow) {
+    spdlog::warn(
+        "slow query: {:.1f} ms (insights.slow_query_threshold {} ms) db={} user={} "
+        "fingerprint={} rows={}{}: {}",
+        c.seconds * 1e3, in.slow_query_threshold.count(), db_name_, user_name_, c.entry->id, c.rows,
+        slow->calls_since_last > 1
+            ? fmt::format(" ({} slow calls since the last report)", slow->calls_since_last)
+            : std::string(),
+        c.entry->normalized);
+  }
+}
+
+// A server message forwarded to the client: statements, errors and request ends.
+void ClientSession::note_server_message(const pg::Frame& f, Clock::time_point now) {
+  if (f.type == 'E') {
+    if (auto e = pg::decode_error_fields(f.body)) rt_->obs.count_error(e->get('C'));
+  }
+  if (auto done = tracker_.on_server(f, now)) finish_request(*done, now);
 }
 
 // Transaction pooling, between transactions: reads back the settings the client changed, then
@@ -647,6 +858,7 @@ awaitable<std::string> ClientSession::wait_for_client() {
       reader_.release();
       to_server_buf_ = pg::Buffer();
       if (ps_) ps_->trim();
+      tracker_.trim();
       parked_ = true;  // kill() cancels this wait
       auto [wec] = co_await client_->socket().async_wait(tcp::socket::wait_read, use_nothrow);
       parked_ = false;
@@ -658,6 +870,7 @@ awaitable<std::string> ClientSession::wait_for_client() {
     auto [ec, n] = co_await client_->read_some(reader_.prepare(1));
     reader_.commit(n);
     if (ec) co_return "client disconnected";
+    counters_->received_bytes->inc(n);
     last_activity_ = Clock::now();
   }
 }
@@ -738,8 +951,7 @@ awaitable<std::string> ClientSession::relay_attached() {
 }
 
 void ClientSession::note_pin(routing::Pin pin) {
-  auto& counter = rt_->pins[static_cast<std::size_t>(pin)];
-  ++counter;
+  rt_->obs.count_pin(routing::to_string(pin));
   if (cfg_->pool.pin_is_error) {
     spdlog::info("client {} user={} db={}: refused {} (pool.pinning: error)", peer_, user_name_,
                  db_name_, routing::to_string(pin));
@@ -796,13 +1008,22 @@ awaitable<std::string> ClientSession::server_read_failed(const error_code& ec) {
 awaitable<std::string> ClientSession::client_to_server() {
   for (;;) {
     auto data = reader_.pending();
-    auto stop = to_server_.scan(data, kFromClient, [this](const pg::Header& h) {
-      if (h.type == 'Q' || h.type == 'S' || h.type == 'F') note_request();
-    });
-    if (stop.offset > 0) {
-      if (auto failed = co_await write_to_server(asio::buffer(data.data(), stop.offset)))
+    std::size_t forward = 0;
+    pg::MessageScanner::Stop stop{};
+    const auto now = Clock::now();
+    for (;;) {  // inspected messages are noted and forwarded in the same write
+      stop = to_server_.scan(data.subspan(forward), kFromClient, [](const pg::Header&) {});
+      forward += stop.offset;
+      if (stop.kind != pg::MessageScanner::Stop::kInspect || stop.frame.type == 'X') break;
+      const auto type = stop.frame.type;
+      if (type == 'Q' || type == 'S' || type == 'F') note_request();
+      tracker_.on_client(stop.frame, now);
+      forward += stop.frame.size;
+    }
+    if (forward > 0) {
+      if (auto failed = co_await write_to_server(asio::buffer(data.data(), forward)))
         co_return *failed;
-      reader_.consume(stop.offset);
+      reader_.consume(forward);
     }
     if (stop.kind == pg::MessageScanner::Stop::kInspect) co_return "client terminated";  // 'X'
     if (stop.kind == pg::MessageScanner::Stop::kError) {
@@ -813,6 +1034,7 @@ awaitable<std::string> ClientSession::client_to_server() {
     auto [ec, n] = co_await client_->read_some(reader_.prepare(stop.need));
     reader_.commit(n);
     if (ec) co_return "client disconnected";
+    counters_->received_bytes->inc(n);
     last_activity_ = Clock::now();
   }
 }
@@ -823,23 +1045,27 @@ awaitable<std::string> ClientSession::server_to_client() {
     auto data = in.pending();
     std::size_t forward = 0;
     pg::MessageScanner::Stop stop{};
+    const auto now = Clock::now();
     for (;;) {  // consume inspected messages in place; forward everything in one write
       stop = to_client_.scan(data.subspan(forward), kFromServer, [](const pg::Header&) {});
       forward += stop.offset;
       if (stop.kind != pg::MessageScanner::Stop::kInspect) break;
+      if (stop.frame.type != 'S') note_server_message(stop.frame, now);
       if (stop.frame.type == 'Z') {
         tx_status_ = pg::decode_ready_for_query(stop.frame.body).value_or('E');
         if (pending_ > 0) --pending_;
         last_activity_ = Clock::now();
         handle_->idle = pending_ == 0 && tx_status_ == 'I';
-      } else if (auto p = pg::decode_parameter_status(stop.frame.body)) {
-        server_->set_param(p->name, p->value);
+      } else if (stop.frame.type == 'S') {
+        if (auto p = pg::decode_parameter_status(stop.frame.body))
+          server_->set_param(p->name, p->value);
       }
       forward += stop.frame.size;
     }
     if (forward > 0) {
       auto [ec, written] = co_await client_->write(asio::buffer(data.data(), forward));
       if (ec) co_return "client write failed";
+      counters_->sent_bytes->inc(written);
       in.consume(forward);
     }
     if (stop.kind == pg::MessageScanner::Stop::kError) {
@@ -865,6 +1091,7 @@ ClientSession::ClientScan ClientSession::scan_client() {
   std::size_t pos = 0;
   ClientScan result;
   const int before = ps_->pending();
+  const auto now = Clock::now();
   for (;;) {
     auto stop = to_server_.scan(data.subspan(pos), kFromClientPooled,
                                 [this](const pg::Header& h) { ps_->on_client_passed(h.type); });
@@ -884,6 +1111,7 @@ ClientSession::ClientScan ClientSession::scan_client() {
       result.kind = ClientScan::kTerminate;
       break;
     }
+    tracker_.on_client(stop.frame, now);
     auto outcome = ps_->on_client(stop.frame, server_->state, to_server_buf_);
     pos += stop.frame.size;
     if (outcome.bad) {
@@ -929,6 +1157,7 @@ awaitable<std::optional<std::string>> ClientSession::read_client(std::size_t nee
   auto [ec, n] = co_await client_->read_some(reader_.prepare(need));
   reader_.commit(n);
   if (ec) co_return "client disconnected";
+  counters_->received_bytes->inc(n);
   last_activity_ = Clock::now();
   co_return std::nullopt;
 }
@@ -952,6 +1181,7 @@ ClientSession::ServerScan ClientSession::scan_server() {
                           data.begin() + static_cast<std::ptrdiff_t>(from + n));
   };
   std::size_t& pos = r.consumed;
+  const auto now = Clock::now();
   for (;;) {
     const auto& want = ps_->swallowing() ? kEveryMessage : kFromServerPooled;
     r.stop = to_client_.scan(data.subspan(pos), want, [](const pg::Header&) {});
@@ -968,6 +1198,7 @@ ClientSession::ServerScan ClientSession::scan_server() {
       if (auto p = pg::decode_parameter_status(f.body)) server_->set_param(p->name, p->value);
     }
     const bool forward = verdict == routing::PooledSession::Verdict::kForward;
+    if (forward && (f.type == 'C' || f.type == 'E' || f.type == 'Z')) note_server_message(f, now);
     if (forward && (f.type == 'G' || f.type == 'W')) r.copy_in = true;
     if (f.type == 'Z' && forward && statement_mode_ && ps_->tx_status() != 'I') {
       r.tx_refused = true;  // the client gets the error in place of this ReadyForQuery
@@ -996,6 +1227,7 @@ awaitable<std::optional<std::string>> ClientSession::forward_server(ServerScan s
     auto [ec, written] = co_await client_->write(scan.out);
     client_writing_ = false;
     if (ec) co_return "client write failed";
+    counters_->sent_bytes->inc(written);
   }
   server_->reader().consume(scan.consumed);
   if (scan.desync) {

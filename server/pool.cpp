@@ -31,9 +31,18 @@ void Pool::drop(std::unique_ptr<ServerConn> conn) {
   free_slot();
 }
 
+void Pool::set_state(const ServerConn& conn, const char* state) {
+  auto it = rows_.find(&conn);
+  if (it == rows_.end()) return;
+  it->second.state = state;
+  if (std::string_view(state) == "active")
+    it->second.request_time = std::chrono::system_clock::now();
+}
+
 // Destroys a connection on its own event loop, where its socket is registered (inline at exit).
 void Pool::discard(std::unique_ptr<ServerConn> conn) {
   if (!conn) return;
+  rows_.erase(conn.get());
   if (exiting_) {
     conn->stream().close();
     return;
@@ -197,7 +206,26 @@ awaitable<std::variant<Lease, PgError>> Pool::open() {
     co_return std::move(*e);
   }
   guard.armed = false;
-  co_return Lease(self, std::move(std::get<0>(r)));
+  auto& conn = std::get<0>(r);
+  ServerRow row;
+  row.state = "active";
+  row.addr = conn->host();
+  row.port = conn->port();
+  error_code ec;
+  auto local = conn->stream().socket().local_endpoint(ec);
+  if (!ec) {
+    row.local_addr = local.address().to_string();
+    row.local_port = local.port();
+  }
+  row.connect_time = row.request_time = std::chrono::system_clock::now();
+  row.remote_pid = static_cast<std::int32_t>(conn->key().pid);
+  row.tls = conn->stream().tls();
+  {
+    std::lock_guard lock(mu_);
+    row.epoch = epoch_;
+    rows_[conn.get()] = std::move(row);
+  }
+  co_return Lease(self, std::move(conn));
 }
 
 void Pool::free_slot() {
@@ -218,6 +246,7 @@ std::unique_ptr<ServerConn> Pool::take_idle(const PoolLimits& limits) {
   if (idle_.empty()) return nullptr;
   auto conn = std::move(idle_.back());  // LIFO: the warmest connection
   idle_.pop_back();
+  set_state(*conn, "active");
   return conn;
 }
 
@@ -257,11 +286,13 @@ void Pool::hand_over(std::unique_ptr<ServerConn> conn) {
   if (!waiters_.empty()) {
     auto w = std::move(waiters_.front());
     waiters_.pop_front();
+    set_state(*conn, "active");
     w->conn = std::move(conn);
     w->done = true;
     asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
     return;
   }
+  set_state(*conn, "idle");
   idle_.push_back(std::move(conn));
 }
 
@@ -270,10 +301,13 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken, bool run_res
   {
     std::lock_guard lock(mu_);
     bool expired = Clock::now() - conn->created() >= lifetime_;
-    if (broken || expired || exiting_) {
+    auto row = rows_.find(conn.get());
+    bool stale = row != rows_.end() && row->second.epoch != epoch_;
+    if (broken || expired || exiting_ || stale) {
       spdlog::debug("pool {}: closing server connection ({})", name_,
                     broken    ? "broken"
                     : expired ? "lifetime"
+                    : stale   ? "reconnect"
                               : "exiting");
       drop(std::move(conn));
       return;
@@ -283,6 +317,7 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken, bool run_res
       return;
     }
     reset = reset_query_;
+    set_state(*conn, "tested");
   }
   auto ex = conn->stream().socket().get_executor();
   asio::co_spawn(ex, reset_then_return(std::move(conn), std::move(reset)),
@@ -328,6 +363,45 @@ void Pool::close_for_exit() {
   close_expired(Clock::duration::zero(), Clock::duration::zero());  // every idle connection
 }
 
+PoolSnapshot Pool::snapshot(bool with_servers) {
+  std::lock_guard lock(mu_);
+  PoolSnapshot s;
+  s.database = database_;
+  s.user = user_;
+  s.mode = mode_;
+  for (const auto& [conn, row] : rows_) {
+    if (row.state == "active") {
+      ++s.active;
+    } else if (row.state == "idle") {
+      ++s.idle;
+    } else {
+      ++s.tested;
+    }
+    if (with_servers) s.servers.push_back(row);
+  }
+  auto open = static_cast<std::uint32_t>(rows_.size());
+  s.login = total_ > open ? total_ - open : 0;
+  s.waiting = static_cast<std::uint32_t>(waiters_.size());
+  if (!waiters_.empty()) s.max_wait = Clock::now() - waiters_.front()->since;
+  return s;
+}
+
+void Pool::reconnect() {
+  {
+    std::lock_guard lock(mu_);
+    ++epoch_;
+  }
+  close_idle();
+}
+
+std::vector<std::shared_ptr<Pool>> PoolRegistry::of_database(const std::string& db) {
+  std::vector<std::shared_ptr<Pool>> out;
+  for (auto& p : all()) {
+    if (db.empty() || p->database() == db) out.push_back(std::move(p));
+  }
+  return out;
+}
+
 void PoolRegistry::close_for_exit() {
   for (auto& pool : all()) pool->close_for_exit();
 }
@@ -359,7 +433,9 @@ std::shared_ptr<Pool> PoolRegistry::get(const config::Config& cfg, const config:
   limit->set_max(cfg.max_db_connections_for(db));
   auto& pool = pools_[key];
   if (!pool) {
-    pool = std::make_shared<Pool>(db.name + "/" + user.name, std::move(login), limit);
+    pool = std::make_shared<Pool>(db.name, user.name,
+                                  std::string(to_string(cfg.pool_mode_for(db, user))),
+                                  std::move(login), limit);
     limit->add_pool(pool);
   }
   return pool;

@@ -95,18 +95,53 @@ struct PoolLimits {
                          const config::User& user);
 };
 
-struct PoolStats {
-  std::uint32_t total;  // open + opening
-  std::uint32_t idle;
-  std::uint32_t waiting;
+// One server connection as SHOW SERVERS and /status show it.
+struct ServerRow {
+  std::string state;  // active | idle | tested
+  std::string addr;
+  std::uint16_t port = 0;
+  std::string local_addr;
+  std::uint16_t local_port = 0;
+  std::chrono::system_clock::time_point connect_time{};
+  std::chrono::system_clock::time_point request_time{};
+  std::int32_t remote_pid = 0;
+  bool tls = false;
+  std::uint64_t epoch = 0;  // RECONNECT closes connections of older epochs
+};
+
+// A pool's state at one moment (admin console, metrics).
+struct PoolSnapshot {
+  std::string database;
+  std::string user;
+  std::string mode;
+  std::uint32_t active = 0;  // leased to a client
+  std::uint32_t idle = 0;
+  std::uint32_t tested = 0;  // running the reset query
+  std::uint32_t login = 0;   // being opened
+  std::uint32_t waiting = 0;
+  Clock::duration max_wait{};  // the longest wait of a client still waiting
+  std::vector<ServerRow> servers;
 };
 
 class Pool : public std::enable_shared_from_this<Pool> {
  public:
-  Pool(std::string name, ServerLogin login, std::shared_ptr<DbLimit> db)
-      : name_(std::move(name)), login_(std::move(login)), db_(std::move(db)) {}
+  Pool(std::string database, std::string user, std::string mode, ServerLogin login,
+       std::shared_ptr<DbLimit> db)
+      : name_(database + "/" + user),
+        database_(std::move(database)),
+        user_(std::move(user)),
+        mode_(std::move(mode)),
+        login_(std::move(login)),
+        db_(std::move(db)) {}
 
   const std::string& name() const { return name_; }
+  const std::string& database() const { return database_; }
+  const std::string& user() const { return user_; }
+  PoolSnapshot snapshot(bool with_servers);
+  // RECONNECT: idle connections close now, leased ones when they come back.
+  void reconnect();
+  // PAUSE / KILL: closes every idle connection now.
+  void close_idle() { close_expired(Clock::duration::zero(), Clock::duration::zero()); }
   // A connection on the caller's event loop, or an error for the client (53300 after `wait`).
   // While it waits, `*cancel` (when given) ends the wait early when called on the caller's loop.
   awaitable<std::variant<Lease, PgError>> acquire(PoolLimits limits,
@@ -130,6 +165,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   struct Waiter {
     Waiter(const asio::any_io_executor& ex, Clock::time_point deadline) : timer(ex, deadline) {}
     asio::steady_timer timer;
+    Clock::time_point since = Clock::now();
     std::unique_ptr<ServerConn> conn;  // handed over by a release
     bool permit = false;               // or: a slot to open a new connection
     bool done = false;
@@ -142,11 +178,15 @@ class Pool : public std::enable_shared_from_this<Pool> {
   awaitable<void> reset_then_return(std::unique_ptr<ServerConn> conn, std::string reset_query);
   void discard(std::unique_ptr<ServerConn> conn);  // under mu_
   void drop(std::unique_ptr<ServerConn> conn);     // under mu_: discard and free its slot
+  void set_state(const ServerConn& conn, const char* state);  // under mu_
 
   bool take_slot(std::uint32_t limit);  // under mu_: below `limit` and the database's cap
   // Under mu_: the most recently used idle connection, or null; records the current limits.
   std::unique_ptr<ServerConn> take_idle(const PoolLimits& limits);
   std::string name_;
+  std::string database_;
+  std::string user_;
+  std::string mode_;
   ServerLogin login_;
   std::shared_ptr<DbLimit> db_;
   std::mutex mu_;
@@ -157,6 +197,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   Clock::duration lifetime_ = std::chrono::hours(1);
   bool exiting_ = false;
   bool warming_ = false;
+  std::uint64_t epoch_ = 0;
+  std::map<const ServerConn*, ServerRow> rows_;  // every open connection
 };
 
 // All pools, keyed by everything that decides where and as whom they log in.
@@ -166,6 +208,8 @@ class PoolRegistry {
                             const config::User& user,
                             const std::shared_ptr<ssl::context>& server_tls);
   std::vector<std::shared_ptr<Pool>> all();
+  // Pools of one database (all when empty).
+  std::vector<std::shared_ptr<Pool>> of_database(const std::string& db);
   void close_for_exit();
 
  private:

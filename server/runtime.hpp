@@ -11,17 +11,94 @@
 #include "config/config.hpp"
 #include "routing/session_statements.hpp"
 #include "server/cancel_registry.hpp"
+#include "server/observability.hpp"
 #include "server/pool.hpp"
 
 namespace sluice::server {
 
-// What the shutdown path needs of a live session, safe to hold from any thread.
+// A client as SHOW CLIENTS shows it; written by its session under SessionHandle::mu.
+struct ClientInfo {
+  std::string user;
+  std::string database;
+  std::string addr;
+  std::uint16_t port = 0;
+  std::string local_addr;
+  std::uint16_t local_port = 0;
+  std::string application_name;
+  bool tls = false;
+  bool admin = false;  // on the admin console
+  std::chrono::system_clock::time_point connect_time = std::chrono::system_clock::now();
+  const Pool* pool = nullptr;  // compared, never dereferenced
+};
+
+enum class ClientState : std::uint8_t { kLogin, kActive, kWaiting };
+
+// What the shutdown path and the admin console need of a live session, safe from any thread.
 struct SessionHandle {
   explicit SessionHandle(asio::any_io_executor e) : ex(std::move(e)) {}
   asio::any_io_executor ex;
   std::atomic<bool> idle{true};  // no query in flight and not inside a transaction
   std::function<void()> kill;    // touched only on `ex`; empty once the session has ended
+  std::atomic<ClientState> state{ClientState::kLogin};
+  std::atomic<Clock::rep> wait_since{0};      // steady clock, while kWaiting
+  std::atomic<std::int64_t> request_time{0};  // system clock, seconds, last request
+  std::atomic<bool> admin_kill{false};        // killed by KILL db rather than a shutdown
+  mutable std::mutex mu;
+  ClientInfo info;
+  ClientInfo snapshot() const {
+    std::lock_guard lock(mu);
+    return info;
+  }
 };
+
+// PAUSE / DISABLE state set from the admin console, read on every checkout.
+class Control {
+ public:
+  // Fast path: nothing paused anywhere.
+  bool any_paused() const { return any_paused_.load(std::memory_order_relaxed); }
+  bool paused(const std::string& db) const {
+    std::lock_guard lock(mu_);
+    return all_paused_ || paused_.contains(db);
+  }
+  void pause(const std::string& db) {  // "" = every database
+    std::lock_guard lock(mu_);
+    if (db.empty())
+      all_paused_ = true;
+    else
+      paused_.insert(db);
+    any_paused_ = true;
+  }
+  void resume(const std::string& db) {
+    std::lock_guard lock(mu_);
+    if (db.empty()) {
+      all_paused_ = false;
+      paused_.clear();
+    } else {
+      paused_.erase(db);
+    }
+    any_paused_ = all_paused_ || !paused_.empty();
+  }
+  bool disabled(const std::string& db) const {
+    std::lock_guard lock(mu_);
+    return disabled_.contains(db);
+  }
+  void set_disabled(const std::string& db, bool on) {
+    std::lock_guard lock(mu_);
+    if (on)
+      disabled_.insert(db);
+    else
+      disabled_.erase(db);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::atomic<bool> any_paused_{false};
+  bool all_paused_ = false;
+  std::set<std::string> paused_;
+  std::set<std::string> disabled_;
+};
+
+enum class StopMode { kDrain, kImmediate, kWaitForClients };
 
 class Runtime {
  public:
@@ -55,9 +132,18 @@ class Runtime {
 
   CancelRegistry cancels;
   PoolRegistry pools;
+  Observability obs;
+  Control control;
+  // Set by the App: what RELOAD and SHUTDOWN do (called on any thread).
+  std::function<std::string()> reload;  // "" when applied, else why not
+  std::function<void(StopMode)> stop;
+  std::atomic<std::uint64_t> generation{0};  // bumped by every reload
+  std::atomic<bool> accepting{false};        // the Postgres listener is open
+  // Per event loop: when its heartbeat timer last ran (steady clock), for /healthz.
+  std::array<std::atomic<Clock::rep>, 64> heartbeats{};
+  std::atomic<std::uint32_t> loops{0};
+  std::chrono::system_clock::time_point started = std::chrono::system_clock::now();
   routing::AnalysisCache analyses;  // session-state analysis of statement texts, shared
-  // Clients pinned to a server connection (or refused) in transaction pooling, by reason.
-  std::array<std::atomic<std::uint64_t>, 8> pins{};
   std::atomic<std::uint32_t> clients{0};
   std::atomic<bool> stopping{false};
 

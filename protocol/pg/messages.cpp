@@ -223,6 +223,44 @@ void encode_parameter_status(Buffer& out, std::string_view name, std::string_vie
   w.end_message(at);
 }
 
+void encode_row_description(Buffer& out, const std::vector<Column>& columns) {
+  Writer w(out);
+  auto at = w.begin_message('T');
+  w.u16(static_cast<std::uint16_t>(columns.size()));
+  for (const auto& c : columns) {
+    w.cstr(c.name);
+    w.u32(0);  // table OID
+    w.u16(0);  // column number
+    w.u32(c.type_oid);
+    w.i16(c.type_len);
+    w.i32(-1);  // type modifier
+    w.u16(0);   // text format
+  }
+  w.end_message(at);
+}
+
+void encode_data_row(Buffer& out, const std::vector<std::optional<std::string_view>>& values) {
+  Writer w(out);
+  auto at = w.begin_message('D');
+  w.u16(static_cast<std::uint16_t>(values.size()));
+  for (const auto& v : values) {
+    if (!v) {
+      w.i32(-1);
+      continue;
+    }
+    w.i32(static_cast<std::int32_t>(v->size()));
+    w.raw(*v);
+  }
+  w.end_message(at);
+}
+
+void encode_command_complete(Buffer& out, std::string_view tag) {
+  Writer w(out);
+  auto at = w.begin_message('C');
+  w.cstr(tag);
+  w.end_message(at);
+}
+
 void encode_backend_key_data(Buffer& out, BackendKeyData key) {
   Writer w(out);
   auto at = w.begin_message('K');

@@ -109,6 +109,15 @@ void encode_auth_sasl(Buffer& out, const std::vector<std::string_view>& mechanis
 void encode_parameter_status(Buffer& out, std::string_view name, std::string_view value);
 void encode_backend_key_data(Buffer& out, BackendKeyData key);
 void encode_ready_for_query(Buffer& out, char status);
+// RowDescription 'T' for text-format columns (name, type OID; typlen -1 unless known).
+struct Column {
+  std::string_view name;
+  std::uint32_t type_oid = 25;  // text
+  std::int16_t type_len = -1;
+};
+void encode_row_description(Buffer& out, const std::vector<Column>& columns);
+void encode_data_row(Buffer& out, const std::vector<std::optional<std::string_view>>& values);
+void encode_command_complete(Buffer& out, std::string_view tag);
 void encode_negotiate_protocol_version(Buffer& out, std::uint32_t newest_minor,
                                        const std::vector<std::string_view>& unrecognized);
 

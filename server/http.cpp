@@ -1,0 +1,196 @@
+// HTTP endpoint: Prometheus scrapes, Kubernetes probes and a JSON status, on a thread of its own
+// so a stalled worker loop shows up as a failing /healthz instead of a hanging one.
+#include "server/http.hpp"
+
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json.hpp>
+
+namespace sluice::server {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace json = boost::json;
+
+namespace {
+
+constexpr std::size_t kMaxRequest = 16 * 1024;
+
+json::object probe_json(const Probe& p, const char* key) {
+  json::object o;
+  o[key] = p.ok;
+  o["reason"] = p.reason;
+  return o;
+}
+
+http::response<http::string_body> respond(Runtime& rt,
+                                          const http::request<http::string_body>& req) {
+  http::response<http::string_body> res;
+  res.version(req.version());
+  res.keep_alive(req.keep_alive());
+  res.set(http::field::server, "sluice/" SLUICE_VERSION);
+  auto target = std::string(req.target());
+  if (auto q = target.find('?'); q != std::string::npos) target.resize(q);
+  res.set(http::field::content_type, "application/json");
+  if (req.method() != http::verb::get && req.method() != http::verb::head) {
+    res.result(http::status::method_not_allowed);
+    res.set(http::field::allow, "GET, HEAD");
+    res.body() = R"({"error":"only GET and HEAD"})";
+  } else if (target == "/metrics") {
+    res.result(http::status::ok);
+    res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+    res.body() = rt.obs.registry.expose();
+  } else if (target == "/healthz") {
+    auto p = liveness(rt);
+    res.result(p.ok ? http::status::ok : http::status::service_unavailable);
+    res.body() = json::serialize(probe_json(p, "alive"));
+  } else if (target == "/readyz") {
+    auto p = readiness(rt);
+    res.result(p.ok ? http::status::ok : http::status::service_unavailable);
+    res.body() = json::serialize(probe_json(p, "ready"));
+  } else if (target == "/status") {
+    res.result(http::status::ok);
+    res.body() = status_json(rt);
+  } else {
+    res.result(http::status::not_found);
+    res.body() = R"({"error":"not found; try /metrics, /healthz, /readyz or /status"})";
+  }
+  res.prepare_payload();
+  if (req.method() == http::verb::head) res.body().clear();
+  return res;
+}
+
+awaitable<void> serve(tcp::socket socket, std::shared_ptr<Runtime> rt) {
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer(kMaxRequest);
+  for (;;) {
+    stream.expires_after(std::chrono::seconds(30));
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(kMaxRequest);
+    parser.body_limit(kMaxRequest);
+    auto [ec, n] = co_await http::async_read(stream, buffer, parser, use_nothrow);
+    if (ec) break;  // closed, timed out, or malformed: just close
+    auto res = respond(*rt, parser.get());
+    bool keep = res.keep_alive();
+    auto [wec, wn] = co_await http::async_write(stream, res, use_nothrow);
+    if (wec || !keep) break;
+  }
+  error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  auto secs = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+HttpServer::HttpServer(std::shared_ptr<Runtime> rt, const config::Endpoint& at)
+    : rt_(std::move(rt)), acceptor_(ctx_) {
+  tcp::resolver resolver(ctx_);
+  auto ep = resolver.resolve(at.host, std::to_string(at.port)).begin()->endpoint();
+  acceptor_.open(ep.protocol());
+  acceptor_.set_option(tcp::acceptor::reuse_address(true));
+  acceptor_.bind(ep);
+  acceptor_.listen();
+}
+
+void HttpServer::start() {
+  asio::co_spawn(ctx_, accept_loop(), log_exceptions("http listener"));
+  thread_ = std::thread([this] { ctx_.run(); });
+}
+
+void HttpServer::stop() {
+  if (!thread_.joinable()) return;
+  ctx_.stop();
+  thread_.join();
+}
+
+awaitable<void> HttpServer::accept_loop() {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor_.async_accept(use_nothrow);
+    if (ec == asio::error::operation_aborted) co_return;
+    if (ec) {
+      co_await sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
+    asio::co_spawn(ctx_, serve(std::move(socket), rt_), log_exceptions("http request"));
+  }
+}
+
+std::string status_json(Runtime& rt) {
+  auto cfg = rt.config();
+  json::object doc;
+  doc["version"] = SLUICE_VERSION;
+  doc["started"] = iso_time(rt.started);
+  auto ready = readiness(rt);
+  doc["ready"] = ready.ok;
+  doc["reason"] = ready.reason;
+
+  json::array pools;
+  for (const auto& p : rt.pools.all()) {
+    auto s = p->snapshot(false);
+    json::object o;
+    o["database"] = s.database;
+    o["user"] = s.user;
+    o["mode"] = s.mode;
+    o["active"] = s.active;
+    o["idle"] = s.idle;
+    o["tested"] = s.tested;
+    o["login"] = s.login;
+    o["waiting"] = s.waiting;
+    o["max_wait_seconds"] = std::chrono::duration<double>(s.max_wait).count();
+    pools.push_back(std::move(o));
+  }
+  doc["pools"] = std::move(pools);
+
+  json::object clients;
+  std::uint64_t total = 0, waiting = 0;
+  for (const auto& h : rt.sessions()) {
+    ++total;
+    if (h->state == ClientState::kWaiting) ++waiting;
+  }
+  clients["connected"] = total;
+  clients["waiting"] = waiting;
+  clients["max"] = cfg->pool.max_client_conn;
+  doc["clients"] = std::move(clients);
+
+  json::array backends;
+  for (const auto& h : rt.obs.monitor.snapshot()) {
+    json::object o;
+    o["database"] = h.target.database;
+    o["role"] = h.target.role;
+    o["address"] = h.target.address();
+    o["up"] = h.up;
+    o["checked"] = h.checked;
+    o["error"] = h.error;
+    o["check_seconds"] = h.rtt_seconds;
+    o["checks"] = h.checks;
+    o["failures"] = h.failures;
+    if (h.checked) o["last_check"] = iso_time(h.last_check);
+    backends.push_back(std::move(o));
+  }
+  doc["backends"] = std::move(backends);
+  doc["bans"] = json::array();  // replica bans arrive with read routing
+
+  json::array paused, disabled;
+  for (const auto& [name, db] : cfg->databases) {
+    if (rt.control.paused(name)) paused.push_back(json::string(name));
+    if (rt.control.disabled(name)) disabled.push_back(json::string(name));
+  }
+  doc["paused"] = std::move(paused);
+  doc["disabled"] = std::move(disabled);
+
+  json::object cache;
+  cache["configured"] = !cfg->cache_redis.empty();
+  cache["serving"] = false;  // the Redis cache arrives with its own issue
+  doc["cache"] = std::move(cache);
+  return json::serialize(doc);
+}
+
+}  // namespace sluice::server

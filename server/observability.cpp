@@ -1,0 +1,339 @@
+// Metric families, per-pool counters, SHOW STATS arithmetic and the scrape-time collectors.
+#include "server/observability.hpp"
+
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "server/runtime.hpp"
+
+namespace sluice::server {
+
+namespace {
+
+const std::vector<std::string> kPoolLabels{"database", "user"};
+
+// Query durations: 100 µs .. ~105 s.
+std::vector<double> duration_buckets() {
+  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+          0.25,   0.5,     1,      2.5,   5,      10,    30,   60,    120};
+}
+
+struct ProcessStats {
+  double cpu_seconds = 0;
+  double rss_bytes = 0;
+  double vsize_bytes = 0;
+  double open_fds = 0;
+  double max_fds = 0;
+};
+
+ProcessStats process_stats() {
+  ProcessStats p;
+  std::ifstream stat("/proc/self/stat");
+  std::string line;
+  std::getline(stat, line);
+  // Fields after the command name (which may hold spaces) start at state, field 3.
+  auto close = line.rfind(')');
+  if (close != std::string::npos) {
+    std::istringstream in(line.substr(close + 2));
+    std::vector<std::string> f;
+    for (std::string w; in >> w;) f.push_back(w);
+    const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+    const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
+    if (f.size() > 21) {
+      p.cpu_seconds = (std::stod(f[11]) + std::stod(f[12])) / tick;  // utime + stime
+      p.vsize_bytes = std::stod(f[20]);
+      p.rss_bytes = std::stod(f[21]) * page;
+    }
+  }
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (const dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') p.open_fds += 1;
+    }
+    closedir(d);
+    p.open_fds -= 1;  // the directory stream itself
+  }
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0) p.max_fds = static_cast<double>(lim.rlim_cur);
+  return p;
+}
+
+double seconds_since_epoch(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
+
+}  // namespace
+
+Observability::Observability()
+    : queries_(registry.counter("sluice_queries_total",
+                                "Statements executed for clients (CommandComplete or "
+                                "ErrorResponse), by where they ran.",
+                                {"database", "user", "route"})),
+      transactions_(registry.counter("sluice_transactions_total",
+                                     "Transactions completed (ReadyForQuery idle after a request).",
+                                     kPoolLabels)),
+      received_(registry.counter("sluice_client_received_bytes_total",
+                                 "Bytes received from clients.", kPoolLabels)),
+      sent_(registry.counter("sluice_client_sent_bytes_total", "Bytes sent to clients.",
+                             kPoolLabels)),
+      query_us_(registry.counter("sluice_query_time_seconds_total",
+                                 "Time spent in client requests (request to ReadyForQuery).",
+                                 kPoolLabels, 1e-6)),
+      xact_us_(registry.counter("sluice_transaction_time_seconds_total",
+                                "Time spent in transactions.", kPoolLabels, 1e-6)),
+      wait_us_(registry.counter("sluice_client_wait_seconds_total",
+                                "Time clients waited for a server connection.", kPoolLabels, 1e-6)),
+      waits_(registry.counter("sluice_client_waits_total",
+                              "Checkouts that had to wait for a server connection.", kPoolLabels)),
+      query_duration_(registry.histogram("sluice_query_duration_seconds",
+                                         "Duration of client requests, request to ReadyForQuery.",
+                                         kPoolLabels, duration_buckets())),
+      errors_(registry.counter("sluice_errors_total",
+                               "ErrorResponses sent to clients, by SQLSTATE class.", {"class"})),
+      pins_(registry.counter("sluice_pins_total",
+                             "Transaction-pooled clients pinned to a server connection (or "
+                             "refused with pool.pinning: error), by reason.",
+                             {"reason"})),
+      slow_(registry.counter("sluice_slow_queries_total",
+                             "Requests slower than insights.slow_query_threshold.", {"database"})),
+      logins_(registry.counter("sluice_client_logins_total", "Client logins, by result.",
+                               {"result"})) {}
+
+std::shared_ptr<const PoolCounters> Observability::counters(const std::string& database,
+                                                            const std::string& user) {
+  std::lock_guard lock(mu_);
+  auto& slot = by_pool_[{database, user}];
+  if (!slot) {
+    auto c = std::make_shared<PoolCounters>();
+    for (std::size_t r = 0; r < routing::kRouteNames.size(); ++r)
+      c->queries[r] = &queries_.with({database, user, std::string(routing::kRouteNames[r])});
+    c->transactions = &transactions_.with({database, user});
+    c->received_bytes = &received_.with({database, user});
+    c->sent_bytes = &sent_.with({database, user});
+    c->query_us = &query_us_.with({database, user});
+    c->xact_us = &xact_us_.with({database, user});
+    c->wait_us = &wait_us_.with({database, user});
+    c->waits = &waits_.with({database, user});
+    c->query_duration = &query_duration_.with({database, user});
+    slot = std::move(c);
+  }
+  return slot;
+}
+
+void Observability::count_error(std::string_view sqlstate) {
+  errors_.with({std::string(sqlstate.substr(0, 2))}).inc();
+}
+void Observability::count_pin(std::string_view reason) {
+  pins_.with({std::string(reason)}).inc();
+}
+void Observability::count_slow(const std::string& database) {
+  slow_.with({database}).inc();
+}
+void Observability::count_login(bool ok) {
+  logins_.with({ok ? "ok" : "failed"}).inc();
+}
+
+std::map<std::string, DbTotals> Observability::totals() const {
+  std::lock_guard lock(mu_);
+  std::map<std::string, DbTotals> out;
+  for (const auto& [key, c] : by_pool_) {
+    auto& t = out[key.first];
+    for (auto* q : c->queries) t.queries += static_cast<double>(q->value());
+    t.xacts += static_cast<double>(c->transactions->value());
+    t.received += static_cast<double>(c->received_bytes->value());
+    t.sent += static_cast<double>(c->sent_bytes->value());
+    t.xact_us += static_cast<double>(c->xact_us->value());
+    t.query_us += static_cast<double>(c->query_us->value());
+    t.wait_us += static_cast<double>(c->wait_us->value());
+  }
+  return out;
+}
+
+void Observability::roll_stats_period(double seconds) {
+  auto now = totals();
+  std::lock_guard lock(mu_);
+  averages_.clear();
+  for (const auto& [db, t] : now) {
+    DbTotals before;
+    if (auto it = period_start_.find(db); it != period_start_.end()) before = it->second;
+    DbTotals a;
+    double xacts = t.xacts - before.xacts, queries = t.queries - before.queries;
+    a.xacts = xacts / seconds;
+    a.queries = queries / seconds;
+    a.received = (t.received - before.received) / seconds;
+    a.sent = (t.sent - before.sent) / seconds;
+    a.xact_us = xacts > 0 ? (t.xact_us - before.xact_us) / xacts : 0;
+    a.query_us = queries > 0 ? (t.query_us - before.query_us) / queries : 0;
+    a.wait_us = xacts > 0 ? (t.wait_us - before.wait_us) / xacts : 0;
+    averages_[db] = a;
+  }
+  period_start_ = std::move(now);
+}
+
+std::map<std::string, DbTotals> Observability::averages() const {
+  std::lock_guard lock(mu_);
+  return averages_;
+}
+
+Probe readiness(Runtime& rt) {
+  if (rt.stopping) return {false, "shutting down"};
+  if (!rt.accepting) return {false, "the postgres listener is not accepting connections"};
+  auto cfg = rt.config();
+  auto health = rt.obs.monitor.snapshot();
+  for (const auto& [name, db] : cfg->databases) {
+    const routing::BackendHealth* found = nullptr;
+    for (const auto& h : health) {
+      if (h.target.database == name && h.target.role == "primary") found = &h;
+    }
+    std::string where = "primary of database " + name + " (" + db.primary.host + ":" +
+                        std::to_string(db.primary.port) + ")";
+    if (!found || !found->checked) return {false, where + " not checked yet"};
+    if (!found->up) return {false, where + " unreachable: " + found->error};
+  }
+  return {true, "ready"};
+}
+
+Probe liveness(Runtime& rt) {
+  auto now = Clock::now().time_since_epoch().count();
+  auto limit = std::chrono::duration_cast<Clock::duration>(std::chrono::seconds(5)).count();
+  for (std::uint32_t i = 0; i < rt.loops; ++i) {
+    auto beat = rt.heartbeats[i].load();
+    if (now - beat > limit)
+      return {false, "event loop " + std::to_string(i) + " has not run for over 5 s"};
+  }
+  return {true, "alive"};
+}
+
+void Observability::add_runtime_collectors(Runtime& rt) {
+  registry.add_collector([&rt](metrics::Writer& w) {
+    auto cfg = rt.config();
+    w.family("sluice_info", "gauge", "Version of the running sluice (always 1).");
+    w.sample("sluice_info", {"version"}, {SLUICE_VERSION}, 1);
+    w.family("sluice_ready", "gauge", "1 when /readyz answers 200.");
+    w.sample("sluice_ready", readiness(rt).ok ? 1 : 0);
+
+    // Clients by state.
+    std::map<std::string, double> by_state{
+        {"login", 0}, {"active", 0}, {"waiting", 0}, {"admin", 0}};
+    std::map<std::pair<const Pool*, int>, double> per_pool;
+    for (const auto& h : rt.sessions()) {
+      auto info = h->snapshot();
+      auto st = h->state.load();
+      if (info.admin) {
+        by_state["admin"] += 1;
+      } else if (st == ClientState::kLogin) {
+        by_state["login"] += 1;
+      } else if (st == ClientState::kWaiting) {
+        by_state["waiting"] += 1;
+      } else {
+        by_state["active"] += 1;
+      }
+    }
+    w.family("sluice_client_connections", "gauge",
+             "Client connections by state: login (authenticating), active (logged in), waiting "
+             "(for a server connection), admin (on the admin console).");
+    for (const auto& [state, n] : by_state)
+      w.sample("sluice_client_connections", {"state"}, {state}, n);
+    w.family("sluice_client_connections_max", "gauge", "pool.max_client_conn.");
+    w.sample("sluice_client_connections_max", cfg->pool.max_client_conn);
+
+    // Server connections by pool and state; pools of one (database, user) from before a reload
+    // add up.
+    struct Agg {
+      double active = 0, idle = 0, used = 0, tested = 0, login = 0, waiting = 0, max_wait = 0;
+    };
+    std::map<std::pair<std::string, std::string>, Agg> pools;
+    for (const auto& p : rt.pools.all()) {
+      auto s = p->snapshot(false);
+      auto& a = pools[{s.database, s.user}];
+      a.active += s.active;
+      a.idle += s.idle;
+      a.tested += s.tested;
+      a.login += s.login;
+      a.waiting += s.waiting;
+      a.max_wait = std::max(a.max_wait, std::chrono::duration<double>(s.max_wait).count());
+    }
+    w.family("sluice_server_connections", "gauge",
+             "Server connections by pool and state (active: linked to a client; idle; used; "
+             "tested: running the reset query; login: being opened).");
+    for (const auto& [key, a] : pools) {
+      for (auto [state, v] :
+           {std::pair{"active", a.active}, std::pair{"idle", a.idle}, std::pair{"used", a.used},
+            std::pair{"tested", a.tested}, std::pair{"login", a.login}})
+        w.sample("sluice_server_connections", {"database", "user", "state"},
+                 {key.first, key.second, state}, v);
+    }
+    w.family("sluice_clients_waiting", "gauge", "Clients waiting for a server connection.");
+    for (const auto& [key, a] : pools)
+      w.sample("sluice_clients_waiting", kPoolLabels, {key.first, key.second}, a.waiting);
+    w.family("sluice_client_max_wait_seconds", "gauge",
+             "How long the longest-waiting client has waited for a server connection.");
+    for (const auto& [key, a] : pools)
+      w.sample("sluice_client_max_wait_seconds", kPoolLabels, {key.first, key.second}, a.max_wait);
+    w.family("sluice_pool_size", "gauge", "Configured server connections per (database, user).");
+    for (const auto& [dn, db] : cfg->databases) {
+      for (const auto& [un, u] : cfg->users)
+        w.sample("sluice_pool_size", kPoolLabels, {dn, un}, cfg->pool_size_for(db, u));
+    }
+    w.family("sluice_database_paused", "gauge", "1 while the database is PAUSEd or KILLed.");
+    w.family("sluice_database_disabled", "gauge", "1 while the database is DISABLEd.");
+    for (const auto& [dn, db] : cfg->databases) {
+      w.sample("sluice_database_paused", {"database"}, {dn}, rt.control.paused(dn) ? 1 : 0);
+      w.sample("sluice_database_disabled", {"database"}, {dn}, rt.control.disabled(dn) ? 1 : 0);
+    }
+
+    // Backends.
+    auto health = rt.obs.monitor.snapshot();
+    w.family("sluice_backend_up", "gauge",
+             "1 when the backend answered the last health check (libpq PQping).");
+    for (const auto& h : health)
+      w.sample("sluice_backend_up", {"database", "role", "address"},
+               {h.target.database, h.target.role, h.target.address()}, h.up ? 1 : 0);
+    w.family("sluice_backend_check_duration_seconds", "gauge",
+             "Duration of the last health check.");
+    for (const auto& h : health)
+      w.sample("sluice_backend_check_duration_seconds", {"database", "role", "address"},
+               {h.target.database, h.target.role, h.target.address()}, h.rtt_seconds);
+
+    // Query insights: the top fingerprints by total time (bounded cardinality).
+    auto top = rt.obs.insights.top(cfg->insights.top_n);
+    const std::vector<std::string> q{"fingerprint", "query"};
+    auto label = [](const routing::QuerySnapshot& s) {
+      return s.normalized.size() > 120 ? s.normalized.substr(0, 117) + "..." : s.normalized;
+    };
+    w.family("sluice_top_query_calls_total", "counter",
+             "Calls of the statement fingerprints with the most total time (insights.top_n).");
+    for (const auto& s : top)
+      w.sample("sluice_top_query_calls_total", q, {s.id, label(s)}, static_cast<double>(s.calls));
+    w.family("sluice_top_query_seconds_total", "counter", "Total time of those fingerprints.");
+    for (const auto& s : top)
+      w.sample("sluice_top_query_seconds_total", q, {s.id, label(s)}, s.total_seconds);
+    w.family("sluice_top_query_p99_seconds", "gauge",
+             "99th percentile duration of those fingerprints (bucket upper bound).");
+    for (const auto& s : top)
+      w.sample("sluice_top_query_p99_seconds", q, {s.id, label(s)}, s.p99_seconds);
+    w.family("sluice_query_fingerprints", "gauge", "Statement fingerprints tracked by insights.");
+    w.sample("sluice_query_fingerprints", static_cast<double>(rt.obs.insights.size()));
+
+    // The process.
+    auto p = process_stats();
+    w.family("process_cpu_seconds_total", "counter", "User and system CPU time of sluice.");
+    w.sample("process_cpu_seconds_total", p.cpu_seconds);
+    w.family("process_resident_memory_bytes", "gauge", "Resident memory of sluice.");
+    w.sample("process_resident_memory_bytes", p.rss_bytes);
+    w.family("process_virtual_memory_bytes", "gauge", "Virtual memory of sluice.");
+    w.sample("process_virtual_memory_bytes", p.vsize_bytes);
+    w.family("process_open_fds", "gauge", "Open file descriptors.");
+    w.sample("process_open_fds", p.open_fds);
+    w.family("process_max_fds", "gauge", "File descriptor limit.");
+    w.sample("process_max_fds", p.max_fds);
+    w.family("process_start_time_seconds", "gauge",
+             "Start time of sluice, seconds since the epoch.");
+    w.sample("process_start_time_seconds", seconds_since_epoch(rt.started));
+  });
+}
+
+}  // namespace sluice::server

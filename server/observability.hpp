@@ -1,0 +1,91 @@
+// What sluice measures: the metric families sessions update, per-(database, user) counters,
+// query insights, the backend monitor, and SHOW STATS totals and averages.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "routing/insights.hpp"
+#include "routing/monitor.hpp"
+#include "server/metrics.hpp"
+
+namespace sluice::server {
+
+class Runtime;
+
+struct Probe {
+  bool ok = false;
+  std::string reason;  // why not (JSON-safe plain text)
+};
+// /readyz: configuration loaded, listener accepting, every database's primary reachable.
+Probe readiness(Runtime& rt);
+// /healthz: every event loop ran its heartbeat recently.
+Probe liveness(Runtime& rt);
+
+// The counters of one (database, user), looked up once per client session.
+struct PoolCounters {
+  std::array<metrics::Counter*, 3> queries;  // by route: primary, replica, cache
+  metrics::Counter* transactions;
+  metrics::Counter* received_bytes;
+  metrics::Counter* sent_bytes;
+  metrics::Counter* query_us;  // time in requests
+  metrics::Counter* xact_us;   // time in transactions
+  metrics::Counter* wait_us;   // time clients waited for a server connection
+  metrics::Counter* waits;
+  metrics::Histogram* query_duration;
+};
+
+// SHOW STATS figures of one database.
+struct DbTotals {
+  double xacts = 0, queries = 0, received = 0, sent = 0, xact_us = 0, query_us = 0, wait_us = 0;
+};
+
+class Observability {
+ public:
+  Observability();
+  std::shared_ptr<const PoolCounters> counters(const std::string& database,
+                                               const std::string& user);
+  // An ErrorResponse sent to a client, by SQLSTATE class.
+  void count_error(std::string_view sqlstate);
+  void count_pin(std::string_view reason);
+  void count_slow(const std::string& database);
+  void count_login(bool ok);
+
+  // Totals by database, from the counters.
+  std::map<std::string, DbTotals> totals() const;
+  // PgBouncer's averages over the last stats period: per second for counts and bytes, per
+  // transaction / query for times (µs).
+  std::map<std::string, DbTotals> averages() const;
+  void roll_stats_period(double seconds);  // called every stats_period
+
+  // Families computed at scrape time from the runtime (pools, clients, process, insights).
+  void add_runtime_collectors(Runtime& rt);
+
+  metrics::Registry registry;
+  routing::Insights insights;
+  routing::Monitor monitor{std::chrono::seconds(1)};
+
+ private:
+  metrics::Family<metrics::Counter>& queries_;
+  metrics::Family<metrics::Counter>& transactions_;
+  metrics::Family<metrics::Counter>& received_;
+  metrics::Family<metrics::Counter>& sent_;
+  metrics::Family<metrics::Counter>& query_us_;
+  metrics::Family<metrics::Counter>& xact_us_;
+  metrics::Family<metrics::Counter>& wait_us_;
+  metrics::Family<metrics::Counter>& waits_;
+  metrics::Family<metrics::Histogram>& query_duration_;
+  metrics::Family<metrics::Counter>& errors_;
+  metrics::Family<metrics::Counter>& pins_;
+  metrics::Family<metrics::Counter>& slow_;
+  metrics::Family<metrics::Counter>& logins_;
+
+  mutable std::mutex mu_;
+  std::map<std::pair<std::string, std::string>, std::shared_ptr<PoolCounters>> by_pool_;
+  std::map<std::string, DbTotals> period_start_;
+  std::map<std::string, DbTotals> averages_;
+};
+
+}  // namespace sluice::server
