@@ -9,11 +9,14 @@ import subprocess
 import tempfile
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ENV_DIR = os.environ.get("SLUICE_TEST_ENV", "/tmp/sluice-it-manual")
 SLUICE = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "release", "sluice"))
 APP_PASSWORD = "secret"
+OPS_PASSWORD = "opspass"  # admin console user of the default config (not a server role)
 
 
 def state():
@@ -41,12 +44,14 @@ def make_dsn(port, user="app", password=APP_PASSWORD, db="appdb", **params):
 def default_config(port):
     st = state()
     return {
-        "listen": {"postgres": f"127.0.0.1:{port}"},
+        "listen": {"postgres": f"127.0.0.1:{port}", "http": f"127.0.0.1:{free_port()}"},
         "databases": {"appdb": {"primary": {"host": "127.0.0.1", "port": st["primary_port"]},
                                 "replicas": [{"host": "127.0.0.1", "port": st["replica_port"]}]}},
         "users": [{"name": "app", "password": APP_PASSWORD},
                   {"name": "other", "password": "otherpass"},
-                  {"name": "md5user", "password": "md5pass"}],
+                  {"name": "md5user", "password": "md5pass"},
+                  {"name": "ops", "password": OPS_PASSWORD}],
+        "admin": {"users": ["ops"], "stats_users": ["app"]},
         "pool": {"mode": "session", "size": 40},
         "tls": {"cert": f"{st['certs']}/server.crt", "key": f"{st['certs']}/server.key"},
         "log": {"level": "info"},
@@ -91,6 +96,32 @@ class Sluice:
 
     def url(self, user="app", password=APP_PASSWORD, db="appdb"):
         return f"postgres://{user}:{password}@127.0.0.1:{self.port}/{db}"
+
+    def admin_dsn(self, user="ops", password=OPS_PASSWORD):
+        return make_dsn(self.port, user, password, "sluice")
+
+    def http_port(self):
+        return int(self.config["listen"]["http"].rsplit(":", 1)[1])
+
+    def http(self, path, method="GET"):
+        """(status, body text) of a request to sluice's HTTP endpoint."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port()}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metrics(self):
+        """Samples of /metrics: {'name{labels}': value} (labels as written by sluice)."""
+        status, body = self.http("/metrics")
+        assert status == 200, body
+        out = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                out[key] = float(value)
+        return out
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
