@@ -88,11 +88,14 @@ QueryEntryPtr Insights::resolve(std::string_view text) {
   auto fresh = make_entry(std::string(text));  // parse outside the lock
   std::lock_guard lock(mu_);
   if (by_text_.size() >= max_texts_) by_text_.clear();  // refilled from the fingerprints
-  auto& slot = by_fingerprint_[fresh->fingerprint];
-  if (!slot) slot = std::move(fresh);
-  by_text_[h] = slot;
-  if (by_fingerprint_.size() > max_fingerprints_) evict();
-  return by_text_[h];
+  auto it = by_fingerprint_.find(fresh->fingerprint);
+  if (it == by_fingerprint_.end()) {
+    if (by_fingerprint_.size() >= max_fingerprints_) evict();  // before the newcomer joins
+    it = by_fingerprint_.emplace(fresh->fingerprint, std::move(fresh)).first;
+  }
+  QueryEntryPtr entry = it->second;
+  by_text_[h] = entry;
+  return entry;
 }
 
 void Insights::evict() {

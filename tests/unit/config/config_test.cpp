@@ -142,3 +142,46 @@ TEST_CASE("transaction pooling settings: pinning, statement cache, database cap"
                       "pool:\n  pinning: maybe\n"),
              Contains("test.yaml:6") && Contains("pool.pinning") && Contains("pin | error"));
 }
+
+TEST_CASE("observability keys: admin users, insights, http, health and stats periods") {
+  const std::string base =
+      "databases:\n  appdb:\n    primary: { host: 127.0.0.1 }\nusers:\n"
+      "  - { name: app, password: x }\n  - { name: ops, password: y }\n";
+  auto c = load_string(base +
+                       "listen: { http: 0.0.0.0:9931, so_reuseport: true }\n"
+                       "admin: { users: [ops], stats_users: [app] }\n"
+                       "insights: { slow_query_threshold: 250ms, slow_log_interval: 10s, "
+                       "explain: on, seq_scan_rows: 500, top_n: 5 }\n"
+                       "health_check_interval: 500ms\nstats_period: 30s\n");
+  REQUIRE(c->listen_http);
+  CHECK(c->listen_http->to_string() == "0.0.0.0:9931");
+  CHECK(c->so_reuseport);
+  CHECK(c->is_admin("ops"));
+  CHECK_FALSE(c->is_admin("app"));
+  CHECK(c->is_stats_user("app"));
+  CHECK(c->is_stats_user("ops"));
+  CHECK_FALSE(c->is_stats_user("nobody"));
+  CHECK(c->insights.slow_query_threshold == Duration(250));
+  CHECK(c->insights.slow_log_interval == Duration(10'000));
+  CHECK(c->insights.explain);
+  CHECK(c->insights.seq_scan_rows == 500);
+  CHECK(c->insights.top_n == 5);
+  CHECK(c->health_check_interval == Duration(500));
+  CHECK(c->stats_period == Duration(30'000));
+
+  auto defaults = load_string(base);
+  REQUIRE(defaults->listen_http);
+  CHECK(defaults->listen_http->to_string() == "127.0.0.1:9930");
+  CHECK(defaults->insights.slow_query_threshold == Duration(1'000));
+  CHECK_FALSE(load_string(base + "listen: { http: off }\n")->listen_http);
+
+  CHECK_THAT(error_of(base + "admin: { users: [nobody] }\n"),
+             Contains("test.yaml:7: key 'admin.users[0]': user 'nobody' is not listed"));
+  CHECK_THAT(error_of(base + "admin: { userz: [ops] }\n"), Contains("did you mean 'users'"));
+  CHECK_THAT(error_of(base + "health_check_interval: 10ms\n"),
+             Contains("key 'health_check_interval': must be at least 100ms"));
+  CHECK_THAT(error_of(base + "insights: { explain: maybe }\n"),
+             Contains("key 'insights.explain': expected one of true | false | on | off"));
+  CHECK_THAT(error_of("databases:\n  sluice:\n    primary: { host: h }\nauth_type: trust\n"),
+             Contains("key 'databases.sluice': the name 'sluice' is reserved"));
+}

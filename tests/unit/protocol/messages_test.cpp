@@ -146,3 +146,30 @@ TEST_CASE("DataRow decodes values and NULLs, rejects lies about lengths") {
   Buffer trailing = {0, 1, 0, 0, 0, 1, 'x', 'y'};
   CHECK(!decode_data_row(trailing));
 }
+
+TEST_CASE("RowDescription, DataRow and CommandComplete encode as the server sends them") {
+  pg::Buffer out;
+  pg::encode_row_description(out, {{"database", 25}, {"cl_active", 23}});
+  pg::encode_data_row(out, {std::string_view("appdb"), std::nullopt});
+  pg::encode_command_complete(out, "SHOW");
+  pg::Span rest(out);
+  auto t = std::get<pg::Frame>(pg::next_frame(rest));
+  CHECK(t.type == 'T');
+  // 2 columns; "database\0" + 18 bytes of attributes; "cl_active\0" + 18.
+  CHECK(t.body.size() == 2 + 9 + 18 + 10 + 18);
+  CHECK(t.body[1] == 2);
+  rest = rest.subspan(t.size);
+  auto d = std::get<pg::Frame>(pg::next_frame(rest));
+  CHECK(d.type == 'D');
+  auto row = pg::decode_data_row(d.body);
+  REQUIRE(row);
+  REQUIRE(row->size() == 2);
+  CHECK((*row)[0] == std::optional<std::string_view>("appdb"));
+  CHECK_FALSE((*row)[1]);
+  rest = rest.subspan(d.size);
+  auto c = std::get<pg::Frame>(pg::next_frame(rest));
+  CHECK(c.type == 'C');
+  CHECK(c.size == rest.size());
+  CHECK(std::string_view(reinterpret_cast<const char*>(c.body.data()), c.body.size()) ==
+        std::string_view("SHOW\0", 5));
+}
