@@ -460,5 +460,42 @@ class ZeroDowntime(unittest.TestCase):
                 self.assertEqual(new.stop(), 0)
 
 
+class DeployPrometheus(unittest.TestCase):
+    """deploy/prometheus: promtool accepts the config and the rules, the rules fire on sluice's
+    series (promtool test rules), and every metric the rules and the dashboard use is one sluice
+    exports, or one the replica-routing and cache features will add."""
+    DIR = os.path.join(ROOT, "deploy", "prometheus")
+    LATER = {"sluice_replica_banned", "sluice_replica_lag_seconds", "sluice_replica_lag_bytes",
+             "sluice_cache_bypass_total", "sluice_cache_wal_listener_lag_bytes"}
+
+    def promtool(self, *args):
+        r = subprocess.run(["promtool", *args], cwd=self.DIR, capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return r.stdout
+
+    def test_promtool_checks_config_rules_and_rule_tests(self):
+        out = self.promtool("check", "rules", "alerts.yml")
+        print(out.strip().splitlines()[-1].strip())
+        self.promtool("check", "config", "prometheus.yml")
+        self.promtool("test", "rules", "alerts_test.yml")
+
+    def test_rules_and_dashboard_use_exported_metrics(self):
+        with open(os.path.join(self.DIR, "grafana-dashboard.json")) as f:
+            dash = json.load(f)
+        exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+        self.assertGreaterEqual(len(exprs), 10)
+        with open(os.path.join(self.DIR, "alerts.yml")) as f:
+            exprs.append(f.read())
+        used = set(re.findall(r"\b((?:sluice|process)_[a-z_]+)", " ".join(exprs)))
+        with Sluice(tweak=transaction_pool(2)) as sluice:
+            status, body = sluice.http("/metrics")
+        exported = set(re.findall(r"^# TYPE (\S+) ", body, re.M))
+        for name in list(exported):
+            if name.endswith("_seconds") or name.endswith("_bytes"):
+                exported |= {name + "_bucket", name + "_sum", name + "_count"}
+        missing = sorted(used - exported - self.LATER)
+        self.assertEqual(missing, [], f"used but not exported: {missing}")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
