@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 DEMO_DIR=${SLUICE_DEMO_DIR:-/tmp/sluice-demo}
 RUN_DIR="$DEMO_DIR-run"
 PORT=${SLUICE_DEMO_PORT:-6432}
+export HTTP_PORT=${SLUICE_DEMO_HTTP_PORT:-9930}
 
 stop() {
   if [ -f "$RUN_DIR/sluice.pid" ]; then
@@ -32,7 +33,7 @@ mkdir -p "$RUN_DIR"
 state="$DEMO_DIR/state.json"
 field() { /usr/bin/python3 -c "import json,sys; print(json.load(open('$state'))['$1'])"; }
 
-export APP_PASSWORD=secret
+export APP_PASSWORD=secret OPS_PASSWORD=opssecret
 export PRIMARY_PORT=$(field primary_port) REPLICA_PORT=$(field replica_port) REDIS_PORT=$(field redis_port)
 export SLUICE_CERT_DIR=$(field certs)
 sed "s/127.0.0.1:6432/127.0.0.1:$PORT/" deploy/sluice.example.yaml > "$RUN_DIR/sluice.yaml"
@@ -51,6 +52,8 @@ cat <<MSG
 
   connect:   psql "postgres://app:secret@127.0.0.1:$PORT/appdb"
   TLS:       psql "postgres://app:secret@127.0.0.1:$PORT/appdb?sslmode=verify-full&sslrootcert=$SLUICE_CERT_DIR/ca.crt"
+  admin:     psql "postgres://ops:opssecret@127.0.0.1:$PORT/sluice" -c 'SHOW POOLS'   (SHOW QUERIES, PAUSE, RESUME...)
+  metrics:   curl http://127.0.0.1:$HTTP_PORT/metrics   (/healthz /readyz /status)
   servers:   primary 127.0.0.1:$PRIMARY_PORT, replica 127.0.0.1:$REPLICA_PORT, redis 127.0.0.1:$REDIS_PORT
   config:    $RUN_DIR/sluice.yaml (kill -HUP $(cat "$RUN_DIR/sluice.pid") reloads it)
   log:       $RUN_DIR/sluice.log

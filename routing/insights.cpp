@@ -4,6 +4,7 @@
 #include <pg_query.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <cmath>
 #include <cstdio>
 
@@ -49,10 +50,45 @@ QueryEntryPtr make_entry(const std::string& text) {
     e->normalized += "...";
   }
   e->id = hex16(e->fingerprint);
+  if (text.size() <= 64 * 1024) e->sample = text;
   return e;
 }
 
+void walk_plan(const boost::json::object& node, PlanFacts& facts) {
+  auto text = [&](const char* key) -> std::string {
+    if (auto* v = node.if_contains(key); v && v->is_string()) return std::string(v->as_string());
+    return {};
+  };
+  if (text("Node Type") == "Seq Scan") {
+    std::pair<std::string, std::string> rel{text("Schema"), text("Relation Name")};
+    if (std::find(facts.seq_scans.begin(), facts.seq_scans.end(), rel) == facts.seq_scans.end())
+      facts.seq_scans.push_back(std::move(rel));
+  }
+  if (auto index = text("Index Name"); !index.empty()) {
+    if (std::find(facts.indexes.begin(), facts.indexes.end(), index) == facts.indexes.end())
+      facts.indexes.push_back(std::move(index));
+  }
+  if (auto* kids = node.if_contains("Plans"); kids && kids->is_array()) {
+    for (const auto& k : kids->as_array()) {
+      if (k.is_object()) walk_plan(k.as_object(), facts);
+    }
+  }
+}
+
 }  // namespace
+
+std::optional<PlanFacts> plan_facts(std::string_view explain_json) {
+  boost::json::error_code ec;
+  auto doc = boost::json::parse(explain_json, ec);
+  // EXPLAIN (FORMAT JSON) is an array with one object per statement, each holding "Plan".
+  if (ec || !doc.is_array() || doc.as_array().empty() || !doc.as_array()[0].is_object())
+    return std::nullopt;
+  const auto* plan = doc.as_array()[0].as_object().if_contains("Plan");
+  if (!plan || !plan->is_object()) return std::nullopt;
+  PlanFacts facts;
+  walk_plan(plan->as_object(), facts);
+  return facts;
+}
 
 double LatencyBuckets::upper_bound(std::size_t i) {
   return kFirstBound * std::pow(kFactor, static_cast<double>(i));

@@ -41,6 +41,7 @@ struct QueryEntry {
   std::uint64_t fingerprint = 0;
   std::string id;          // fingerprint as 16 hex digits
   std::string normalized;  // constants replaced by $n (or the text itself when unparseable)
+  std::string sample;      // the first text seen (for EXPLAIN); empty when over 64 KB
   // Guarded by Insights' mutex:
   std::uint64_t calls = 0;
   std::uint64_t errors = 0;
@@ -148,6 +149,14 @@ class RequestTracker {
   SteadyClock::time_point open_start_{};
   bool open_ = false;
 };
+
+// What EXPLAIN (VERBOSE, FORMAT JSON) says about a plan: the relations read by sequential scans
+// (schema, name) and the indexes used; nullopt when the document is not a plan.
+struct PlanFacts {
+  std::vector<std::pair<std::string, std::string>> seq_scans;
+  std::vector<std::string> indexes;
+};
+std::optional<PlanFacts> plan_facts(std::string_view explain_json);
 
 // Rows a CommandComplete tag reports ("SELECT 5", "INSERT 0 3", "UPDATE 2"; 0 otherwise).
 std::uint64_t rows_from_tag(std::string_view tag);

@@ -119,6 +119,7 @@ int App::run() {
   for (auto& t : threads) t.join();
   if (http_) http_->stop();
   rt_->obs.monitor.stop();
+  rt_->obs.explainer.stop();
   // Tear down while every loop object still exists: idle server connections first, then the
   // loops, whose destruction frees the remaining session frames (their leases close inline).
   rt_->pools.close_for_exit();

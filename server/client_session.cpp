@@ -804,6 +804,18 @@ void ClientSession::finish_request(const routing::Completed& c, Clock::time_poin
             ? fmt::format(" ({} slow calls since the last report)", slow->calls_since_last)
             : std::string(),
         c.entry->normalized);
+    if (in.explain && !c.entry->sample.empty() && !user_->server_password.empty() &&
+        rt_->obs.insights.take_explain(*c.entry, now, in.slow_log_interval)) {
+      ExplainJob job;
+      job.entry = c.entry;
+      job.host = db_->primary.host;
+      job.port = db_->primary.port;
+      job.dbname = db_->primary.dbname;
+      job.user = user_->server_user;
+      job.password = user_->server_password;
+      job.seq_scan_rows = in.seq_scan_rows;
+      rt_->obs.explainer.submit(std::move(job));
+    }
   }
 }
 

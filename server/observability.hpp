@@ -9,6 +9,7 @@
 
 #include "routing/insights.hpp"
 #include "routing/monitor.hpp"
+#include "server/explainer.hpp"
 #include "server/metrics.hpp"
 
 namespace sluice::server {
@@ -66,6 +67,7 @@ class Observability {
   metrics::Registry registry;
   routing::Insights insights;
   routing::Monitor monitor{std::chrono::seconds(1)};
+  Explainer explainer{insights};
 
  private:
   metrics::Family<metrics::Counter>& queries_;

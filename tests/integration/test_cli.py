@@ -33,7 +33,7 @@ class Cli(unittest.TestCase):
         certs = tempfile.mkdtemp()
         for name in ("server.crt", "server.key"):
             open(os.path.join(certs, name), "w").close()
-        env = dict(os.environ, APP_PASSWORD="secret", PRIMARY_PORT="5432", REPLICA_PORT="5433",
+        env = dict(os.environ, APP_PASSWORD="secret", OPS_PASSWORD="x", PRIMARY_PORT="5432", REPLICA_PORT="5433",
                    REDIS_PORT="6379", SLUICE_CERT_DIR=certs)
         demo = os.path.join(ROOT, "deploy", "sluice.example.yaml")
         r = subprocess.run([SLUICE, "--check-config", demo], capture_output=True, text=True, env=env)

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import unittest
+import urllib.request
 
 from harness import ROOT, free_port
 
@@ -11,7 +12,8 @@ from harness import ROOT, free_port
 class Demo(unittest.TestCase):
     def test_demo_starts_serves_and_stops(self):
         port = free_port()
-        env = dict(os.environ, SLUICE_DEMO_PORT=str(port), SLUICE_DEMO_DIR=f"/tmp/sluice-demo-test-{port}")
+        env = dict(os.environ, SLUICE_DEMO_PORT=str(port), SLUICE_DEMO_HTTP_PORT=str(free_port()),
+                   SLUICE_DEMO_DIR=f"/tmp/sluice-demo-test-{port}")
         demo = os.path.join(ROOT, "deploy", "demo.sh")
         try:
             r = subprocess.run([demo], capture_output=True, text=True, env=env, timeout=600)
@@ -23,6 +25,13 @@ class Demo(unittest.TestCase):
                 q = subprocess.run(["psql", "-X", "-At", u, "-c", "SELECT current_user"],
                                    capture_output=True, text=True, timeout=30)
                 self.assertEqual(q.stdout.strip(), "app", q.stderr)
+            admin = re.search(r'admin:\s+psql "([^"]+)"', r.stdout).group(1)
+            q = subprocess.run(["psql", "-X", "-At", admin, "-c", "SHOW VERSION"],
+                               capture_output=True, text=True, timeout=30)
+            self.assertIn("sluice", q.stdout, q.stderr)
+            metrics = re.search(r"metrics:\s+curl (\S+)", r.stdout).group(1)
+            with urllib.request.urlopen(metrics, timeout=10) as m:
+                self.assertIn("sluice_queries_total", m.read().decode())
         finally:
             subprocess.run([demo, "stop"], env=env, capture_output=True, timeout=120)
         q = subprocess.run(["psql", "-X", "-At", f"postgres://app:secret@127.0.0.1:{port}/appdb",

@@ -20,8 +20,8 @@ import urllib.request
 import psycopg
 from psycopg import errors
 
-from harness import (APP_PASSWORD, ROOT, OPS_PASSWORD, Sluice, default_config, free_port, psql,
-                     state)
+from harness import (APP_PASSWORD, ROOT, OPS_PASSWORD, Sluice, free_port, psql, state,
+                     superuser_sql)
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SECONDS = int(os.environ.get("SLUICE_PGBENCH_SECONDS", "30"))
@@ -359,6 +359,32 @@ class Insights(unittest.TestCase):
             self.assertIn(row["fingerprint"], lines[0])
             m = sluice.metrics()
             self.assertEqual(m['sluice_slow_queries_total{database="appdb"}'], 3)
+
+
+    def test_explain_reports_sequential_scans_and_indexes(self):
+        superuser_sql("DROP TABLE IF EXISTS obs_big; CREATE TABLE obs_big (id int PRIMARY KEY, "
+                      "v int); INSERT INTO obs_big SELECT g, g % 100 FROM "
+                      "generate_series(1, 50000) g; ANALYZE obs_big; GRANT SELECT ON obs_big TO app")
+        tweak = transaction_pool(4, insights={"slow_query_threshold": "200ms", "explain": True})
+        try:
+            with Sluice(tweak=tweak) as sluice:
+                with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                    conn.execute("SELECT pg_sleep(0.3), count(*) FROM obs_big WHERE v = 7")
+                    conn.execute("SELECT pg_sleep(0.3), v FROM obs_big WHERE id = 5")
+                plans, deadline = {}, time.time() + 10
+                while len(plans) < 2 and time.time() < deadline:
+                    plans = {r["query"]: r["plan"] for r in admin(sluice, "SHOW QUERIES")
+                             if "obs_big" in r["query"] and r["plan"]}
+                    time.sleep(0.1)
+                print("EXPLAIN summaries:", plans)
+                scan = plans["SELECT pg_sleep($1), count(*) FROM obs_big WHERE v = $2"]
+                self.assertIn("seq scan on public.obs_big (50000 rows)", scan)
+                indexed = plans["SELECT pg_sleep($1), v FROM obs_big WHERE id = $2"]
+                self.assertIn("no sequential scan", indexed)
+                self.assertIn("indexes: obs_big_pkey", indexed)
+                self.assertIn("slow query plan: fingerprint=", sluice.log())
+        finally:
+            superuser_sql("DROP TABLE IF EXISTS obs_big")
 
 
 class ZeroDowntime(unittest.TestCase):

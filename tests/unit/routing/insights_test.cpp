@@ -228,3 +228,19 @@ TEST_CASE("latency buckets: quantiles are bucket upper bounds") {
   b.add(1e9);  // beyond the last bucket: clamped
   CHECK(b.quantile(1.0) == LatencyBuckets::upper_bound(LatencyBuckets::kCount - 1));
 }
+
+TEST_CASE("plan facts: sequential scans and indexes from EXPLAIN (VERBOSE, FORMAT JSON)") {
+  auto facts = plan_facts(R"([{"Plan": {"Node Type": "Nested Loop", "Plans": [
+      {"Node Type": "Seq Scan", "Relation Name": "big", "Schema": "public", "Plan Rows": 10},
+      {"Node Type": "Index Scan", "Index Name": "small_pkey", "Relation Name": "small",
+       "Schema": "public"},
+      {"Node Type": "Seq Scan", "Relation Name": "big", "Schema": "public"}]}}])");
+  REQUIRE(facts);
+  REQUIRE(facts->seq_scans.size() == 1);
+  CHECK(facts->seq_scans[0] == std::pair<std::string, std::string>{"public", "big"});
+  CHECK(facts->indexes == std::vector<std::string>{"small_pkey"});
+  CHECK_FALSE(plan_facts("not json"));
+  CHECK_FALSE(plan_facts("[]"));
+  CHECK_FALSE(plan_facts(R"({"Plan": {}})"));
+  CHECK(plan_facts(R"([{"Plan": {"Node Type": "Result"}}])")->seq_scans.empty());
+}
