@@ -59,9 +59,21 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
     using reuse_port = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
     acceptor_->set_option(reuse_port(true));
   }
-  acceptor_->bind(ep);
-  acceptor_->listen(asio::socket_base::max_listen_connections);
-  if (cfg->listen_http) http_ = std::make_unique<HttpServer>(rt_, *cfg->listen_http);
+  error_code ec;
+  acceptor_->bind(ep, ec);
+  if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec)
+    throw std::runtime_error("listen.postgres " + cfg->listen_postgres.to_string() + ": " +
+                             ec.message() +
+                             " (another process has the port? change listen.postgres)");
+  if (cfg->listen_http) {
+    try {
+      http_ = std::make_unique<HttpServer>(rt_, *cfg->listen_http);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("listen.http " + cfg->listen_http->to_string() + ": " + e.what() +
+                               " (change listen.http, or set it to off)");
+    }
+  }
   rt_->obs.add_runtime_collectors(*rt_);
   rt_->reload = [this] { return reload(); };  // from the admin console, on any loop
   rt_->stop = [this](StopMode mode) {

@@ -46,13 +46,18 @@ void Explainer::loop() {
 
 void Explainer::run(const ExplainJob& job) {
   auto port = std::to_string(job.port);
-  const char* keys[] = {"host",     "port",            "dbname",           "user",
-                        "password", "connect_timeout", "application_name", "options",
-                        nullptr};
+  const char* keys[] = {
+      "host",    "port", "dbname", "user", "password", "connect_timeout", "application_name",
+      "options", nullptr};
   // statement_timeout bounds planning of a pathological statement; EXPLAIN does not execute it.
-  const char* values[] = {job.host.c_str(),     port.c_str(), job.dbname.c_str(),
-                          job.user.c_str(),     job.password.c_str(),
-                          "5",                  "sluice_explain", "-c statement_timeout=5000",
+  const char* values[] = {job.host.c_str(),
+                          port.c_str(),
+                          job.dbname.c_str(),
+                          job.user.c_str(),
+                          job.password.c_str(),
+                          "5",
+                          "sluice_explain",
+                          "-c statement_timeout=5000",
                           nullptr};
   std::unique_ptr<PGconn, decltype(&PQfinish)> conn(PQconnectdbParams(keys, values, 0), PQfinish);
   const auto& e = *job.entry;
@@ -87,7 +92,8 @@ void Explainer::run(const ExplainJob& job) {
                " (" + std::to_string(rows) + " rows)";
   }
   if (summary.empty())
-    summary = "no sequential scan on a relation over " + std::to_string(job.seq_scan_rows) + " rows";
+    summary =
+        "no sequential scan on a relation over " + std::to_string(job.seq_scan_rows) + " rows";
   summary += facts->indexes.empty() ? "; no index used" : "; indexes:";
   for (const auto& i : facts->indexes) summary += " " + i;
   insights_.set_plan(*job.entry, summary);

@@ -370,9 +370,10 @@ PoolSnapshot Pool::snapshot(bool with_servers) {
   s.user = user_;
   s.mode = mode_;
   for (const auto& [conn, row] : rows_) {
-    if (row.state == "active") {
+    std::string_view state = row.state;
+    if (state == "active") {
       ++s.active;
-    } else if (row.state == "idle") {
+    } else if (state == "idle") {
       ++s.idle;
     } else {
       ++s.tested;

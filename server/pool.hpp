@@ -97,7 +97,7 @@ struct PoolLimits {
 
 // One server connection as SHOW SERVERS and /status show it.
 struct ServerRow {
-  std::string state;  // active | idle | tested
+  const char* state = "active";  // "active" | "idle" | "tested" (string literals: no allocation)
   std::string addr;
   std::uint16_t port = 0;
   std::string local_addr;
@@ -178,7 +178,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   awaitable<void> reset_then_return(std::unique_ptr<ServerConn> conn, std::string reset_query);
   void discard(std::unique_ptr<ServerConn> conn);  // under mu_
   void drop(std::unique_ptr<ServerConn> conn);     // under mu_: discard and free its slot
-  void set_state(const ServerConn& conn, const char* state);  // under mu_
+  // Under mu_; `state` is one of the string literals of ServerRow::state.
+  void set_state(const ServerConn& conn, const char* state);
 
   bool take_slot(std::uint32_t limit);  // under mu_: below `limit` and the database's cap
   // Under mu_: the most recently used idle connection, or null; records the current limits.
