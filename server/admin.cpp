@@ -16,15 +16,8 @@ namespace {
 constexpr std::uint32_t kText = 25, kInt4 = 23, kNumeric = 1700;
 constexpr std::uint32_t kMaxAdminQuery = 64 * 1024;
 
-using Row = std::vector<std::optional<std::string>>;
-
 std::string time_text(std::chrono::system_clock::time_point t) {
-  auto secs = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[40];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
-  return buf;
+  return format_utc(t, "%Y-%m-%d %H:%M:%S UTC");  // as PgBouncer shows times
 }
 
 std::string num(double v) {

@@ -80,12 +80,7 @@ awaitable<void> serve(tcp::socket socket, std::shared_ptr<Runtime> rt) {
 }
 
 std::string iso_time(std::chrono::system_clock::time_point t) {
-  auto secs = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
+  return format_utc(t, "%Y-%m-%dT%H:%M:%SZ");
 }
 
 }  // namespace

@@ -39,13 +39,15 @@ bool valid_name(std::string_view name) {
   return true;
 }
 
-std::string escape_label(std::string_view v) {
+namespace {
+// Backslash and newline always; double quotes only in label values (not in HELP text).
+std::string escape(std::string_view v, bool quotes) {
   std::string out;
   out.reserve(v.size());
   for (char c : v) {
     if (c == '\\') {
       out += "\\\\";
-    } else if (c == '"') {
+    } else if (c == '"' && quotes) {
       out += "\\\"";
     } else if (c == '\n') {
       out += "\\n";
@@ -55,22 +57,14 @@ std::string escape_label(std::string_view v) {
   }
   return out;
 }
-
-namespace {
 std::string escape_help(std::string_view v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
+  return escape(v, false);
 }
 }  // namespace
+
+std::string escape_label(std::string_view v) {
+  return escape(v, true);
+}
 
 std::string format_value(double v) {
   if (std::isnan(v)) return "NaN";

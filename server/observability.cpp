@@ -178,6 +178,15 @@ std::map<std::string, DbTotals> Observability::averages() const {
   return averages_;
 }
 
+std::string format_utc(std::chrono::system_clock::time_point t, const char* format) {
+  auto secs = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, format, &tm);
+  return buf;
+}
+
 Probe readiness(Runtime& rt) {
   if (rt.stopping) return {false, "shutting down"};
   if (!rt.accepting) return {false, "the postgres listener is not accepting connections"};

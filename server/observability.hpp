@@ -20,6 +20,9 @@ struct Probe {
   bool ok = false;
   std::string reason;  // why not (JSON-safe plain text)
 };
+// A wall-clock time in UTC with strftime's `format`.
+std::string format_utc(std::chrono::system_clock::time_point t, const char* format);
+
 // /readyz: configuration loaded, listener accepting, every database's primary reachable.
 Probe readiness(Runtime& rt);
 // /healthz: every event loop ran its heartbeat recently.
