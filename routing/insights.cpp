@@ -26,6 +26,89 @@ std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 1469598103934665603ULL
   return h;
 }
 
+bool ident_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '$' || static_cast<unsigned char>(c) >= 0x80;
+}
+bool digit(char c) {
+  return c >= '0' && c <= '9';
+}
+
+}  // namespace
+
+// FNV-1a of the text with numeric and quoted-string literals replaced by one marker: texts that
+// differ only in constants (which the fingerprint ignores) share a key, so libpg_query runs once
+// per statement shape, not once per literal value. Conservative: identifiers, "quoted
+// identifiers", -- comments and $n are hashed as written; a text with a backslash (E'' strings),
+// a block comment or a dollar quote is hashed whole, as the lexing of those is not attempted.
+std::uint64_t shape_hash(std::string_view sql) {
+  for (std::size_t k = 0; k < sql.size(); ++k) {
+    const char c = sql[k];
+    if (c == '\\' || (c == '/' && k + 1 < sql.size() && sql[k + 1] == '*') ||
+        (c == '$' && (k + 1 >= sql.size() || !digit(sql[k + 1]))))
+      return fnv1a(sql);
+  }
+  std::uint64_t h = 1469598103934665603ULL;
+  auto add = [&h](char c) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ULL;
+  };
+  std::size_t i = 0;
+  const std::size_t n = sql.size();
+  while (i < n) {
+    char c = sql[i];
+    const bool after_ident = i > 0 && ident_char(sql[i - 1]);
+    if (digit(c) && !after_ident) {  // 12, 1.5, 1e-3, .5 handled as '.' then digits
+      while (i < n && (digit(sql[i]) || sql[i] == '.')) ++i;
+      if (i < n && (sql[i] == 'e' || sql[i] == 'E')) {
+        std::size_t j = i + 1;
+        if (j < n && (sql[j] == '+' || sql[j] == '-')) ++j;
+        if (j < n && digit(sql[j])) {
+          i = j;
+          while (i < n && digit(sql[i])) ++i;
+        }
+      }
+      if (i < n && ident_char(sql[i])) {  // 1abc is not a plain number: keep it all
+        add('#');
+        continue;
+      }
+      add('\x01');
+      continue;
+    }
+    if (c == '"' || (c == '-' && i + 1 < n && sql[i + 1] == '-')) {  // copied as written
+      const char end = c == '"' ? '"' : '\n';
+      add(c);
+      for (++i; i < n && sql[i] != end; ++i) add(sql[i]);  // "" escapes: two quoted runs
+      if (i < n) add(sql[i++]);
+      continue;
+    }
+    if (c == '\'' && !after_ident) {  // 'text' with '' escapes (standard strings)
+      std::size_t j = i + 1;
+      for (; j < n; ++j) {
+        if (sql[j] == '\'') {
+          if (j + 1 < n && sql[j + 1] == '\'') {
+            ++j;
+            continue;
+          }
+          break;
+        }
+      }
+      if (j >= n) {  // unterminated: hash the rest as written
+        for (; i < n; ++i) add(sql[i]);
+        break;
+      }
+      add('\x02');
+      i = j + 1;
+      continue;
+    }
+    add(c);
+    ++i;
+  }
+  return h;
+}
+
+namespace {
+
 std::string hex16(std::uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
@@ -116,7 +199,7 @@ double LatencyBuckets::quantile(double q) const {
 }
 
 QueryEntryPtr Insights::resolve(std::string_view text) {
-  auto h = fnv1a(text);
+  auto h = shape_hash(text);
   {
     std::lock_guard lock(mu_);
     if (auto it = by_text_.find(h); it != by_text_.end()) return it->second;

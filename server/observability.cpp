@@ -252,7 +252,8 @@ void Observability::add_runtime_collectors(Runtime& rt) {
     // Server connections by pool and state; pools of one (database, user) from before a reload
     // add up.
     struct Agg {
-      double active = 0, idle = 0, used = 0, tested = 0, login = 0, waiting = 0, max_wait = 0;
+      double active = 0, idle = 0, used = 0, tested = 0, login = 0, waiting = 0, max_wait = 0,
+             prepared = 0;
     };
     std::map<std::pair<std::string, std::string>, Agg> pools;
     for (const auto& p : rt.pools.all()) {
@@ -263,6 +264,7 @@ void Observability::add_runtime_collectors(Runtime& rt) {
       a.tested += s.tested;
       a.login += s.login;
       a.waiting += s.waiting;
+      a.prepared += static_cast<double>(s.prepared);
       a.max_wait = std::max(a.max_wait, std::chrono::duration<double>(s.max_wait).count());
     }
     w.family("sluice_server_connections", "gauge",
@@ -282,6 +284,12 @@ void Observability::add_runtime_collectors(Runtime& rt) {
              "How long the longest-waiting client has waited for a server connection.");
     for (const auto& [key, a] : pools)
       w.sample("sluice_client_max_wait_seconds", kPoolLabels, {key.first, key.second}, a.max_wait);
+    w.family("sluice_server_prepared_statements", "gauge",
+             "Prepared statements sluice keeps on the pool's server connections (transaction "
+             "pooling; per connection at most pool.max_prepared_statements).");
+    for (const auto& [key, a] : pools)
+      w.sample("sluice_server_prepared_statements", kPoolLabels, {key.first, key.second},
+               a.prepared);
     w.family("sluice_pool_size", "gauge", "Configured server connections per (database, user).");
     for (const auto& [dn, db] : cfg->databases) {
       for (const auto& [un, u] : cfg->users)

@@ -370,6 +370,7 @@ PoolSnapshot Pool::snapshot(bool with_servers) {
   s.user = user_;
   s.mode = mode_;
   for (const auto& [conn, row] : rows_) {
+    s.prepared += row.prepared;
     std::string_view state = row.state;
     if (state == "active") {
       ++s.active;

@@ -106,7 +106,8 @@ struct ServerRow {
   std::chrono::system_clock::time_point request_time{};
   std::int32_t remote_pid = 0;
   bool tls = false;
-  std::uint64_t epoch = 0;  // RECONNECT closes connections of older epochs
+  std::uint64_t epoch = 0;   // RECONNECT closes connections of older epochs
+  std::size_t prepared = 0;  // statements sluice prepared on it, as of its last state change
 };
 
 // A pool's state at one moment (admin console, metrics).
@@ -119,6 +120,7 @@ struct PoolSnapshot {
   std::uint32_t tested = 0;  // running the reset query
   std::uint32_t login = 0;   // being opened
   std::uint32_t waiting = 0;
+  std::uint64_t prepared = 0;  // prepared statements on its server connections
   Clock::duration max_wait{};  // the longest wait of a client still waiting
   std::vector<ServerRow> servers;
 };

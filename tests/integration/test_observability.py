@@ -110,6 +110,18 @@ class Metrics(unittest.TestCase):
         hist = self.key("sluice_query_duration_seconds_count", database="appdb", user="app")
         self.assertEqual(after[hist] - before[hist], 39)
 
+    def test_prepared_statements_and_pins_are_counted(self):
+        key = self.key("sluice_server_prepared_statements", database="appdb", user="app")
+        pin = self.key("sluice_pins_total", reason="listen")
+        before = self.sluice.metrics().get(pin, 0)
+        with psycopg.connect(self.sluice.dsn(), autocommit=True) as conn:
+            for i in range(3):
+                conn.execute(f"SELECT {i} + %s::int AS n", (1,), prepare=True)
+        self.assertGreaterEqual(self.sluice.metrics()[key], 3)
+        with psycopg.connect(self.sluice.dsn(), autocommit=True) as conn:
+            conn.execute("LISTEN obs_channel")
+        self.assertEqual(self.sluice.metrics()[pin] - before, 1)
+
     def test_promtool_accepts_a_scrape_taken_under_load(self):
         ensure_pgbench_tables(self.sluice)
         bench = pgbench(self.sluice.port, "-c", "16", "-j", "2", "-T", "6", "-S")

@@ -244,3 +244,24 @@ TEST_CASE("plan facts: sequential scans and indexes from EXPLAIN (VERBOSE, FORMA
   CHECK_FALSE(plan_facts(R"({"Plan": {}})"));
   CHECK(plan_facts(R"([{"Plan": {"Node Type": "Result"}}])")->seq_scans.empty());
 }
+
+TEST_CASE("statement shapes: constants masked, everything else as written") {
+  CHECK(shape_hash("SELECT * FROM t WHERE id = 1") == shape_hash("SELECT * FROM t WHERE id = 42"));
+  CHECK(shape_hash("SELECT 'a', 1.5e3") == shape_hash("SELECT 'it''s', 7"));
+  CHECK(shape_hash("SELECT * FROM t10") != shape_hash("SELECT * FROM t11"));  // identifiers
+  CHECK(shape_hash("SELECT $1") != shape_hash("SELECT $2"));
+  CHECK(shape_hash("SELECT \"a'b\" FROM t WHERE x = 'y'") !=
+        shape_hash("SELECT \"a'c\" FROM t WHERE x = 'y'"));
+  CHECK(shape_hash("SELECT 1 -- it's\n, a") != shape_hash("SELECT 1 -- it's\n, b"));
+  // Backslashes, block comments and dollar quotes: the whole text is the key.
+  CHECK(shape_hash("SELECT E'\\'' || a || 'x'") != shape_hash("SELECT E'\\'' || b || 'x'"));
+  CHECK(shape_hash("SELECT /* ' */ a, ' */ 1") != shape_hash("SELECT /* ' */ b, ' */ 1"));
+  CHECK(shape_hash("SELECT $$'$$ || a || '$$") != shape_hash("SELECT $$'$$ || b || '$$"));
+  CHECK(shape_hash("SELECT 1") != shape_hash("SELECT 1 "));  // whitespace counts
+  // Same shape, same entry, parsed once.
+  Insights insights;
+  auto a = insights.resolve("SELECT abalance FROM pgbench_accounts WHERE aid = 17;");
+  auto b = insights.resolve("SELECT abalance FROM pgbench_accounts WHERE aid = 99123;");
+  CHECK(a == b);
+  CHECK(a->sample == "SELECT abalance FROM pgbench_accounts WHERE aid = 17;");
+}
