@@ -35,8 +35,8 @@ void Pool::set_state(const ServerConn& conn, const char* state) {
   auto it = rows_.find(&conn);
   if (it == rows_.end()) return;
   it->second.state = state;
-  if (std::string_view(state) == "active")
-    it->second.request_time = std::chrono::system_clock::now();
+  it->second.prepared = conn.state.statement_count();
+  if (state[0] == 'a') it->second.request_time = std::chrono::system_clock::now();  // "active"
 }
 
 // Destroys a connection on its own event loop, where its socket is registered (inline at exit).
