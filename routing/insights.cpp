@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "protocol/pg/extended.hpp"
+#include "routing/fnv1a.hpp"
 
 namespace sluice::routing {
 
@@ -17,14 +18,6 @@ namespace {
 constexpr double kFirstBound = 10e-6;
 constexpr double kFactor = 1.4;
 constexpr std::size_t kMaxNormalized = 2000;
-
-std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 1469598103934665603ULL) {
-  for (char c : s) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ULL;
-  }
-  return h;
-}
 
 bool ident_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
@@ -48,11 +41,8 @@ std::uint64_t shape_hash(std::string_view sql) {
         (c == '$' && (k + 1 >= sql.size() || !digit(sql[k + 1]))))
       return fnv1a(sql);
   }
-  std::uint64_t h = 1469598103934665603ULL;
-  auto add = [&h](char c) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ULL;
-  };
+  Fnv1a h;
+  auto add = [&h](char c) { h.add(static_cast<std::uint8_t>(c)); };
   std::size_t i = 0;
   const std::size_t n = sql.size();
   while (i < n) {
@@ -104,7 +94,7 @@ std::uint64_t shape_hash(std::string_view sql) {
     add(c);
     ++i;
   }
-  return h;
+  return h.value();
 }
 
 namespace {

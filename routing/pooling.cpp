@@ -7,20 +7,12 @@
 #include <cstdio>
 
 #include "protocol/pg/sql.hpp"
+#include "routing/fnv1a.hpp"
 
 namespace sluice::routing {
 namespace {
 
 // FNV-1a, 64 bits: the same name for the same statement in every sluice process.
-std::uint64_t fnv1a(std::uint64_t h, const void* data, std::size_t n) {
-  const auto* p = static_cast<const std::uint8_t*>(data);
-  for (std::size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
-
 pg::Span whole(const pg::Frame& f) {
   return {f.body.data() - pg::kHeaderSize, f.size};
 }
@@ -53,11 +45,12 @@ bool contains(std::string_view hay, std::string_view needle) {
 }  // namespace
 
 StatementPtr make_statement(std::string_view query, std::vector<std::uint32_t> param_types) {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  h = fnv1a(h, query.data(), query.size());
-  for (auto oid : param_types) h = fnv1a(h, &oid, sizeof oid);
+  Fnv1a h;
+  h.add(query);
+  for (auto oid : param_types) h.add(&oid, sizeof oid);
   std::array<char, 24> name{};
-  std::snprintf(name.data(), name.size(), "sluice_%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(name.data(), name.size(), "sluice_%016llx",
+                static_cast<unsigned long long>(h.value()));
   return std::make_shared<const PreparedStatement>(
       PreparedStatement{std::string(query), std::move(param_types), std::string(name.data())});
 }
