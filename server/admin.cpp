@@ -307,34 +307,18 @@ class AdminConsole {
 
   std::vector<PoolRow> pool_rows() {
     std::map<std::pair<std::string, std::string>, PoolRow> rows;
-    std::map<const Pool*, PoolRow*> by_ptr;
-    for (const auto& p : rt_->pools.all()) {
-      auto s = p->snapshot(false);
-      auto& row = rows[{s.database, s.user}];
-      if (row.pool.database.empty()) {
-        row.pool = s;
-      } else {
-        row.pool.active += s.active;
-        row.pool.idle += s.idle;
-        row.pool.tested += s.tested;
-        row.pool.login += s.login;
-        row.pool.waiting += s.waiting;
-        row.pool.max_wait = std::max(row.pool.max_wait, s.max_wait);
-        row.pool.mode = s.mode;
-      }
-      by_ptr[p.get()] = &row;
-    }
+    for (auto& [key, s] : rt_->pools.by_user()) rows[key].pool = std::move(s);
     auto now = Clock::now().time_since_epoch().count();
     for (const auto& h : rt_->sessions()) {
       auto info = h->snapshot();
-      auto it = by_ptr.find(info.pool);
-      if (it == by_ptr.end()) continue;
+      auto it = rows.find({info.database, info.user});
+      if (info.admin || it == rows.end()) continue;
       if (h->state == ClientState::kWaiting) {
-        ++it->second->cl_waiting;
+        ++it->second.cl_waiting;
         auto waited = Clock::duration(now - h->wait_since.load());
-        it->second->max_wait = std::max(it->second->max_wait, waited);
+        it->second.max_wait = std::max(it->second.max_wait, waited);
       } else {
-        ++it->second->cl_active;
+        ++it->second.cl_active;
       }
     }
     std::vector<PoolRow> out;

@@ -332,7 +332,6 @@ void ClientSession::fill_info() {
   i.database = db_name_;
   i.tls = client_->tls();
   i.admin = admin_;
-  i.pool = pool_.get();
   for (const auto& [k, v] : startup_params_) {
     if (k == "application_name") i.application_name = v;
   }

@@ -251,45 +251,32 @@ void Observability::add_runtime_collectors(Runtime& rt) {
 
     // Server connections by pool and state; pools of one (database, user) from before a reload
     // add up.
-    struct Agg {
-      double active = 0, idle = 0, used = 0, tested = 0, login = 0, waiting = 0, max_wait = 0,
-             prepared = 0;
-    };
-    std::map<std::pair<std::string, std::string>, Agg> pools;
-    for (const auto& p : rt.pools.all()) {
-      auto s = p->snapshot(false);
-      auto& a = pools[{s.database, s.user}];
-      a.active += s.active;
-      a.idle += s.idle;
-      a.tested += s.tested;
-      a.login += s.login;
-      a.waiting += s.waiting;
-      a.prepared += static_cast<double>(s.prepared);
-      a.max_wait = std::max(a.max_wait, std::chrono::duration<double>(s.max_wait).count());
-    }
+    auto pools = rt.pools.by_user();
+    auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
     w.family("sluice_server_connections", "gauge",
              "Server connections by pool and state (active: linked to a client; idle; used; "
              "tested: running the reset query; login: being opened).");
-    for (const auto& [key, a] : pools) {
+    for (const auto& [key, s] : pools) {
       for (auto [state, v] :
-           {std::pair{"active", a.active}, std::pair{"idle", a.idle}, std::pair{"used", a.used},
-            std::pair{"tested", a.tested}, std::pair{"login", a.login}})
+           {std::pair{"active", s.active}, std::pair{"idle", s.idle}, std::pair{"used", 0u},
+            std::pair{"tested", s.tested}, std::pair{"login", s.login}})
         w.sample("sluice_server_connections", {"database", "user", "state"},
                  {key.first, key.second, state}, v);
     }
     w.family("sluice_clients_waiting", "gauge", "Clients waiting for a server connection.");
-    for (const auto& [key, a] : pools)
-      w.sample("sluice_clients_waiting", kPoolLabels, {key.first, key.second}, a.waiting);
+    for (const auto& [key, s] : pools)
+      w.sample("sluice_clients_waiting", kPoolLabels, {key.first, key.second}, s.waiting);
     w.family("sluice_client_max_wait_seconds", "gauge",
              "How long the longest-waiting client has waited for a server connection.");
-    for (const auto& [key, a] : pools)
-      w.sample("sluice_client_max_wait_seconds", kPoolLabels, {key.first, key.second}, a.max_wait);
+    for (const auto& [key, s] : pools)
+      w.sample("sluice_client_max_wait_seconds", kPoolLabels, {key.first, key.second},
+               seconds(s.max_wait));
     w.family("sluice_server_prepared_statements", "gauge",
              "Prepared statements sluice keeps on the pool's server connections (transaction "
              "pooling; per connection at most pool.max_prepared_statements).");
-    for (const auto& [key, a] : pools)
+    for (const auto& [key, s] : pools)
       w.sample("sluice_server_prepared_statements", kPoolLabels, {key.first, key.second},
-               a.prepared);
+               static_cast<double>(s.prepared));
     w.family("sluice_pool_size", "gauge", "Configured server connections per (database, user).");
     for (const auto& [dn, db] : cfg->databases) {
       for (const auto& [un, u] : cfg->users)

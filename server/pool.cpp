@@ -388,6 +388,28 @@ PoolSnapshot Pool::snapshot(bool with_servers) {
   return s;
 }
 
+void PoolSnapshot::merge(const PoolSnapshot& other) {
+  mode = other.mode;
+  active += other.active;
+  idle += other.idle;
+  tested += other.tested;
+  login += other.login;
+  waiting += other.waiting;
+  prepared += other.prepared;
+  max_wait = std::max(max_wait, other.max_wait);
+  servers.insert(servers.end(), other.servers.begin(), other.servers.end());
+}
+
+std::map<std::pair<std::string, std::string>, PoolSnapshot> PoolRegistry::by_user() {
+  std::map<std::pair<std::string, std::string>, PoolSnapshot> out;
+  for (const auto& p : all()) {
+    auto s = p->snapshot(false);
+    auto [it, fresh] = out.try_emplace({s.database, s.user}, s);
+    if (!fresh) it->second.merge(s);
+  }
+  return out;
+}
+
 void Pool::reconnect() {
   {
     std::lock_guard lock(mu_);

@@ -123,6 +123,9 @@ struct PoolSnapshot {
   std::uint64_t prepared = 0;  // prepared statements on its server connections
   Clock::duration max_wait{};  // the longest wait of a client still waiting
   std::vector<ServerRow> servers;
+  // Adds another pool of the same (database, user): after a reload changed its login, the old
+  // pool drains beside the new one.
+  void merge(const PoolSnapshot& other);
 };
 
 class Pool : public std::enable_shared_from_this<Pool> {
@@ -213,6 +216,8 @@ class PoolRegistry {
   std::vector<std::shared_ptr<Pool>> all();
   // Pools of one database (all when empty).
   std::vector<std::shared_ptr<Pool>> of_database(const std::string& db);
+  // Snapshots by (database, user), pools of one pair merged.
+  std::map<std::pair<std::string, std::string>, PoolSnapshot> by_user();
   void close_for_exit();
 
  private:

@@ -28,7 +28,6 @@ struct ClientInfo {
   bool tls = false;
   bool admin = false;  // on the admin console
   std::chrono::system_clock::time_point connect_time = std::chrono::system_clock::now();
-  const Pool* pool = nullptr;  // compared, never dereferenced
 };
 
 enum class ClientState : std::uint8_t { kLogin, kActive, kWaiting };
