@@ -391,9 +391,9 @@ class AdminConsole {
     for (const auto& p : rt_->pools.all()) {
       auto s = p->snapshot(true);
       for (const auto& sv : s.servers) {
-        r.rows.push_back({"S", s.user, s.database, sv.state, sv.addr, std::to_string(sv.port),
-                          sv.local_addr, std::to_string(sv.local_port), time_text(sv.connect_time),
-                          time_text(sv.request_time), "0", "0", "0",
+        r.rows.push_back({"S", s.user, s.database, std::string(to_string(sv.state)), sv.addr,
+                          std::to_string(sv.port), sv.local_addr, std::to_string(sv.local_port),
+                          time_text(sv.connect_time), time_text(sv.request_time), "0", "0", "0",
                           "0x" + std::to_string(sv.remote_pid), "", std::to_string(sv.remote_pid),
                           sv.tls ? "TLS" : "", ""});
       }

@@ -31,12 +31,25 @@ void Pool::drop(std::unique_ptr<ServerConn> conn) {
   free_slot();
 }
 
-void Pool::set_state(const ServerConn& conn, const char* state) {
+std::string_view to_string(ServerRow::State s) {
+  switch (s) {
+    case ServerRow::State::kActive:
+      return "active";
+    case ServerRow::State::kIdle:
+      return "idle";
+    case ServerRow::State::kTested:
+      return "tested";
+  }
+  return "?";
+}
+
+void Pool::set_state(const ServerConn& conn, ServerRow::State state) {
   auto it = rows_.find(&conn);
   if (it == rows_.end()) return;
   it->second.state = state;
   it->second.prepared = conn.state.statement_count();
-  if (state[0] == 'a') it->second.request_time = std::chrono::system_clock::now();  // "active"
+  if (state == ServerRow::State::kActive)
+    it->second.request_time = std::chrono::system_clock::now();
 }
 
 // Destroys a connection on its own event loop, where its socket is registered (inline at exit).
@@ -208,7 +221,6 @@ awaitable<std::variant<Lease, PgError>> Pool::open() {
   guard.armed = false;
   auto& conn = std::get<0>(r);
   ServerRow row;
-  row.state = "active";
   row.addr = conn->host();
   row.port = conn->port();
   error_code ec;
@@ -246,7 +258,7 @@ std::unique_ptr<ServerConn> Pool::take_idle(const PoolLimits& limits) {
   if (idle_.empty()) return nullptr;
   auto conn = std::move(idle_.back());  // LIFO: the warmest connection
   idle_.pop_back();
-  set_state(*conn, "active");
+  set_state(*conn, ServerRow::State::kActive);
   return conn;
 }
 
@@ -286,13 +298,13 @@ void Pool::hand_over(std::unique_ptr<ServerConn> conn) {
   if (!waiters_.empty()) {
     auto w = std::move(waiters_.front());
     waiters_.pop_front();
-    set_state(*conn, "active");
+    set_state(*conn, ServerRow::State::kActive);
     w->conn = std::move(conn);
     w->done = true;
     asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
     return;
   }
-  set_state(*conn, "idle");
+  set_state(*conn, ServerRow::State::kIdle);
   idle_.push_back(std::move(conn));
 }
 
@@ -317,7 +329,7 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn, bool broken, bool run_res
       return;
     }
     reset = reset_query_;
-    set_state(*conn, "tested");
+    set_state(*conn, ServerRow::State::kTested);
   }
   auto ex = conn->stream().socket().get_executor();
   asio::co_spawn(ex, reset_then_return(std::move(conn), std::move(reset)),
@@ -371,13 +383,16 @@ PoolSnapshot Pool::snapshot(bool with_servers) {
   s.mode = mode_;
   for (const auto& [conn, row] : rows_) {
     s.prepared += row.prepared;
-    std::string_view state = row.state;
-    if (state == "active") {
-      ++s.active;
-    } else if (state == "idle") {
-      ++s.idle;
-    } else {
-      ++s.tested;
+    switch (row.state) {
+      case ServerRow::State::kActive:
+        ++s.active;
+        break;
+      case ServerRow::State::kIdle:
+        ++s.idle;
+        break;
+      case ServerRow::State::kTested:
+        ++s.tested;
+        break;
     }
     if (with_servers) s.servers.push_back(row);
   }

@@ -97,7 +97,8 @@ struct PoolLimits {
 
 // One server connection as SHOW SERVERS and /status show it.
 struct ServerRow {
-  const char* state = "active";  // "active" | "idle" | "tested" (string literals: no allocation)
+  enum class State : std::uint8_t { kActive, kIdle, kTested };  // tested: running reset_query
+  State state = State::kActive;
   std::string addr;
   std::uint16_t port = 0;
   std::string local_addr;
@@ -109,6 +110,9 @@ struct ServerRow {
   std::uint64_t epoch = 0;   // RECONNECT closes connections of older epochs
   std::size_t prepared = 0;  // statements sluice prepared on it, as of its last state change
 };
+
+// "active", "idle" or "tested", as PgBouncer's SHOW SERVERS writes them.
+std::string_view to_string(ServerRow::State s);
 
 // A pool's state at one moment (admin console, metrics).
 struct PoolSnapshot {
@@ -183,8 +187,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   awaitable<void> reset_then_return(std::unique_ptr<ServerConn> conn, std::string reset_query);
   void discard(std::unique_ptr<ServerConn> conn);  // under mu_
   void drop(std::unique_ptr<ServerConn> conn);     // under mu_: discard and free its slot
-  // Under mu_; `state` is one of the string literals of ServerRow::state.
-  void set_state(const ServerConn& conn, const char* state);
+  void set_state(const ServerConn& conn, ServerRow::State state);  // under mu_
 
   bool take_slot(std::uint32_t limit);  // under mu_: below `limit` and the database's cap
   // Under mu_: the most recently used idle connection, or null; records the current limits.
