@@ -50,6 +50,14 @@ const User* Config::user(const std::string& name) const {
   auto it = users.find(name);
   return it == users.end() ? nullptr : &it->second;
 }
+const User* Config::health_user() const {
+  if (!routing.health_user.empty()) return user(routing.health_user);
+  // Users only on the admin console may not exist on the server: prefer one that is not.
+  for (const auto& [name, u] : users) {
+    if (!is_admin(name)) return &u;
+  }
+  return users.empty() ? nullptr : &users.begin()->second;
+}
 bool Config::is_admin(const std::string& user) const {
   return std::find(admin.users.begin(), admin.users.end(), user) != admin.users.end();
 }
@@ -220,12 +228,14 @@ class Loader {
   }
 
   Backend backend(const YAML::Node& n, const std::string& path, const std::string& db) const {
-    check_keys(n, path, {"host", "port", "dbname"});
+    check_keys(n, path, {"host", "port", "dbname", "weight"});
     Backend b;
     if (!n["host"]) fail(n, path + ".host", "is required");
     b.host = str(n["host"], path + ".host");
     if (n["port"]) b.port = static_cast<std::uint16_t>(uint(n["port"], path + ".port", 1, 65535));
     b.dbname = n["dbname"] ? str(n["dbname"], path + ".dbname") : db;
+    if (n["weight"])
+      b.weight = static_cast<std::uint32_t>(uint(n["weight"], path + ".weight", 1, 1000));
     return b;
   }
 
@@ -234,7 +244,7 @@ class Loader {
     check_keys(root, "",
                {"listen", "workers", "auth_type", "databases", "users", "pool", "cache", "tls",
                 "log", "shutdown_timeout", "limits", "admin", "insights", "health_check_interval",
-                "stats_period"});
+                "stats_period", "routing"});
     if (auto l = root["listen"]) {
       check_keys(l, "listen", {"postgres", "http", "so_reuseport"});
       if (l["postgres"]) c.listen_postgres = endpoint(l["postgres"], "listen.postgres");
@@ -249,6 +259,7 @@ class Loader {
     }
     load_admin(root["admin"], c.admin);
     load_insights(root["insights"], c.insights);
+    load_routing(root["routing"], c.routing);
     if (root["health_check_interval"]) {
       c.health_check_interval = duration(root["health_check_interval"], "health_check_interval");
       if (c.health_check_interval.count() < 100)
@@ -278,6 +289,10 @@ class Loader {
           fail(cache["redis"], "cache.redis", "expected a redis://host:port URL");
       }
     }
+    if (!c.routing.health_user.empty() && !c.users.contains(c.routing.health_user))
+      fail(root["routing"]["health_user"], "routing.health_user",
+           "user '" + c.routing.health_user +
+               "' is not listed under users: (its server login checks the replicas)");
     if (c.databases.contains("sluice"))
       fail(root["databases"]["sluice"], "databases.sluice",
            "the name 'sluice' is reserved for the admin console; rename this database");
@@ -352,6 +367,55 @@ class Loader {
     if (n["max_fingerprints"])
       in.max_fingerprints = static_cast<std::uint32_t>(
           uint(n["max_fingerprints"], "insights.max_fingerprints", 10, 100'000));
+  }
+
+  void load_routing(const YAML::Node& n, Routing& r) const {
+    if (!n) return;
+    check_keys(n, "routing",
+               {"enabled", "load_balancing", "primary_reads", "all_replicas_banned",
+                "max_replica_lag_bytes", "max_replica_lag_seconds", "ban_time", "read_your_writes",
+                "read_your_writes_window", "catalog_refresh", "health_user", "primary_weight"});
+    if (n["enabled"]) r.enabled = boolean(n["enabled"], "routing.enabled");
+    if (n["load_balancing"])
+      r.load_balancing = choice<Routing::Balance>(
+          n["load_balancing"], "routing.load_balancing",
+          {{"round_robin", Routing::Balance::kRoundRobin},
+           {"least_outstanding", Routing::Balance::kLeastOutstanding},
+           {"random", Routing::Balance::kRandom}});
+    if (n["primary_reads"])
+      r.primary_reads = choice<Routing::PrimaryReads>(
+          n["primary_reads"], "routing.primary_reads",
+          {{"include", Routing::PrimaryReads::kInclude},
+           {"exclude", Routing::PrimaryReads::kExclude},
+           {"fallback_only", Routing::PrimaryReads::kFallbackOnly}});
+    if (n["all_replicas_banned"])
+      r.error_when_all_banned =
+          choice<bool>(n["all_replicas_banned"], "routing.all_replicas_banned",
+                       {{"primary", false}, {"error", true}});
+    if (n["max_replica_lag_bytes"])
+      r.max_replica_lag_bytes =
+          uint(n["max_replica_lag_bytes"], "routing.max_replica_lag_bytes", 0, 1ull << 50);
+    if (n["max_replica_lag_seconds"])
+      r.max_replica_lag = duration(n["max_replica_lag_seconds"], "routing.max_replica_lag_seconds");
+    if (n["ban_time"]) r.ban_time = duration(n["ban_time"], "routing.ban_time");
+    if (n["read_your_writes"])
+      r.read_your_writes = choice<Routing::ReadYourWrites>(
+          n["read_your_writes"], "routing.read_your_writes",
+          {{"off", Routing::ReadYourWrites::kOff},
+           {"window", Routing::ReadYourWrites::kWindow},
+           {"lsn", Routing::ReadYourWrites::kLsn}});
+    if (n["read_your_writes_window"])
+      r.read_your_writes_window =
+          duration(n["read_your_writes_window"], "routing.read_your_writes_window");
+    if (n["catalog_refresh"]) {
+      r.catalog_refresh = duration(n["catalog_refresh"], "routing.catalog_refresh");
+      if (r.catalog_refresh.count() < 1000)
+        fail(n["catalog_refresh"], "routing.catalog_refresh", "must be at least 1s");
+    }
+    if (n["health_user"]) r.health_user = str(n["health_user"], "routing.health_user");
+    if (n["primary_weight"])
+      r.primary_weight =
+          static_cast<std::uint32_t>(uint(n["primary_weight"], "routing.primary_weight", 1, 1000));
   }
 
   void load_pool(const YAML::Node& p, Pool& pool) const {

@@ -32,6 +32,7 @@ struct Backend {
   std::string host;
   std::uint16_t port = 5432;
   std::string dbname;  // defaults to the database key
+  std::uint32_t weight = 1;  // share of reads (routing.load_balancing)
 };
 
 enum class PoolMode { kSession, kTransaction, kStatement };
@@ -116,6 +117,25 @@ struct Insights {
   std::uint32_t max_fingerprints = 2'000;
 };
 
+// Read/write routing to replicas (transaction and statement pooling).
+struct Routing {
+  enum class Balance { kRoundRobin, kLeastOutstanding, kRandom };
+  enum class PrimaryReads { kInclude, kExclude, kFallbackOnly };
+  enum class ReadYourWrites { kOff, kWindow, kLsn };
+  bool enabled = true;  // with replicas configured
+  Balance load_balancing = Balance::kRoundRobin;
+  PrimaryReads primary_reads = PrimaryReads::kFallbackOnly;
+  bool error_when_all_banned = false;  // all_replicas_banned: primary | error
+  std::uint64_t max_replica_lag_bytes = 64ull << 20;  // 0 = no limit
+  Duration max_replica_lag{30'000};                   // 0 = no limit
+  Duration ban_time{10'000};
+  ReadYourWrites read_your_writes = ReadYourWrites::kLsn;
+  Duration read_your_writes_window{1'000};
+  Duration catalog_refresh{60'000};
+  std::string health_user;  // a users: entry whose server login checks replicas; "" = the first
+  std::uint32_t primary_weight = 1;  // the primary's share of reads with primary_reads: include
+};
+
 struct Config {
   std::string source;  // file path, for messages
   Endpoint listen_postgres{"127.0.0.1", 6432};
@@ -133,6 +153,7 @@ struct Config {
   std::uint32_t max_message_size = 0x3fffffff;
   Admin admin;
   Insights insights;
+  Routing routing;
   Duration health_check_interval{1'000};
   Duration stats_period{60'000};  // averages in SHOW STATS cover this period
 
@@ -141,6 +162,9 @@ struct Config {
 
   const Database* database(const std::string& name) const;
   const User* user(const std::string& name) const;
+  // The login the health monitor uses for lag and recovery checks (routing.health_user, else the
+  // first user by name); null when there is none.
+  const User* health_user() const;
   PoolMode pool_mode_for(const Database& db, const User& u) const;
   std::uint32_t pool_size_for(const Database& db, const User& u) const;
   std::uint32_t max_db_connections_for(const Database& db) const {

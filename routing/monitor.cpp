@@ -1,7 +1,9 @@
-// Backend health monitor: PQping on its own thread, never on an event loop.
+// Backend health monitor: blocking libpq on its own thread, never on an event loop.
 #include "routing/monitor.hpp"
 
 #include <libpq-fe.h>
+
+#include "routing/replicas.hpp"
 
 namespace sluice::routing {
 
@@ -9,6 +11,63 @@ std::string BackendTarget::address() const {
   if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
   return host + ":" + std::to_string(port);
 }
+
+struct Monitor::Connection {
+  PGconn* conn = nullptr;
+  ~Connection() {
+    if (conn) PQfinish(conn);
+  }
+  void close() {
+    if (conn) PQfinish(conn);
+    conn = nullptr;
+  }
+};
+
+namespace {
+
+// The one query of a check: recovery state and the WAL position that matters for the role.
+constexpr const char* kCheckSql =
+    "SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN pg_catalog.pg_is_in_recovery() "
+    "THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_insert_lsn() END";
+
+std::string first_line(const char* msg) {
+  std::string s = msg ? msg : "";
+  if (auto nl = s.find('\n'); nl != std::string::npos) s.resize(nl);
+  return s;
+}
+
+PGconn* connect(const BackendTarget& t) {
+  auto port = std::to_string(t.port);
+  const char* keys[] = {"host",           "port",    "dbname",  "user", "password",
+                        "connect_timeout", "sslmode", "options", "application_name", nullptr};
+  const char* values[] = {t.host.c_str(),
+                          port.c_str(),
+                          t.dbname.c_str(),
+                          t.user.c_str(),
+                          t.password.c_str(),
+                          "2",
+                          "prefer",
+                          "-c statement_timeout=2000",
+                          "sluice_health",
+                          nullptr};
+  return PQconnectdbParams(keys, values, 0);
+}
+
+std::string ping_error(PGPing r) {
+  switch (r) {
+    case PQPING_OK:
+      return {};
+    case PQPING_REJECT:
+      return "the server refuses connections (starting up, shutting down or in recovery)";
+    case PQPING_NO_RESPONSE:
+      return "no response (server down or unreachable)";
+    case PQPING_NO_ATTEMPT:
+      return "no attempt made (invalid connection parameters)";
+  }
+  return "?";
+}
+
+}  // namespace
 
 void Monitor::set_targets(std::vector<BackendTarget> targets, std::chrono::milliseconds interval) {
   std::lock_guard lock(mu_);
@@ -23,7 +82,13 @@ void Monitor::set_targets(std::vector<BackendTarget> targets, std::chrono::milli
   }
   health_ = std::move(next);
   interval_ = interval;
+  woken_ = true;
   wake_.notify_all();
+}
+
+void Monitor::set_hooks(Hooks hooks) {
+  std::lock_guard lock(mu_);
+  hooks_ = std::move(hooks);
 }
 
 void Monitor::start() {
@@ -40,6 +105,13 @@ void Monitor::stop() {
     wake_.notify_all();
   }
   if (thread_.joinable()) thread_.join();
+  conns_.clear();
+}
+
+void Monitor::wake() {
+  std::lock_guard lock(mu_);
+  woken_ = true;
+  wake_.notify_all();
 }
 
 std::vector<BackendHealth> Monitor::snapshot() const {
@@ -50,51 +122,116 @@ std::vector<BackendHealth> Monitor::snapshot() const {
 BackendHealth Monitor::check(const BackendTarget& t) {
   BackendHealth h;
   h.target = t;
+  h.checked = true;
+  auto started = std::chrono::steady_clock::now();
+  auto finish = [&] {
+    h.rtt_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    h.last_check = std::chrono::system_clock::now();
+    h.checked_at = std::chrono::steady_clock::now();
+  };
+  if (!t.user.empty()) {
+    std::shared_ptr<Connection> c;
+    for (auto& [target, conn] : conns_) {
+      if (target == t) c = conn;
+    }
+    if (!c) {
+      c = std::make_shared<Connection>();
+      conns_.emplace_back(t, c);
+    }
+    if (c->conn && PQstatus(c->conn) != CONNECTION_OK) c->close();
+    if (!c->conn) c->conn = connect(t);
+    if (PQstatus(c->conn) == CONNECTION_OK) {
+      PGresult* r = PQexec(c->conn, kCheckSql);
+      if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+        h.up = h.queried = true;
+        h.in_recovery = std::string_view(PQgetvalue(r, 0, 0)) == "t";
+        if (!PQgetisnull(r, 0, 1)) h.lsn = parse_lsn(PQgetvalue(r, 0, 1));
+        PQclear(r);
+        finish();
+        return h;
+      }
+      h.error = first_line(PQresultErrorMessage(r));
+      PQclear(r);
+    } else {
+      h.error = first_line(PQerrorMessage(c->conn));
+    }
+    c->close();  // reconnect next round
+  }
+  // No login, or it failed: is the server reachable at all?
   auto port = std::to_string(t.port);
   const char* keys[] = {"host",    "port", "dbname", "connect_timeout", "application_name",
                         "sslmode", nullptr};
   const char* values[] = {t.host.c_str(),  port.c_str(), t.dbname.c_str(), "1",
                           "sluice_health", "prefer",     nullptr};
-  auto started = std::chrono::steady_clock::now();
-  PGPing r = PQpingParams(keys, values, 0);
-  h.rtt_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  h.checked = true;
-  h.up = r == PQPING_OK;
-  switch (r) {
-    case PQPING_OK:
-      break;
-    case PQPING_REJECT:
-      h.error = "the server refuses connections (starting up, shutting down or in recovery)";
-      break;
-    case PQPING_NO_RESPONSE:
-      h.error = "no response (server down or unreachable)";
-      break;
-    case PQPING_NO_ATTEMPT:
-      h.error = "no attempt made (invalid connection parameters)";
-      break;
-  }
-  h.last_check = std::chrono::system_clock::now();
+  PGPing ping = PQpingParams(keys, values, 0);
+  h.up = ping == PQPING_OK;
+  if (h.error.empty()) h.error = ping_error(ping);
+  finish();
   return h;
+}
+
+void Monitor::fetch_catalogs(const std::vector<BackendTarget>& targets) {
+  Hooks hooks;
+  {
+    std::lock_guard lock(mu_);
+    hooks = hooks_;
+  }
+  if (!hooks.catalog_wanted || !hooks.catalog_loaded) return;
+  for (const auto& t : targets) {
+    if (t.role != "primary" || t.user.empty() || !hooks.catalog_wanted(t.database)) continue;
+    PGconn* conn = nullptr;
+    for (auto& [target, c] : conns_) {
+      if (target == t) conn = c->conn;
+    }
+    if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) continue;
+    PGresult* r = PQexec(conn, std::string(kFunctionCatalogSql).c_str());
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+      auto catalog = std::make_shared<FunctionCatalog>();
+      for (int i = 0; i < PQntuples(r); ++i) {
+        const char* v = PQgetvalue(r, i, 2);
+        catalog->add(PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), v[0]);
+      }
+      hooks.catalog_loaded(t.database, std::move(catalog));
+    }
+    PQclear(r);
+  }
 }
 
 void Monitor::loop() {
   std::unique_lock lock(mu_);
   while (!stop_) {
-    auto targets = health_;
+    woken_ = false;
+    std::vector<BackendTarget> targets;
+    for (const auto& h : health_) {
+      if (h.target.role == "primary") targets.push_back(h.target);
+    }
+    for (const auto& h : health_) {
+      if (h.target.role != "primary") targets.push_back(h.target);
+    }
     lock.unlock();
+    // Connections of targets no longer configured are closed.
+    std::erase_if(conns_, [&](const auto& e) {
+      return std::find(targets.begin(), targets.end(), e.first) == targets.end();
+    });
     std::vector<BackendHealth> results;
-    for (const auto& h : targets) results.push_back(check(h.target));
+    for (const auto& t : targets) results.push_back(check(t));
+    fetch_catalogs(targets);
     lock.lock();
     for (auto& r : results) {
       for (auto& h : health_) {
         if (!(h.target == r.target)) continue;
         r.checks = h.checks + 1;
         r.failures = h.failures + (r.up ? 0 : 1);
-        h = std::move(r);
+        h = r;
         break;
       }
     }
-    wake_.wait_for(lock, interval_, [this] { return stop_; });
+    auto done = hooks_.round_done;
+    lock.unlock();
+    if (done) done(results);
+    lock.lock();
+    wake_.wait_for(lock, interval_, [this] { return stop_ || woken_; });
   }
 }
 

@@ -1,15 +1,22 @@
-// Backend health monitor: its own thread pings every configured primary and replica with libpq
-// (PQping: reachability without credentials) every interval; readiness and /status read it.
-// Replica lag and bans build on it (routing issue).
+// Backend health monitor: its own thread checks every configured primary and replica with libpq
+// every interval, on connections of its own: reachability, pg_is_in_recovery(), and the WAL
+// position (the primary's current LSN, a replica's replay LSN). With no login configured it
+// falls back to PQping (reachability only). It also fetches each primary's function catalog
+// (pg_proc.provolatile) when asked. Readiness, /status and read routing read what it finds.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "routing/classify.hpp"
 
 namespace sluice::routing {
 
@@ -19,6 +26,8 @@ struct BackendTarget {
   std::string host;
   std::uint16_t port = 5432;
   std::string dbname;
+  std::string user;  // empty: PQping only
+  std::string password;
   std::string address() const;
   bool operator==(const BackendTarget&) const = default;
 };
@@ -26,16 +35,29 @@ struct BackendTarget {
 struct BackendHealth {
   BackendTarget target;
   bool checked = false;  // at least one check finished
-  bool up = false;
-  std::string error;  // why the last check failed
+  bool up = false;       // reachable
+  bool queried = false;  // logged in and answered the check query
+  std::string error;     // why the last check failed
+  bool in_recovery = false;
+  std::optional<std::uint64_t> lsn;  // primary: pg_current_wal_lsn(); replica: replay LSN
   double rtt_seconds = 0;
   std::uint64_t checks = 0;
   std::uint64_t failures = 0;
   std::chrono::system_clock::time_point last_check{};
+  std::chrono::steady_clock::time_point checked_at{};
 };
 
 class Monitor {
  public:
+  struct Hooks {
+    // After every round, with every target's result (primaries checked first).
+    std::function<void(const std::vector<BackendHealth>&)> round_done;
+    // Whether a database's function catalog should be fetched from its primary now.
+    std::function<bool(const std::string& database)> catalog_wanted;
+    std::function<void(const std::string& database, std::shared_ptr<const FunctionCatalog>)>
+        catalog_loaded;
+  };
+
   explicit Monitor(std::chrono::milliseconds interval) : interval_(interval) {}
   ~Monitor() { stop(); }
   Monitor(const Monitor&) = delete;
@@ -43,20 +65,29 @@ class Monitor {
 
   // Replaces what is checked (at start and on reload); health of unchanged targets is kept.
   void set_targets(std::vector<BackendTarget> targets, std::chrono::milliseconds interval);
+  void set_hooks(Hooks hooks);
   void start();
   void stop();
+  // Runs the next round now (DDL seen: fetch the catalog soon).
+  void wake();
   std::vector<BackendHealth> snapshot() const;
 
  private:
+  struct Connection;
   void loop();
-  static BackendHealth check(const BackendTarget& t);
+  BackendHealth check(const BackendTarget& t);
+  void fetch_catalogs(const std::vector<BackendTarget>& targets);
 
   std::chrono::milliseconds interval_;
   mutable std::mutex mu_;
   std::condition_variable wake_;
   std::vector<BackendHealth> health_;
+  Hooks hooks_;
   bool stop_ = false;
+  bool woken_ = false;
   std::thread thread_;
+  // Monitor thread only: one open connection per target with a login.
+  std::vector<std::pair<BackendTarget, std::shared_ptr<Connection>>> conns_;
 };
 
 }  // namespace sluice::routing

@@ -133,6 +133,11 @@ class PooledSession {
   void attached(ServerState& server) { server.settings = settings_; }
 
   std::size_t statement_count() const { return statements_.size(); }
+  // The client's named protocol-level statement, or null.
+  StatementPtr statement(std::string_view client_name) const {
+    auto it = statements_.find(std::string(client_name));
+    return it == statements_.end() ? nullptr : it->second;
+  }
   // Gives back the reply queue's memory while the client idles.
   void trim() {
     if (expect_empty()) std::vector<Expect>().swap(expect_);

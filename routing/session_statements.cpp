@@ -221,31 +221,4 @@ Analysis analyze(std::string_view sql) {
   return a;
 }
 
-std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql) {
-  if (sql.size() > max_key_) return std::make_shared<const Analysis>(analyze(sql));
-  {
-    std::lock_guard lock(mu_);
-    if (auto it = index_.find(sql); it != index_.end()) {
-      lru_.splice(lru_.begin(), lru_, it->second);
-      ++hits_;
-      return it->second->second;
-    }
-  }
-  auto result = std::make_shared<const Analysis>(analyze(sql));  // parse outside the lock
-  std::lock_guard lock(mu_);
-  if (index_.contains(sql)) return result;  // another thread got there first
-  lru_.emplace_front(std::string(sql), result);
-  index_.emplace(lru_.front().first, lru_.begin());
-  while (lru_.size() > capacity_) {
-    index_.erase(lru_.back().first);
-    lru_.pop_back();
-  }
-  return result;
-}
-
-std::size_t AnalysisCache::size() const {
-  std::lock_guard lock(mu_);
-  return lru_.size();
-}
-
 }  // namespace sluice::routing

@@ -14,6 +14,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "routing/text_cache.hpp"
+
 namespace sluice::routing {
 
 enum class StatementKind {
@@ -61,23 +63,7 @@ struct Analysis {
 // Parses `sql` (one or many statements). Never throws; unparseable input gives parsed=false.
 Analysis analyze(std::string_view sql);
 
-// A bounded LRU of analyses keyed by statement text, safe to share between threads.
-class AnalysisCache {
- public:
-  explicit AnalysisCache(std::size_t capacity = 4096, std::size_t max_key = 16 * 1024)
-      : capacity_(capacity), max_key_(max_key) {}
-  std::shared_ptr<const Analysis> get(std::string_view sql);
-  std::size_t size() const;
-  std::size_t hits() const { return hits_; }
-
- private:
-  using Lru = std::list<std::pair<std::string, std::shared_ptr<const Analysis>>>;
-  std::size_t capacity_;
-  std::size_t max_key_;
-  mutable std::mutex mu_;
-  Lru lru_;  // front = most recently used
-  std::unordered_map<std::string_view, Lru::iterator> index_;
-  std::size_t hits_ = 0;
-};
+// Session-state analyses, cached by statement text.
+using AnalysisCache = TextCache<Analysis, analyze>;
 
 }  // namespace sluice::routing

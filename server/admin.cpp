@@ -294,11 +294,12 @@ class AdminConsole {
       return r;
     }
     if (what == "QUERIES") return show_queries();
+    if (what == "REPLICAS") return show_replicas();
     if (what == "HELP") {
       auto r = done("SHOW");
       r.notices.push_back(
           "Console usage\n\tSHOW HELP|POOLS|STATS|SERVERS|CLIENTS|DATABASES|USERS|CONFIG|LISTS|"
-          "VERSION|QUERIES\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE "
+          "VERSION|QUERIES|REPLICAS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE "
           "<db>\n\tKILL <db>\n\tRECONNECT [<db>]\n\tSHUTDOWN [WAIT_FOR_CLIENTS]");
       return r;
     }
@@ -560,6 +561,37 @@ class AdminConsole {
           std::pair{"dns_zones", std::uint64_t{0}}, std::pair{"dns_queries", std::uint64_t{0}},
           std::pair{"dns_pending", std::uint64_t{0}}})
       r.rows.push_back({std::string(name), std::to_string(n)});
+    return r;
+  }
+
+  // Read routing: each replica's health, lag, ban and load.
+  AdminResult show_replicas() {
+    auto r = table({{"database", kText},
+                    {"address", kText},
+                    {"weight", kNumeric},
+                    {"banned", kText},
+                    {"reason", kText},
+                    {"banned_for_s", kNumeric},
+                    {"bans", kNumeric},
+                    {"in_recovery", kText},
+                    {"replay_lsn", kText},
+                    {"lag_bytes", kNumeric},
+                    {"lag_s", kNumeric},
+                    {"outstanding", kNumeric},
+                    {"reads", kNumeric}});
+    const auto now = std::chrono::steady_clock::now();
+    for (const auto& [db, set] : rt_->routes.all()) {
+      for (const auto& s : set->status(now)) {
+        r.rows.push_back(
+            {db, s.address, num(std::uint64_t{s.weight}), std::string(s.banned ? "yes" : "no"),
+             s.reason.empty() ? std::nullopt : std::optional<std::string>(s.reason),
+             fixed3(s.banned_for_seconds), num(s.bans),
+             std::string(!s.checked ? "?" : s.in_recovery ? "yes" : "no"),
+             s.replay_lsn ? std::optional<std::string>(routing::format_lsn(*s.replay_lsn))
+                          : std::nullopt,
+             num(s.lag_bytes), fixed3(s.lag_seconds), num(std::uint64_t{s.outstanding}), num(s.reads)});
+      }
+    }
     return r;
   }
 

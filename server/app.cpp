@@ -33,10 +33,64 @@ void Runtime::install(std::shared_ptr<const config::Config> cfg) {
       server->set_verify_mode(ssl::verify_none);
     }
   }
+  routes.rebuild(*cfg);
   std::lock_guard lock(mu_);
   config_ = std::move(cfg);
   client_tls_ = std::move(client);
   server_tls_ = std::move(server);
+}
+
+namespace {
+
+routing::RoutingPolicy policy_of(const config::Routing& r) {
+  routing::RoutingPolicy p;
+  using B = routing::RoutingPolicy::Balance;
+  using P = routing::RoutingPolicy::PrimaryReads;
+  switch (r.load_balancing) {
+    case config::Routing::Balance::kRoundRobin:
+      p.balance = B::kRoundRobin;
+      break;
+    case config::Routing::Balance::kLeastOutstanding:
+      p.balance = B::kLeastOutstanding;
+      break;
+    case config::Routing::Balance::kRandom:
+      p.balance = B::kRandom;
+      break;
+  }
+  switch (r.primary_reads) {
+    case config::Routing::PrimaryReads::kInclude:
+      p.primary_reads = P::kInclude;
+      break;
+    case config::Routing::PrimaryReads::kExclude:
+      p.primary_reads = P::kExclude;
+      break;
+    case config::Routing::PrimaryReads::kFallbackOnly:
+      p.primary_reads = P::kFallbackOnly;
+      break;
+  }
+  p.error_when_all_banned = r.error_when_all_banned;
+  p.max_lag_bytes = r.max_replica_lag_bytes;
+  p.max_lag_seconds = std::chrono::duration<double>(r.max_replica_lag).count();
+  p.ban_time = r.ban_time;
+  p.primary_weight = r.primary_weight;
+  return p;
+}
+
+}  // namespace
+
+void Routes::rebuild(const config::Config& cfg) {
+  std::map<std::string, std::shared_ptr<routing::ReplicaSet>> next;
+  for (const auto& [name, db] : cfg.databases) {
+    if (!cfg.routing.enabled || db.replicas.empty()) continue;
+    std::vector<routing::ReplicaSet::Node> nodes;
+    for (const auto& r : db.replicas)
+      nodes.push_back({config::Endpoint{r.host, r.port}.to_string(), r.weight});
+    auto set = std::make_shared<routing::ReplicaSet>(std::move(nodes), policy_of(cfg.routing));
+    if (auto old = get(name)) set->adopt(*old);
+    next.emplace(name, std::move(set));
+  }
+  std::lock_guard lock(mu_);
+  sets_ = std::move(next);
 }
 
 App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
@@ -85,12 +139,59 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
 void App::watch_backends() {
   auto cfg = rt_->config();
   std::vector<routing::BackendTarget> targets;
+  // Read routing needs recovery state and WAL positions: those checks log in as the health user.
+  const auto* login = cfg->health_user();
   for (const auto& [name, db] : cfg->databases) {
-    targets.push_back({name, "primary", db.primary.host, db.primary.port, db.primary.dbname});
+    std::string user;
+    std::string password;
+    if (login && rt_->routes.get(name)) {
+      user = login->server_user;
+      password = login->server_password;
+    }
+    targets.push_back(
+        {name, "primary", db.primary.host, db.primary.port, db.primary.dbname, user, password});
     for (const auto& r : db.replicas)
-      targets.push_back({name, "replica", r.host, r.port, r.dbname});
+      targets.push_back({name, "replica", r.host, r.port, r.dbname, user, password});
   }
   rt_->obs.monitor.set_targets(std::move(targets), cfg->health_check_interval);
+}
+
+// The monitor's findings go to each database's read routing.
+void App::feed_routes() {
+  routing::Monitor::Hooks hooks;
+  auto rt = rt_;
+  hooks.round_done = [rt](const std::vector<routing::BackendHealth>& results) {
+    for (const auto& h : results) {  // primaries first: lag is measured against them
+      if (h.target.role != "primary") continue;
+      if (auto set = rt->routes.get(h.target.database))
+        set->primary_sample(h.checked_at, h.queried ? h.lsn : std::nullopt);
+    }
+    for (const auto& h : results) {
+      if (h.target.role != "replica") continue;
+      auto set = rt->routes.get(h.target.database);
+      if (!set) continue;
+      routing::ReplicaCheck c;
+      c.ok = h.queried;
+      c.error = h.error;
+      c.in_recovery = h.in_recovery;
+      c.replay_lsn = h.lsn;
+      set->replica_checked(h.target.address(), h.checked_at, c);
+    }
+  };
+  hooks.catalog_wanted = [rt](const std::string& db) {
+    auto set = rt->routes.get(db);
+    return set && set->catalog_wanted(std::chrono::steady_clock::now(),
+                                      rt->config()->routing.catalog_refresh);
+  };
+  hooks.catalog_loaded = [rt](const std::string& db,
+                              std::shared_ptr<const routing::FunctionCatalog> catalog) {
+    if (auto set = rt->routes.get(db)) {
+      spdlog::debug("routing: {} functions of database {} loaded from its primary",
+                    catalog->size(), db);
+      set->set_catalog(std::move(catalog));
+    }
+  };
+  rt_->obs.monitor.set_hooks(std::move(hooks));
 }
 
 int App::run() {
@@ -104,6 +205,7 @@ int App::run() {
   for (std::uint32_t i = 0; i < loops_.size(); ++i)
     asio::co_spawn(*loops_[i], heartbeat(i), log_exceptions("heartbeat"));
   watch_backends();
+  feed_routes();
   rt_->obs.monitor.start();
   rt_->accepting = true;
   if (http_) {

@@ -28,6 +28,7 @@ class App {
   // Loads the config file again; "" when applied, else why not.
   std::string reload();
   void watch_backends();
+  void feed_routes();
 
   std::string config_path_;
   std::shared_ptr<Runtime> rt_;

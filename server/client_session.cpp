@@ -12,7 +12,9 @@
 #include "protocol/pg/scanner.hpp"
 #include "protocol/pg/scram.hpp"
 #include "protocol/pg/sql.hpp"
+#include "protocol/pg/extended.hpp"
 #include "routing/pooling.hpp"
+#include "routing/replicas.hpp"
 #include "server/admin.hpp"
 
 namespace sluice::server {
@@ -34,6 +36,9 @@ constexpr pg::WantTable kFromClientPooled =
     pg::make_want_table({'X', 'P', 'B', 'D', 'C', 'Q', 'S', 'F'});
 constexpr pg::WantTable kFromServerPooled =
     pg::make_want_table({'Z', 'S', '1', '2', '3', 'E', 'G', 'W', 'C'});
+// On a replica, notices too: "terminating connection due to immediate shutdown" comes as one.
+constexpr pg::WantTable kFromReplica =
+    pg::make_want_table({'Z', 'S', '1', '2', '3', 'E', 'G', 'W', 'C', 'N'});
 constexpr pg::WantTable kEveryMessage = [] {
   pg::WantTable t{};
   t.fill(pg::Want::kWhole);
@@ -43,9 +48,31 @@ constexpr pg::WantTable kEveryMessage = [] {
 constexpr std::string_view kReleased = "released";
 // What the sequential relay returns when both directions must be relayed at once.
 constexpr std::string_view kConcurrent = "concurrent";
+// What the relay returns when a read's replica connection broke before the client got a byte.
+constexpr std::string_view kRetry = "retry";
+// What routing returns when sluice answered the request itself.
+constexpr std::string_view kAnswered = "answered";
+// Routing reads at most this much of a request to classify it (larger: the primary).
+constexpr std::size_t kRouteMaxMessage = 64 * 1024;
+// A read is retried on another node only if the client sent at most this much for it.
+constexpr std::size_t kMaxReplay = 64 * 1024;
+// choose_node(): routing policy refuses the read (every replica banned, and reads may not go to
+// the primary).
+constexpr int kRefused = -2;
 // Requests up to this size are written before reading any reply (the server's socket buffer takes
 // them whole, so the server cannot block on its replies while sluice writes).
 constexpr std::size_t kSequentialBatch = 32 * 1024;
+
+// A notice or error saying the server is going away (shutdown, crash, recovery): a read that got
+// nothing else yet can run elsewhere.
+bool replica_going_away(const pg::Frame& f) {
+  auto e = pg::decode_error_fields(f.body);
+  if (!e) return false;
+  auto code = e->get('C');
+  auto severity = e->get('V');
+  return code == "57P01" || code == "57P02" || code == "57P03" ||
+         (code.starts_with("08") && (severity == "FATAL" || severity == "PANIC"));
+}
 
 std::string peer_of(const tcp::socket& s) {
   error_code ec;
@@ -97,7 +124,7 @@ class ClientSession {
   awaitable<std::string> server_to_client_pooled();
   awaitable<std::string> relay_sequential();
   struct ClientScan {
-    enum Kind { kNeedMore, kTerminate, kBad, kTooLong } kind = kNeedMore;
+    enum Kind { kNeedMore, kTerminate, kBad, kTooLong, kReroute } kind = kNeedMore;
     std::size_t need = 0;  // kNeedMore: bytes still missing (0 = any)
     pg::FrameFailure failure{};
   };
@@ -108,6 +135,8 @@ class ClientSession {
     bool copy_in = false;      // CopyInResponse / CopyBothResponse went to the client
     bool desync = false;
     bool tx_refused = false;  // statement mode saw a transaction
+    bool retry = false;       // the replica is going away: retry the read elsewhere
+    bool gone = false;        // ... and nothing is in flight: let the connection go
     pg::MessageScanner::Stop stop{};
   };
   ClientScan scan_client();
@@ -187,6 +216,56 @@ class ClientSession {
   // Transaction and statement pooling.
   std::optional<routing::PooledSession> ps_;
   bool statement_mode_ = false;
+
+  // Read routing (transaction and statement pooling, databases with replicas).
+  struct RouteNeed {
+    enum Kind { kDecided, kNeedMore, kShowLsn, kSetRoutePrimary } kind = kDecided;
+    std::size_t need = 0;  // kNeedMore: bytes still missing
+    std::size_t size = 0;  // kShowLsn, kSetRoutePrimary: the Query's size
+    bool replica = false;  // every buffered request may run on a replica
+    bool write = false;    // some buffered request may write
+  };
+  struct Verdict {
+    bool replica = false;  // may run on a replica (hints included)
+    bool write = false;    // may write (or cannot be known)
+    bool catalog_change = false;
+  };
+  RouteNeed route_need();
+  Verdict verdict(const pg::Frame& f, bool parse_seen);
+  Verdict verdict(const routing::ReadFacts& facts);
+  awaitable<std::string> prepare_route();
+  int choose_node();
+  std::shared_ptr<Pool> replica_pool(int node);
+  routing::Lsn min_lsn() const;
+  bool can_retry() const {
+    return node_ >= 0 && replayable_ && !replied_ && !killed_ && !retried_;
+  }
+  void retry_elsewhere();
+  void end_pick();
+  std::string setting(const std::string& name) const {
+    const auto& s = ps_->settings();
+    auto it = s.find(name);
+    return it == s.end() ? std::string() : it->second;
+  }
+  std::shared_ptr<routing::ReplicaSet> replicas_;  // null: no read routing
+  std::vector<std::shared_ptr<Pool>> replica_pools_;
+  RouteNeed route_{};                          // for the next checkout
+  int node_ = routing::ReplicaSet::kPrimary;  // where the attached server is
+  bool picked_ = false;                       // replicas_->finished(node_) is owed
+  bool wrote_ = false;                        // this transaction may have written
+  bool catalog_changed_ = false;              // ... and changed function volatility
+  bool reroute_ = false;          // a non-read waits for the replica to finish, then moves
+  bool reroute_allowed_ = false;  // the replica stays in a transaction: it gets the rest
+  std::optional<asio::steady_timer> reroute_timer_;  // concurrent relay: wakes the client side
+  routing::Lsn last_write_lsn_ = 0;
+  Clock::time_point last_write_at_{};
+  std::string retry_why_;
+  pg::Buffer replay_;        // the client bytes sent to the replica, to send again elsewhere
+  bool replayable_ = false;  // replay_ holds everything sent since the checkout
+  bool replied_ = false;     // the client got bytes from this server
+  bool retried_ = false;     // once per request
+  std::optional<routing::PooledSession> ps_saved_;
+  std::optional<routing::RequestTracker> tracker_saved_;
   bool pinned_ = false;                // the client keeps its server connection to the end
   bool release_wanted_ = false;        // idle, waiting for a write in flight to finish
   bool watchdog_on_ = true;            // any of query/idle_transaction/client_idle timeouts set
@@ -279,6 +358,7 @@ ClientSession::~ClientSession() {
   }
   --rt_->clients;
   if (key_.pid != 0) rt_->cancels.remove(key_);
+  end_pick();
   // A pinned server holds LISTENs, locks or temp tables of this client: it is closed, not reused.
   if (server_ && (server_failed_ || pinned_ || !server_reusable())) server_.mark_broken();
   server_.give_back();
@@ -622,6 +702,7 @@ awaitable<bool> ClientSession::attach_server() {
   }
   pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
   limits_ = PoolLimits::from(*cfg_, *db_, *user_);
+  if (ps_) replicas_ = rt_->routes.get(db_name_);
   counters_ = rt_->obs.counters(db_name_, user_name_);
   fill_info();
   handle_->state = ClientState::kActive;
@@ -661,7 +742,8 @@ std::variant<routing::Settings, PgError> ClientSession::startup_settings() const
   return settings;
 }
 
-// Gets a server connection from the pool and gives it this client's settings.
+// Gets a server connection from the pool of the node routing chose (the primary unless the
+// request only reads and a replica may serve it) and gives it this client's settings.
 awaitable<bool> ClientSession::checkout() {
   auto ex = co_await asio::this_coro::executor;
   if (rt_->control.any_paused()) {
@@ -674,50 +756,309 @@ awaitable<bool> ClientSession::checkout() {
     }
   }
   if (rt_->generation.load(std::memory_order_relaxed) != generation_) refresh_config();
-  if (auto idle = pool_->try_acquire(*limits_, ex)) {
-    server_ = std::move(*idle);  // the common case: no waiting, no coroutines
-  } else {
-    // kill() ends the wait through cancel_wait_ (no wait_killed() coroutine per checkout).
-    const auto wait_from = Clock::now();
-    handle_->wait_since = wait_from.time_since_epoch().count();
-    handle_->state = ClientState::kWaiting;
-    auto got = co_await pool_->acquire(*limits_, &cancel_wait_);
-    handle_->state = ClientState::kActive;
-    counters_->waits->inc();
-    counters_->wait_us->inc(static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - wait_from).count()));
-    if (auto* lease = std::get_if<Lease>(&got); lease && ps_) lease->skip_reset();
-    if (killed_) co_return false;  // a connection goes straight back, untouched
-    if (auto* e = std::get_if<PgError>(&got)) {
-      spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_, db_name_,
-                   e->message);
-      queue_error(std::move(*e));
+  // A replica that fails here is banned and the read goes to the next choice.
+  for (std::size_t attempt = 0;; ++attempt) {
+    const int node = attempt <= (replicas_ ? replicas_->size() : 0) ? choose_node()
+                                                                    : routing::ReplicaSet::kPrimary;
+    if (node == kRefused) {
+      queue_error({"57P03",
+                   "no replica of database \"" + db_name_ + "\" can serve reads now",
+                   {},
+                   "every replica is banned (SHOW REPLICAS on the admin console says why); "
+                   "routing.primary_reads / routing.all_replicas_banned decide whether the "
+                   "primary takes reads then"});
       co_await flush();
       co_return false;
     }
-    server_ = std::move(std::get<Lease>(got));
-  }
-  auto& state = server_->state;
-  if (ps_) {
-    server_.skip_reset();  // the pooled session's state is tracked instead
-    state.set_max_statements(cfg_->pool.max_prepared_statements);
-  }
-  // Session mode: the reset query left the server at its defaults.
-  auto sql = routing::settings_sync_sql(ps_ ? ps_->settings() : startup_,
-                                        ps_ ? state.settings : routing::Settings{});
-  if (!sql.empty()) {
-    auto synced = co_await server_->run(std::move(sql));
-    if (auto* e = std::get_if<PgError>(&synced)) {
-      server_.mark_broken();  // some settings may have been applied
-      queue_error(std::move(*e));
-      co_await flush();
-      co_return false;
+    node_ = node;
+    auto pool = node < 0 ? pool_ : replica_pool(node);
+    auto fail_replica = [&](const std::string& why) {
+      spdlog::warn("client {} user={} db={}: replica {} failed ({}): banned, read goes elsewhere",
+                   peer_, user_name_, db_name_, replicas_->address(node), why);
+      replicas_->report_failure(replicas_->address(node), std::chrono::steady_clock::now(), why);
+      end_pick();
+    };
+    if (auto idle = pool->try_acquire(*limits_, ex)) {
+      server_ = std::move(*idle);  // the common case: no waiting, no coroutines
+    } else {
+      // kill() ends the wait through cancel_wait_ (no wait_killed() coroutine per checkout).
+      const auto wait_from = Clock::now();
+      handle_->wait_since = wait_from.time_since_epoch().count();
+      handle_->state = ClientState::kWaiting;
+      auto got = co_await pool->acquire(*limits_, &cancel_wait_);
+      handle_->state = ClientState::kActive;
+      counters_->waits->inc();
+      counters_->wait_us->inc(static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - wait_from)
+              .count()));
+      if (auto* lease = std::get_if<Lease>(&got); lease && ps_) lease->skip_reset();
+      if (killed_) co_return false;  // a connection goes straight back, untouched
+      if (auto* e = std::get_if<PgError>(&got)) {
+        if (node >= 0 && e->sqlstate != "53300") {
+          fail_replica(e->message);
+          continue;
+        }
+        spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_,
+                     db_name_, e->message);
+        queue_error(std::move(*e));
+        co_await flush();
+        co_return false;
+      }
+      server_ = std::move(std::get<Lease>(got));
     }
+    auto& state = server_->state;
+    if (ps_) {
+      server_.skip_reset();  // the pooled session's state is tracked instead
+      state.set_max_statements(cfg_->pool.max_prepared_statements);
+    }
+    // Session mode: the reset query left the server at its defaults.
+    auto sql = routing::settings_sync_sql(ps_ ? ps_->settings() : startup_,
+                                          ps_ ? state.settings : routing::Settings{});
+    if (!sql.empty()) {
+      auto synced = co_await server_->run(std::move(sql));
+      if (auto* e = std::get_if<PgError>(&synced)) {
+        server_.mark_broken();  // some settings may have been applied
+        if (node >= 0 && e->sqlstate.starts_with("08")) {
+          server_.give_back();
+          fail_replica(e->message);
+          continue;
+        }
+        queue_error(std::move(*e));
+        co_await flush();
+        co_return false;
+      }
+    }
+    break;
   }
-  if (ps_) ps_->attached(state);
+  if (ps_) ps_->attached(server_->state);
+  if (node_ >= 0) {  // a read on a replica: what it needs to run again elsewhere if it breaks
+    ps_saved_.emplace(*ps_);
+    tracker_saved_.emplace(tracker_);
+    replay_.clear();
+    replayable_ = !retried_;
+    replied_ = false;
+  }
   if (key_.pid != 0)
     rt_->cancels.set_target(key_, CancelTarget{server_->host(), server_->port(), server_->key()});
   co_return true;
+}
+
+// Where one statement string may run, from its classification, the session's settings and hints.
+ClientSession::Verdict ClientSession::verdict(const routing::ReadFacts& f) {
+  Verdict v;
+  const bool read_only_tx = f.read_only_tx || setting("default_transaction_read_only") == "on";
+  v.replica = f.parsed && f.read && !(f.begins && (!read_only_tx || f.read_write_tx)) &&
+              !replicas_->may_write(f.functions);
+  v.write = !v.replica;
+  v.catalog_change = f.catalog_change;
+  if (f.hint == routing::Hint::kPrimary) v.replica = false;
+  if (f.hint == routing::Hint::kReplica) v.replica = true;
+  if (f.hint == routing::Hint::kNone) {
+    auto route = setting("sluice.route");
+    if (route == "primary") v.replica = false;
+    if (route == "replica") v.replica = true;
+  }
+  return v;
+}
+
+// One client message: Query and Parse by their text, Bind of a named statement by the text it
+// was prepared with; a Bind of the unnamed statement without its Parse, FunctionCall and COPY
+// data cannot be judged and go to the primary.
+ClientSession::Verdict ClientSession::verdict(const pg::Frame& f, bool parse_seen) {
+  std::string_view text;
+  routing::StatementPtr stmt;
+  switch (f.type) {
+    case 'Q': {
+      auto body = bytes::as_chars(f.body);
+      text = body.substr(0, body.find('\0'));
+      break;
+    }
+    case 'P': {
+      auto p = pg::decode_parse(f.body);
+      if (!p) return {false, true, false};
+      text = p->query;
+      break;
+    }
+    case 'B': {
+      auto b = pg::decode_bind(f.body);
+      if (!b) return {false, true, false};
+      if (b->statement.empty()) {
+        if (parse_seen) return {true, false, false};  // judged at its Parse
+        return {false, true, false};
+      }
+      stmt = ps_->statement(b->statement);
+      if (!stmt) return {false, true, false};  // the server will say it does not exist
+      text = stmt->query;
+      break;
+    }
+    case 'D':
+    case 'E':
+    case 'S':
+    case 'H':
+    case 'C':
+      return {true, false, false};
+    default:
+      return {false, true, false};
+  }
+  auto facts = rt_->reads.get(text);
+  return verdict(*facts);
+}
+
+// The buffered requests a checkout must place: all reads → a replica may take them.
+ClientSession::RouteNeed ClientSession::route_need() {
+  RouteNeed n;
+  auto data = reader_.pending();
+  std::size_t pos = 0;
+  bool any = false;
+  bool replica = true;
+  bool parse_seen = false;
+  while (data.size() - pos >= pg::kHeaderSize) {
+    const char type = static_cast<char>(data[pos]);
+    bytes::Reader header(data.subspan(pos + 1, 4));
+    const std::uint32_t len = header.u32();
+    if (len < 4) return n;  // malformed: primary; the relay reports it
+    const std::size_t size = 1 + static_cast<std::size_t>(len);
+    if (size > data.size() - pos) {
+      if (!any) {
+        if (size > kRouteMaxMessage) return n;  // too large to classify: the primary
+        n.kind = RouteNeed::kNeedMore;
+        n.need = size - (data.size() - pos);
+        return n;
+      }
+      break;
+    }
+    pg::Frame f{type, data.subspan(pos + pg::kHeaderSize, len - 4), size};
+    if (!any && type == 'Q' && size == data.size()) {
+      auto body = bytes::as_chars(f.body);
+      auto text = body.substr(0, body.find('\0'));
+      if (rt_->reads.get(text)->show_last_write_lsn) {
+        n.kind = RouteNeed::kShowLsn;
+        n.size = size;
+        return n;
+      }
+      if (routing::is_set_route_primary(text)) {
+        n.kind = RouteNeed::kSetRoutePrimary;
+        n.size = size;
+        return n;
+      }
+    }
+    auto v = verdict(f, parse_seen);
+    if (v.catalog_change) {
+      replicas_->catalog_changed();  // until it is fetched again, function calls go to the primary
+      catalog_changed_ = true;
+    }
+    if (type == 'P') parse_seen = true;
+    replica = replica && v.replica;
+    n.write = n.write || v.write;
+    any = true;
+    pos += size;
+  }
+  n.replica = any && replica;
+  return n;
+}
+
+// Before a checkout: makes sure the first request is whole, answers what sluice answers itself.
+// "" to check out, kAnswered, or why the session ends.
+awaitable<std::string> ClientSession::prepare_route() {
+  for (;;) {
+    route_ = route_need();
+    if (route_.kind == RouteNeed::kNeedMore) {
+      if (auto end = co_await read_client(route_.need)) co_return *end;
+      continue;
+    }
+    if (route_.kind == RouteNeed::kSetRoutePrimary) {
+      // PRIMARY is a reserved word: the server would refuse it unquoted.
+      reader_.consume(route_.size);
+      pg::Buffer q;
+      pg::encode_query(q, "SET sluice.route = 'primary'");
+      reader_.unread(q);
+      continue;
+    }
+    if (route_.kind == RouteNeed::kShowLsn) {  // SHOW sluice.last_write_lsn
+      reader_.consume(route_.size);
+      route_ = RouteNeed{};
+      pg::Buffer out;
+      pg::Column col;
+      col.name = "last_write_lsn";
+      col.type_oid = 25;  // text
+      col.type_len = -1;
+      std::vector<pg::Column> cols{col};
+      pg::encode_row_description(out, cols);
+      const auto lsn = routing::format_lsn(last_write_lsn_);
+      std::vector<std::optional<std::string_view>> row{lsn};
+      pg::encode_data_row(out, row);
+      pg::encode_command_complete(out, "SHOW");
+      pg::encode_ready_for_query(out, 'I');
+      if (!co_await send(std::move(out))) co_return "client write failed";
+      co_return std::string(kAnswered);
+    }
+    co_return std::string();
+  }
+}
+
+// The node for the next checkout: a replica when the request only reads and one is fresh enough.
+int ClientSession::choose_node() {
+  if (!replicas_ || pinned_ || !route_.replica) {
+    if (route_.write) wrote_ = true;
+    return routing::ReplicaSet::kPrimary;
+  }
+  const auto& r = cfg_->routing;
+  if (r.read_your_writes == config::Routing::ReadYourWrites::kWindow &&
+      last_write_at_ != Clock::time_point{} &&
+      Clock::now() - last_write_at_ < r.read_your_writes_window)
+    return routing::ReplicaSet::kPrimary;
+  auto pick = replicas_->pick(min_lsn(), std::chrono::steady_clock::now(),
+                              static_cast<std::uint64_t>(key_.pid) + static_cast<std::uint64_t>(
+                                  Clock::now().time_since_epoch().count()));
+  if (pick.refused) return kRefused;
+  picked_ = true;
+  return pick.node;
+}
+
+// This client must not read anything older than its own last write, nor than the causal token
+// it set (SET sluice.min_lsn).
+routing::Lsn ClientSession::min_lsn() const {
+  routing::Lsn lsn = 0;
+  if (cfg_->routing.read_your_writes == config::Routing::ReadYourWrites::kLsn)
+    lsn = last_write_lsn_;
+  if (auto token = routing::parse_lsn(setting("sluice.min_lsn"))) lsn = std::max(lsn, *token);
+  return lsn;
+}
+
+std::shared_ptr<Pool> ClientSession::replica_pool(int node) {
+  auto i = static_cast<std::size_t>(node);
+  if (replica_pools_.size() <= i) replica_pools_.resize(db_->replicas.size());
+  auto& pool = replica_pools_.at(i);
+  if (!pool) pool = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls(), &db_->replicas.at(i));
+  return pool;
+}
+
+// The read's replica connection broke before the client saw a byte: ban the replica, put the
+// client's messages back, and let routing choose again.
+void ClientSession::retry_elsewhere() {
+  const auto address = replicas_->address(node_);
+  spdlog::warn("client {} user={} db={}: replica {} failed during a read ({}): banned, retrying "
+               "the read on another node",
+               peer_, user_name_, db_name_, address, retry_why_);
+  replicas_->report_failure(address, std::chrono::steady_clock::now(), retry_why_);
+  end_pick();
+  server_.mark_broken();
+  server_.give_back();
+  server_failed_ = false;
+  if (key_.pid != 0) rt_->cancels.set_target(key_, std::nullopt);
+  ps_.emplace(*ps_saved_);
+  tracker_ = *tracker_saved_;
+  to_server_ = pg::MessageScanner(cfg_->max_message_size);
+  to_client_ = pg::MessageScanner(pg::kMaxMessageLength);
+  reader_.unread(replay_);
+  replay_.clear();
+  retried_ = true;
+  release_wanted_ = false;
+}
+
+void ClientSession::end_pick() {
+  if (picked_ && replicas_) replicas_->finished(node_);
+  picked_ = false;
 }
 
 // PAUSE / KILL: holds the client until RESUME, at most pool.query_wait_timeout (then 53300).
@@ -766,12 +1107,14 @@ void ClientSession::refresh_config() {
   user_ = user;
   pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
   limits_ = PoolLimits::from(*cfg_, *db_, *user_);
+  if (ps_) replicas_ = rt_->routes.get(db_name_);
+  replica_pools_.clear();
   fill_info();
 }
 
 // One request answered (ReadyForQuery): statement and transaction counters, timings, insights.
 void ClientSession::finish_request(const routing::Completed& c, Clock::time_point now) {
-  const auto route = routing::Route::kPrimary;
+  const auto route = node_ >= 0 ? routing::Route::kReplica : routing::Route::kPrimary;
   const auto& k = *counters_;
   if (c.statements > 0) k.queries[static_cast<std::size_t>(route)]->inc(c.statements);
   k.query_us->inc(static_cast<std::uint64_t>(c.seconds * 1e6));
@@ -851,11 +1194,36 @@ awaitable<void> ClientSession::release() {
       server_failed_ = true;
     }
   }
+  if (wrote_ && replicas_ && !server_failed_ && node_ < 0) {
+    // Read-your-writes: the client's reads wait for replicas that replayed this far.
+    if (cfg_->routing.read_your_writes == config::Routing::ReadYourWrites::kLsn) {
+      auto r = co_await server_->query("SELECT pg_catalog.pg_current_wal_insert_lsn()");
+      auto* rows = std::get_if<routing::Rows>(&r);
+      if (rows && rows->size() == 1 && !(*rows)[0].empty() && (*rows)[0][0]) {
+        if (auto lsn = routing::parse_lsn(*(*rows)[0][0]))
+          last_write_lsn_ = std::max(last_write_lsn_, *lsn);
+      } else if (!rows) {
+        server_failed_ = true;
+      }
+    }
+    last_write_at_ = Clock::now();
+  }
+  if (catalog_changed_ && replicas_) {  // committed now: fetch the catalog again
+    replicas_->catalog_changed();
+    rt_->obs.monitor.wake();
+  }
   if (key_.pid != 0) rt_->cancels.set_target(key_, std::nullopt);
   if (server_failed_) server_.mark_broken();
   server_failed_ = false;
   release_wanted_ = false;
   server_.give_back();
+  end_pick();
+  node_ = routing::ReplicaSet::kPrimary;
+  wrote_ = catalog_changed_ = reroute_ = reroute_allowed_ = false;
+  retried_ = replayable_ = false;
+  replay_.clear();
+  ps_saved_.reset();
+  tracker_saved_.reset();
 }
 
 // Waits, without a server connection, until the client sends something. A plain-TCP client
@@ -891,6 +1259,11 @@ awaitable<std::string> ClientSession::relay() {
     if (!server_) {
       auto why = co_await wait_detached();
       if (!why.empty()) co_return why;
+      if (replicas_) {
+        auto routed = co_await prepare_route();
+        if (routed == kAnswered) continue;
+        if (!routed.empty()) co_return routed;
+      }
       if (!co_await checkout()) co_return "no server connection";
     }
     std::string reason(kConcurrent);
@@ -903,6 +1276,10 @@ awaitable<std::string> ClientSession::relay() {
     if (reason == kConcurrent) {
       auto concurrent = co_await relay_attached();
       reason = std::move(concurrent);
+    }
+    if (reason == kRetry) {
+      retry_elsewhere();
+      continue;
     }
     if (reason != kReleased) co_return reason;
     co_await release();
@@ -982,6 +1359,11 @@ awaitable<std::optional<std::string>> ClientSession::write_to_server(asio::const
     server_failed_ = true;
     co_return "cancelled";
   }
+  if (ec && can_retry()) {
+    server_failed_ = true;
+    retry_why_ = "write failed: " + ec.message();
+    co_return std::string(kRetry);
+  }
   if (ec) {
     server_failed_ = true;
     queue_error({"08006", "lost the connection to the server: " + ec.message(), {}, {}});
@@ -1005,6 +1387,12 @@ awaitable<std::string> ClientSession::client_message_rejected(const pg::FrameFai
 awaitable<std::string> ClientSession::server_read_failed(const error_code& ec) {
   if (ec == asio::error::operation_aborted) co_return "cancelled";  // the other direction ended
   server_failed_ = true;
+  if (can_retry()) {
+    retry_why_ = "connection lost: " + ec.message();
+    co_return std::string(kRetry);
+  }
+  if (ps_ && ps_->pending() == 0 && ps_->idle() && !to_client_.mid_message())
+    co_return std::string(kReleased);  // between requests: the next one gets another server
   if (!to_client_.mid_message()) {
     queue_error({"08006",
                  "server closed the connection unexpectedly",
@@ -1122,6 +1510,23 @@ ClientSession::ClientScan ClientSession::scan_client() {
       result.kind = ClientScan::kTerminate;
       break;
     }
+    const auto type = stop.frame.type;
+    if (replicas_ && (type == 'Q' || type == 'P' || type == 'B')) {
+      if (node_ >= 0) {
+        // A request that may write, pipelined after reads on a replica: it waits until the
+        // replica has answered, then goes to the primary (unless the replica is then inside a
+        // transaction, which keeps it).
+        if (!reroute_allowed_ && !ps_->unsynced() && !verdict(stop.frame, false).replica) {
+          result.kind = ClientScan::kReroute;
+          reroute_ = true;
+          break;
+        }
+      } else if (!wrote_) {
+        auto v = verdict(stop.frame, true);
+        wrote_ = v.write;
+        catalog_changed_ = catalog_changed_ || v.catalog_change;
+      }
+    }
     tracker_.on_client(stop.frame, now);
     auto outcome = ps_->on_client(stop.frame, server_->state, to_server_buf_);
     pos += stop.frame.size;
@@ -1130,6 +1535,13 @@ ClientSession::ClientScan ClientSession::scan_client() {
       break;
     }
     if (outcome.pin) note_pin(*outcome.pin);
+  }
+  if (replayable_) {  // a read on a replica keeps what it sent, to send it elsewhere if it breaks
+    replay_.insert(replay_.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(pos));
+    if (replay_.size() > kMaxReplay || to_server_.mid_message()) {
+      replayable_ = false;
+      pg::Buffer().swap(replay_);
+    }
   }
   reader_.consume(pos);  // all of it is in to_server_buf_ now
   if (before == 0 && ps_->pending() > 0) request_started_ = Clock::now();
@@ -1194,12 +1606,29 @@ ClientSession::ServerScan ClientSession::scan_server() {
   std::size_t& pos = r.consumed;
   const auto now = Clock::now();
   for (;;) {
-    const auto& want = ps_->swallowing() ? kEveryMessage : kFromServerPooled;
+    const auto& want = ps_->swallowing() ? kEveryMessage
+                       : node_ >= 0      ? kFromReplica
+                                         : kFromServerPooled;
     r.stop = to_client_.scan(data.subspan(pos), want, [](const pg::Header&) {});
     keep(pos, r.stop.offset);
     pos += r.stop.offset;
     if (r.stop.kind != pg::MessageScanner::Stop::kInspect) break;
     const auto& f = r.stop.frame;
+    if ((f.type == 'N' || f.type == 'E') && node_ >= 0 && replica_going_away(f)) {
+      if (can_retry()) {
+        r.retry = true;  // nothing of this reply reaches the client
+        break;
+      }
+      if (ps_->pending() == 0 && ps_->idle()) {
+        r.gone = true;  // no request in flight: the client need not hear of it
+        break;
+      }
+    }
+    if (f.type == 'N' && !ps_->swallowing()) {  // a notice passed on
+      keep(pos, f.size);
+      pos += f.size;
+      continue;
+    }
     auto verdict = ps_->on_server(f, server_->state);
     if (verdict == routing::PooledSession::Verdict::kDesync) {
       r.desync = true;
@@ -1227,18 +1656,32 @@ ClientSession::ServerScan ClientSession::scan_server() {
       }
     }
   }
+  if (r.retry) {  // nothing goes to the client
+    kept = 0;
+    to_client_buf_.clear();
+  }
   r.out = to_client_buf_.empty() ? asio::buffer(data.data(), kept) : asio::buffer(to_client_buf_);
   return r;
 }
 
 // Writes what scan_server() kept, consumes what it read; a reason to end the session.
 awaitable<std::optional<std::string>> ClientSession::forward_server(ServerScan scan) {
+  if (scan.retry) {
+    server_failed_ = true;
+    retry_why_ = "the server is shutting down";
+    co_return std::string(kRetry);
+  }
   if (scan.out.size() > 0) {
+    replied_ = true;
     client_writing_ = true;
     auto [ec, written] = co_await client_->write(scan.out);
     client_writing_ = false;
     if (ec) co_return "client write failed";
     counters_->sent_bytes->inc(written);
+  }
+  if (scan.gone) {
+    server_failed_ = true;
+    co_return std::string(kReleased);
   }
   server_->reader().consume(scan.consumed);
   if (scan.desync) {
@@ -1310,6 +1753,11 @@ awaitable<std::string> ClientSession::relay_sequential() {
       if (ps_->pending() == 0) break;
       if (auto end = co_await read_server(answer.stop.need)) co_return *end;
     }
+    if (scan.kind == ClientScan::kReroute) {
+      if (ps_->idle() && can_release()) co_return std::string(kReleased);  // the next checkout
+      reroute_allowed_ = true;  // the replica is inside a transaction: it keeps the request
+      continue;
+    }
     // Nothing sent (a partial message so far): read on rather than release and re-acquire.
     if (sent && want_release(ps_->idle())) co_return kReleased;
     if (!server_->reader().pending().empty()) co_return kConcurrent;  // unexpected extra bytes
@@ -1324,6 +1772,20 @@ awaitable<std::string> ClientSession::client_to_server_pooled() {
     auto scan = scan_client();
     if (auto end = co_await forward_client(scan)) co_return *end;
     if (want_release(false)) co_return std::string(kReleased);
+    if (scan.kind == ClientScan::kReroute) {
+      if (ps_->pending() == 0) {  // the replica answered everything already
+        if (ps_->idle() && can_release()) co_return std::string(kReleased);
+        reroute_allowed_ = true;
+        reroute_ = false;
+        continue;
+      }
+      // server_to_client_pooled() wakes this once the replica has answered.
+      if (!reroute_timer_) reroute_timer_.emplace(co_await asio::this_coro::executor);
+      reroute_timer_->expires_at(asio::steady_timer::time_point::max());
+      co_await reroute_timer_->async_wait(use_nothrow);
+      if (killed_) co_return "shutdown";
+      continue;
+    }
     if (auto end = co_await read_client(scan.need)) co_return *end;
   }
 }
@@ -1335,6 +1797,12 @@ awaitable<std::string> ClientSession::server_to_client_pooled() {
     auto scan = scan_server();
     if (auto end = co_await forward_server(scan)) co_return *end;
     if (want_release(scan.idle_now)) co_return std::string(kReleased);
+    if (reroute_ && ps_->pending() == 0) {  // a request waits to move off this replica
+      if (ps_->idle() && can_release()) co_return std::string(kReleased);
+      reroute_allowed_ = true;
+      reroute_ = false;
+      if (reroute_timer_) reroute_timer_->cancel();
+    }
     if (scan.stop.kind == pg::MessageScanner::Stop::kInspect &&
         !server_->reader().pending().empty())
       continue;

@@ -43,6 +43,22 @@ class FramedReader {
     begin_ += n;
     if (begin_ == end_) begin_ = end_ = 0;
   }
+  // Puts bytes back in front of what is pending, as if they had not been consumed yet.
+  void unread(bytes::Span data) {
+    if (data.empty()) return;
+    if (begin_ >= data.size()) {
+      begin_ -= data.size();
+      std::copy(data.begin(), data.end(), buf_.begin() + static_cast<std::ptrdiff_t>(begin_));
+      return;
+    }
+    std::vector<std::uint8_t> next(data.begin(), data.end());
+    auto rest = pending();
+    next.insert(next.end(), rest.begin(), rest.end());
+    end_ = next.size();
+    begin_ = 0;
+    if (next.size() < buf_.size()) next.resize(buf_.size());
+    buf_ = std::move(next);
+  }
   // Room for at least `need` more bytes (the relay's "need more"); read into it, then commit().
   asio::mutable_buffer prepare(std::size_t need) {
     reserve(std::max<std::size_t>(need, 1));

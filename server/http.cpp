@@ -171,7 +171,22 @@ std::string status_json(Runtime& rt) {
     backends.push_back(std::move(o));
   }
   doc["backends"] = std::move(backends);
-  doc["bans"] = json::array();  // replica bans arrive with read routing
+  json::array bans;
+  const auto now = std::chrono::steady_clock::now();
+  for (const auto& [db, set] : rt.routes.all()) {
+    for (const auto& s : set->status(now)) {
+      if (!s.banned) continue;
+      json::object b;
+      b["database"] = db;
+      b["address"] = s.address;
+      b["reason"] = s.reason;
+      b["banned_for_seconds"] = s.banned_for_seconds;
+      b["lag_seconds"] = s.lag_seconds;
+      b["lag_bytes"] = s.lag_bytes;
+      bans.push_back(std::move(b));
+    }
+  }
+  doc["bans"] = std::move(bans);
 
   json::array paused, disabled;
   for (const auto& [name, db] : cfg->databases) {

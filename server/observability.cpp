@@ -302,6 +302,33 @@ void Observability::add_runtime_collectors(Runtime& rt) {
       w.sample("sluice_backend_check_duration_seconds", {"database", "role", "address"},
                {h.target.database, h.target.role, h.target.address()}, h.rtt_seconds);
 
+    // Read routing: replica bans and lag.
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<std::pair<std::string, routing::ReplicaStatus>> replicas;
+    for (const auto& [db, set] : rt.routes.all()) {
+      for (auto& s : set->status(now)) replicas.emplace_back(db, std::move(s));
+    }
+    const std::vector<std::string> da{"database", "address"};
+    w.family("sluice_replica_banned", "gauge",
+             "1 while read routing keeps reads off the replica (unreachable, failing, not in "
+             "recovery, or lagging).");
+    for (const auto& [db, s] : replicas)
+      w.sample("sluice_replica_banned", da, {db, s.address}, s.banned ? 1 : 0);
+    w.family("sluice_replica_lag_seconds", "gauge",
+             "Age of the oldest primary WAL the replica has not replayed (0 when caught up).");
+    for (const auto& [db, s] : replicas)
+      w.sample("sluice_replica_lag_seconds", da, {db, s.address}, s.lag_seconds);
+    w.family("sluice_replica_lag_bytes", "gauge",
+             "Primary WAL position minus the replica's replay position.");
+    for (const auto& [db, s] : replicas)
+      w.sample("sluice_replica_lag_bytes", da, {db, s.address}, static_cast<double>(s.lag_bytes));
+    w.family("sluice_replica_bans_total", "counter", "Times the replica was banned.");
+    for (const auto& [db, s] : replicas)
+      w.sample("sluice_replica_bans_total", da, {db, s.address}, static_cast<double>(s.bans));
+    w.family("sluice_replica_reads_total", "counter", "Transactions routed to the replica.");
+    for (const auto& [db, s] : replicas)
+      w.sample("sluice_replica_reads_total", da, {db, s.address}, static_cast<double>(s.reads));
+
     // Query insights: the top fingerprints by total time (bounded cardinality).
     auto top = rt.obs.insights.top(cfg->insights.top_n);
     const std::vector<std::string> q{"fingerprint", "query"};

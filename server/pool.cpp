@@ -447,11 +447,13 @@ void PoolRegistry::close_for_exit() {
 
 std::shared_ptr<Pool> PoolRegistry::get(const config::Config& cfg, const config::Database& db,
                                         const config::User& user,
-                                        const std::shared_ptr<ssl::context>& server_tls) {
+                                        const std::shared_ptr<ssl::context>& server_tls,
+                                        const config::Backend* backend) {
+  const auto& server = backend ? *backend : db.primary;
   ServerLogin login;
-  login.host = db.primary.host;
-  login.port = db.primary.port;
-  login.dbname = db.primary.dbname;
+  login.host = server.host;
+  login.port = server.port;
+  login.dbname = server.dbname;
   login.user = user.server_user;
   login.password = user.server_password;
   login.md5_hash = user.server_user == user.name ? user.md5_hash : std::string();
@@ -467,7 +469,8 @@ std::shared_ptr<Pool> PoolRegistry::get(const config::Config& cfg, const config:
                     "\n" + std::to_string(static_cast<int>(login.tls)) + "\n" +
                     std::to_string(reinterpret_cast<std::uintptr_t>(server_tls.get()));
   std::lock_guard lock(mu_);
-  auto& limit = db_limits_[db.name];
+  // max_db_connections counts the connections to one server of the database.
+  auto& limit = db_limits_[db.name + "@" + login.host + ":" + std::to_string(login.port)];
   if (!limit) limit = std::make_shared<DbLimit>();
   limit->set_max(cfg.max_db_connections_for(db));
   auto& pool = pools_[key];

@@ -215,7 +215,8 @@ class PoolRegistry {
  public:
   std::shared_ptr<Pool> get(const config::Config& cfg, const config::Database& db,
                             const config::User& user,
-                            const std::shared_ptr<ssl::context>& server_tls);
+                            const std::shared_ptr<ssl::context>& server_tls,
+                            const config::Backend* backend = nullptr);  // null: the primary
   std::vector<std::shared_ptr<Pool>> all();
   // Pools of one database (all when empty).
   std::vector<std::shared_ptr<Pool>> of_database(const std::string& db);
@@ -226,7 +227,7 @@ class PoolRegistry {
  private:
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Pool>> pools_;
-  std::map<std::string, std::shared_ptr<DbLimit>> db_limits_;  // by database name
+  std::map<std::string, std::shared_ptr<DbLimit>> db_limits_;  // by database@server
 };
 
 }  // namespace sluice::server

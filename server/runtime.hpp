@@ -6,10 +6,12 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <map>
 #include <set>
 
 #include "config/config.hpp"
 #include "routing/session_statements.hpp"
+#include "routing/replicas.hpp"
 #include "server/cancel_registry.hpp"
 #include "server/observability.hpp"
 #include "server/pool.hpp"
@@ -97,6 +99,26 @@ class Control {
   std::set<std::string> disabled_;
 };
 
+// Read routing per database (only databases with replicas and routing.enabled have one).
+class Routes {
+ public:
+  std::shared_ptr<routing::ReplicaSet> get(const std::string& db) const {
+    std::lock_guard lock(mu_);
+    auto it = sets_.find(db);
+    return it == sets_.end() ? nullptr : it->second;
+  }
+  std::map<std::string, std::shared_ptr<routing::ReplicaSet>> all() const {
+    std::lock_guard lock(mu_);
+    return sets_;
+  }
+  // A new set per database from `cfg`, keeping what is known of replicas still configured.
+  void rebuild(const config::Config& cfg);
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<routing::ReplicaSet>> sets_;
+};
+
 enum class StopMode { kDrain, kImmediate, kWaitForClients };
 
 class Runtime {
@@ -133,6 +155,8 @@ class Runtime {
   PoolRegistry pools;
   Observability obs;
   Control control;
+  Routes routes;
+  routing::ReadFactsCache reads;  // read/write classification of statement texts, shared
   // Set by the App: what RELOAD and SHUTDOWN do (called on any thread).
   std::function<std::string()> reload;  // "" when applied, else why not
   std::function<void(StopMode)> stop;

@@ -124,6 +124,7 @@ full_page_writes = off
 ssl = on
 ssl_cert_file = 'server.crt'
 ssl_key_file = 'server.key'
+shared_preload_libraries = 'pg_stat_statements'
 """)
     with open(f"{st['primary_dir']}/pg_hba.conf", "w") as f:
         f.write("local all all trust\n"
@@ -144,6 +145,8 @@ ssl_key_file = 'server.key'
     psql(st["primary_port"], "CREATE ROLE trustuser LOGIN", sockdir=sock)
     psql(st["primary_port"], "CREATE DATABASE appdb OWNER app", sockdir=sock)
     psql(st["primary_port"], "GRANT ALL ON SCHEMA public TO app, other, md5user", db="appdb", sockdir=sock)
+    # Where statements ran (read routing tests count them on each server).
+    psql(st["primary_port"], "CREATE EXTENSION pg_stat_statements", db="appdb", sockdir=sock)
 
     passfile = f"{base}/pgpass"
     with open(passfile, "w") as f:

@@ -1,0 +1,255 @@
+// Read/write classification from libpg_query's JSON parse tree (read with Boost.JSON).
+#include "routing/classify.hpp"
+
+#include <pg_query.h>
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <cctype>
+
+namespace sluice::routing {
+namespace json = boost::json;
+
+namespace {
+
+std::string_view str_field(const json::object& o, std::string_view key) {
+  if (const auto* v = o.if_contains(key); v && v->is_string()) return v->get_string();
+  return {};
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+// What walking one statement's tree found.
+struct TreeFacts {
+  bool modifies = false;  // INSERT/UPDATE/DELETE/MERGE anywhere (data-modifying CTE)
+  bool locks = false;     // FOR UPDATE/SHARE/NO KEY UPDATE/KEY SHARE
+  bool into = false;      // SELECT INTO
+};
+
+void add_function(const json::object& call, ReadFacts& facts) {
+  const auto* names = call.if_contains("funcname");
+  if (names == nullptr || !names->is_array()) return;
+  std::vector<std::string_view> parts;
+  for (const auto& n : names->get_array()) {
+    const auto* s = n.is_object() ? n.get_object().if_contains("String") : nullptr;
+    if (s && s->is_object()) parts.push_back(str_field(s->get_object(), "sval"));
+  }
+  if (parts.empty()) return;
+  FunctionRef f;
+  f.name = std::string(parts.back());
+  if (parts.size() >= 2) f.schema = std::string(parts[parts.size() - 2]);
+  if (std::find(facts.functions.begin(), facts.functions.end(), f) == facts.functions.end())
+    facts.functions.push_back(std::move(f));
+}
+
+void walk(const json::value& v, ReadFacts& facts, TreeFacts& tree, int depth) {
+  if (depth > 200) {  // the parser bounds nesting too; this keeps recursion finite
+    tree.modifies = true;
+    return;
+  }
+  if (v.is_array()) {
+    for (const auto& e : v.get_array()) walk(e, facts, tree, depth + 1);
+    return;
+  }
+  if (!v.is_object()) return;
+  for (const auto& [key, child] : v.get_object()) {
+    if (key == "InsertStmt" || key == "UpdateStmt" || key == "DeleteStmt" || key == "MergeStmt")
+      tree.modifies = true;
+    if (key == "lockingClause") tree.locks = true;
+    if (key == "intoClause") tree.into = true;
+    if (key == "FuncCall" && child.is_object()) add_function(child.get_object(), facts);
+    walk(child, facts, tree, depth + 1);
+  }
+}
+
+// A DefElem list entry `name` with a true (non-zero integer) argument.
+bool has_flag(const json::object& n, std::string_view list, std::string_view name, bool value) {
+  const auto* opts = n.if_contains(list);
+  if (opts == nullptr || !opts->is_array()) return false;
+  for (const auto& o : opts->get_array()) {
+    const auto* d = o.is_object() ? o.get_object().if_contains("DefElem") : nullptr;
+    if (d == nullptr || !d->is_object() || str_field(d->get_object(), "defname") != name) continue;
+    const auto* arg = d->get_object().if_contains("arg");
+    const auto* c = arg && arg->is_object() ? arg->get_object().if_contains("A_Const") : nullptr;
+    bool on = true;  // EXPLAIN (ANALYZE) without a value means true
+    if (c && c->is_object()) {
+      const auto& co = c->get_object();
+      if (const auto* iv = co.if_contains("ival"); iv && iv->is_object()) {
+        const auto* inner = iv->get_object().if_contains("ival");
+        on = inner && inner->is_int64() && inner->get_int64() != 0;
+      } else if (const auto* bv = co.if_contains("boolval"); bv && bv->is_object()) {
+        const auto* inner = bv->get_object().if_contains("boolval");
+        on = inner && inner->is_bool() && inner->get_bool();
+      } else if (const auto* sv = co.if_contains("sval"); sv && sv->is_object()) {
+        auto s = lower(str_field(sv->get_object(), "sval"));
+        on = s != "false" && s != "off" && s != "0" && s != "no";
+      }
+    }
+    if (on == value) return true;
+  }
+  return false;
+}
+
+bool is_routine_or_extension(std::string_view object_type) {
+  return object_type == "OBJECT_FUNCTION" || object_type == "OBJECT_PROCEDURE" ||
+         object_type == "OBJECT_ROUTINE" || object_type == "OBJECT_AGGREGATE" ||
+         object_type == "OBJECT_EXTENSION" || object_type == "OBJECT_SCHEMA";
+}
+
+enum class Kind { kRead, kNeutral, kWrite };
+
+// One statement: a read, session/transaction state only, or anything else.
+Kind classify(const json::object& stmt, ReadFacts& facts) {
+  if (stmt.empty()) return Kind::kWrite;
+  const auto& [type, node] = *stmt.begin();
+  if (!node.is_object()) return Kind::kWrite;
+  const auto& n = node.get_object();
+  TreeFacts tree;
+  if (type == "SelectStmt") {
+    walk(node, facts, tree, 0);
+    return tree.modifies || tree.locks || tree.into ? Kind::kWrite : Kind::kRead;
+  }
+  if (type == "VariableShowStmt") return Kind::kRead;
+  if (type == "ExplainStmt") {
+    if (has_flag(n, "options", "analyze", true)) return Kind::kWrite;
+    walk(node, facts, tree, 0);  // functions are not run without ANALYZE, but stay careful
+    return Kind::kRead;
+  }
+  if (type == "VariableSetStmt") {
+    if (lower(str_field(n, "name")) == "transaction") {
+      if (has_flag(n, "args", "transaction_read_only", true)) facts.read_only_tx = true;
+      if (has_flag(n, "args", "transaction_read_only", false)) facts.read_write_tx = true;
+    }
+    walk(node, facts, tree, 0);
+    return Kind::kNeutral;
+  }
+  if (type == "TransactionStmt") {
+    auto kind = str_field(n, "kind");
+    if (kind == "TRANS_STMT_BEGIN" || kind == "TRANS_STMT_START") {
+      facts.begins = true;
+      if (has_flag(n, "options", "transaction_read_only", true)) facts.read_only_tx = true;
+      if (has_flag(n, "options", "transaction_read_only", false)) facts.read_write_tx = true;
+      return Kind::kNeutral;
+    }
+    if (kind == "TRANS_STMT_PREPARE" || kind == "TRANS_STMT_COMMIT_PREPARED" ||
+        kind == "TRANS_STMT_ROLLBACK_PREPARED")
+      return Kind::kWrite;
+    return Kind::kNeutral;  // COMMIT, ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO
+  }
+  if (type == "DeallocateStmt" || type == "DiscardStmt") return Kind::kNeutral;
+  if (type == "CreateFunctionStmt" || type == "AlterFunctionStmt" ||
+      type == "CreateExtensionStmt" || type == "AlterExtensionStmt" ||
+      type == "AlterExtensionContentsStmt" || type == "CreateSchemaStmt") {
+    facts.catalog_change = true;
+  } else if (type == "DropStmt") {
+    facts.catalog_change |= is_routine_or_extension(str_field(n, "removeType"));
+  } else if (type == "RenameStmt") {
+    facts.catalog_change |= is_routine_or_extension(str_field(n, "renameType"));
+  } else if (type == "AlterObjectSchemaStmt") {
+    facts.catalog_change |= is_routine_or_extension(str_field(n, "objectType"));
+  }
+  return Kind::kWrite;
+}
+
+}  // namespace
+
+bool is_set_route_primary(std::string_view sql) {
+  if (sql.size() > 64) return false;
+  std::vector<std::string> words;
+  std::string w;
+  for (char c : sql) {
+    auto u = static_cast<unsigned char>(c);
+    if (std::isspace(u) || c == ';' || c == '=') {
+      if (!w.empty()) words.push_back(std::move(w));
+      w.clear();
+      if (c == '=') words.emplace_back("=");
+      continue;
+    }
+    w += static_cast<char>(std::tolower(u));
+  }
+  if (!w.empty()) words.push_back(std::move(w));
+  if (!words.empty() && words[0] == "set" && words.size() > 1 && words[1] == "session")
+    words.erase(words.begin() + 1);
+  return words.size() == 4 && words[0] == "set" && words[1] == "sluice.route" &&
+         (words[2] == "=" || words[2] == "to") && words[3] == "primary";
+}
+
+Hint leading_hint(std::string_view sql) {
+  while (!sql.empty() && std::isspace(static_cast<unsigned char>(sql.front()))) sql.remove_prefix(1);
+  if (!sql.starts_with("/*")) return Hint::kNone;
+  auto end = sql.find("*/");
+  if (end == std::string_view::npos) return Hint::kNone;
+  auto body = sql.substr(2, end - 2);
+  auto has = [&](std::string_view word) {
+    for (auto at = body.find(word); at != std::string_view::npos; at = body.find(word, at + 1)) {
+      auto after = at + word.size();
+      bool left = at == 0 || !std::isalnum(static_cast<unsigned char>(body[at - 1]));
+      bool right = after == body.size() || !std::isalnum(static_cast<unsigned char>(body[after]));
+      if (left && right) return true;
+    }
+    return false;
+  };
+  if (has("sluice:primary")) return Hint::kPrimary;
+  if (has("sluice:replica")) return Hint::kReplica;
+  return Hint::kNone;
+}
+
+ReadFacts read_facts(std::string_view sql) {
+  ReadFacts facts;
+  facts.hint = leading_hint(sql);
+  std::string text(sql);  // the parser wants a NUL-terminated string
+  PgQueryParseResult r = pg_query_parse(text.c_str());
+  struct Release {
+    PgQueryParseResult& result;
+    ~Release() { pg_query_free_parse_result(result); }
+  } release{r};
+  if (r.error != nullptr || r.parse_tree == nullptr) return facts;
+  boost::system::error_code ec;
+  json::value root = json::parse(r.parse_tree, ec);
+  if (ec || !root.is_object()) return facts;
+  facts.parsed = true;
+  const auto* stmts = root.get_object().if_contains("stmts");
+  if (stmts == nullptr || !stmts->is_array() || stmts->get_array().empty()) return facts;
+  bool all_read = true;
+  const auto& list = stmts->get_array();
+  for (const auto& raw : list) {
+    const auto* stmt = raw.is_object() ? raw.get_object().if_contains("stmt") : nullptr;
+    if (stmt == nullptr || !stmt->is_object()) {
+      all_read = false;
+      continue;
+    }
+    if (classify(stmt->get_object(), facts) == Kind::kWrite) all_read = false;
+    if (list.size() == 1) {
+      const auto* show = stmt->get_object().if_contains("VariableShowStmt");
+      if (show && show->is_object() &&
+          lower(str_field(show->get_object(), "name")) == "sluice.last_write_lsn")
+        facts.show_last_write_lsn = true;
+    }
+  }
+  facts.read = all_read;
+  return facts;
+}
+
+void FunctionCatalog::add(std::string schema, std::string name, char volatility) {
+  by_name_[std::move(name)].push_back({std::move(schema), volatility});
+  ++count_;
+}
+
+bool FunctionCatalog::may_write(const FunctionRef& f) const {
+  auto it = by_name_.find(f.name);
+  if (it == by_name_.end()) return true;
+  bool found = false;
+  for (const auto& e : it->second) {
+    if (!f.schema.empty() && e.schema != f.schema) continue;
+    found = true;
+    if (e.volatility == 'v') return true;
+  }
+  return !found;
+}
+
+}  // namespace sluice::routing

@@ -1,0 +1,74 @@
+// Read/write classification of SQL with the real PostgreSQL parser (libpg_query): whether a
+// statement string only reads (and may run on a replica), the functions it calls (whose
+// volatility the catalog decides), transaction control, and routing hints in a leading comment.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "routing/text_cache.hpp"
+
+namespace sluice::routing {
+
+enum class Hint : std::uint8_t { kNone, kPrimary, kReplica };
+
+// A function named in the statement: pg_catalog.nextval → {"pg_catalog", "nextval"}.
+struct FunctionRef {
+  std::string schema;  // empty when unqualified
+  std::string name;
+  bool operator==(const FunctionRef&) const = default;
+};
+
+struct ReadFacts {
+  bool parsed = false;  // false: the parser refused it (it goes to the primary)
+  // Every statement is a read (SELECT/VALUES/TABLE without locking, INTO or data-modifying CTEs;
+  // SHOW; EXPLAIN without ANALYZE) or touches only session/transaction state (SET, RESET,
+  // COMMIT, ROLLBACK, SAVEPOINT...), and at least one statement exists.
+  bool read = false;
+  bool begins = false;          // BEGIN / START TRANSACTION opens an explicit transaction
+  bool read_only_tx = false;    // ... READ ONLY, or SET TRANSACTION READ ONLY follows
+  bool read_write_tx = false;   // ... READ WRITE said explicitly
+  bool catalog_change = false;  // CREATE/ALTER/DROP FUNCTION, EXTENSION...: volatility may change
+  bool show_last_write_lsn = false;  // exactly "SHOW sluice.last_write_lsn" (answered by sluice)
+  Hint hint = Hint::kNone;           // /* sluice:primary */ or /* sluice:replica */ leading comment
+  std::vector<FunctionRef> functions;  // every function called, each once
+};
+
+// Never throws; unparseable input gives parsed=false.
+ReadFacts read_facts(std::string_view sql);
+// "SET sluice.route = primary" (or TO, any case, optional semicolon): PRIMARY is a reserved word,
+// so the server refuses it unquoted; sluice quotes it.
+bool is_set_route_primary(std::string_view sql);
+// The hint in a leading /* ... */ comment, if any.
+Hint leading_hint(std::string_view sql);
+
+using ReadFactsCache = TextCache<ReadFacts, read_facts>;
+
+// pg_proc.provolatile of every function of one database, as fetched from its primary.
+class FunctionCatalog {
+ public:
+  void add(std::string schema, std::string name, char volatility);
+  // True when calling `f` may write or depends on more than its arguments and the snapshot:
+  // some overload is volatile, or the function is unknown (created since the last fetch).
+  bool may_write(const FunctionRef& f) const;
+  std::size_t size() const { return count_; }
+
+ private:
+  struct Entry {
+    std::string schema;
+    char volatility;
+  };
+  std::unordered_map<std::string, std::vector<Entry>> by_name_;
+  std::size_t count_ = 0;
+};
+
+// The SQL that lists (schema, name, provolatile) for FunctionCatalog::add.
+inline constexpr std::string_view kFunctionCatalogSql =
+    "SELECT n.nspname, p.proname, p.provolatile FROM pg_catalog.pg_proc p "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
+
+}  // namespace sluice::routing

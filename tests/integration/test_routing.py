@@ -1,0 +1,323 @@
+"""Read/write routing against the real primary + streaming replica: reads land on the replica and
+everything that may write on the primary (counted by pg_stat_statements on each server), volatility
+decided from pg_proc, read-your-writes with a delayed replica, a replica killed under a 64-client
+read-only pgbench, and lag bans."""
+import os
+import re
+import subprocess
+import threading
+import time
+import unittest
+
+import psycopg
+
+from harness import Sluice, APP_PASSWORD, state, superuser_sql, psql
+from test_pgbench import pgbench, check_run
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def routed_config(tweak_routing=None):
+    def tweak(c):
+        c["pool"] = {"mode": "transaction", "size": 20}
+        c["health_check_interval"] = "200ms"
+        c["routing"] = {"enabled": True, "ban_time": "2s", "health_user": "app"}
+        if tweak_routing:
+            tweak_routing(c["routing"])
+    return tweak
+
+
+def replica_sql(sql):
+    st = state()
+    return superuser_sql(sql, port=st["replica_port"])
+
+
+def set_apply_delay(delay):
+    replica_sql(f"ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'")
+    replica_sql("SELECT pg_reload_conf()")
+
+
+def wait_replayed():
+    """Until the replica has replayed everything the primary wrote so far."""
+    lsn = superuser_sql("SELECT pg_current_wal_insert_lsn()")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if replica_sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the replica did not catch up")
+
+
+def calls(port_sql, pattern):
+    """Calls of statements matching `pattern` (SQL LIKE) on one server, from pg_stat_statements."""
+    return int(port_sql("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+                        f"WHERE query LIKE '{pattern}'"))
+
+
+def replica_status(sluice):
+    r = psql(sluice.admin_dsn(), "SHOW REPLICAS", extra=("-At", "-F", "|"))
+    rows = [l.split("|") for l in r.stdout.decode().splitlines() if l]
+    return rows[0] if rows else None
+
+
+def wait_until(pred, timeout, step=0.02):
+    start = time.time()
+    while time.time() - start < timeout:
+        if pred():
+            return time.time() - start
+        time.sleep(step)
+    return None
+
+
+class Routing(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        set_apply_delay("0")
+        superuser_sql("DROP TABLE IF EXISTS rt_items; "
+                      "CREATE TABLE rt_items (id int PRIMARY KEY, v text); "
+                      "INSERT INTO rt_items SELECT g, 'v' || g FROM generate_series(1, 1000) g; "
+                      "DROP SEQUENCE IF EXISTS rt_seq; CREATE SEQUENCE rt_seq; "
+                      "GRANT ALL ON rt_items, rt_seq TO app")
+        wait_replayed()
+
+    def test_reads_on_replica_writes_on_primary(self):
+        with Sluice(tweak=routed_config()) as sluice:
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                # Functions made through sluice: the DDL makes it fetch pg_proc again.
+                conn.execute("CREATE OR REPLACE FUNCTION rt_vol() RETURNS int VOLATILE "
+                             "LANGUAGE sql AS 'SELECT 1'")
+                conn.execute("CREATE OR REPLACE FUNCTION rt_imm(int) RETURNS int IMMUTABLE "
+                             "LANGUAGE sql AS 'SELECT $1 + 1'")
+            wait_replayed()
+            time.sleep(0.6)  # a few monitor rounds: catalog fetched, replica position known
+            superuser_sql("SELECT pg_stat_statements_reset()")
+            replica_sql("SELECT pg_stat_statements_reset()")
+
+            reads = 0
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                for i in range(2000):  # extended protocol, unnamed statements
+                    conn.execute("SELECT v FROM rt_items WHERE id = %s", (i % 1000 + 1,)).fetchone()
+                for i in range(2000):  # named prepared statements, re-prepared per server
+                    conn.execute("SELECT id, v FROM rt_items WHERE id = %s AND v IS NOT NULL",
+                                 (i % 1000 + 1,), prepare=True).fetchone()
+                reads += 4000
+                cur = psycopg.ClientCursor(conn)  # simple query protocol
+                for i in range(1000):
+                    cur.execute("WITH x AS (SELECT id FROM rt_items WHERE id <= %s) "
+                                "SELECT count(*) FROM x JOIN rt_items USING (id)", (i % 50 + 1,))
+                    cur.fetchone()
+                for i in range(500):
+                    cur.execute("SELECT rt_imm(id) FROM rt_items WHERE id = %s", (i + 1,))
+                    cur.fetchone()
+                for i in range(500):
+                    cur.execute("VALUES (1), (2) UNION ALL SELECT count(*) FROM rt_items "
+                                "WHERE id < %s", (i,))
+                    cur.fetchall()
+                reads += 2000
+            script = os.path.join(sluice.dir, "reads.sql")
+            with open(script, "w") as f:
+                f.write("\\set id random(1, 1000)\n"
+                        "SELECT v FROM rt_items WHERE id = :id;\n")
+            for mode in ("simple", "prepared"):
+                r = pgbench(sluice.port, "-n", "-M", mode, "-c", "4", "-t", "500", "-f", script)
+                check_run(self, r, f"pgbench -M {mode} reads")
+                reads += 2000
+
+            # Each statement carries a marker that pg_stat_statements keeps (an alias, not a
+            # constant, which it would replace with $n). Aliases do not count in its query id,
+            # so each statement also has a shape of its own.
+            writes = {
+                "INSERT INTO rt_items AS w5001 VALUES (5001, 'w') ON CONFLICT (id) DO NOTHING":
+                    "%w5001%",
+                "UPDATE rt_items AS w5002 SET v = v WHERE id = 5002": "%w5002%",
+                "DELETE FROM rt_items AS w5003 WHERE id = 5003": "%w5003%",
+                "SELECT v AS w5004 FROM rt_items WHERE id = 5004 FOR UPDATE": "%w5004%",
+                "SELECT v AS w5005 FROM rt_items WHERE id = 5005 FOR SHARE": "%w5005%",
+                "WITH w5006 AS (DELETE FROM rt_items WHERE id = 5006 RETURNING *) "
+                "SELECT * FROM w5006": "%w5006%",
+                "SELECT nextval('rt_seq') AS w5007": "%w5007%",
+                "SELECT rt_vol() AS w5008": "%w5008%",
+                "SELECT pg_advisory_xact_lock(5009) AS w5009": "%w5009%",
+                "EXPLAIN ANALYZE SELECT 1 AS w5010": "%w5010%",
+                "SELECT 1 AS w5011; INSERT INTO rt_items AS w5011 VALUES (5011, 'w') "
+                "ON CONFLICT DO NOTHING": "%w5011%",
+            }
+            immutable_read = "SELECT rt_imm(5012) AS r5012"
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                cur = psycopg.ClientCursor(conn)
+                for sql in writes:
+                    for _ in range(3):
+                        cur.execute(sql)
+                cur.execute("SELECT 1")
+            time.sleep(1.2)  # read-your-writes: the next read may go to the replica again
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                conn.execute(immutable_read).fetchone()
+                conn.execute("BEGIN READ ONLY")
+                conn.execute("SELECT 5013 + 1 AS r5013").fetchone()
+                conn.execute("COMMIT")
+                conn.execute("BEGIN")
+                conn.execute("SELECT 5014 * 2 AS r5014").fetchone()
+                conn.execute("COMMIT")
+
+            on_replica = calls(replica_sql, "%rt_items%")
+            on_primary = int(superuser_sql(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+                "WHERE query LIKE '%rt_items%' AND query NOT LIKE '%w50%'"))
+            print(f"{reads} autocommit reads: {on_replica} statements on rt_items ran on the "
+                  f"replica, {on_primary} of the read shapes on the primary")
+            self.assertGreaterEqual(on_replica, reads)
+            self.assertEqual(on_primary, 0)
+            for sql, pattern in writes.items():
+                p = calls(superuser_sql, pattern)
+                r = calls(replica_sql, pattern)
+                print(f"  {sql[:60]!r}: primary {p}, replica {r}")
+                self.assertEqual(r, 0, sql)
+                self.assertGreaterEqual(p, 3, sql)
+            self.assertEqual(calls(replica_sql, "%r5012%"), 1, "an IMMUTABLE function: replica")
+            self.assertEqual(calls(superuser_sql, "%r5012%"), 0)
+            self.assertEqual(calls(replica_sql, "%r5013%"), 1, "BEGIN READ ONLY goes to a replica")
+            self.assertEqual(calls(superuser_sql, "%r5014%"), 1, "BEGIN goes to the primary")
+
+            m = sluice.metrics()
+            replica_q = sum(v for k, v in m.items()
+                            if k.startswith("sluice_queries_total") and 'route="replica"' in k)
+            self.assertGreaterEqual(replica_q, reads)
+
+    def test_hints_and_session_route(self):
+        st = state()
+        with Sluice(tweak=routed_config()) as sluice:
+            time.sleep(0.5)
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                port = lambda sql: conn.execute(sql).fetchone()[0]
+                self.assertEqual(port("SELECT inet_server_port()"), st["replica_port"])
+                self.assertEqual(port("/* sluice:primary */ SELECT inet_server_port()"),
+                                 st["primary_port"])
+                conn.execute("SET sluice.route = primary")
+                self.assertEqual(port("SELECT inet_server_port()"), st["primary_port"])
+                self.assertEqual(port("/* sluice:replica */ SELECT inet_server_port()"),
+                                 st["replica_port"])
+                conn.execute("SET sluice.route = auto")
+                self.assertEqual(port("SELECT inet_server_port()"), st["replica_port"])
+                conn.execute("SET default_transaction_read_only = on")
+                with conn.transaction():
+                    self.assertEqual(port("SELECT inet_server_port()"), st["replica_port"])
+
+    def test_read_your_writes(self):
+        set_apply_delay("500ms")
+        try:
+            results = {}
+            for mode, n in (("lsn", 1000), ("window", 200), ("off", 200)):
+                def rw(r, mode=mode):
+                    r["read_your_writes"] = mode
+                    r["read_your_writes_window"] = "1s"
+                with Sluice(tweak=routed_config(rw)) as sluice:
+                    time.sleep(0.5)
+                    base = int(superuser_sql("SELECT coalesce(max(id), 0) FROM rt_items")) + 10000
+                    misses = 0
+                    with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                        for i in range(n):
+                            conn.execute("INSERT INTO rt_items VALUES (%s, 'ryw')", (base + i,))
+                            row = conn.execute("SELECT v FROM rt_items WHERE id = %s",
+                                               (base + i,)).fetchone()
+                            misses += row is None
+                    results[mode] = (n, misses)
+                    print(f"read-your-writes {mode}: {n} INSERT+SELECT with the replica 500 ms "
+                          f"behind: {misses} misses")
+                    if mode == "lsn":
+                        # A causal token across connections.
+                        with psycopg.connect(sluice.dsn(), autocommit=True) as a, \
+                                psycopg.connect(sluice.dsn(), autocommit=True) as b:
+                            a.execute("INSERT INTO rt_items VALUES (%s, 'token')", (base + n,))
+                            token = a.execute("SHOW sluice.last_write_lsn").fetchone()[0]
+                            self.assertRegex(token, r"^[0-9A-F]+/[0-9A-F]+$")
+                            b.execute(f"SET sluice.min_lsn = '{token}'")
+                            row = b.execute("SELECT v FROM rt_items WHERE id = %s",
+                                            (base + n,)).fetchone()
+                            self.assertEqual(row, ("token",))
+            self.assertEqual(results["lsn"][1], 0)
+            self.assertEqual(results["window"][1], 0)
+            self.assertGreater(results["off"][1], 0, "mode off must show misses (else the test "
+                               "could not fail)")
+        finally:
+            set_apply_delay("0")
+            wait_replayed()
+
+    def test_replica_killed_under_pgbench(self):
+        st = state()
+        pgbench_env_port = st["primary_port"]
+        r = pgbench(pgbench_env_port, "-i", "-s", "2", "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        wait_replayed()
+        seconds = 16
+        with Sluice(tweak=routed_config()) as sluice:
+            time.sleep(0.5)
+            result = {}
+            bench = threading.Thread(target=lambda: result.update(r=pgbench(
+                sluice.port, "-n", "-S", "-c", "64", "-j", "4", "-T", str(seconds))))
+            bench.start()
+            time.sleep(4)
+            stop_at = time.time()
+            as_user = ["runuser", "-u", st["os_user"], "--"] if os.geteuid() == 0 else []
+            subprocess.run(as_user + [f"{PG_BIN}/pg_ctl", "-D", st["replica_dir"], "-m",
+                                      "immediate", "-w", "stop"], check=True, capture_output=True)
+            banned_after = wait_until(lambda: replica_status(sluice)[3] == "yes", 10)
+            self.assertIsNotNone(banned_after, "replica never banned")
+            banned_after = time.time() - stop_at
+            time.sleep(3)
+            reads_before = int(replica_status(sluice)[12])
+            subprocess.run(as_user + [f"{PG_BIN}/pg_ctl", "-D", st["replica_dir"], "-l",
+                                      f"{st['dir']}/replica.log", "-w", "start"], check=True,
+                           capture_output=True)
+            started_at = time.time()
+            back_after = wait_until(lambda: int(replica_status(sluice)[12]) > reads_before + 100,
+                                    15)
+            bench.join()
+            check_run(self, result["r"], "pgbench -S -c 64 with the replica killed")
+            print(f"replica stopped -m immediate: banned after {banned_after:.2f} s; restarted: "
+                  f"reads back on it after {back_after:.2f} s (ban_time 2 s)")
+            self.assertLess(banned_after, 2.0)
+            self.assertIsNotNone(back_after)
+            self.assertLess(back_after, 2.0 + 3.0)  # ban_time + startup and a check round
+            self.assertIn("retrying the read on another node", sluice.log())
+
+    def test_lag_ban(self):
+        st = state()
+
+        def lag(r):
+            r["max_replica_lag_seconds"] = "1s"
+        stop = threading.Event()
+
+        def writer():
+            with psycopg.connect(f"host={st['sock_dir']} port={st['primary_port']} "
+                                 f"dbname=appdb user={st['superuser']}", autocommit=True) as c:
+                while not stop.is_set():
+                    c.execute("UPDATE rt_items SET v = v WHERE id = 1")
+                    time.sleep(0.05)
+        with Sluice(tweak=routed_config(lag)) as sluice:
+            time.sleep(0.5)
+            port = lambda: psql(sluice.dsn(), "SELECT inet_server_port()",
+                                extra=("-At",)).stdout.decode().strip()
+            self.assertEqual(port(), str(st["replica_port"]))
+            t = threading.Thread(target=writer)
+            t.start()
+            try:
+                set_apply_delay("5s")
+                banned = wait_until(lambda: replica_status(sluice)[3] == "yes", 15)
+                self.assertIsNotNone(banned)
+                status = replica_status(sluice)
+                print(f"recovery_min_apply_delay 5s: banned after {banned:.1f} s: {status[4]}")
+                self.assertIn("max_replica_lag_seconds", status[4])
+                self.assertEqual(port(), str(st["primary_port"]))
+                set_apply_delay("0")
+                unbanned = wait_until(lambda: replica_status(sluice)[3] == "no", 20)
+                self.assertIsNotNone(unbanned)
+                print(f"delay lifted: unbanned after {unbanned:.1f} s")
+                self.assertEqual(port(), str(st["replica_port"]))
+            finally:
+                stop.set()
+                t.join()
+                set_apply_delay("0")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
