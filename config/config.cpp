@@ -377,17 +377,17 @@ class Loader {
                 "read_your_writes_window", "catalog_refresh", "health_user", "primary_weight"});
     if (n["enabled"]) r.enabled = boolean(n["enabled"], "routing.enabled");
     if (n["load_balancing"])
-      r.load_balancing = choice<Routing::Balance>(
-          n["load_balancing"], "routing.load_balancing",
-          {{"round_robin", Routing::Balance::kRoundRobin},
-           {"least_outstanding", Routing::Balance::kLeastOutstanding},
-           {"random", Routing::Balance::kRandom}});
+      r.load_balancing =
+          choice<Routing::Balance>(n["load_balancing"], "routing.load_balancing",
+                                   {{"round_robin", Routing::Balance::kRoundRobin},
+                                    {"least_outstanding", Routing::Balance::kLeastOutstanding},
+                                    {"random", Routing::Balance::kRandom}});
     if (n["primary_reads"])
-      r.primary_reads = choice<Routing::PrimaryReads>(
-          n["primary_reads"], "routing.primary_reads",
-          {{"include", Routing::PrimaryReads::kInclude},
-           {"exclude", Routing::PrimaryReads::kExclude},
-           {"fallback_only", Routing::PrimaryReads::kFallbackOnly}});
+      r.primary_reads =
+          choice<Routing::PrimaryReads>(n["primary_reads"], "routing.primary_reads",
+                                        {{"include", Routing::PrimaryReads::kInclude},
+                                         {"exclude", Routing::PrimaryReads::kExclude},
+                                         {"fallback_only", Routing::PrimaryReads::kFallbackOnly}});
     if (n["all_replicas_banned"])
       r.error_when_all_banned =
           choice<bool>(n["all_replicas_banned"], "routing.all_replicas_banned",
@@ -399,11 +399,11 @@ class Loader {
       r.max_replica_lag = duration(n["max_replica_lag_seconds"], "routing.max_replica_lag_seconds");
     if (n["ban_time"]) r.ban_time = duration(n["ban_time"], "routing.ban_time");
     if (n["read_your_writes"])
-      r.read_your_writes = choice<Routing::ReadYourWrites>(
-          n["read_your_writes"], "routing.read_your_writes",
-          {{"off", Routing::ReadYourWrites::kOff},
-           {"window", Routing::ReadYourWrites::kWindow},
-           {"lsn", Routing::ReadYourWrites::kLsn}});
+      r.read_your_writes =
+          choice<Routing::ReadYourWrites>(n["read_your_writes"], "routing.read_your_writes",
+                                          {{"off", Routing::ReadYourWrites::kOff},
+                                           {"window", Routing::ReadYourWrites::kWindow},
+                                           {"lsn", Routing::ReadYourWrites::kLsn}});
     if (n["read_your_writes_window"])
       r.read_your_writes_window =
           duration(n["read_your_writes_window"], "routing.read_your_writes_window");

@@ -31,7 +31,7 @@ struct Endpoint {
 struct Backend {
   std::string host;
   std::uint16_t port = 5432;
-  std::string dbname;  // defaults to the database key
+  std::string dbname;        // defaults to the database key
   std::uint32_t weight = 1;  // share of reads (routing.load_balancing)
 };
 
@@ -125,7 +125,7 @@ struct Routing {
   bool enabled = true;  // with replicas configured
   Balance load_balancing = Balance::kRoundRobin;
   PrimaryReads primary_reads = PrimaryReads::kFallbackOnly;
-  bool error_when_all_banned = false;  // all_replicas_banned: primary | error
+  bool error_when_all_banned = false;                 // all_replicas_banned: primary | error
   std::uint64_t max_replica_lag_bytes = 64ull << 20;  // 0 = no limit
   Duration max_replica_lag{30'000};                   // 0 = no limit
   Duration ban_time{10'000};

@@ -67,30 +67,41 @@ void walk(const json::value& v, ReadFacts& facts, TreeFacts& tree, int depth) {
   }
 }
 
-// A DefElem list entry `name` with a true (non-zero integer) argument.
+// The truth of a DefElem argument: an A_Const {ival|boolval|sval} (transaction modes) or a bare
+// Integer/Boolean/String node (EXPLAIN options). No argument means true, as in EXPLAIN (ANALYZE).
+bool truth(const json::value* arg) {
+  if (arg == nullptr || !arg->is_object()) return true;
+  const json::object* o = &arg->get_object();
+  if (const auto* c = o->if_contains("A_Const"); c && c->is_object()) o = &c->get_object();
+  auto inner = [&](std::string_view node, std::string_view field) -> const json::value* {
+    const auto* n = o->if_contains(node);
+    if (n == nullptr || !n->is_object()) return nullptr;
+    const auto* v = n->get_object().if_contains(field);
+    return v ? v : n;  // a zero or false value is left out of the JSON
+  };
+  for (auto node : {"ival", "Integer"}) {
+    if (const auto* v = inner(node, "ival")) return v->is_int64() && v->get_int64() != 0;
+  }
+  for (auto node : {"boolval", "Boolean"}) {
+    if (const auto* v = inner(node, "boolval")) return v->is_bool() && v->get_bool();
+  }
+  for (auto node : {"sval", "String"}) {
+    if (const auto* v = inner(node, "sval")) {
+      auto s = v->is_string() ? lower(v->get_string()) : std::string();
+      return s != "false" && s != "off" && s != "0" && s != "no";
+    }
+  }
+  return true;
+}
+
+// A DefElem `name` in the list `list` whose argument's truth is `value`.
 bool has_flag(const json::object& n, std::string_view list, std::string_view name, bool value) {
   const auto* opts = n.if_contains(list);
   if (opts == nullptr || !opts->is_array()) return false;
   for (const auto& o : opts->get_array()) {
     const auto* d = o.is_object() ? o.get_object().if_contains("DefElem") : nullptr;
     if (d == nullptr || !d->is_object() || str_field(d->get_object(), "defname") != name) continue;
-    const auto* arg = d->get_object().if_contains("arg");
-    const auto* c = arg && arg->is_object() ? arg->get_object().if_contains("A_Const") : nullptr;
-    bool on = true;  // EXPLAIN (ANALYZE) without a value means true
-    if (c && c->is_object()) {
-      const auto& co = c->get_object();
-      if (const auto* iv = co.if_contains("ival"); iv && iv->is_object()) {
-        const auto* inner = iv->get_object().if_contains("ival");
-        on = inner && inner->is_int64() && inner->get_int64() != 0;
-      } else if (const auto* bv = co.if_contains("boolval"); bv && bv->is_object()) {
-        const auto* inner = bv->get_object().if_contains("boolval");
-        on = inner && inner->is_bool() && inner->get_bool();
-      } else if (const auto* sv = co.if_contains("sval"); sv && sv->is_object()) {
-        auto s = lower(str_field(sv->get_object(), "sval"));
-        on = s != "false" && s != "off" && s != "0" && s != "no";
-      }
-    }
-    if (on == value) return true;
+    if (truth(d->get_object().if_contains("arg")) == value) return true;
   }
   return false;
 }
@@ -180,7 +191,8 @@ bool is_set_route_primary(std::string_view sql) {
 }
 
 Hint leading_hint(std::string_view sql) {
-  while (!sql.empty() && std::isspace(static_cast<unsigned char>(sql.front()))) sql.remove_prefix(1);
+  while (!sql.empty() && std::isspace(static_cast<unsigned char>(sql.front())))
+    sql.remove_prefix(1);
   if (!sql.starts_with("/*")) return Hint::kNone;
   auto end = sql.find("*/");
   if (end == std::string_view::npos) return Hint::kNone;

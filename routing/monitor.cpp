@@ -38,18 +38,13 @@ std::string first_line(const char* msg) {
 
 PGconn* connect(const BackendTarget& t) {
   auto port = std::to_string(t.port);
-  const char* keys[] = {"host",           "port",    "dbname",  "user", "password",
-                        "connect_timeout", "sslmode", "options", "application_name", nullptr};
-  const char* values[] = {t.host.c_str(),
-                          port.c_str(),
-                          t.dbname.c_str(),
-                          t.user.c_str(),
-                          t.password.c_str(),
-                          "2",
-                          "prefer",
-                          "-c statement_timeout=2000",
-                          "sluice_health",
-                          nullptr};
+  const char* keys[] = {
+      "host",    "port",    "dbname",           "user", "password", "connect_timeout",
+      "sslmode", "options", "application_name", nullptr};
+  const char* values[] = {
+      t.host.c_str(),     port.c_str(), t.dbname.c_str(), t.user.c_str(),
+      t.password.c_str(), "2",          "prefer",         "-c statement_timeout=2000",
+      "sluice_health",    nullptr};
   return PQconnectdbParams(keys, values, 0);
 }
 

@@ -9,7 +9,8 @@ namespace sluice::routing {
 
 std::optional<Lsn> parse_lsn(std::string_view text) {
   auto slash = text.find('/');
-  if (slash == std::string_view::npos || slash == 0 || slash + 1 >= text.size()) return std::nullopt;
+  if (slash == std::string_view::npos || slash == 0 || slash + 1 >= text.size())
+    return std::nullopt;
   auto hex = [](std::string_view s, std::uint32_t& out) {
     if (s.size() > 8) return false;
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out, 16);
@@ -61,8 +62,8 @@ void ReplicaSet::primary_sample(Clock::time_point now, std::optional<Lsn> lsn) {
   if (!lsn) return;  // the primary did not answer: lag cannot be measured this round
   primary_lsn_ = lsn;
   if (history_.empty() || history_.back().second != *lsn) history_.emplace_back(now, *lsn);
-  while (history_.size() > 4096 || (!history_.empty() && now - history_.front().first >
-                                                              std::chrono::hours(1)))
+  while (history_.size() > 4096 ||
+         (!history_.empty() && now - history_.front().first > std::chrono::hours(1)))
     history_.pop_front();
 }
 
@@ -193,8 +194,8 @@ ReplicaSet::Pick ReplicaSet::pick(Lsn min_lsn, Clock::time_point now, std::uint6
       const auto n = candidates.size();
       for (std::size_t k = 0; k < n; ++k) {  // start at a rotating place so ties spread
         int c = candidates[(k + random) % n];
-        auto out = c == kPrimary ? primary_outstanding_
-                                 : state_[static_cast<std::size_t>(c)].outstanding;
+        auto out =
+            c == kPrimary ? primary_outstanding_ : state_[static_cast<std::size_t>(c)].outstanding;
         double load = static_cast<double>(out) / static_cast<double>(weight(c));
         if (load < best) {
           best = load;

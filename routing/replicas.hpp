@@ -80,14 +80,16 @@ class ReplicaSet {
   void report_failure(std::string_view address, Clock::time_point now, std::string why);
   static constexpr int kPrimary = -1;
   struct Pick {
-    int node = kPrimary;  // a replica index, or kPrimary
+    int node = kPrimary;   // a replica index, or kPrimary
     bool refused = false;  // no node may serve the read (policy says error)
     bool behind = false;   // the primary because replicas lag behind `min_lsn`
   };
   // A node for a read by a client that must see everything up to `min_lsn` (0 = anything).
   Pick pick(Lsn min_lsn, Clock::time_point now, std::uint64_t random = 0);
   void finished(int node);  // a pick's request is done (least-outstanding)
-  const std::string& address(int node) const { return nodes_.at(static_cast<std::size_t>(node)).address; }
+  const std::string& address(int node) const {
+    return nodes_.at(static_cast<std::size_t>(node)).address;
+  }
   std::size_t size() const { return nodes_.size(); }
   const RoutingPolicy& policy() const { return policy_; }
 
@@ -110,7 +112,7 @@ class ReplicaSet {
     std::optional<Lsn> replay_lsn;
     std::uint64_t lag_bytes = 0;
     double lag_seconds = 0;
-    bool failing = false;                   // the last check or client report failed
+    bool failing = false;                     // the last check or client report failed
     std::optional<Clock::time_point> bad_at;  // last failure; banned until ban_time after it
     Clock::time_point banned_since{};
     std::string reason;
@@ -120,7 +122,7 @@ class ReplicaSet {
     std::int64_t current = 0;  // smooth weighted round robin
   };
   bool banned(const State& s, Clock::time_point now) const;
-  void fail(State& s, Clock::time_point now, std::string why);  // under mu_
+  void fail(State& s, Clock::time_point now, std::string why);     // under mu_
   double seconds_behind(Lsn replay, Clock::time_point now) const;  // under mu_
 
   RoutingPolicy policy_;

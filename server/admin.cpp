@@ -299,7 +299,8 @@ class AdminConsole {
       auto r = done("SHOW");
       r.notices.push_back(
           "Console usage\n\tSHOW HELP|POOLS|STATS|SERVERS|CLIENTS|DATABASES|USERS|CONFIG|LISTS|"
-          "VERSION|QUERIES|REPLICAS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE "
+          "VERSION|QUERIES|REPLICAS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE "
+          "<db>\n\tENABLE "
           "<db>\n\tKILL <db>\n\tRECONNECT [<db>]\n\tSHUTDOWN [WAIT_FOR_CLIENTS]");
       return r;
     }
@@ -586,10 +587,13 @@ class AdminConsole {
             {db, s.address, num(std::uint64_t{s.weight}), std::string(s.banned ? "yes" : "no"),
              s.reason.empty() ? std::nullopt : std::optional<std::string>(s.reason),
              fixed3(s.banned_for_seconds), num(s.bans),
-             std::string(!s.checked ? "?" : s.in_recovery ? "yes" : "no"),
+             std::string(!s.checked      ? "?"
+                         : s.in_recovery ? "yes"
+                                         : "no"),
              s.replay_lsn ? std::optional<std::string>(routing::format_lsn(*s.replay_lsn))
                           : std::nullopt,
-             num(s.lag_bytes), fixed3(s.lag_seconds), num(std::uint64_t{s.outstanding}), num(s.reads)});
+             num(s.lag_bytes), fixed3(s.lag_seconds), num(std::uint64_t{s.outstanding}),
+             num(s.reads)});
       }
     }
     return r;

@@ -141,6 +141,11 @@ void App::watch_backends() {
   std::vector<routing::BackendTarget> targets;
   // Read routing needs recovery state and WAL positions: those checks log in as the health user.
   const auto* login = cfg->health_user();
+  if (!login && !rt_->routes.all().empty())
+    spdlog::warn(
+        "routing: no user to check replicas with (recovery state, lag): replicas stay "
+        "banned and reads go to the primary; list a user under users: and set "
+        "routing.health_user");
   for (const auto& [name, db] : cfg->databases) {
     std::string user;
     std::string password;
@@ -186,8 +191,8 @@ void App::feed_routes() {
   hooks.catalog_loaded = [rt](const std::string& db,
                               std::shared_ptr<const routing::FunctionCatalog> catalog) {
     if (auto set = rt->routes.get(db)) {
-      spdlog::debug("routing: {} functions of database {} loaded from its primary",
-                    catalog->size(), db);
+      spdlog::debug("routing: {} functions of database {} loaded from its primary", catalog->size(),
+                    db);
       set->set_catalog(std::move(catalog));
     }
   };

@@ -8,11 +8,11 @@
 #include <cctype>
 #include <set>
 
+#include "protocol/pg/extended.hpp"
 #include "protocol/pg/md5.hpp"
 #include "protocol/pg/scanner.hpp"
 #include "protocol/pg/scram.hpp"
 #include "protocol/pg/sql.hpp"
-#include "protocol/pg/extended.hpp"
 #include "routing/pooling.hpp"
 #include "routing/replicas.hpp"
 #include "server/admin.hpp"
@@ -50,6 +50,9 @@ constexpr std::string_view kReleased = "released";
 constexpr std::string_view kConcurrent = "concurrent";
 // What the relay returns when a read's replica connection broke before the client got a byte.
 constexpr std::string_view kRetry = "retry";
+// What the server side returns when its server went away with no request in flight: the client
+// side moves on to another server at its next request (never losing what it read meanwhile).
+constexpr std::string_view kGone = "server gone";
 // What routing returns when sluice answered the request itself.
 constexpr std::string_view kAnswered = "answered";
 // Routing reads at most this much of a request to classify it (larger: the primary).
@@ -237,11 +240,14 @@ class ClientSession {
   int choose_node();
   std::shared_ptr<Pool> replica_pool(int node);
   routing::Lsn min_lsn() const;
-  bool can_retry() const {
-    return node_ >= 0 && replayable_ && !replied_ && !killed_ && !retried_;
-  }
+  bool can_retry() const { return node_ >= 0 && replayable_ && !replied_ && !killed_ && !retried_; }
   void retry_elsewhere();
   void end_pick();
+  // An error on this client's connection to its replica bans the replica at once.
+  void ban_replica(const std::string& why) {
+    if (node_ >= 0 && replicas_)
+      replicas_->report_failure(replicas_->address(node_), std::chrono::steady_clock::now(), why);
+  }
   std::string setting(const std::string& name) const {
     const auto& s = ps_->settings();
     auto it = s.find(name);
@@ -249,7 +255,7 @@ class ClientSession {
   }
   std::shared_ptr<routing::ReplicaSet> replicas_;  // null: no read routing
   std::vector<std::shared_ptr<Pool>> replica_pools_;
-  RouteNeed route_{};                          // for the next checkout
+  RouteNeed route_{};                         // for the next checkout
   int node_ = routing::ReplicaSet::kPrimary;  // where the attached server is
   bool picked_ = false;                       // replicas_->finished(node_) is owed
   bool wrote_ = false;                        // this transaction may have written
@@ -260,10 +266,11 @@ class ClientSession {
   routing::Lsn last_write_lsn_ = 0;
   Clock::time_point last_write_at_{};
   std::string retry_why_;
-  pg::Buffer replay_;        // the client bytes sent to the replica, to send again elsewhere
-  bool replayable_ = false;  // replay_ holds everything sent since the checkout
-  bool replied_ = false;     // the client got bytes from this server
-  bool retried_ = false;     // once per request
+  pg::Buffer replay_;         // the client bytes sent to the replica, to send again elsewhere
+  bool replayable_ = false;   // replay_ holds everything sent since the checkout
+  bool replied_ = false;      // the client got bytes from this server
+  bool retried_ = false;      // once per request
+  bool server_gone_ = false;  // the server died between requests: detach before the next one
   std::optional<routing::PooledSession> ps_saved_;
   std::optional<routing::RequestTracker> tracker_saved_;
   bool pinned_ = false;                // the client keeps its server connection to the end
@@ -775,7 +782,7 @@ awaitable<bool> ClientSession::checkout() {
     auto fail_replica = [&](const std::string& why) {
       spdlog::warn("client {} user={} db={}: replica {} failed ({}): banned, read goes elsewhere",
                    peer_, user_name_, db_name_, replicas_->address(node), why);
-      replicas_->report_failure(replicas_->address(node), std::chrono::steady_clock::now(), why);
+      ban_replica(why);
       end_pick();
     };
     if (auto idle = pool->try_acquire(*limits_, ex)) {
@@ -789,8 +796,7 @@ awaitable<bool> ClientSession::checkout() {
       handle_->state = ClientState::kActive;
       counters_->waits->inc();
       counters_->wait_us->inc(static_cast<std::uint64_t>(
-          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - wait_from)
-              .count()));
+          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - wait_from).count()));
       if (auto* lease = std::get_if<Lease>(&got); lease && ps_) lease->skip_reset();
       if (killed_) co_return false;  // a connection goes straight back, untouched
       if (auto* e = std::get_if<PgError>(&got)) {
@@ -1007,9 +1013,10 @@ int ClientSession::choose_node() {
       last_write_at_ != Clock::time_point{} &&
       Clock::now() - last_write_at_ < r.read_your_writes_window)
     return routing::ReplicaSet::kPrimary;
-  auto pick = replicas_->pick(min_lsn(), std::chrono::steady_clock::now(),
-                              static_cast<std::uint64_t>(key_.pid) + static_cast<std::uint64_t>(
-                                  Clock::now().time_since_epoch().count()));
+  auto pick =
+      replicas_->pick(min_lsn(), std::chrono::steady_clock::now(),
+                      static_cast<std::uint64_t>(key_.pid) +
+                          static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
   if (pick.refused) return kRefused;
   picked_ = true;
   return pick.node;
@@ -1037,10 +1044,11 @@ std::shared_ptr<Pool> ClientSession::replica_pool(int node) {
 // client's messages back, and let routing choose again.
 void ClientSession::retry_elsewhere() {
   const auto address = replicas_->address(node_);
-  spdlog::warn("client {} user={} db={}: replica {} failed during a read ({}): banned, retrying "
-               "the read on another node",
-               peer_, user_name_, db_name_, address, retry_why_);
-  replicas_->report_failure(address, std::chrono::steady_clock::now(), retry_why_);
+  spdlog::warn(
+      "client {} user={} db={}: replica {} failed during a read ({}): banned, retrying "
+      "the read on another node",
+      peer_, user_name_, db_name_, address, retry_why_);
+  ban_replica(retry_why_);
   end_pick();
   server_.mark_broken();
   server_.give_back();
@@ -1219,7 +1227,7 @@ awaitable<void> ClientSession::release() {
   server_.give_back();
   end_pick();
   node_ = routing::ReplicaSet::kPrimary;
-  wrote_ = catalog_changed_ = reroute_ = reroute_allowed_ = false;
+  wrote_ = catalog_changed_ = reroute_ = reroute_allowed_ = server_gone_ = false;
   retried_ = replayable_ = false;
   replay_.clear();
   ps_saved_.reset();
@@ -1281,6 +1289,7 @@ awaitable<std::string> ClientSession::relay() {
       retry_elsewhere();
       continue;
     }
+    if (reason == kGone) reason = kReleased;  // sequential: nothing was read from the client
     if (reason != kReleased) co_return reason;
     co_await release();
   }
@@ -1366,6 +1375,7 @@ awaitable<std::optional<std::string>> ClientSession::write_to_server(asio::const
   }
   if (ec) {
     server_failed_ = true;
+    ban_replica("write failed: " + ec.message());
     queue_error({"08006", "lost the connection to the server: " + ec.message(), {}, {}});
     co_await flush();
     co_return "server write failed";
@@ -1391,8 +1401,11 @@ awaitable<std::string> ClientSession::server_read_failed(const error_code& ec) {
     retry_why_ = "connection lost: " + ec.message();
     co_return std::string(kRetry);
   }
-  if (ps_ && ps_->pending() == 0 && ps_->idle() && !to_client_.mid_message())
-    co_return std::string(kReleased);  // between requests: the next one gets another server
+  ban_replica("connection lost: " + ec.message());
+  if (ps_ && ps_->pending() == 0 && ps_->idle() && !to_client_.mid_message()) {
+    server_gone_ = true;  // between requests: the next one gets another server
+    co_return std::string(kGone);
+  }
   if (!to_client_.mid_message()) {
     queue_error({"08006",
                  "server closed the connection unexpectedly",
@@ -1680,8 +1693,9 @@ awaitable<std::optional<std::string>> ClientSession::forward_server(ServerScan s
     counters_->sent_bytes->inc(written);
   }
   if (scan.gone) {
-    server_failed_ = true;
-    co_return std::string(kReleased);
+    server_failed_ = server_gone_ = true;
+    ban_replica("the server is shutting down");
+    co_return std::string(kGone);
   }
   server_->reader().consume(scan.consumed);
   if (scan.desync) {
@@ -1769,6 +1783,7 @@ awaitable<std::string> ClientSession::relay_sequential() {
 // Transaction pooling, client → server, concurrently with server_to_client_pooled().
 awaitable<std::string> ClientSession::client_to_server_pooled() {
   for (;;) {
+    if (server_gone_) co_return std::string(kReleased);  // the next request goes elsewhere
     auto scan = scan_client();
     if (auto end = co_await forward_client(scan)) co_return *end;
     if (want_release(false)) co_return std::string(kReleased);
@@ -1795,7 +1810,10 @@ awaitable<std::string> ClientSession::client_to_server_pooled() {
 awaitable<std::string> ClientSession::server_to_client_pooled() {
   for (;;) {
     auto scan = scan_server();
-    if (auto end = co_await forward_server(scan)) co_return *end;
+    if (auto end = co_await forward_server(scan)) {
+      if (*end == kGone) break;
+      co_return *end;
+    }
     if (want_release(scan.idle_now)) co_return std::string(kReleased);
     if (reroute_ && ps_->pending() == 0) {  // a request waits to move off this replica
       if (ps_->idle() && can_release()) co_return std::string(kReleased);
@@ -1806,8 +1824,17 @@ awaitable<std::string> ClientSession::server_to_client_pooled() {
     if (scan.stop.kind == pg::MessageScanner::Stop::kInspect &&
         !server_->reader().pending().empty())
       continue;
-    if (auto end = co_await read_server(scan.stop.need)) co_return *end;
+    if (auto end = co_await read_server(scan.stop.need)) {
+      if (*end == kGone) break;
+      co_return *end;
+    }
   }
+  // The server went away between requests: the client side detaches before the client's next
+  // request (it must not be cut short while it may hold bytes it read from the client).
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer parked(ex, asio::steady_timer::time_point::max());
+  co_await parked.async_wait(use_nothrow);
+  co_return "cancelled";
 }
 
 // Enforces pool.query_timeout, idle_transaction_timeout and client_idle_timeout. Completes only

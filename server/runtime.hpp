@@ -4,14 +4,14 @@
 #include <array>
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
-#include <map>
 #include <set>
 
 #include "config/config.hpp"
-#include "routing/session_statements.hpp"
 #include "routing/replicas.hpp"
+#include "routing/session_statements.hpp"
 #include "server/cancel_registry.hpp"
 #include "server/observability.hpp"
 #include "server/pool.hpp"

@@ -1,10 +1,12 @@
 // libFuzzer: query insights fed arbitrary client messages, server replies in any order, and
 // arbitrary EXPLAIN output — request tracking and plan parsing never crash, whatever arrives.
+// Input starting with 'R' is SQL for the read/write classifier.
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
+#include "routing/classify.hpp"
 #include "routing/insights.hpp"
 
 using namespace sluice;
@@ -12,7 +14,14 @@ using namespace sluice::pg;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static routing::Insights insights(50, 200);  // small bounds: eviction runs often
-  if (size > 0 && data[0] == 'J') {            // EXPLAIN JSON
+  if (size > 0 && data[0] == 'R') {            // SQL: classification, hints, the route rewrite
+    std::string_view sql(reinterpret_cast<const char*>(data) + 1, size - 1);
+    auto facts = routing::read_facts(sql);
+    (void)routing::is_set_route_primary(sql);
+    if (facts.read && !facts.parsed) __builtin_trap();  // unparsed SQL is never a read
+    return 0;
+  }
+  if (size > 0 && data[0] == 'J') {  // EXPLAIN JSON
     (void)routing::plan_facts(std::string_view(reinterpret_cast<const char*>(data), size));
     return 0;
   }

@@ -12,14 +12,17 @@ import unittest
 import psycopg
 
 from harness import Sluice, APP_PASSWORD, state, superuser_sql, psql
+from pgwire import Wire
 from test_pgbench import pgbench, check_run
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
-def routed_config(tweak_routing=None):
+def routed_config(tweak_routing=None, concurrent=False):
     def tweak(c):
         c["pool"] = {"mode": "transaction", "size": 20}
+        if concurrent:  # a timeout on: the relay reads both directions at once
+            c["pool"]["query_timeout"] = "60s"
         c["health_check_interval"] = "200ms"
         c["routing"] = {"enabled": True, "ban_time": "2s", "health_user": "app"}
         if tweak_routing:
@@ -242,18 +245,56 @@ class Routing(unittest.TestCase):
             set_apply_delay("0")
             wait_replayed()
 
+    def test_write_pipelined_behind_a_read_moves_to_the_primary(self):
+        st = state()
+        with Sluice(tweak=routed_config(concurrent=True)) as sluice:
+            time.sleep(0.5)
+            w = Wire(sluice.port)
+            w.login("app", APP_PASSWORD, "appdb")
+            slow_read = ("SELECT inet_server_port(), count(*) FROM generate_series(1, 3000000)")
+            write = ("INSERT INTO rt_items VALUES (7001, 'pipelined') ON CONFLICT (id) "
+                     "DO UPDATE SET v = 'again' RETURNING inet_server_port()")
+            w.send_msg(b"Q", slow_read.encode() + b"\0")
+            time.sleep(0.1)  # the read runs on the replica; the write arrives behind it
+            w.send_msg(b"Q", write.encode() + b"\0")
+            w.send_msg(b"Q", b"SELECT inet_server_port()\0")
+            results = []
+            for _ in range(3):
+                rows, err = [], None
+                while True:
+                    typ, body = w.read()
+                    if typ == b"D":
+                        (ln,) = __import__("struct").unpack("!i", body[2:6])
+                        rows.append(body[6:6 + ln].decode())
+                    elif typ == b"E":
+                        err = Wire.fields(body)
+                    elif typ == b"Z":
+                        break
+                results.append((rows, err))
+            w.close()
+            print(f"pipelined read, write, read: {results}")
+            self.assertEqual(results[0], ([str(st["replica_port"])], None))
+            self.assertEqual(results[1], ([str(st["primary_port"])], None))
+            # Read-your-writes: the replica has not been seen past the write yet.
+            self.assertEqual(results[2], ([str(st["primary_port"])], None))
+
+    def test_replica_killed_under_pgbench_concurrent_relay(self):
+        self.replica_killed_under_pgbench(clients=32, seconds=14, concurrent=True)
+
     def test_replica_killed_under_pgbench(self):
+        self.replica_killed_under_pgbench(clients=64, seconds=16, concurrent=False)
+
+    def replica_killed_under_pgbench(self, clients, seconds, concurrent):
         st = state()
         pgbench_env_port = st["primary_port"]
         r = pgbench(pgbench_env_port, "-i", "-s", "2", "-q")
         self.assertEqual(r.returncode, 0, r.stderr)
         wait_replayed()
-        seconds = 16
-        with Sluice(tweak=routed_config()) as sluice:
+        with Sluice(tweak=routed_config(concurrent=concurrent)) as sluice:
             time.sleep(0.5)
             result = {}
             bench = threading.Thread(target=lambda: result.update(r=pgbench(
-                sluice.port, "-n", "-S", "-c", "64", "-j", "4", "-T", str(seconds))))
+                sluice.port, "-n", "-S", "-c", str(clients), "-j", "4", "-T", str(seconds))))
             bench.start()
             time.sleep(4)
             stop_at = time.time()
@@ -272,13 +313,16 @@ class Routing(unittest.TestCase):
             back_after = wait_until(lambda: int(replica_status(sluice)[12]) > reads_before + 100,
                                     15)
             bench.join()
-            check_run(self, result["r"], "pgbench -S -c 64 with the replica killed")
+            check_run(self, result["r"], f"pgbench -S -c {clients} with the replica killed "
+                      f"({'concurrent' if concurrent else 'sequential'} relay)")
             print(f"replica stopped -m immediate: banned after {banned_after:.2f} s; restarted: "
                   f"reads back on it after {back_after:.2f} s (ban_time 2 s)")
             self.assertLess(banned_after, 2.0)
             self.assertIsNotNone(back_after)
             self.assertLess(back_after, 2.0 + 3.0)  # ban_time + startup and a check round
             self.assertIn("retrying the read on another node", sluice.log())
+            # Transparent: not even the replica's shutdown notice reached a client.
+            self.assertNotIn("terminating connection", result["r"].stderr)
 
     def test_lag_ban(self):
         st = state()

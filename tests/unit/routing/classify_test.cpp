@@ -1,0 +1,132 @@
+// Read/write classification with the real parser, and the function catalog's verdicts.
+#include "routing/classify.hpp"
+
+#include <catch2/catch.hpp>
+
+using namespace sluice::routing;
+
+namespace {
+bool reads(std::string_view sql) {
+  auto f = read_facts(sql);
+  return f.parsed && f.read;
+}
+}  // namespace
+
+TEST_CASE("reads: SELECT, VALUES, TABLE, SHOW, EXPLAIN without ANALYZE, read-only CTEs") {
+  CHECK(reads("SELECT 1"));
+  CHECK(reads("select a, b from t where id = $1 order by a limit 10"));
+  CHECK(reads("VALUES (1), (2)"));
+  CHECK(reads("TABLE t"));
+  CHECK(reads("SHOW search_path"));
+  CHECK(reads("EXPLAIN SELECT * FROM t"));
+  CHECK(reads("EXPLAIN (ANALYZE false) SELECT 1"));
+  CHECK(reads("WITH x AS (SELECT 1) SELECT * FROM x"));
+  CHECK(reads("SELECT 1; SELECT 2"));
+  CHECK(reads("SELECT 1 UNION SELECT 2"));
+  CHECK(reads("SET statement_timeout = 0; SELECT 1"));  // session state is tracked anyway
+}
+
+TEST_CASE("writes: DML, locking reads, data-modifying CTEs, SELECT INTO, EXPLAIN ANALYZE") {
+  CHECK_FALSE(reads("INSERT INTO t VALUES (1)"));
+  CHECK_FALSE(reads("UPDATE t SET a = 1"));
+  CHECK_FALSE(reads("DELETE FROM t"));
+  CHECK_FALSE(reads("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE"));
+  CHECK_FALSE(reads("SELECT * FROM t FOR UPDATE"));
+  CHECK_FALSE(reads("SELECT * FROM t FOR NO KEY UPDATE"));
+  CHECK_FALSE(reads("SELECT * FROM t FOR SHARE"));
+  CHECK_FALSE(reads("SELECT * FROM t FOR KEY SHARE"));
+  CHECK_FALSE(reads("SELECT * FROM (SELECT * FROM t FOR UPDATE) s"));
+  CHECK_FALSE(reads("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"));
+  CHECK_FALSE(reads("SELECT 1 INTO newtable"));
+  CHECK_FALSE(reads("EXPLAIN ANALYZE SELECT 1"));
+  CHECK_FALSE(reads("EXPLAIN (ANALYZE) SELECT 1"));
+  CHECK_FALSE(reads("EXPLAIN (ANALYZE true, BUFFERS) SELECT 1"));
+  CHECK_FALSE(reads("SELECT 1; INSERT INTO t VALUES (1)"));
+  CHECK_FALSE(reads("COPY t FROM STDIN"));
+  CHECK_FALSE(reads("CREATE TABLE t (a int)"));
+  CHECK_FALSE(reads("DO $$BEGIN END$$"));
+  CHECK_FALSE(reads("CALL p()"));
+  CHECK_FALSE(reads("LISTEN ch"));
+  CHECK_FALSE(reads("PREPARE TRANSACTION 'x'"));
+  CHECK_FALSE(reads("selec 1"));  // unparseable: the primary
+  CHECK_FALSE(reads(""));         // nothing to run
+  CHECK_FALSE(read_facts("selec 1").parsed);
+}
+
+TEST_CASE("functions called are listed with their schema") {
+  auto f = read_facts("SELECT nextval('s'), pg_catalog.now(), lower(x) FROM t WHERE f(a) > 1");
+  REQUIRE(f.functions.size() == 4);
+  CHECK(f.functions[0] == FunctionRef{"", "nextval"});
+  CHECK(f.functions[1] == FunctionRef{"pg_catalog", "now"});
+  auto nested = read_facts("SELECT (SELECT g() FROM t2) FROM t WHERE EXISTS (SELECT h())");
+  CHECK(nested.functions.size() == 2);
+}
+
+TEST_CASE("transactions: BEGIN READ ONLY, SET TRANSACTION, READ WRITE") {
+  auto b = read_facts("BEGIN");
+  CHECK(b.begins);
+  CHECK_FALSE(b.read_only_tx);
+  CHECK(read_facts("BEGIN READ ONLY").read_only_tx);
+  CHECK(read_facts("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").read_only_tx);
+  CHECK(read_facts("BEGIN; SET TRANSACTION READ ONLY; SELECT 1").read_only_tx);
+  CHECK(read_facts("BEGIN READ WRITE").read_write_tx);
+  CHECK_FALSE(read_facts("BEGIN READ WRITE").read_only_tx);
+  CHECK(reads("COMMIT"));
+  CHECK(reads("ROLLBACK"));
+}
+
+TEST_CASE("DDL that can change function volatility is flagged") {
+  CHECK(read_facts("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'").catalog_change);
+  CHECK(read_facts("ALTER FUNCTION f() VOLATILE").catalog_change);
+  CHECK(read_facts("DROP FUNCTION f()").catalog_change);
+  CHECK(read_facts("CREATE EXTENSION pgcrypto").catalog_change);
+  CHECK_FALSE(read_facts("DROP TABLE t").catalog_change);
+  CHECK_FALSE(read_facts("CREATE TABLE t (a int)").catalog_change);
+}
+
+TEST_CASE("hints and sluice's own statements") {
+  CHECK(read_facts("/* sluice:primary */ SELECT 1").hint == Hint::kPrimary);
+  CHECK(read_facts("  /* app=x sluice:replica */ INSERT INTO t VALUES (1)").hint == Hint::kReplica);
+  CHECK(read_facts("SELECT 1 /* sluice:primary */").hint == Hint::kNone);
+  CHECK(leading_hint("/* sluice:primaryx */ SELECT 1") == Hint::kNone);
+  CHECK(leading_hint("/* unterminated sluice:primary") == Hint::kNone);
+  CHECK(read_facts("SHOW sluice.last_write_lsn").show_last_write_lsn);
+  CHECK(read_facts("show SLUICE.LAST_WRITE_LSN;").show_last_write_lsn);
+  CHECK_FALSE(read_facts("SHOW sluice.last_write_lsn; SELECT 1").show_last_write_lsn);
+  CHECK(is_set_route_primary("SET sluice.route = primary"));
+  CHECK(is_set_route_primary("set session sluice.route to PRIMARY;"));
+  CHECK(is_set_route_primary("SET sluice.route=primary"));
+  CHECK_FALSE(is_set_route_primary("SET sluice.route = replica"));
+  CHECK_FALSE(is_set_route_primary("SET sluice.route = primary; SELECT 1"));
+}
+
+TEST_CASE("the catalog: volatile or unknown functions may write, overloads and schemas count") {
+  FunctionCatalog c;
+  c.add("pg_catalog", "nextval", 'v');
+  c.add("pg_catalog", "lower", 'i');
+  c.add("pg_catalog", "now", 's');
+  c.add("public", "f", 'i');
+  c.add("other", "f", 'v');  // an overload elsewhere
+  c.add("public", "g", 'i');
+  CHECK(c.may_write({"", "nextval"}));
+  CHECK_FALSE(c.may_write({"", "lower"}));
+  CHECK_FALSE(c.may_write({"pg_catalog", "now"}));
+  CHECK(c.may_write({"", "f"}));  // some f is volatile: cannot tell which one resolves
+  CHECK_FALSE(c.may_write({"public", "f"}));
+  CHECK(c.may_write({"other", "f"}));
+  CHECK(c.may_write({"", "created_later"}));
+  CHECK(c.may_write({"nosuchschema", "g"}));
+  CHECK(c.size() == 6);
+}
+
+TEST_CASE("the analysis cache answers repeated texts without parsing again") {
+  ReadFactsCache cache(2);
+  auto a = cache.get("SELECT 1");
+  auto b = cache.get("SELECT 1");
+  CHECK(a == b);
+  CHECK(cache.hits() == 1);
+  cache.get("SELECT 2");
+  cache.get("SELECT 3");  // evicts SELECT 1
+  CHECK(cache.size() == 2);
+  CHECK(cache.get("SELECT 1") != a);
+}
