@@ -164,7 +164,9 @@ void App::watch_backends() {
 // The monitor's findings go to each database's read routing.
 void App::feed_routes() {
   routing::Monitor::Hooks hooks;
-  auto rt = rt_;
+  // The monitor is part of the Runtime and stops (joins its thread) before the Runtime goes:
+  // a plain pointer, so the hooks make no reference cycle.
+  Runtime* rt = rt_.get();
   hooks.round_done = [rt](const std::vector<routing::BackendHealth>& results) {
     for (const auto& h : results) {  // primaries first: lag is measured against them
       if (h.target.role != "primary") continue;
