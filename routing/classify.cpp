@@ -170,7 +170,10 @@ Kind classify(const json::object& stmt, ReadFacts& facts) {
 }  // namespace
 
 bool is_set_route_primary(std::string_view sql) {
-  if (sql.size() > 64) return false;
+  while (!sql.empty() && std::isspace(static_cast<unsigned char>(sql.front()))) sql.remove_prefix(1);
+  if (sql.size() > 64 || sql.size() < 3 || (sql[0] | 0x20) != 's' || (sql[1] | 0x20) != 'e' ||
+      (sql[2] | 0x20) != 't')
+    return false;  // the common case, without building anything
   std::vector<std::string> words;
   std::string w;
   for (char c : sql) {

@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "routing/shape.hpp"
 #include "routing/text_cache.hpp"
 
 namespace sluice::routing {
@@ -46,7 +47,9 @@ bool is_set_route_primary(std::string_view sql);
 // The hint in a leading /* ... */ comment, if any.
 Hint leading_hint(std::string_view sql);
 
-using ReadFactsCache = TextCache<ReadFacts, read_facts>;
+// Cached by statement shape: literal values do not change where a statement may run (EXPLAIN
+// aside, which read_facts_key keeps whole).
+using ReadFactsCache = TextCache<ReadFacts, read_facts, read_facts_key>;
 
 // pg_proc.provolatile of every function of one database, as fetched from its primary.
 class FunctionCatalog {

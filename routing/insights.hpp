@@ -13,6 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "routing/shape.hpp"
+
 #include "protocol/pg/messages.hpp"
 
 namespace sluice::routing {
@@ -158,8 +160,6 @@ struct PlanFacts {
 };
 std::optional<PlanFacts> plan_facts(std::string_view explain_json);
 
-// A hash of `sql` with its numeric and quoted-string literals masked (cache key for resolve()).
-std::uint64_t shape_hash(std::string_view sql);
 
 // Rows a CommandComplete tag reports ("SELECT 5", "INSERT 0 3", "UPDATE 2"; 0 otherwise).
 std::uint64_t rows_from_tag(std::string_view tag);

@@ -1,5 +1,6 @@
-// A bounded LRU of analyses keyed by exact statement text, safe to share between threads: the
-// parser runs once per distinct text. Texts longer than `max_key` are analysed but not kept.
+// A bounded LRU of analyses keyed by statement text (or by `Key(text)`, e.g. the text with its
+// literals masked, when the analysis does not depend on them), safe to share between threads: the
+// parser runs once per distinct key. Texts longer than `max_key` are analysed but not kept.
 #pragma once
 
 #include <cstddef>
@@ -12,7 +13,8 @@
 
 namespace sluice::routing {
 
-template <class T, T (*Analyze)(std::string_view)>
+template <class T, T (*Analyze)(std::string_view),
+          std::string (*Key)(std::string_view) = nullptr>
 class TextCache {
  public:
   explicit TextCache(std::size_t capacity = 4096, std::size_t max_key = 16 * 1024)
@@ -20,9 +22,12 @@ class TextCache {
 
   std::shared_ptr<const T> get(std::string_view sql) {
     if (sql.size() > max_key_) return std::make_shared<const T>(Analyze(sql));
+    std::string keyed;
+    if constexpr (Key != nullptr) keyed = Key(sql);
+    const std::string_view key = Key != nullptr ? std::string_view(keyed) : sql;
     {
       std::lock_guard lock(mu_);
-      if (auto it = index_.find(sql); it != index_.end()) {
+      if (auto it = index_.find(key); it != index_.end()) {
         lru_.splice(lru_.begin(), lru_, it->second);
         ++hits_;
         return it->second->second;
@@ -30,8 +35,8 @@ class TextCache {
     }
     auto result = std::make_shared<const T>(Analyze(sql));  // parse outside the lock
     std::lock_guard lock(mu_);
-    if (index_.contains(sql)) return result;  // another thread got there first
-    lru_.emplace_front(std::string(sql), result);
+    if (index_.contains(key)) return result;  // another thread got there first
+    lru_.emplace_front(std::string(key), result);
     index_.emplace(lru_.front().first, lru_.begin());
     while (lru_.size() > capacity_) {
       index_.erase(lru_.back().first);

@@ -227,6 +227,7 @@ class ClientSession {
     std::size_t size = 0;  // kShowLsn, kSetRoutePrimary: the Query's size
     bool replica = false;  // every buffered request may run on a replica
     bool write = false;    // some buffered request may write
+    std::size_t judged = 0;  // bytes of whole messages judged (scan_client need not again)
   };
   struct Verdict {
     bool replica = false;  // may run on a replica (hints included)
@@ -960,6 +961,7 @@ ClientSession::RouteNeed ClientSession::route_need() {
     pos += size;
   }
   n.replica = any && replica;
+  n.judged = pos;
   return n;
 }
 
@@ -1524,7 +1526,8 @@ ClientSession::ClientScan ClientSession::scan_client() {
       break;
     }
     const auto type = stop.frame.type;
-    if (replicas_ && (type == 'Q' || type == 'P' || type == 'B')) {
+    const bool judged = pos < route_.judged;  // route_need() saw this message at the checkout
+    if (replicas_ && !judged && (type == 'Q' || type == 'P' || type == 'B')) {
       if (node_ >= 0) {
         // A request that may write, pipelined after reads on a replica: it waits until the
         // replica has answered, then goes to the primary (unless the replica is then inside a
@@ -1557,6 +1560,7 @@ ClientSession::ClientScan ClientSession::scan_client() {
     }
   }
   reader_.consume(pos);  // all of it is in to_server_buf_ now
+  route_.judged -= std::min(route_.judged, pos);
   if (before == 0 && ps_->pending() > 0) request_started_ = Clock::now();
   if (!ps_->idle()) handle_->idle = false;
   return result;

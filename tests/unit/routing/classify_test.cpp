@@ -119,14 +119,22 @@ TEST_CASE("the catalog: volatile or unknown functions may write, overloads and s
   CHECK(c.size() == 6);
 }
 
-TEST_CASE("the analysis cache answers repeated texts without parsing again") {
+TEST_CASE("classifications are cached by statement shape: once per shape, not per value") {
   ReadFactsCache cache(2);
-  auto a = cache.get("SELECT 1");
-  auto b = cache.get("SELECT 1");
+  auto a = cache.get("SELECT v FROM t WHERE id = 1");
+  auto b = cache.get("SELECT v FROM t WHERE id = 42");  // same shape
   CHECK(a == b);
   CHECK(cache.hits() == 1);
-  cache.get("SELECT 2");
-  cache.get("SELECT 3");  // evicts SELECT 1
-  CHECK(cache.size() == 2);
-  CHECK(cache.get("SELECT 1") != a);
+  CHECK(cache.size() == 1);
+  // EXPLAIN options are literals that decide whether the statement runs: kept whole.
+  CHECK(cache.get("EXPLAIN (ANALYZE 0) SELECT 1")->read);
+  CHECK_FALSE(cache.get("EXPLAIN (ANALYZE 1) SELECT 1")->read);
+  CHECK(cache.size() == 2);  // bounded: the first shape went
+  CHECK(cache.get("SELECT v FROM t WHERE id = 7") != a);
+  // Hints live in comments, which keep a text whole.
+  CHECK(cache.get("/* sluice:primary */ SELECT 1")->hint == Hint::kPrimary);
+  CHECK(cache.get("/* sluice:replica */ SELECT 1")->hint == Hint::kReplica);
+  CHECK(read_facts_key("SELECT 'a', 1") == read_facts_key("SELECT 'b', 2"));
+  CHECK(read_facts_key("SELECT nextval('s')") == read_facts_key("SELECT nextval('t')"));
+  CHECK(read_facts_key("SELECT f(1)") != read_facts_key("SELECT g(1)"));
 }
