@@ -1,28 +1,15 @@
 // Read/write classification from libpg_query's JSON parse tree (read with Boost.JSON).
 #include "routing/classify.hpp"
 
-#include <pg_query.h>
-
 #include <algorithm>
-#include <boost/json.hpp>
 #include <cctype>
+
+#include "routing/parse_tree.hpp"
 
 namespace sluice::routing {
 namespace json = boost::json;
 
 namespace {
-
-std::string_view str_field(const json::object& o, std::string_view key) {
-  if (const auto* v = o.if_contains(key); v && v->is_string()) return v->get_string();
-  return {};
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
 
 // What walking one statement's tree found.
 struct TreeFacts {
@@ -170,7 +157,8 @@ Kind classify(const json::object& stmt, ReadFacts& facts) {
 }  // namespace
 
 bool is_set_route_primary(std::string_view sql) {
-  while (!sql.empty() && std::isspace(static_cast<unsigned char>(sql.front()))) sql.remove_prefix(1);
+  while (!sql.empty() && std::isspace(static_cast<unsigned char>(sql.front())))
+    sql.remove_prefix(1);
   if (sql.size() > 64 || sql.size() < 3 || (sql[0] | 0x20) != 's' || (sql[1] | 0x20) != 'e' ||
       (sql[2] | 0x20) != 't')
     return false;  // the common case, without building anything
@@ -217,16 +205,9 @@ Hint leading_hint(std::string_view sql) {
 ReadFacts read_facts(std::string_view sql) {
   ReadFacts facts;
   facts.hint = leading_hint(sql);
-  std::string text(sql);  // the parser wants a NUL-terminated string
-  PgQueryParseResult r = pg_query_parse(text.c_str());
-  struct Release {
-    PgQueryParseResult& result;
-    ~Release() { pg_query_free_parse_result(result); }
-  } release{r};
-  if (r.error != nullptr || r.parse_tree == nullptr) return facts;
-  boost::system::error_code ec;
-  json::value root = json::parse(r.parse_tree, ec);
-  if (ec || !root.is_object()) return facts;
+  auto tree = parse_tree(sql);
+  if (!tree) return facts;
+  const json::value& root = *tree;
   facts.parsed = true;
   const auto* stmts = root.get_object().if_contains("stmts");
   if (stmts == nullptr || !stmts->is_array() || stmts->get_array().empty()) return facts;

@@ -13,9 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "routing/shape.hpp"
-
 #include "protocol/pg/messages.hpp"
+#include "routing/shape.hpp"
 
 namespace sluice::routing {
 
@@ -159,7 +158,6 @@ struct PlanFacts {
   std::vector<std::string> indexes;
 };
 std::optional<PlanFacts> plan_facts(std::string_view explain_json);
-
 
 // Rows a CommandComplete tag reports ("SELECT 5", "INSERT 0 3", "UPDATE 2"; 0 otherwise).
 std::uint64_t rows_from_tag(std::string_view tag);

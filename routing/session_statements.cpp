@@ -1,11 +1,10 @@
 // Session-state analysis of SQL with libpg_query's parse tree (JSON, read with Boost.JSON).
 #include "routing/session_statements.hpp"
 
-#include <pg_query.h>
-
 #include <algorithm>
-#include <boost/json.hpp>
 #include <cctype>
+
+#include "routing/parse_tree.hpp"
 
 namespace sluice::routing {
 namespace json = boost::json;
@@ -33,18 +32,6 @@ std::string_view to_string(Pin p) {
 namespace {
 
 constexpr int kCursorOptHold = 0x0020;  // CURSOR_OPT_HOLD in nodes/parsenodes.h
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
-
-std::string_view str_field(const json::object& o, std::string_view key) {
-  if (const auto* v = o.if_contains(key); v && v->is_string()) return v->get_string();
-  return {};
-}
 
 // The string of an A_Const string literal, if `v` is one.
 std::optional<std::string_view> string_literal(const json::value& v) {
@@ -193,16 +180,9 @@ std::size_t size_field(const json::object& o, std::string_view key, std::size_t 
 
 Analysis analyze(std::string_view sql) {
   Analysis a;
-  std::string text(sql);  // the parser wants a NUL-terminated string
-  PgQueryParseResult r = pg_query_parse(text.c_str());
-  struct Release {
-    PgQueryParseResult& result;
-    ~Release() { pg_query_free_parse_result(result); }
-  } release{r};
-  if (r.error != nullptr || r.parse_tree == nullptr) return a;
-  boost::system::error_code ec;
-  json::value root = json::parse(r.parse_tree, ec);
-  if (ec || !root.is_object()) return a;
+  auto tree = parse_tree(sql);
+  if (!tree) return a;
+  const json::value& root = *tree;
   a.parsed = true;
   const auto* stmts = root.get_object().if_contains("stmts");
   if (stmts == nullptr || !stmts->is_array()) return a;  // empty or comment-only input

@@ -81,7 +81,6 @@ bool mask_literals(std::string_view sql, Add&& add) {
   return true;
 }
 
-
 bool contains_explain(std::string_view sql) {
   static constexpr std::string_view kWord = "explain";
   for (std::size_t i = 0; i + kWord.size() <= sql.size(); ++i) {

@@ -13,8 +13,7 @@
 
 namespace sluice::routing {
 
-template <class T, T (*Analyze)(std::string_view),
-          std::string (*Key)(std::string_view) = nullptr>
+template <class T, T (*Analyze)(std::string_view), std::string (*Key)(std::string_view) = nullptr>
 class TextCache {
  public:
   explicit TextCache(std::size_t capacity = 4096, std::size_t max_key = 16 * 1024)

@@ -223,10 +223,10 @@ class ClientSession {
   // Read routing (transaction and statement pooling, databases with replicas).
   struct RouteNeed {
     enum Kind { kDecided, kNeedMore, kShowLsn, kSetRoutePrimary } kind = kDecided;
-    std::size_t need = 0;  // kNeedMore: bytes still missing
-    std::size_t size = 0;  // kShowLsn, kSetRoutePrimary: the Query's size
-    bool replica = false;  // every buffered request may run on a replica
-    bool write = false;    // some buffered request may write
+    std::size_t need = 0;    // kNeedMore: bytes still missing
+    std::size_t size = 0;    // kShowLsn, kSetRoutePrimary: the Query's size
+    bool replica = false;    // every buffered request may run on a replica
+    bool write = false;      // some buffered request may write
     std::size_t judged = 0;  // bytes of whole messages judged (scan_client need not again)
   };
   struct Verdict {
@@ -927,7 +927,10 @@ ClientSession::RouteNeed ClientSession::route_need() {
     const std::size_t size = 1 + static_cast<std::size_t>(len);
     if (size > data.size() - pos) {
       if (!any) {
-        if (size > kRouteMaxMessage) return n;  // too large to classify: the primary
+        if (size > kRouteMaxMessage) {  // too large to classify: the primary, as a write
+          n.write = true;
+          return n;
+        }
         n.kind = RouteNeed::kNeedMore;
         n.need = size - (data.size() - pos);
         return n;
@@ -935,21 +938,27 @@ ClientSession::RouteNeed ClientSession::route_need() {
       break;
     }
     pg::Frame f{type, data.subspan(pos + pg::kHeaderSize, len - 4), size};
-    if (!any && type == 'Q' && size == data.size()) {
+    Verdict v;
+    if (type == 'Q') {
       auto body = bytes::as_chars(f.body);
       auto text = body.substr(0, body.find('\0'));
-      if (rt_->reads.get(text)->show_last_write_lsn) {
-        n.kind = RouteNeed::kShowLsn;
-        n.size = size;
-        return n;
+      auto facts = rt_->reads.get(text);
+      if (!any && size == data.size()) {  // a lone Query sluice may answer or rewrite
+        if (facts->show_last_write_lsn) {
+          n.kind = RouteNeed::kShowLsn;
+          n.size = size;
+          return n;
+        }
+        if (routing::is_set_route_primary(text)) {
+          n.kind = RouteNeed::kSetRoutePrimary;
+          n.size = size;
+          return n;
+        }
       }
-      if (routing::is_set_route_primary(text)) {
-        n.kind = RouteNeed::kSetRoutePrimary;
-        n.size = size;
-        return n;
-      }
+      v = verdict(*facts);
+    } else {
+      v = verdict(f, parse_seen);
     }
-    auto v = verdict(f, parse_seen);
     if (v.catalog_change) {
       replicas_->catalog_changed();  // until it is fetched again, function calls go to the primary
       catalog_changed_ = true;
