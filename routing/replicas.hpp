@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "config/config.hpp"
 #include "routing/classify.hpp"
 
 namespace sluice::routing {
@@ -23,8 +24,8 @@ std::optional<Lsn> parse_lsn(std::string_view text);
 std::string format_lsn(Lsn lsn);
 
 struct RoutingPolicy {
-  enum class Balance : std::uint8_t { kRoundRobin, kLeastOutstanding, kRandom };
-  enum class PrimaryReads : std::uint8_t { kInclude, kExclude, kFallbackOnly };
+  using Balance = config::Routing::Balance;
+  using PrimaryReads = config::Routing::PrimaryReads;
   Balance balance = Balance::kRoundRobin;
   PrimaryReads primary_reads = PrimaryReads::kFallbackOnly;
   bool error_when_all_banned = false;  // else reads go to the primary

@@ -44,30 +44,8 @@ namespace {
 
 routing::RoutingPolicy policy_of(const config::Routing& r) {
   routing::RoutingPolicy p;
-  using B = routing::RoutingPolicy::Balance;
-  using P = routing::RoutingPolicy::PrimaryReads;
-  switch (r.load_balancing) {
-    case config::Routing::Balance::kRoundRobin:
-      p.balance = B::kRoundRobin;
-      break;
-    case config::Routing::Balance::kLeastOutstanding:
-      p.balance = B::kLeastOutstanding;
-      break;
-    case config::Routing::Balance::kRandom:
-      p.balance = B::kRandom;
-      break;
-  }
-  switch (r.primary_reads) {
-    case config::Routing::PrimaryReads::kInclude:
-      p.primary_reads = P::kInclude;
-      break;
-    case config::Routing::PrimaryReads::kExclude:
-      p.primary_reads = P::kExclude;
-      break;
-    case config::Routing::PrimaryReads::kFallbackOnly:
-      p.primary_reads = P::kFallbackOnly;
-      break;
-  }
+  p.balance = r.load_balancing;
+  p.primary_reads = r.primary_reads;
   p.error_when_all_banned = r.error_when_all_banned;
   p.max_lag_bytes = r.max_replica_lag_bytes;
   p.max_lag_seconds = std::chrono::duration<double>(r.max_replica_lag).count();
