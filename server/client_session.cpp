@@ -255,7 +255,22 @@ class ClientSession {
     return it == s.end() ? std::string() : it->second;
   }
   std::shared_ptr<routing::ReplicaSet> replicas_;  // null: no read routing
-  std::vector<std::shared_ptr<Pool>> replica_pools_;
+  // What only read routing needs, allocated for clients of databases with replicas (so that
+  // other idle clients stay small).
+  struct Routed {
+    std::vector<std::shared_ptr<Pool>> pools;         // by replica index
+    std::optional<asio::steady_timer> reroute_timer;  // concurrent relay: wakes the client side
+    std::string retry_why;
+    pg::Buffer replay;  // the client bytes sent to the replica, to send again elsewhere
+    std::optional<routing::PooledSession> ps_saved;  // the session as it was at the checkout
+    std::optional<routing::RequestTracker> tracker_saved;
+  };
+  std::unique_ptr<Routed> routed_;
+  void set_replicas(std::shared_ptr<routing::ReplicaSet> set) {
+    replicas_ = std::move(set);
+    if (replicas_ && !routed_) routed_ = std::make_unique<Routed>();
+    if (routed_) routed_->pools.clear();
+  }
   RouteNeed route_{};                         // for the next checkout
   int node_ = routing::ReplicaSet::kPrimary;  // where the attached server is
   bool picked_ = false;                       // replicas_->finished(node_) is owed
@@ -263,21 +278,16 @@ class ClientSession {
   bool catalog_changed_ = false;              // ... and changed function volatility
   bool reroute_ = false;          // a non-read waits for the replica to finish, then moves
   bool reroute_allowed_ = false;  // the replica stays in a transaction: it gets the rest
-  std::optional<asio::steady_timer> reroute_timer_;  // concurrent relay: wakes the client side
   routing::Lsn last_write_lsn_ = 0;
   Clock::time_point last_write_at_{};
-  std::string retry_why_;
-  pg::Buffer replay_;         // the client bytes sent to the replica, to send again elsewhere
-  bool replayable_ = false;   // replay_ holds everything sent since the checkout
-  bool replied_ = false;      // the client got bytes from this server
-  bool retried_ = false;      // once per request
-  bool server_gone_ = false;  // the server died between requests: detach before the next one
-  std::optional<routing::PooledSession> ps_saved_;
-  std::optional<routing::RequestTracker> tracker_saved_;
-  bool pinned_ = false;                // the client keeps its server connection to the end
-  bool release_wanted_ = false;        // idle, waiting for a write in flight to finish
-  bool watchdog_on_ = true;            // any of query/idle_transaction/client_idle timeouts set
-  bool parked_ = false;                // idle between transactions, waiting for the client's socket
+  bool replayable_ = false;      // routed_->replay holds everything sent since the checkout
+  bool replied_ = false;         // the client got bytes from this server
+  bool retried_ = false;         // once per request
+  bool server_gone_ = false;     // the server died between requests: detach before the next one
+  bool pinned_ = false;          // the client keeps its server connection to the end
+  bool release_wanted_ = false;  // idle, waiting for a write in flight to finish
+  bool watchdog_on_ = true;      // any of query/idle_transaction/client_idle timeouts set
+  bool parked_ = false;          // idle between transactions, waiting for the client's socket
   std::function<void()> cancel_wait_;  // set while waiting in the pool
   bool attached_light_ = false;        // relaying without a wait_killed() coroutine
   bool server_writing_ = false;
@@ -710,7 +720,7 @@ awaitable<bool> ClientSession::attach_server() {
   }
   pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
   limits_ = PoolLimits::from(*cfg_, *db_, *user_);
-  if (ps_) replicas_ = rt_->routes.get(db_name_);
+  if (ps_) set_replicas(rt_->routes.get(db_name_));
   counters_ = rt_->obs.counters(db_name_, user_name_);
   fill_info();
   handle_->state = ClientState::kActive;
@@ -839,9 +849,9 @@ awaitable<bool> ClientSession::checkout() {
   }
   if (ps_) ps_->attached(server_->state);
   if (node_ >= 0) {  // a read on a replica: what it needs to run again elsewhere if it breaks
-    ps_saved_.emplace(*ps_);
-    tracker_saved_.emplace(tracker_);
-    replay_.clear();
+    routed_->ps_saved.emplace(*ps_);
+    routed_->tracker_saved.emplace(tracker_);
+    routed_->replay.clear();
     replayable_ = !retried_;
     replied_ = false;
   }
@@ -1045,8 +1055,8 @@ routing::Lsn ClientSession::min_lsn() const {
 
 std::shared_ptr<Pool> ClientSession::replica_pool(int node) {
   auto i = static_cast<std::size_t>(node);
-  if (replica_pools_.size() <= i) replica_pools_.resize(db_->replicas.size());
-  auto& pool = replica_pools_.at(i);
+  if (routed_->pools.size() <= i) routed_->pools.resize(db_->replicas.size());
+  auto& pool = routed_->pools.at(i);
   if (!pool) pool = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls(), &db_->replicas.at(i));
   return pool;
 }
@@ -1058,19 +1068,19 @@ void ClientSession::retry_elsewhere() {
   spdlog::warn(
       "client {} user={} db={}: replica {} failed during a read ({}): banned, retrying "
       "the read on another node",
-      peer_, user_name_, db_name_, address, retry_why_);
-  ban_replica(retry_why_);
+      peer_, user_name_, db_name_, address, routed_->retry_why);
+  ban_replica(routed_->retry_why);
   end_pick();
   server_.mark_broken();
   server_.give_back();
   server_failed_ = false;
   if (key_.pid != 0) rt_->cancels.set_target(key_, std::nullopt);
-  ps_.emplace(*ps_saved_);
-  tracker_ = *tracker_saved_;
+  ps_.emplace(*routed_->ps_saved);
+  tracker_ = *routed_->tracker_saved;
   to_server_ = pg::MessageScanner(cfg_->max_message_size);
   to_client_ = pg::MessageScanner(pg::kMaxMessageLength);
-  reader_.unread(replay_);
-  replay_.clear();
+  reader_.unread(routed_->replay);
+  routed_->replay.clear();
   retried_ = true;
   release_wanted_ = false;
 }
@@ -1126,8 +1136,7 @@ void ClientSession::refresh_config() {
   user_ = user;
   pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
   limits_ = PoolLimits::from(*cfg_, *db_, *user_);
-  if (ps_) replicas_ = rt_->routes.get(db_name_);
-  replica_pools_.clear();
+  if (ps_) set_replicas(rt_->routes.get(db_name_));
   fill_info();
 }
 
@@ -1240,9 +1249,11 @@ awaitable<void> ClientSession::release() {
   node_ = routing::ReplicaSet::kPrimary;
   wrote_ = catalog_changed_ = reroute_ = reroute_allowed_ = server_gone_ = false;
   retried_ = replayable_ = false;
-  replay_.clear();
-  ps_saved_.reset();
-  tracker_saved_.reset();
+  if (routed_) {
+    routed_->replay.clear();
+    routed_->ps_saved.reset();
+    routed_->tracker_saved.reset();
+  }
 }
 
 // Waits, without a server connection, until the client sends something. A plain-TCP client
@@ -1381,7 +1392,7 @@ awaitable<std::optional<std::string>> ClientSession::write_to_server(asio::const
   }
   if (ec && can_retry()) {
     server_failed_ = true;
-    retry_why_ = "write failed: " + ec.message();
+    routed_->retry_why = "write failed: " + ec.message();
     co_return std::string(kRetry);
   }
   if (ec) {
@@ -1409,7 +1420,7 @@ awaitable<std::string> ClientSession::server_read_failed(const error_code& ec) {
   if (ec == asio::error::operation_aborted) co_return "cancelled";  // the other direction ended
   server_failed_ = true;
   if (can_retry()) {
-    retry_why_ = "connection lost: " + ec.message();
+    routed_->retry_why = "connection lost: " + ec.message();
     co_return std::string(kRetry);
   }
   ban_replica("connection lost: " + ec.message());
@@ -1562,10 +1573,11 @@ ClientSession::ClientScan ClientSession::scan_client() {
     if (outcome.pin) note_pin(*outcome.pin);
   }
   if (replayable_) {  // a read on a replica keeps what it sent, to send it elsewhere if it breaks
-    replay_.insert(replay_.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(pos));
-    if (replay_.size() > kMaxReplay || to_server_.mid_message()) {
+    routed_->replay.insert(routed_->replay.end(), data.begin(),
+                           data.begin() + static_cast<std::ptrdiff_t>(pos));
+    if (routed_->replay.size() > kMaxReplay || to_server_.mid_message()) {
       replayable_ = false;
-      pg::Buffer().swap(replay_);
+      pg::Buffer().swap(routed_->replay);
     }
   }
   reader_.consume(pos);  // all of it is in to_server_buf_ now
@@ -1694,7 +1706,7 @@ ClientSession::ServerScan ClientSession::scan_server() {
 awaitable<std::optional<std::string>> ClientSession::forward_server(ServerScan scan) {
   if (scan.retry) {
     server_failed_ = true;
-    retry_why_ = "the server is shutting down";
+    routed_->retry_why = "the server is shutting down";
     co_return std::string(kRetry);
   }
   if (scan.out.size() > 0) {
@@ -1808,9 +1820,12 @@ awaitable<std::string> ClientSession::client_to_server_pooled() {
         continue;
       }
       // server_to_client_pooled() wakes this once the replica has answered.
-      if (!reroute_timer_) reroute_timer_.emplace(co_await asio::this_coro::executor);
-      reroute_timer_->expires_at(asio::steady_timer::time_point::max());
-      co_await reroute_timer_->async_wait(use_nothrow);
+      if (!routed_->reroute_timer) {
+        auto ex = co_await asio::this_coro::executor;
+        routed_->reroute_timer.emplace(ex);
+      }
+      routed_->reroute_timer->expires_at(asio::steady_timer::time_point::max());
+      co_await routed_->reroute_timer->async_wait(use_nothrow);
       if (killed_) co_return "shutdown";
       continue;
     }
@@ -1832,7 +1847,7 @@ awaitable<std::string> ClientSession::server_to_client_pooled() {
       if (ps_->idle() && can_release()) co_return std::string(kReleased);
       reroute_allowed_ = true;
       reroute_ = false;
-      if (reroute_timer_) reroute_timer_->cancel();
+      if (routed_->reroute_timer) routed_->reroute_timer->cancel();
     }
     if (scan.stop.kind == pg::MessageScanner::Stop::kInspect &&
         !server_->reader().pending().empty())

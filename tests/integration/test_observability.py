@@ -501,10 +501,9 @@ class ZeroDowntime(unittest.TestCase):
 class DeployPrometheus(unittest.TestCase):
     """deploy/prometheus: promtool accepts the config and the rules, the rules fire on sluice's
     series (promtool test rules), and every metric the rules and the dashboard use is one sluice
-    exports, or one the replica-routing and cache features will add."""
+    exports, or one the cache feature will add."""
     DIR = os.path.join(ROOT, "deploy", "prometheus")
-    LATER = {"sluice_replica_banned", "sluice_replica_lag_seconds", "sluice_replica_lag_bytes",
-             "sluice_cache_bypass_total", "sluice_cache_wal_listener_lag_bytes"}
+    LATER = {"sluice_cache_bypass_total", "sluice_cache_wal_listener_lag_bytes"}
 
     def promtool(self, *args):
         r = subprocess.run(["promtool", *args], cwd=self.DIR, capture_output=True, text=True)

@@ -205,6 +205,28 @@ class Routing(unittest.TestCase):
                 with conn.transaction():
                     self.assertEqual(port("SELECT inet_server_port()"), st["replica_port"])
 
+    def test_weighted_balancing_with_primary_reads_include(self):
+        st = state()
+
+        def include(r):
+            r["primary_reads"] = "include"
+            r["primary_weight"] = 1
+        def weights(c):
+            routed_config(include)(c)
+            c["databases"]["appdb"]["replicas"][0]["weight"] = 3
+        with Sluice(tweak=weights) as sluice:
+            time.sleep(0.5)
+            ports = {}
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                for _ in range(400):
+                    p = conn.execute("SELECT inet_server_port()").fetchone()[0]
+                    ports[p] = ports.get(p, 0) + 1
+            print(f"primary_reads include, weights primary 1 / replica 3: 400 reads -> "
+                  f"primary {ports.get(st['primary_port'], 0)}, "
+                  f"replica {ports.get(st['replica_port'], 0)}")
+            self.assertAlmostEqual(ports.get(st["primary_port"], 0), 100, delta=5)
+            self.assertAlmostEqual(ports.get(st["replica_port"], 0), 300, delta=5)
+
     def test_read_your_writes(self):
         set_apply_delay("500ms")
         try:
