@@ -36,6 +36,10 @@ std::string first_line(const char* msg) {
   return s;
 }
 
+// Notices (a replica's "terminating connection due to immediate shutdown") are not printed to
+// stderr: the check that follows reports the failure.
+void ignore_notice(void*, const char*) {}
+
 PGconn* connect(const BackendTarget& t) {
   auto port = std::to_string(t.port);
   const char* keys[] = {
@@ -45,7 +49,9 @@ PGconn* connect(const BackendTarget& t) {
       t.host.c_str(),     port.c_str(), t.dbname.c_str(), t.user.c_str(),
       t.password.c_str(), "2",          "prefer",         "-c statement_timeout=2000",
       "sluice_health",    nullptr};
-  return PQconnectdbParams(keys, values, 0);
+  PGconn* conn = PQconnectdbParams(keys, values, 0);
+  PQsetNoticeProcessor(conn, ignore_notice, nullptr);
+  return conn;
 }
 
 std::string ping_error(PGPing r) {
