@@ -185,3 +185,49 @@ TEST_CASE("observability keys: admin users, insights, http, health and stats per
   CHECK_THAT(error_of("databases:\n  sluice:\n    primary: { host: h }\nauth_type: trust\n"),
              Contains("key 'databases.sluice': the name 'sluice' is reserved"));
 }
+
+TEST_CASE("routing keys: policy, lag limits, read-your-writes, weights, the health user") {
+  const std::string base =
+      "databases:\n  appdb:\n    primary: { host: 127.0.0.1 }\n"
+      "    replicas: [{ host: 127.0.0.2, weight: 3 }]\nusers:\n"
+      "  - { name: ops, password: y }\n  - { name: app, password: x }\n"
+      "admin: { users: [ops] }\n";
+  auto c = load_string(base +
+                       "routing: { load_balancing: least_outstanding, primary_reads: include, "
+                       "primary_weight: 2, all_replicas_banned: error, max_replica_lag_bytes: "
+                       "1000, max_replica_lag_seconds: 500ms, ban_time: 3s, read_your_writes: "
+                       "window, read_your_writes_window: 250ms, catalog_refresh: 5m, "
+                       "health_user: ops }\n");
+  const auto& r = c->routing;
+  CHECK(r.enabled);
+  CHECK(r.load_balancing == Routing::Balance::kLeastOutstanding);
+  CHECK(r.primary_reads == Routing::PrimaryReads::kInclude);
+  CHECK(r.primary_weight == 2);
+  CHECK(r.error_when_all_banned);
+  CHECK(r.max_replica_lag_bytes == 1000);
+  CHECK(r.max_replica_lag == Duration(500));
+  CHECK(r.ban_time == Duration(3'000));
+  CHECK(r.read_your_writes == Routing::ReadYourWrites::kWindow);
+  CHECK(r.read_your_writes_window == Duration(250));
+  CHECK(r.catalog_refresh == Duration(300'000));
+  CHECK(c->health_user()->name == "ops");
+  CHECK(c->databases.at("appdb").replicas.at(0).weight == 3);
+
+  auto defaults = load_string(base);
+  CHECK(defaults->routing.read_your_writes == Routing::ReadYourWrites::kLsn);
+  CHECK(defaults->routing.primary_reads == Routing::PrimaryReads::kFallbackOnly);
+  CHECK(defaults->health_user()->name == "app");  // not the admin-only user
+  CHECK_FALSE(load_string(base + "routing: { enabled: false }\n")->routing.enabled);
+
+  CHECK_THAT(error_of(base + "routing: { read_your_writes: always }\n"),
+             Contains("test.yaml:9: key 'routing.read_your_writes': expected one of off | "
+                      "window | lsn"));
+  CHECK_THAT(error_of(base + "routing: { health_user: nobody }\n"),
+             Contains("key 'routing.health_user': user 'nobody' is not listed under users"));
+  CHECK_THAT(error_of(base + "routing: { ban_tme: 1s }\n"), Contains("did you mean 'ban_time'"));
+  CHECK_THAT(error_of(base + "routing: { catalog_refresh: 10ms }\n"),
+             Contains("key 'routing.catalog_refresh': must be at least 1s"));
+  CHECK_THAT(error_of("databases:\n  appdb:\n    primary: { host: h }\n"
+                      "    replicas: [{ host: r, weight: 0 }]\nauth_type: trust\n"),
+             Contains("key 'databases.appdb.replicas[0].weight': expected a whole number"));
+}
