@@ -49,7 +49,13 @@ Hint leading_hint(std::string_view sql);
 
 // Cached by statement shape: literal values do not change where a statement may run (EXPLAIN
 // aside, which read_facts_key keeps whole).
-using ReadFactsCache = TextCache<ReadFacts, read_facts, read_facts_key>;
+struct ReadFactsKey {
+  static std::string_view key(std::string_view sql, std::string& buffer) {
+    buffer = read_facts_key(sql);
+    return buffer;
+  }
+};
+using ReadFactsCache = TextCache<ReadFacts, read_facts, ReadFactsKey>;
 
 // pg_proc.provolatile of every function of one database, as fetched from its primary.
 class FunctionCatalog {

@@ -1,4 +1,4 @@
-// A bounded LRU of analyses keyed by statement text (or by `Key(text)`, e.g. the text with its
+// A bounded LRU of analyses keyed by statement text (or by `KeyOf::key`, e.g. the text with its
 // literals masked, when the analysis does not depend on them), safe to share between threads: the
 // parser runs once per distinct key. Texts longer than `max_key` are analysed but not kept.
 #pragma once
@@ -13,7 +13,13 @@
 
 namespace sluice::routing {
 
-template <class T, T (*Analyze)(std::string_view), std::string (*Key)(std::string_view) = nullptr>
+// Keys a text by itself.
+struct ExactText {
+  static std::string_view key(std::string_view sql, std::string&) { return sql; }
+};
+
+// `KeyOf::key(text, buffer)` gives the cache key (built in `buffer` when it is not the text).
+template <class T, T (*Analyze)(std::string_view), class KeyOf = ExactText>
 class TextCache {
  public:
   explicit TextCache(std::size_t capacity = 4096, std::size_t max_key = 16 * 1024)
@@ -22,8 +28,7 @@ class TextCache {
   std::shared_ptr<const T> get(std::string_view sql) {
     if (sql.size() > max_key_) return std::make_shared<const T>(Analyze(sql));
     std::string keyed;
-    if constexpr (Key != nullptr) keyed = Key(sql);
-    const std::string_view key = Key != nullptr ? std::string_view(keyed) : sql;
+    const std::string_view key = KeyOf::key(sql, keyed);
     {
       std::lock_guard lock(mu_);
       if (auto it = index_.find(key); it != index_.end()) {
