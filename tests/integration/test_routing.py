@@ -84,6 +84,7 @@ class Routing(unittest.TestCase):
         wait_replayed()
 
     def test_reads_on_replica_writes_on_primary(self):
+        st = state()
         with Sluice(tweak=routed_config()) as sluice:
             with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
                 # Functions made through sluice: the DDL makes it fetch pg_proc again.
@@ -92,7 +93,12 @@ class Routing(unittest.TestCase):
                 conn.execute("CREATE OR REPLACE FUNCTION rt_imm(int) RETURNS int IMMUTABLE "
                              "LANGUAGE sql AS 'SELECT $1 + 1'")
             wait_replayed()
-            time.sleep(0.6)  # a few monitor rounds: catalog fetched, replica position known
+            # The DDL made sluice fetch pg_proc again; until it has, calls count as volatile.
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                fetched = wait_until(lambda: conn.execute(
+                    "SELECT inet_server_port() + rt_imm(0) - 1").fetchone()[0] ==
+                    st["replica_port"], 20, step=0.1)
+            self.assertIsNotNone(fetched, "IMMUTABLE rt_imm() never went to the replica")
             superuser_sql("SELECT pg_stat_statements_reset()")
             replica_sql("SELECT pg_stat_statements_reset()")
 
