@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <set>
@@ -281,14 +282,7 @@ class Loader {
     load_pool(root["pool"], c.pool);
     load_databases(root, c);
     load_users(root, c);
-    if (auto cache = root["cache"]) {
-      check_keys(cache, "cache", {"redis"});
-      if (cache["redis"]) {
-        c.cache_redis = str(cache["redis"], "cache.redis");
-        if (!c.cache_redis.starts_with("redis://"))
-          fail(cache["redis"], "cache.redis", "expected a redis://host:port URL");
-      }
-    }
+    load_cache(root["cache"], c.cache);
     if (!c.routing.health_user.empty() && !c.users.contains(c.routing.health_user))
       fail(root["routing"]["health_user"], "routing.health_user",
            "user '" + c.routing.health_user +
@@ -367,6 +361,63 @@ class Loader {
     if (n["max_fingerprints"])
       in.max_fingerprints = static_cast<std::uint32_t>(
           uint(n["max_fingerprints"], "insights.max_fingerprints", 10, 100'000));
+  }
+
+  void load_cache(const YAML::Node& n, Cache& c) const {
+    if (!n) return;
+    check_keys(n, "cache",
+               {"redis", "enabled", "mode", "default_ttl", "max_entry_bytes", "l1_bytes",
+                "command_timeout", "connect_timeout", "fill_wait", "rls", "rules"});
+    if (n["redis"]) {
+      c.redis = str(n["redis"], "cache.redis");
+      if (!c.redis.starts_with("redis://"))
+        fail(n["redis"], "cache.redis", "expected a redis://[user:password@]host:port[/db] URL");
+    }
+    if (n["enabled"]) c.enabled = boolean(n["enabled"], "cache.enabled");
+    if (n["mode"]) c.all = choice<bool>(n["mode"], "cache.mode", {{"all", true}, {"rules", false}});
+    if (n["default_ttl"]) c.default_ttl = duration(n["default_ttl"], "cache.default_ttl");
+    if (c.default_ttl.count() < 1)
+      fail(n["default_ttl"], "cache.default_ttl", "must be at least 1ms");
+    if (n["max_entry_bytes"])
+      c.max_entry_bytes = uint(n["max_entry_bytes"], "cache.max_entry_bytes", 64, 512u << 20);
+    if (n["l1_bytes"]) c.l1_bytes = uint(n["l1_bytes"], "cache.l1_bytes", 0, 1ull << 40);
+    if (n["command_timeout"])
+      c.command_timeout = duration(n["command_timeout"], "cache.command_timeout");
+    if (n["connect_timeout"])
+      c.connect_timeout = duration(n["connect_timeout"], "cache.connect_timeout");
+    if (n["fill_wait"]) c.fill_wait = duration(n["fill_wait"], "cache.fill_wait");
+    if (c.command_timeout.count() < 1)
+      fail(n["command_timeout"], "cache.command_timeout", "must be at least 1ms");
+    if (n["rls"])
+      c.rls_by_role = choice<bool>(n["rls"], "cache.rls", {{"skip", false}, {"by_role", true}});
+    if (auto rules = n["rules"]) {
+      if (!rules.IsSequence()) fail(rules, "cache.rules", "expected a list of rules");
+      for (std::size_t i = 0; i < rules.size(); ++i) {
+        const auto& r = rules[i];
+        const std::string path = "cache.rules[" + std::to_string(i) + "]";
+        check_keys(r, path, {"name", "tables", "fingerprints", "action", "ttl"});
+        CacheRule rule;
+        rule.name = r["name"] ? str(r["name"], path + ".name") : "rule" + std::to_string(i + 1);
+        for (const char* key : {"tables", "fingerprints"}) {
+          auto list = r[key];
+          if (!list) continue;
+          if (!list.IsSequence()) fail(list, path + "." + key, "expected a list");
+          auto& out = std::string_view(key) == "tables" ? rule.tables : rule.fingerprints;
+          for (std::size_t j = 0; j < list.size(); ++j) {
+            auto v = str(list[j], path + "." + key);
+            for (auto& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+            out.push_back(std::move(v));
+          }
+        }
+        if (rule.tables.empty() && rule.fingerprints.empty())
+          fail(r, path, "a rule needs tables or fingerprints to match");
+        if (r["action"])
+          rule.cache =
+              choice<bool>(r["action"], path + ".action", {{"cache", true}, {"skip", false}});
+        if (r["ttl"]) rule.ttl = duration(r["ttl"], path + ".ttl");
+        c.rules.push_back(std::move(rule));
+      }
+    }
   }
 
   void load_routing(const YAML::Node& n, Routing& r) const {

@@ -136,6 +136,29 @@ struct Routing {
   std::uint32_t primary_weight = 1;  // the primary's share of reads with primary_reads: include
 };
 
+// One cache rule (cache.rules): the first rule that matches a cacheable statement decides.
+struct CacheRule {
+  std::string name;                       // for metrics and SHOW CACHE
+  std::vector<std::string> tables;        // "schema.table" or "table": matches when read
+  std::vector<std::string> fingerprints;  // libpg_query fingerprints (hex), e.g. from SHOW TOP
+  bool cache = true;                      // action: cache | skip
+  Duration ttl{0};                        // 0: cache.default_ttl
+};
+
+struct Cache {
+  std::string redis;  // redis://[user:password@]host:port[/db]; empty = no cache
+  bool enabled = true;
+  bool all = true;  // mode: all (every cacheable statement) | rules (only what a rule caches)
+  Duration default_ttl{60'000};
+  std::uint64_t max_entry_bytes = 1u << 20;
+  std::uint64_t l1_bytes = 64u << 20;  // in-process LRU; 0 = none
+  Duration command_timeout{200};       // a Redis reply later than this: Redis counts as down
+  Duration connect_timeout{1'000};
+  Duration fill_wait{5'000};  // a miss waits this long for a concurrent identical miss's fill
+  bool rls_by_role = false;   // rls: skip (default) | by_role
+  std::vector<CacheRule> rules;
+};
+
 struct Config {
   std::string source;  // file path, for messages
   Endpoint listen_postgres{"127.0.0.1", 6432};
@@ -146,7 +169,7 @@ struct Config {
   std::map<std::string, Database> databases;
   std::map<std::string, User> users;
   Pool pool;
-  std::string cache_redis;  // empty = no cache
+  Cache cache;
   Tls tls;
   Log log;
   Duration shutdown_timeout{30'000};

@@ -248,4 +248,28 @@ bool FunctionCatalog::may_write(const FunctionRef& f) const {
   return !found;
 }
 
+bool FunctionCatalog::immutable(const FunctionRef& f) const {
+  auto it = by_name_.find(f.name);
+  if (it == by_name_.end()) return false;
+  bool found = false;
+  for (const auto& e : it->second) {
+    if (!f.schema.empty() && e.schema != f.schema) continue;
+    found = true;
+    if (e.volatility != 'i') return false;
+  }
+  return found;
+}
+
+bool FunctionCatalog::builtin(const FunctionRef& f) const {
+  auto it = by_name_.find(f.name);
+  if (it == by_name_.end()) return false;
+  bool found = false;
+  for (const auto& e : it->second) {
+    if (!f.schema.empty() && e.schema != f.schema) continue;
+    found = true;
+    if (e.schema != "pg_catalog") return false;
+  }
+  return found;
+}
+
 }  // namespace sluice::routing

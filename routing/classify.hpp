@@ -64,6 +64,10 @@ class FunctionCatalog {
   // True when calling `f` may write or depends on more than its arguments and the snapshot:
   // some overload is volatile, or the function is unknown (created since the last fetch).
   bool may_write(const FunctionRef& f) const;
+  // True when `f` is known and every overload it may mean is immutable (cacheable results).
+  bool immutable(const FunctionRef& f) const;
+  // True when every overload `f` may mean lives in pg_catalog (built in).
+  bool builtin(const FunctionRef& f) const;
   std::size_t size() const { return count_; }
 
  private:

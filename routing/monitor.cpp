@@ -196,6 +196,7 @@ void Monitor::fetch_catalogs(const std::vector<BackendTarget>& targets) {
       hooks.catalog_loaded(t.database, std::move(catalog));
     }
     PQclear(r);
+    if (hooks.with_primary) hooks.with_primary(t.database, conn);
   }
 }
 

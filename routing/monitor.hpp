@@ -56,6 +56,9 @@ class Monitor {
     std::function<bool(const std::string& database)> catalog_wanted;
     std::function<void(const std::string& database, std::shared_ptr<const FunctionCatalog>)>
         catalog_loaded;
+    // After catalog_loaded, on the monitor's thread, with the primary's libpq connection
+    // (a PGconn*): more catalog queries (the cache's relations).
+    std::function<void(const std::string& database, void* conn)> with_primary;
   };
 
   explicit Monitor(std::chrono::milliseconds interval) : interval_(interval) {}

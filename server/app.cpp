@@ -76,6 +76,7 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
   rt_->install(cfg);
   for (std::uint32_t i = 0; i < cfg->workers; ++i)
     loops_.push_back(std::make_unique<asio::io_context>(1));
+  if (!cfg->cache.redis.empty()) rt_->cache = std::make_unique<cache::Cache>(cfg->cache);
 
   auto& ctx = *loops_.front();
   tcp::resolver resolver(ctx);
@@ -117,17 +118,22 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
 void App::watch_backends() {
   auto cfg = rt_->config();
   std::vector<routing::BackendTarget> targets;
-  // Read routing needs recovery state and WAL positions: those checks log in as the health user.
+  // Read routing needs recovery state and WAL positions, the cache the catalog: those checks
+  // log in as the health user.
   const auto* login = cfg->health_user();
   if (!login && !rt_->routes.all().empty())
     spdlog::warn(
         "routing: no user to check replicas with (recovery state, lag): replicas stay "
         "banned and reads go to the primary; list a user under users: and set "
         "routing.health_user");
+  if (!login && rt_->cache)
+    spdlog::warn(
+        "cache: no user to read the catalog with: nothing is cached; list a user under users: "
+        "and set routing.health_user");
   for (const auto& [name, db] : cfg->databases) {
     std::string user;
     std::string password;
-    if (login && rt_->routes.get(name)) {
+    if (login && (rt_->routes.get(name) || rt_->cache)) {
       user = login->server_user;
       password = login->server_password;
     }
@@ -164,17 +170,31 @@ void App::feed_routes() {
     }
   };
   hooks.catalog_wanted = [rt](const std::string& db) {
+    const auto now = std::chrono::steady_clock::now();
+    const auto refresh = rt->config()->routing.catalog_refresh;
     auto set = rt->routes.get(db);
-    return set && set->catalog_wanted(std::chrono::steady_clock::now(),
-                                      rt->config()->routing.catalog_refresh);
+    return (set && set->catalog_wanted(now, refresh)) ||
+           (rt->cache && rt->cache->catalog_wanted(db, now, refresh));
   };
   hooks.catalog_loaded = [rt](const std::string& db,
                               std::shared_ptr<const routing::FunctionCatalog> catalog) {
-    if (auto set = rt->routes.get(db)) {
-      spdlog::debug("routing: {} functions of database {} loaded from its primary", catalog->size(),
-                    db);
-      set->set_catalog(std::move(catalog));
+    spdlog::debug("{} functions of database {} loaded from its primary", catalog->size(), db);
+    if (rt->cache) rt->cache->set_functions(db, catalog);
+    if (auto set = rt->routes.get(db)) set->set_catalog(std::move(catalog));
+  };
+  hooks.with_primary = [rt](const std::string& db, void* conn) {
+    if (!rt->cache) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!rt->cache->catalog_wanted(db, now, rt->config()->routing.catalog_refresh)) return;
+    std::string why;
+    auto catalog = cache::load_catalog(conn, rt->cache->functions(db), &why);
+    if (!catalog) {
+      spdlog::warn("cache: cannot load the relations of database {}: {}", db, why);
+      return;
     }
+    spdlog::debug("cache: {} relations of database {} loaded (namespace {})",
+                  catalog->relations.size(), db, catalog->ns);
+    rt->cache->set_catalog(db, std::move(catalog));
   };
   rt_->obs.monitor.set_hooks(std::move(hooks));
 }
@@ -208,11 +228,26 @@ int App::run() {
       config::to_string(cfg->auth_type), config::to_string(cfg->pool.mode),
       cfg->tls.cert_file.empty() ? "off" : "on");
 
+  if (rt_->cache) {
+    std::vector<asio::any_io_executor> executors;
+    for (auto& l : loops_) executors.push_back(l->get_executor());
+    rt_->cache->start(executors);
+    spdlog::info("cache: redis {}, default_ttl {} ms, max_entry_bytes {}, l1_bytes {}{}",
+                 cache::parse_redis_url(cfg->cache.redis, nullptr)
+                     .value_or(cache::RedisEndpoint{})
+                     .display(),
+                 cfg->cache.default_ttl.count(), cfg->cache.max_entry_bytes, cfg->cache.l1_bytes,
+                 cfg->cache.enabled ? "" : " (cache.enabled: false)");
+  }
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto& l : loops_) guards.push_back(asio::make_work_guard(*l));
   std::vector<std::thread> threads;
   for (std::size_t i = 1; i < loops_.size(); ++i)
-    threads.emplace_back([&l = *loops_[i]] { l.run(); });
+    threads.emplace_back([&l = *loops_[i], i] {
+      cache::Cache::set_loop_index(i);
+      l.run();
+    });
+  cache::Cache::set_loop_index(0);
   main_loop.run();  // returns when drain() stops it
   for (auto& l : loops_) l->stop();
   for (auto& t : threads) t.join();
@@ -222,6 +257,7 @@ int App::run() {
   // Tear down while every loop object still exists: idle server connections first, then the
   // loops, whose destruction frees the remaining session frames (their leases close inline).
   rt_->pools.close_for_exit();
+  if (rt_->cache) rt_->cache->close_for_exit();  // its sockets must not outlive the loops
   guards.clear();
   acceptor_.reset();
   loops_.clear();
@@ -349,6 +385,7 @@ awaitable<void> App::maintenance_loop() {
         }
       }
     }
+    if (rt_->cache && rt_->cache->unbumped() > 0) co_await rt_->cache->retry_bumps();
     co_await sleep_for(std::chrono::seconds(1));
   }
 }

@@ -5,7 +5,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
+#include <cstring>
 #include <set>
 
 #include "protocol/pg/extended.hpp"
@@ -126,6 +128,7 @@ class ClientSession {
   awaitable<std::string> client_to_server_pooled();
   awaitable<std::string> server_to_client_pooled();
   awaitable<std::string> relay_sequential();
+  awaitable<std::string> relay_sequential_steps();
   struct ClientScan {
     enum Kind { kNeedMore, kTerminate, kBad, kTooLong, kReroute } kind = kNeedMore;
     std::size_t need = 0;  // kNeedMore: bytes still missing (0 = any)
@@ -140,6 +143,7 @@ class ClientSession {
     bool tx_refused = false;  // statement mode saw a transaction
     bool retry = false;       // the replica is going away: retry the read elsewhere
     bool gone = false;        // ... and nothing is in flight: let the connection go
+    bool hold_ready = false;  // out ends with a ReadyForQuery that waits for the cache bump
     pg::MessageScanner::Stop stop{};
   };
   ClientScan scan_client();
@@ -266,6 +270,40 @@ class ClientSession {
     std::optional<routing::RequestTracker> tracker_saved;
   };
   std::unique_ptr<Routed> routed_;
+
+  // Query cache (cache.redis configured): lookups before a checkout (transaction and statement
+  // pooling), fills from the replies, and the relations each transaction wrote, bumped before
+  // its client sees the ReadyForQuery that ends it. Allocated at first use.
+  struct Cached {
+    cache::Lookup fill;  // the miss being filled
+    bool filling = false;
+    pg::Buffer reply;         // the miss's reply so far
+    std::size_t scanned = 0;  // bytes of `reply` walked message by message
+    cache::Writes writes;     // this transaction's, bumped at its end
+    // Session pooling: the client's named statements (no PooledSession tracks them there).
+    std::unordered_map<std::string, std::shared_ptr<const cache::CacheFacts>> named;
+    bool server_reserved = false;  // sluice's own query runs on the server: the client side waits
+    std::optional<asio::steady_timer> reserve_timer;
+  };
+  std::unique_ptr<Cached> cached_;
+  Cached& cached() {
+    if (!cached_) cached_ = std::make_unique<Cached>();
+    return *cached_;
+  }
+  bool cache_on() const { return rt_->cache && cfg_->cache.enabled; }
+  struct CacheRequest {
+    enum Kind { kNo, kNeedMore, kCandidate } kind = kNo;
+    std::size_t need = 0;  // kNeedMore
+    std::size_t size = 0;  // kCandidate: bytes of the request
+    cache::Request request;
+  };
+  CacheRequest cache_request();
+  awaitable<std::string> try_cache();
+  void capture_fill(asio::const_buffer out);
+  void end_fill();
+  void note_writes(const pg::Frame& f);
+  awaitable<void> bump_writes();
+  bool writes_pending() const { return cached_ && !cached_->writes.empty(); }
   void set_replicas(std::shared_ptr<routing::ReplicaSet> set) {
     replicas_ = std::move(set);
     if (replicas_ && !routed_) routed_ = std::make_unique<Routed>();
@@ -290,6 +328,8 @@ class ClientSession {
   bool parked_ = false;          // idle between transactions, waiting for the client's socket
   std::function<void()> cancel_wait_;  // set while waiting in the pool
   bool attached_light_ = false;        // relaying without a wait_killed() coroutine
+  bool sequential_ = false;            // in relay_sequential(): one direction at a time
+  bool write_lsn_known_ = false;       // the bump fetched this transaction's write LSN already
   bool server_writing_ = false;
   bool client_writing_ = false;
   pg::Buffer to_server_buf_;
@@ -377,6 +417,7 @@ ClientSession::~ClientSession() {
   --rt_->clients;
   if (key_.pid != 0) rt_->cancels.remove(key_);
   end_pick();
+  end_fill();
   // A pinned server holds LISTENs, locks or temp tables of this client: it is closed, not reused.
   if (server_ && (server_failed_ || pinned_ || !server_reusable())) server_.mark_broken();
   server_.give_back();
@@ -1023,6 +1064,299 @@ awaitable<std::string> ClientSession::prepare_route() {
   }
 }
 
+// The first buffered request, when the cache may answer it: a lone Query, or an unnamed Parse
+// (or a Bind of a named statement) with Bind, Describe portal, Execute of every row and Sync,
+// and nothing pipelined after it.
+ClientSession::CacheRequest ClientSession::cache_request() {
+  CacheRequest r;
+  if (setting("sluice.cache") == "off") return r;
+  auto data = reader_.pending();
+  std::size_t pos = 0;
+  std::string& material = r.request.material;
+  bool parsed = false, bound = false, executed = false;
+  while (pos < data.size()) {
+    if (data.size() - pos < pg::kHeaderSize) {
+      r.kind = CacheRequest::kNeedMore;
+      r.need = pg::kHeaderSize - (data.size() - pos);
+      return r;
+    }
+    const char type = static_cast<char>(data[pos]);
+    bytes::Reader header(data.subspan(pos + 1, 4));
+    const std::uint32_t len = header.u32();
+    if (len < 4) return CacheRequest{};
+    const std::size_t size = 1 + static_cast<std::size_t>(len);
+    if (size > data.size() - pos) {
+      if (pos + size > kRouteMaxMessage) return CacheRequest{};
+      r.kind = CacheRequest::kNeedMore;
+      r.need = size - (data.size() - pos);
+      return r;
+    }
+    const auto body = data.subspan(pos + pg::kHeaderSize, len - 4);
+    const bool last = pos + size == data.size();
+    auto types = [&material](const std::vector<std::uint32_t>& oids) {
+      for (auto oid : oids) material += std::to_string(oid) + ",";
+      material.push_back('\0');
+    };
+    switch (type) {
+      case 'Q': {
+        if (pos != 0 || !last) return CacheRequest{};
+        auto text = bytes::as_chars(body);
+        r.request.sql = text.substr(0, text.find('\0'));
+        material = "Q";
+        material.append(r.request.sql);
+        r.size = size;
+        r.kind = CacheRequest::kCandidate;
+        break;
+      }
+      case 'P': {
+        auto p = pg::decode_parse(body);
+        if (!p || pos != 0 || !p->name.empty()) return CacheRequest{};
+        r.request.sql = p->query;
+        material = "P";
+        material.append(p->query);
+        material.push_back('\0');
+        types(p->param_types);
+        parsed = true;
+        break;
+      }
+      case 'B': {
+        auto b = pg::decode_bind(body);
+        if (!b || bound || !b->portal.empty()) return CacheRequest{};
+        if (b->statement.empty()) {
+          if (!parsed) return CacheRequest{};
+        } else {
+          auto stmt = parsed ? nullptr : ps_->statement(b->statement);
+          if (!stmt) return CacheRequest{};
+          r.request.sql = stmt->query;
+          material = "N";
+          material.append(stmt->query);
+          material.push_back('\0');
+          types(stmt->param_types);
+        }
+        material.push_back('B');
+        material.append(bytes::as_chars(b->rest));
+        bound = true;
+        break;
+      }
+      case 'D': {
+        auto t = pg::decode_target(body);
+        if (!t || !t->name.empty() || executed) return CacheRequest{};
+        if (t->kind == 'P' && bound) {
+          material += "DP";
+        } else if (t->kind == 'S' && parsed && !bound) {
+          material += "DS";
+        } else {
+          return CacheRequest{};
+        }
+        break;
+      }
+      case 'E': {
+        auto e = pg::decode_execute(body);
+        if (!e || !e->portal.empty() || e->max_rows != 0 || !bound || executed)
+          return CacheRequest{};
+        material.push_back('E');
+        executed = true;
+        break;
+      }
+      case 'S':
+        if (!executed || !last) return CacheRequest{};
+        material.push_back('S');
+        r.size = pos + size;
+        r.kind = CacheRequest::kCandidate;
+        break;
+      default:
+        return CacheRequest{};
+    }
+    pos += size;
+  }
+  if (r.kind != CacheRequest::kCandidate) return CacheRequest{};  // no Sync yet: not ours
+  r.request.database = db_name_;
+  r.request.role = user_->server_user;
+  for (const auto& [name, value] : ps_->settings()) {
+    // Settings that cannot change a result stay out of the key.
+    if (name == "search_path" || name == "application_name" || name.starts_with("sluice."))
+      continue;
+    r.request.settings.emplace_back(name, value);
+  }
+  if (auto path = setting("search_path"); !path.empty()) r.request.search_path = path;
+  return r;
+}
+
+// Before a checkout: answers the request from the cache when it can. "" to go on to the server
+// (a miss is filled from its reply), kAnswered, or why the session ends.
+awaitable<std::string> ClientSession::try_cache() {
+  CacheRequest req;
+  for (;;) {
+    req = cache_request();
+    if (req.kind != CacheRequest::kNeedMore) break;
+    if (auto end = co_await read_client(req.need)) co_return *end;
+  }
+  if (req.kind != CacheRequest::kCandidate) co_return std::string();
+  const auto started = Clock::now();
+  const std::string sql(req.request.sql);
+  auto l = co_await rt_->cache->lookup(std::move(req.request), cfg_->cache);
+  auto& stats = rt_->cache->counters(l.rule);
+  if (l.outcome == cache::Lookup::Outcome::kHit) {
+    reader_.consume(req.size);
+    route_.judged = 0;
+    pg::Buffer out;
+    out.reserve(l.value->size() + 6);
+    out.assign(l.value->begin(), l.value->end());
+    pg::encode_ready_for_query(out, 'I');
+    const auto bytes = out.size();
+    if (!co_await send(std::move(out))) co_return "client write failed";
+    const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+    stats.hits++;
+    stats.hit_bytes += l.value->size();
+    rt_->cache->note_outcome(l, sql, db_name_, true);
+    rt_->obs.observe_cache_hit(seconds);
+    const auto& k = *counters_;
+    k.queries[static_cast<std::size_t>(routing::Route::kCache)]->inc();
+    k.transactions->inc();
+    k.sent_bytes->inc(bytes);
+    k.query_duration->observe(seconds);
+    handle_->request_time = std::time(nullptr);
+    co_return std::string(kAnswered);
+  }
+  if (l.outcome == cache::Lookup::Outcome::kMiss) {
+    stats.misses++;
+    rt_->cache->note_outcome(l, sql, db_name_, false);
+    auto& c = cached();
+    c.fill = std::move(l);
+    c.filling = true;
+    c.reply.clear();
+    c.scanned = 0;
+  }
+  co_return std::string();
+}
+
+// Keeps what the client receives of a miss's reply; at its ReadyForQuery, stores it.
+void ClientSession::capture_fill(asio::const_buffer out) {
+  auto& c = *cached_;
+  const auto* p = static_cast<const std::uint8_t*>(out.data());
+  c.reply.insert(c.reply.end(), p, p + out.size());
+  if (c.reply.size() > cfg_->cache.max_entry_bytes + 64) {
+    rt_->cache->counters(c.fill.rule).skipped_fills++;
+    end_fill();
+    return;
+  }
+  while (c.reply.size() - c.scanned >= pg::kHeaderSize) {
+    bytes::Reader header(std::span(c.reply).subspan(c.scanned + 1, 4));
+    const std::size_t size = 1 + static_cast<std::size_t>(header.u32());
+    if (size < pg::kHeaderSize || size > c.reply.size() - c.scanned) return;
+    if (c.reply[c.scanned] == 'Z') {
+      const bool idle = c.reply[c.scanned + 5] == 'I';
+      std::string_view reply(reinterpret_cast<const char*>(c.reply.data()), c.scanned);
+      if (idle) rt_->cache->store(c.fill, reply, cfg_->cache);
+      end_fill();
+      return;
+    }
+    c.scanned += size;
+  }
+}
+
+void ClientSession::end_fill() {
+  if (!cached_ || !cached_->filling) return;
+  cached_->filling = false;
+  rt_->cache->finish(cached_->fill);
+  cached_->fill = cache::Lookup{};
+  pg::Buffer().swap(cached_->reply);
+}
+
+// Notes what a client message may write, for the bump at the end of its transaction.
+void ClientSession::note_writes(const pg::Frame& f) {
+  std::shared_ptr<const cache::CacheFacts> facts;
+  switch (f.type) {
+    case 'Q': {
+      auto body = bytes::as_chars(f.body);
+      facts = rt_->cache->facts(body.substr(0, body.find('\0')));
+      break;
+    }
+    case 'P': {
+      auto p = pg::decode_parse(f.body);
+      if (!p) return;
+      facts = rt_->cache->facts(p->query);
+      if (!ps_ && !p->name.empty()) {  // session pooling: remember the client's statements
+        auto& named = cached().named;
+        if (named.size() < 10'000 || named.contains(std::string(p->name)))
+          named[std::string(p->name)] = facts;
+      }
+      break;
+    }
+    case 'B': {
+      auto b = pg::decode_bind(f.body);
+      if (!b || b->statement.empty()) return;  // the Parse before it was noted
+      if (ps_) {
+        auto stmt = ps_->statement(b->statement);
+        if (!stmt) return;  // the server will refuse it
+        facts = rt_->cache->facts(stmt->query);
+        break;
+      }
+      auto& named = cached().named;
+      auto it = named.find(std::string(b->statement));
+      if (it == named.end()) {
+        cached().writes.unknown = true;
+        return;
+      }
+      facts = it->second;
+      break;
+    }
+    default:
+      return;
+  }
+  if (facts->writes.empty() && !facts->writes_unknown && facts->functions.empty()) return;
+  std::optional<std::string> path;
+  if (ps_) {
+    if (auto p = setting("search_path"); !p.empty()) path = p;
+  } else {
+    // Session pooling does not track the client's SETs: unqualified names cannot be resolved
+    // for sure.
+    for (const auto& w : facts->writes) {
+      if (w.schema.empty()) {
+        cached().writes.unknown = true;
+        return;
+      }
+    }
+  }
+  rt_->cache->note_writes(db_name_, *facts, user_->server_user, path, cached().writes);
+}
+
+// Bumps the versions of what this transaction wrote, before its client sees ReadyForQuery.
+awaitable<void> ClientSession::bump_writes() {
+  auto writes = std::move(cached_->writes);
+  cached_->writes.clear();
+  // The primary's WAL position after the commit: replicas may fill entries under the new
+  // versions only once they have replayed this far. Unknown (the server is busy with pipelined
+  // requests, or session pooling): no replica fills those relations' entries.
+  routing::Lsn lsn = ~routing::Lsn{0};
+  const bool quiet = ps_ && ps_->pending() == 0 && server_->reader().pending().empty() &&
+                     !server_writing_ && (sequential_ || reader_.pending().empty());
+  if (node_ < 0 && quiet) {
+    auto& c = cached();
+    if (!sequential_) {
+      if (!c.reserve_timer) c.reserve_timer.emplace(co_await asio::this_coro::executor);
+      c.server_reserved = true;
+    }
+    auto r = co_await server_->query("SELECT pg_catalog.pg_current_wal_insert_lsn()");
+    if (!sequential_) {
+      c.server_reserved = false;
+      c.reserve_timer->cancel();
+    }
+    auto* rows = std::get_if<routing::Rows>(&r);
+    if (rows && rows->size() == 1 && !(*rows)[0].empty() && (*rows)[0][0]) {
+      if (auto parsed = routing::parse_lsn(*(*rows)[0][0])) {
+        lsn = *parsed;
+        last_write_lsn_ = std::max(last_write_lsn_, lsn);
+        write_lsn_known_ = true;
+      }
+    } else if (!rows) {
+      server_failed_ = true;
+    }
+  }
+  co_await rt_->cache->bump(db_name_, writes, lsn);
+  if (writes.catalog_change) rt_->obs.monitor.wake();
+}
+
 // The node for the next checkout: a replica when the request only reads and one is fresh enough.
 int ClientSession::choose_node() {
   if (!replicas_ || pinned_ || !route_.replica) {
@@ -1050,6 +1384,8 @@ routing::Lsn ClientSession::min_lsn() const {
   if (cfg_->routing.read_your_writes == config::Routing::ReadYourWrites::kLsn)
     lsn = last_write_lsn_;
   if (auto token = routing::parse_lsn(setting("sluice.min_lsn"))) lsn = std::max(lsn, *token);
+  // A cache miss is stored under versions whose writes its source must have replayed.
+  if (cached_ && cached_->filling) lsn = std::max(lsn, cached_->fill.min_lsn);
   return lsn;
 }
 
@@ -1222,9 +1558,11 @@ awaitable<void> ClientSession::release() {
       server_failed_ = true;
     }
   }
+  end_fill();  // a reply not seen whole is not stored
   if (wrote_ && replicas_ && !server_failed_ && node_ < 0) {
     // Read-your-writes: the client's reads wait for replicas that replayed this far.
-    if (cfg_->routing.read_your_writes == config::Routing::ReadYourWrites::kLsn) {
+    if (cfg_->routing.read_your_writes == config::Routing::ReadYourWrites::kLsn &&
+        !write_lsn_known_) {
       auto r = co_await server_->query("SELECT pg_catalog.pg_current_wal_insert_lsn()");
       auto* rows = std::get_if<routing::Rows>(&r);
       if (rows && rows->size() == 1 && !(*rows)[0].empty() && (*rows)[0][0]) {
@@ -1248,6 +1586,7 @@ awaitable<void> ClientSession::release() {
   end_pick();
   node_ = routing::ReplicaSet::kPrimary;
   wrote_ = catalog_changed_ = reroute_ = reroute_allowed_ = server_gone_ = false;
+  write_lsn_known_ = false;
   retried_ = replayable_ = false;
   if (routed_) {
     routed_->replay.clear();
@@ -1289,6 +1628,11 @@ awaitable<std::string> ClientSession::relay() {
     if (!server_) {
       auto why = co_await wait_detached();
       if (!why.empty()) co_return why;
+      if (ps_ && !pinned_ && cache_on()) {
+        auto cached = co_await try_cache();
+        if (cached == kAnswered) continue;
+        if (!cached.empty()) co_return cached;
+      }
       if (replicas_) {
         auto routed = co_await prepare_route();
         if (routed == kAnswered) continue;
@@ -1451,6 +1795,7 @@ awaitable<std::string> ClientSession::client_to_server() {
       if (stop.kind != pg::MessageScanner::Stop::kInspect || stop.frame.type == 'X') break;
       const auto type = stop.frame.type;
       if (type == 'Q' || type == 'S' || type == 'F') note_request();
+      if (rt_->cache && (type == 'Q' || type == 'P' || type == 'B')) note_writes(stop.frame);
       tracker_.on_client(stop.frame, now);
       forward += stop.frame.size;
     }
@@ -1480,7 +1825,8 @@ awaitable<std::string> ClientSession::server_to_client() {
     std::size_t forward = 0;
     pg::MessageScanner::Stop stop{};
     const auto now = Clock::now();
-    for (;;) {  // consume inspected messages in place; forward everything in one write
+    bool hold = false;  // the ReadyForQuery ending a transaction that wrote waits for the bump
+    for (;;) {          // consume inspected messages in place; forward everything in one write
       stop = to_client_.scan(data.subspan(forward), kFromServer, [](const pg::Header&) {});
       forward += stop.offset;
       if (stop.kind != pg::MessageScanner::Stop::kInspect) break;
@@ -1490,17 +1836,28 @@ awaitable<std::string> ClientSession::server_to_client() {
         if (pending_ > 0) --pending_;
         last_activity_ = Clock::now();
         handle_->idle = pending_ == 0 && tx_status_ == 'I';
+        hold = writes_pending() && tx_status_ == 'I' && pending_ == 0;
       } else if (stop.frame.type == 'S') {
         if (auto p = pg::decode_parameter_status(stop.frame.body))
           server_->set_param(p->name, p->value);
       }
       forward += stop.frame.size;
+      if (hold) break;
     }
-    if (forward > 0) {
-      auto [ec, written] = co_await client_->write(asio::buffer(data.data(), forward));
+    std::array<char, 6> ready{};
+    if (hold) std::memcpy(ready.data(), data.data() + forward - ready.size(), ready.size());
+    if (const std::size_t n = forward - (hold ? ready.size() : 0); n > 0) {
+      auto [ec, written] = co_await client_->write(asio::buffer(data.data(), n));
       if (ec) co_return "client write failed";
       counters_->sent_bytes->inc(written);
-      in.consume(forward);
+    }
+    in.consume(forward);
+    if (hold) {
+      co_await bump_writes();
+      auto [ec, written] = co_await client_->write(asio::buffer(ready));
+      if (ec) co_return "client write failed";
+      counters_->sent_bytes->inc(written);
+      continue;
     }
     if (stop.kind == pg::MessageScanner::Stop::kError) {
       server_failed_ = true;
@@ -1563,6 +1920,7 @@ ClientSession::ClientScan ClientSession::scan_client() {
         catalog_changed_ = catalog_changed_ || v.catalog_change;
       }
     }
+    if (rt_->cache && (type == 'Q' || type == 'P' || type == 'B')) note_writes(stop.frame);
     tracker_.on_client(stop.frame, now);
     auto outcome = ps_->on_client(stop.frame, server_->state, to_server_buf_);
     pos += stop.frame.size;
@@ -1688,8 +2046,11 @@ ClientSession::ServerScan ClientSession::scan_server() {
     if (f.type == 'Z' && forward) {
       last_activity_ = Clock::now();
       handle_->idle = ps_->pending() == 0 && ps_->tx_status() == 'I';
-      if (ps_->idle()) {
-        r.idle_now = true;
+      // The end of a transaction that wrote (and of every request sent): its client waits for
+      // the cache bump.
+      r.hold_ready = writes_pending() && ps_->tx_status() == 'I' && ps_->pending() == 0;
+      if (ps_->idle() || r.hold_ready) {
+        r.idle_now = ps_->idle();
         break;
       }
     }
@@ -1709,10 +2070,18 @@ awaitable<std::optional<std::string>> ClientSession::forward_server(ServerScan s
     routed_->retry_why = "the server is shutting down";
     co_return std::string(kRetry);
   }
+  std::array<char, 6> ready{};  // a ReadyForQuery held back for the cache bump
   if (scan.out.size() > 0) {
     replied_ = true;
+    auto out = scan.out;
+    if (scan.hold_ready) {
+      std::memcpy(ready.data(), static_cast<const char*>(out.data()) + out.size() - ready.size(),
+                  ready.size());
+      out = asio::buffer(out.data(), out.size() - ready.size());
+    }
+    if (cached_ && cached_->filling) capture_fill(scan.out);
     client_writing_ = true;
-    auto [ec, written] = co_await client_->write(scan.out);
+    auto [ec, written] = co_await client_->write(out);
     client_writing_ = false;
     if (ec) co_return "client write failed";
     counters_->sent_bytes->inc(written);
@@ -1723,6 +2092,14 @@ awaitable<std::optional<std::string>> ClientSession::forward_server(ServerScan s
     co_return std::string(kGone);
   }
   server_->reader().consume(scan.consumed);
+  if (scan.hold_ready) {
+    co_await bump_writes();
+    client_writing_ = true;
+    auto [ec, written] = co_await client_->write(asio::buffer(ready));
+    client_writing_ = false;
+    if (ec) co_return "client write failed";
+    counters_->sent_bytes->inc(written);
+  }
   if (scan.desync) {
     server_failed_ = true;
     spdlog::error("client {} user={} db={}: server reply does not match the requests sent", peer_,
@@ -1776,6 +2153,13 @@ bool ClientSession::want_release(bool idle_now) {
 // Flush-driven batches, large pipelines, pinned sessions), kReleased at the end of a
 // transaction.
 awaitable<std::string> ClientSession::relay_sequential() {
+  sequential_ = true;
+  auto result = co_await relay_sequential_steps();
+  sequential_ = false;
+  co_return result;
+}
+
+awaitable<std::string> ClientSession::relay_sequential_steps() {
   for (;;) {
     auto scan = scan_client();
     bool large = to_server_buf_.size() > kSequentialBatch;
@@ -1809,6 +2193,12 @@ awaitable<std::string> ClientSession::relay_sequential() {
 awaitable<std::string> ClientSession::client_to_server_pooled() {
   for (;;) {
     if (server_gone_) co_return std::string(kReleased);  // the next request goes elsewhere
+    while (cached_ && cached_->server_reserved) {        // sluice's own query is on the server
+      auto& timer = *cached_->reserve_timer;
+      timer.expires_at(asio::steady_timer::time_point::max());
+      co_await timer.async_wait(use_nothrow);
+      if (killed_) co_return "shutdown";
+    }
     auto scan = scan_client();
     if (auto end = co_await forward_client(scan)) co_return *end;
     if (want_release(false)) co_return std::string(kReleased);

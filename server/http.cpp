@@ -197,7 +197,7 @@ std::string status_json(Runtime& rt) {
   doc["disabled"] = std::move(disabled);
 
   json::object cache;
-  cache["configured"] = !cfg->cache_redis.empty();
+  cache["configured"] = !cfg->cache.redis.empty();
   cache["serving"] = false;  // the Redis cache arrives with its own issue
   doc["cache"] = std::move(cache);
   return json::serialize(doc);

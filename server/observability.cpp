@@ -99,8 +99,14 @@ Observability::Observability()
                              {"reason"})),
       slow_(registry.counter("sluice_slow_queries_total",
                              "Requests slower than insights.slow_query_threshold.", {"database"})),
-      logins_(registry.counter("sluice_client_logins_total", "Client logins, by result.",
-                               {"result"})) {}
+      logins_(
+          registry.counter("sluice_client_logins_total", "Client logins, by result.", {"result"})),
+      cache_hit_duration_(
+          registry
+              .histogram("sluice_cache_hit_duration_seconds",
+                         "Requests answered from the cache: request to the reply written.", {},
+                         {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05})
+              .with({})) {}
 
 std::shared_ptr<const PoolCounters> Observability::counters(const std::string& database,
                                                             const std::string& user) {
@@ -217,6 +223,58 @@ Probe liveness(Runtime& rt) {
 }
 
 void Observability::add_runtime_collectors(Runtime& rt) {
+  registry.add_collector([&rt](metrics::Writer& w) {
+    if (!rt.cache) return;
+    const auto& c = *rt.cache;
+    w.family("sluice_redis_up", "gauge", "1 when sluice's Redis connections are up.");
+    w.sample("sluice_redis_up", c.redis_up() ? 1 : 0);
+    auto per_rule = c.all_counters();
+    auto rule_family = [&](std::string_view name, std::string_view help, auto field) {
+      w.family(name, "counter", help);
+      for (const auto& [rule, k] : per_rule)
+        w.sample(name, {"rule"}, {rule}, static_cast<double>((k->*field).load()));
+    };
+    rule_family("sluice_cache_hits_total", "Requests answered from the cache, by rule.",
+                &cache::CacheCounters::hits);
+    rule_family("sluice_cache_misses_total",
+                "Cacheable requests not in the cache (run on a server, then filled), by rule.",
+                &cache::CacheCounters::misses);
+    rule_family("sluice_cache_fills_total", "Replies stored in the cache, by rule.",
+                &cache::CacheCounters::fills);
+    rule_family("sluice_cache_fills_skipped_total",
+                "Misses whose reply was not stored (larger than cache.max_entry_bytes, an "
+                "error, or not seen whole), by rule.",
+                &cache::CacheCounters::skipped_fills);
+    rule_family("sluice_cache_hit_bytes_total", "Reply bytes served from the cache, by rule.",
+                &cache::CacheCounters::hit_bytes);
+    rule_family("sluice_cache_fill_bytes_total", "Reply bytes stored in the cache, by rule.",
+                &cache::CacheCounters::fill_bytes);
+    w.family("sluice_cache_bypass_total", "counter",
+             "Requests the cache did not look up, by reason (redis_down and unbumped mean the "
+             "cache cannot serve; the others are statements it must not cache).");
+    for (const auto& [reason, n] : c.bypasses())
+      w.sample("sluice_cache_bypass_total", {"reason"}, {reason}, static_cast<double>(n));
+    w.family("sluice_cache_evictions_total", "counter",
+             "Entries evicted from the in-process cache to stay within cache.l1_bytes.");
+    w.sample("sluice_cache_evictions_total", {"tier"}, {"l1"},
+             static_cast<double>(c.l1().evictions()));
+    w.family("sluice_cache_bytes", "gauge", "Bytes held by the in-process cache.");
+    w.sample("sluice_cache_bytes", {"tier"}, {"l1"}, static_cast<double>(c.l1().bytes()));
+    w.family("sluice_cache_entries", "gauge", "Entries held by the in-process cache.");
+    w.sample("sluice_cache_entries", {"tier"}, {"l1"}, static_cast<double>(c.l1().size()));
+    w.family("sluice_cache_bumps_total", "counter",
+             "Version bumps of written relations sent to Redis, by result.");
+    w.sample("sluice_cache_bumps_total", {"result"}, {"ok"}, static_cast<double>(c.bumps(true)));
+    w.sample("sluice_cache_bumps_total", {"result"}, {"failed"},
+             static_cast<double>(c.bumps(false)));
+    w.family("sluice_cache_unbumped", "gauge",
+             "Databases with writes whose bump has not reached Redis yet (no hits on them here).");
+    w.sample("sluice_cache_unbumped", static_cast<double>(c.unbumped()));
+    w.family("sluice_cache_invalidations_received_total", "counter",
+             "Invalidation messages received on the Redis channel (from every sluice).");
+    w.sample("sluice_cache_invalidations_received_total",
+             static_cast<double>(c.invalidations_received()));
+  });
   registry.add_collector([&rt](metrics::Writer& w) {
     auto cfg = rt.config();
     w.family("sluice_info", "gauge", "Version of the running sluice (always 1).");

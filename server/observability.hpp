@@ -56,6 +56,7 @@ class Observability {
   void count_pin(std::string_view reason);
   void count_slow(const std::string& database);
   void count_login(bool ok);
+  void observe_cache_hit(double seconds) { cache_hit_duration_.observe(seconds); }
 
   // Totals by database, from the counters.
   std::map<std::string, DbTotals> totals() const;
@@ -86,6 +87,7 @@ class Observability {
   metrics::Family<metrics::Counter>& pins_;
   metrics::Family<metrics::Counter>& slow_;
   metrics::Family<metrics::Counter>& logins_;
+  metrics::Histogram& cache_hit_duration_;
 
   mutable std::mutex mu_;
   std::map<std::pair<std::string, std::string>, std::shared_ptr<PoolCounters>> by_pool_;

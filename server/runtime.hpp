@@ -9,6 +9,7 @@
 #include <mutex>
 #include <set>
 
+#include "cache/cache.hpp"
 #include "config/config.hpp"
 #include "routing/replicas.hpp"
 #include "routing/session_statements.hpp"
@@ -157,6 +158,9 @@ class Runtime {
   Control control;
   Routes routes;
   routing::ReadFactsCache reads;  // read/write classification of statement texts, shared
+  // The query cache; null when cache.redis is not configured (the Redis settings apply at
+  // start, rules and TTLs on reload).
+  std::unique_ptr<cache::Cache> cache;
   // Set by the App: what RELOAD and SHUTDOWN do (called on any thread).
   std::function<std::string()> reload;  // "" when applied, else why not
   std::function<void(StopMode)> stop;

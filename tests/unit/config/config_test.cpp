@@ -55,7 +55,7 @@ TEST_CASE("the documented example loads") {
   CHECK(u->md5_hash.starts_with("md5"));
   CHECK(c->pool.mode == PoolMode::kTransaction);
   CHECK(c->pool.size == 20);
-  CHECK(c->cache_redis == "redis://127.0.0.1:6379");
+  CHECK(c->cache.redis == "redis://127.0.0.1:6379");
   CHECK(c->pool_size_for(*db, *u) == 20);
 }
 

@@ -1,0 +1,789 @@
+#include "cache/cache.hpp"
+
+#include <libpq-fe.h>
+#include <openssl/evp.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <cstdio>
+
+#include "routing/replicas.hpp"
+
+namespace sluice::cache {
+
+using asio::awaitable;
+using Steady = std::chrono::steady_clock;
+constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
+
+namespace {
+
+thread_local std::size_t t_loop = 0;
+
+constexpr std::string_view kChannel = "sluice:invalidate";
+
+// Versions start from Redis' clock in microseconds, so a version key that was lost (evicted,
+// flushed) never comes back at a value an old entry was stored under.
+constexpr std::string_view kInitScript = R"lua(
+local out = {}
+for i, k in ipairs(KEYS) do
+  local v = redis.call('GET', k)
+  if not v then
+    local t = redis.call('TIME')
+    redis.call('SET', k, string.format('%d%06d', t[1], t[2]), 'NX')
+    v = redis.call('GET', k)
+  end
+  out[i] = v
+end
+return out
+)lua";
+
+// KEYS: version, lsn pairs. ARGV: lsn (16 hex digits), channel, message.
+constexpr std::string_view kBumpScript = R"lua(
+for i = 1, #KEYS, 2 do
+  if not redis.call('GET', KEYS[i]) then
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[i], string.format('%d%06d', t[1], t[2]))
+  end
+  redis.call('INCR', KEYS[i])
+  local l = redis.call('GET', KEYS[i + 1])
+  if not l or l < ARGV[1] then redis.call('SET', KEYS[i + 1], ARGV[1]) end
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+)lua";
+
+std::string hex16(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(len * 2);
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+void append_field(std::string& out, std::string_view v) {
+  out += std::to_string(v.size());
+  out.push_back(':');
+  out.append(v);
+}
+
+std::string version_key(const std::string& ns, std::uint32_t oid) {
+  return "sluice:v:" + ns + ":" + std::to_string(oid);
+}
+std::string lsn_key(const std::string& ns, std::uint32_t oid) {
+  return "sluice:l:" + ns + ":" + std::to_string(oid);
+}
+constexpr std::string_view kGlobal = "*";
+
+bool table_matches(const std::string& pattern, const Relation& r) {
+  if (pattern.find('.') != std::string::npos) return pattern == r.schema + "." + r.name;
+  return pattern == r.name;
+}
+
+}  // namespace
+
+struct Flight {
+  std::mutex mu;
+  bool done = false;
+  std::vector<std::pair<asio::any_io_executor, std::shared_ptr<asio::steady_timer>>> waiters;
+};
+
+bool replayable_reply(std::string_view reply) {
+  std::size_t pos = 0;
+  bool complete = false;
+  while (pos < reply.size()) {
+    if (reply.size() - pos < 5) return false;
+    const char type = reply[pos];
+    const auto* p = reinterpret_cast<const unsigned char*>(reply.data() + pos + 1);
+    const std::uint32_t len = (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) |
+                              (std::uint32_t{p[2]} << 8) | std::uint32_t{p[3]};
+    if (len < 4 || len > reply.size() - pos - 1) return false;
+    switch (type) {
+      case '1':
+      case '2':
+      case 't':
+      case 'T':
+      case 'n':
+      case 'D':
+        break;
+      case 'C':
+      case 'I':
+        complete = true;
+        break;
+      default:
+        return false;
+    }
+    pos += 1 + len;
+  }
+  return complete;
+}
+
+std::shared_ptr<DbCatalog> load_catalog(void* raw,
+                                        std::shared_ptr<const routing::FunctionCatalog> functions,
+                                        std::string* why) {
+  auto* conn = static_cast<PGconn*>(raw);
+  auto out = std::make_shared<DbCatalog>();
+  out->functions = std::move(functions);
+  auto query = [&](std::string_view sql, auto&& row) {
+    PGresult* r = PQexec(conn, std::string(sql).c_str());
+    const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    if (ok) {
+      for (int i = 0; i < PQntuples(r); ++i) row(r, i);
+    } else if (why) {
+      *why = PQresultErrorMessage(r);
+    }
+    PQclear(r);
+    return ok;
+  };
+  auto u32 = [](PGresult* r, int i, int c) {
+    return static_cast<std::uint32_t>(std::strtoul(PQgetvalue(r, i, c), nullptr, 10));
+  };
+  std::vector<std::pair<std::uint32_t, std::string>> views;
+  bool ok = query(kRelationsSql, [&](PGresult* r, int i) {
+    Relation rel;
+    rel.oid = u32(r, i, 0);
+    rel.schema = PQgetvalue(r, i, 1);
+    rel.name = PQgetvalue(r, i, 2);
+    rel.kind = PQgetvalue(r, i, 3)[0];
+    rel.persistence = PQgetvalue(r, i, 4)[0];
+    rel.rls = PQgetvalue(r, i, 5)[0] == 't';
+    rel.user_triggers = PQgetvalue(r, i, 6)[0] == 't';
+    if (rel.kind == 'v') {
+      if (PQgetisnull(r, i, 7)) {
+        rel.deterministic = false;
+      } else {
+        views.emplace_back(rel.oid, PQgetvalue(r, i, 7));
+      }
+    }
+    out->relations.add(std::move(rel));
+  });
+  ok = ok && query(kDependenciesSql, [&](PGresult* r, int i) {
+         out->relations.add_dependency(u32(r, i, 0), u32(r, i, 1));
+       });
+  ok = ok && query(kForeignKeysSql, [&](PGresult* r, int i) {
+         out->relations.add_foreign_key(u32(r, i, 0), u32(r, i, 1));
+       });
+  ok = ok && query(kSearchPathSql, [&](PGresult* r, int i) {
+         std::string role = PQgetvalue(r, i, 0);
+         std::string value = PQgetvalue(r, i, 1);
+         std::string source = PQgetvalue(r, i, 2);
+         if (source == "override") {
+           constexpr std::string_view prefix = "search_path=";
+           out->relations.add_search_path_override(std::move(role), value.substr(prefix.size()));
+         } else if (source == "default" || source == "configuration file" ||
+                    source == "command line" || source == "environment variable") {
+           out->relations.set_default_search_path(std::move(value));
+         } else {
+           out->relations.set_default_search_path(std::nullopt);  // cannot tell the default
+         }
+       });
+  std::string id;
+  if (ok) {
+    // The cluster's identity; without the privilege, the server's address stands in for it.
+    PGresult* r = PQexec(conn,
+                         "SELECT system_identifier::text, pg_catalog.current_database() FROM "
+                         "pg_catalog.pg_control_system()");
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+      out->ns = std::string(PQgetvalue(r, 0, 0)) + "/" + PQgetvalue(r, 0, 1);
+    }
+    PQclear(r);
+    if (out->ns.empty()) {
+      r = PQexec(conn,
+                 "SELECT pg_catalog.current_setting('port') || '/' || "
+                 "pg_catalog.current_database()");
+      if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+        out->ns = std::string("port") + PQgetvalue(r, 0, 0);
+      PQclear(r);
+    }
+    if (out->ns.empty()) {
+      ok = false;
+      if (why) *why = "cannot read the cluster's identity";
+    }
+  }
+  if (!ok) return nullptr;
+  // A view is cached only when its definition calls immutable functions alone.
+  for (auto& [oid, def] : views) {
+    auto f = cache_facts(def);
+    bool deterministic = f.parsed && f.select && f.writes.empty() && !f.writes_unknown &&
+                         out->functions && all_immutable(*out->functions, f.functions);
+    if (!deterministic) {
+      if (const auto* rel = out->relations.find(oid)) {
+        Relation copy = *rel;
+        copy.deterministic = false;
+        out->relations.add(std::move(copy));
+      }
+    }
+  }
+  return out;
+}
+
+Cache::Cache(config::Cache cfg) : cfg_(std::move(cfg)), l1_(cfg_.l1_bytes) {}
+
+Cache::~Cache() = default;
+
+void Cache::set_loop_index(std::size_t i) {
+  t_loop = i;
+}
+
+std::shared_ptr<RedisConnection> Cache::local() const {
+  if (conns_.empty()) return nullptr;
+  return conns_[t_loop < conns_.size() ? t_loop : 0];
+}
+
+bool Cache::redis_up() const {
+  return configured() && up_.load() > 0;
+}
+
+void Cache::start(const std::vector<asio::any_io_executor>& loops) {
+  if (!configured()) return;
+  std::string why;
+  auto endpoint = parse_redis_url(cfg_.redis, &why);
+  if (!endpoint) {
+    spdlog::error("cache.redis: {}; the cache stays off", why);
+    return;
+  }
+  RedisConnection::Options o;
+  o.endpoint = *endpoint;
+  o.connect_timeout = cfg_.connect_timeout;
+  o.command_timeout = cfg_.command_timeout;
+  const int total = static_cast<int>(loops.size());
+  for (const auto& ex : loops) {
+    auto c = std::make_shared<RedisConnection>(ex, o);
+    conns_.push_back(c);
+  }
+  // Logged once per change of the whole: all connections up, or the first one down.
+  const std::string where = endpoint->display();
+  for (std::size_t i = 0; i < conns_.size(); ++i) {
+    asio::post(loops[i], [this, c = conns_[i], total, where] {
+      c->start([this, total, where](bool up, const std::string& reason) {
+        const int now = up ? ++up_ : --up_;
+        if (up && now == total && !all_up_logged_.exchange(true))
+          spdlog::info("cache: redis {} is up: serving from the cache", where);
+        if (!up && all_up_logged_.exchange(false))
+          spdlog::warn("cache: redis {} is down ({}): requests bypass the cache until it is back",
+                       where, reason);
+        // Invalidations may be missed while a connection is away: the L1 starts afresh.
+        if (!up) l1_.drop_prefix("");
+      });
+    });
+  }
+  auto so = o;
+  so.subscribe = std::string(kChannel);
+  subscriber_ = std::make_shared<RedisConnection>(loops.front(), so);
+  asio::post(loops.front(), [this, s = subscriber_] {
+    s->start(
+        [this](bool up, const std::string&) {
+          if (!up) l1_.drop_prefix("");  // invalidations may be lost while unsubscribed
+        },
+        [this](std::string_view m) { on_invalidation(m); });
+  });
+}
+
+bool Cache::catalog_wanted(const std::string& db, Steady::time_point now,
+                           std::chrono::milliseconds refresh) const {
+  if (!configured() || !cfg_.enabled) return false;
+  std::lock_guard lock(mu_);
+  auto it = catalogs_.find(db);
+  if (it == catalogs_.end() || !it->second.catalog) return true;
+  return it->second.stale || now - it->second.loaded >= refresh;
+}
+
+void Cache::set_functions(const std::string& db,
+                          std::shared_ptr<const routing::FunctionCatalog> f) {
+  std::lock_guard lock(mu_);
+  catalogs_[db].functions = std::move(f);
+}
+
+std::shared_ptr<const routing::FunctionCatalog> Cache::functions(const std::string& db) const {
+  std::lock_guard lock(mu_);
+  auto it = catalogs_.find(db);
+  return it == catalogs_.end() ? nullptr : it->second.functions;
+}
+
+void Cache::set_catalog(const std::string& db, std::shared_ptr<const DbCatalog> catalog) {
+  std::lock_guard lock(mu_);
+  auto& e = catalogs_[db];
+  // Writes noted before the catalog came could not be keyed: they flush the database now.
+  if (auto f = failed_.find("db:" + db); f != failed_.end()) {
+    auto copy = f->second;
+    failed_.erase(f);
+    auto& to = failed_[catalog->ns];
+    to.db_wide = true;
+    to.global = to.global || copy.global;
+    to.lsn = std::max(to.lsn, copy.lsn);
+  }
+  e.catalog = std::move(catalog);
+  e.loaded = Steady::now();
+  e.stale = false;
+}
+
+void Cache::catalog_changed(const std::string& db) {
+  std::lock_guard lock(mu_);
+  catalogs_[db].stale = true;
+}
+
+std::shared_ptr<const DbCatalog> Cache::catalog(const std::string& db) const {
+  std::lock_guard lock(mu_);
+  auto it = catalogs_.find(db);
+  return it == catalogs_.end() ? nullptr : it->second.catalog;
+}
+
+CacheCounters& Cache::counters(const std::string& rule) {
+  std::lock_guard lock(mu_);
+  auto& slot = counters_[rule];
+  if (!slot) slot = std::make_unique<CacheCounters>();
+  return *slot;
+}
+
+std::map<std::string, const CacheCounters*> Cache::all_counters() const {
+  std::lock_guard lock(mu_);
+  std::map<std::string, const CacheCounters*> out;
+  for (const auto& [k, v] : counters_) out[k] = v.get();
+  return out;
+}
+
+void Cache::count_bypass(std::string_view reason) {
+  std::lock_guard lock(mu_);
+  ++bypass_[std::string(reason)];
+}
+
+std::map<std::string, std::uint64_t> Cache::bypasses() const {
+  std::lock_guard lock(mu_);
+  return bypass_;
+}
+
+std::map<std::string, Cache::TableStats> Cache::table_stats() const {
+  std::lock_guard lock(mu_);
+  return tables_;
+}
+
+std::map<std::string, Cache::KeyStats> Cache::fingerprint_stats() const {
+  std::lock_guard lock(mu_);
+  return keys_;
+}
+
+std::size_t Cache::unbumped() const {
+  std::lock_guard lock(mu_);
+  return failed_.size();
+}
+
+void Cache::note_outcome(const Lookup& l, std::string_view sql, std::string_view db, bool hit) {
+  std::lock_guard lock(mu_);
+  for (const auto& t : l.tables) {
+    auto& s = tables_[std::string(db) + "/" + t];
+    (hit ? s.hits : s.misses)++;
+  }
+  if (l.fingerprint.empty()) return;
+  auto it = keys_.find(l.fingerprint);
+  if (it == keys_.end()) {
+    if (keys_.size() >= 1000) return;  // bounded: the first thousand statement kinds
+    it = keys_.emplace(l.fingerprint, KeyStats{}).first;
+    it->second.rule = l.rule;
+    it->second.sample = std::string(sql.substr(0, 200));
+  }
+  (hit ? it->second.hits : it->second.misses)++;
+  if (hit && l.value) it->second.bytes += l.value->size();
+}
+
+bool Cache::blocked(const std::string& ns, const std::vector<std::uint32_t>& oids) const {
+  std::lock_guard lock(mu_);
+  if (failed_.empty()) return false;
+  for (const auto& [k, f] : failed_) {
+    if (f.global) return true;
+  }
+  auto it = failed_.find(ns);
+  if (it == failed_.end()) return false;
+  if (it->second.db_wide) return true;
+  return std::any_of(oids.begin(), oids.end(),
+                     [&](std::uint32_t o) { return it->second.oids.contains(o); });
+}
+
+void Cache::wake(const std::shared_ptr<Flight>& f) {
+  std::vector<std::pair<asio::any_io_executor, std::shared_ptr<asio::steady_timer>>> waiters;
+  {
+    std::lock_guard lock(f->mu);
+    if (f->done) return;
+    f->done = true;
+    waiters.swap(f->waiters);
+  }
+  for (auto& [ex, timer] : waiters) asio::post(ex, [timer] { timer->cancel(); });
+}
+
+void Cache::finish(Lookup& l) {
+  if (!l.flight) return;
+  {
+    std::lock_guard lock(flights_mu_);
+    if (auto it = flights_.find(l.key); it != flights_.end() && it->second == l.flight)
+      flights_.erase(it);
+  }
+  wake(l.flight);
+  l.flight.reset();
+}
+
+awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
+  Lookup l;
+  auto bypass = [&](std::string_view why) {
+    l.outcome = Lookup::Outcome::kBypass;
+    l.bypass = why;
+    count_bypass(why);
+    return l;
+  };
+  auto conn = local();
+  if (!conn || !conn->up()) co_return bypass("redis_down");
+  auto facts = facts_.get(r.sql);
+  if (facts->nocache_hint) co_return bypass("hint");
+  if (!facts->select) co_return bypass("not_cacheable");
+  auto catalog = this->catalog(r.database);
+  if (!catalog || !catalog->functions) co_return bypass("no_catalog");
+  if (!all_immutable(*catalog->functions, facts->functions)) co_return bypass("function");
+  std::optional<std::string> path_text = r.search_path;
+  if (!path_text) path_text = catalog->relations.default_search_path(r.role);
+  const auto search_path =
+      path_text ? parse_search_path(*path_text, r.role) : std::vector<std::string>{};
+  std::vector<std::uint32_t> oids;
+  std::vector<const Relation*> named;
+  for (const auto& name : facts->reads) {
+    if (name.schema.empty() && !path_text) co_return bypass("search_path");
+    const Relation* rel = catalog->relations.resolve(name, search_path);
+    if (!rel) {
+      if (name.schema.empty() &&
+          std::find(facts->ctes.begin(), facts->ctes.end(), name.name) != facts->ctes.end())
+        continue;  // a WITH query of that name
+      co_return bypass("unknown_relation");
+    }
+    named.push_back(rel);
+    std::vector<std::uint32_t> expanded;
+    if (!catalog->relations.expand(rel->oid, expanded)) co_return bypass("view");
+    for (auto oid : expanded) {
+      const auto* e = catalog->relations.find(oid);
+      if (e->system()) co_return bypass("system_catalog");
+      if (e->persistence != 'p') co_return bypass("temp_or_unlogged");
+      if (e->kind == 'f') co_return bypass("foreign_table");
+      if (e->rls && !cfg.rls_by_role) co_return bypass("rls");
+      if (std::find(oids.begin(), oids.end(), oid) == oids.end()) oids.push_back(oid);
+    }
+  }
+  // Rules: the first that matches decides.
+  const config::CacheRule* rule = nullptr;
+  for (const auto& candidate : cfg.rules) {
+    bool match = std::any_of(candidate.fingerprints.begin(), candidate.fingerprints.end(),
+                             [&](const std::string& f) { return f == facts->fingerprint; });
+    for (const auto* rel : named) {
+      match = match || std::any_of(candidate.tables.begin(), candidate.tables.end(),
+                                   [&](const std::string& t) { return table_matches(t, *rel); });
+    }
+    if (match) {
+      rule = &candidate;
+      break;
+    }
+  }
+  if (rule && !rule->cache) co_return bypass("rule");
+  if (!rule && !cfg.all) co_return bypass("no_rule");
+  l.rule = rule ? rule->name : "default";
+  l.ttl = rule && rule->ttl.count() > 0 ? rule->ttl : cfg.default_ttl;
+  l.fingerprint = facts->fingerprint;
+  for (const auto* rel : named) l.tables.push_back(rel->schema + "." + rel->name);
+  const auto& ns = catalog->ns;
+  if (blocked(ns, oids)) co_return bypass("unbumped");
+
+  // The versions: every relation read, the database's epoch (0) and the global one.
+  std::vector<std::string> keys;
+  for (auto oid : oids) {
+    keys.push_back(version_key(ns, oid));
+    keys.push_back(lsn_key(ns, oid));
+  }
+  keys.push_back(version_key(ns, 0));
+  keys.push_back(lsn_key(ns, 0));
+  keys.push_back(version_key(std::string(kGlobal), 0));
+  keys.push_back(lsn_key(std::string(kGlobal), 0));
+  std::vector<std::string> mget{"MGET"};
+  mget.insert(mget.end(), keys.begin(), keys.end());
+  auto got = co_await conn->command(std::move(mget));
+  if (!got || got->type != RedisReply::Type::kArray || got->elements.size() != keys.size())
+    co_return bypass("redis_down");
+  std::vector<std::string> missing;
+  for (std::size_t i = 0; i < keys.size(); i += 2) {
+    if (got->elements[i].nil()) missing.push_back(keys[i]);
+  }
+  std::map<std::string, std::string> initialized;
+  if (!missing.empty()) {
+    std::vector<std::string> eval{"EVAL", std::string(kInitScript), std::to_string(missing.size())};
+    eval.insert(eval.end(), missing.begin(), missing.end());
+    auto init = co_await conn->command(std::move(eval));
+    if (!init || init->type != RedisReply::Type::kArray || init->elements.size() != missing.size())
+      co_return bypass("redis_down");
+    for (std::size_t i = 0; i < missing.size(); ++i)
+      initialized[missing[i]] = init->elements[i].str;
+  }
+  std::string material = "sluice-cache-1";
+  append_field(material, ns);
+  append_field(material, r.role);
+  append_field(material, path_text.value_or(""));
+  for (const auto& [k, v] : r.settings) {
+    append_field(material, k);
+    append_field(material, v);
+  }
+  append_field(material, r.material);
+  std::uint64_t min_lsn = 0;
+  for (std::size_t i = 0; i < keys.size(); i += 2) {
+    const auto& v = got->elements[i].nil() ? initialized[keys[i]] : got->elements[i].str;
+    append_field(material, keys[i]);
+    append_field(material, v);
+    const auto& lsn = got->elements[i + 1].str;
+    if (!lsn.empty())
+      min_lsn = std::max<std::uint64_t>(min_lsn, std::strtoull(lsn.c_str(), nullptr, 16));
+  }
+  l.key = sha256_hex(material);
+  l.min_lsn = min_lsn;
+  for (auto oid : oids) l.tags.push_back(ns + ":" + std::to_string(oid));
+  l.tags.push_back(ns + ":0");
+
+  const auto now = Steady::now();
+  if (auto v = l1_.get(l.key, now)) {
+    l.outcome = Lookup::Outcome::kHit;
+    l.value = std::move(v);
+    co_return l;
+  }
+  std::vector<std::string> get_cmd{"GET", "sluice:e:" + l.key};
+  auto entry = co_await conn->command(std::move(get_cmd));
+  if (!entry) co_return bypass("redis_down");
+  if (entry->type == RedisReply::Type::kString && replayable_reply(entry->str)) {
+    auto value = std::make_shared<const std::string>(std::move(entry->str));
+    l1_.put(l.key, value, l.tags, now + l.ttl);
+    l.outcome = Lookup::Outcome::kHit;
+    l.value = std::move(value);
+    co_return l;
+  }
+  // A miss: the first client runs the query, the others wait for its fill.
+  std::shared_ptr<asio::steady_timer> waiter;
+  auto ex = co_await asio::this_coro::executor;
+  {
+    std::lock_guard lock(flights_mu_);
+    auto& f = flights_[l.key];
+    if (!f) {
+      f = std::make_shared<Flight>();
+      l.flight = f;
+    } else {
+      std::lock_guard flock(f->mu);
+      if (!f->done) {
+        waiter = std::make_shared<asio::steady_timer>(ex);
+        waiter->expires_after(cfg.fill_wait);
+        f->waiters.emplace_back(waiter->get_executor(), waiter);
+      }
+    }
+  }
+  if (waiter) {
+    co_await waiter->async_wait(use_nothrow);
+    if (auto v = l1_.get(l.key, Steady::now())) {
+      l.outcome = Lookup::Outcome::kHit;
+      l.value = std::move(v);
+      co_return l;
+    }
+    std::vector<std::string> again{"GET", "sluice:e:" + l.key};
+    auto second = co_await conn->command(std::move(again));
+    if (second && second->type == RedisReply::Type::kString && replayable_reply(second->str)) {
+      l.outcome = Lookup::Outcome::kHit;
+      l.value = std::make_shared<const std::string>(std::move(second->str));
+      co_return l;
+    }
+  }
+  l.outcome = Lookup::Outcome::kMiss;
+  co_return l;
+}
+
+bool Cache::store(Lookup& l, std::string_view reply, const config::Cache& cfg) {
+  if (reply.size() > cfg.max_entry_bytes || !replayable_reply(reply)) {
+    counters(l.rule).skipped_fills++;
+    finish(l);
+    return false;
+  }
+  auto value = std::make_shared<const std::string>(reply);
+  l1_.put(l.key, value, l.tags, Steady::now() + l.ttl);
+  if (auto conn = local(); conn && conn->up()) {
+    std::vector<std::string> set{"SET", "sluice:e:" + l.key, *value, "PX",
+                                 std::to_string(std::max<std::int64_t>(l.ttl.count(), 1))};
+    conn->send(set);
+  }
+  auto& c = counters(l.rule);
+  c.fills++;
+  c.fill_bytes += reply.size();
+  finish(l);
+  return true;
+}
+
+void Cache::note_writes(const std::string& db, const CacheFacts& facts, const std::string& role,
+                        const std::optional<std::string>& search_path, Writes& w) const {
+  if (facts.writes_unknown) w.unknown = true;
+  if (facts.writes_roles) w.roles = true;
+  if (facts.catalog_change) w.catalog_change = true;
+  auto catalog = this->catalog(db);
+  if (!catalog || !catalog->functions) {
+    if (!facts.writes.empty() || !facts.functions.empty()) w.unknown = true;
+    return;
+  }
+  if (user_function_may_write(*catalog->functions, facts.functions)) w.unknown = true;
+  if (facts.writes.empty() || w.unknown) return;
+  std::optional<std::string> path_text = search_path;
+  if (!path_text) path_text = catalog->relations.default_search_path(role);
+  const auto path = path_text ? parse_search_path(*path_text, role) : std::vector<std::string>{};
+  for (const auto& name : facts.writes) {
+    const Relation* rel =
+        (name.schema.empty() && !path_text) ? nullptr : catalog->relations.resolve(name, path);
+    if (!rel || rel->user_triggers) {  // unknown, or a trigger may write anywhere
+      w.unknown = true;
+      return;
+    }
+    std::vector<std::uint32_t> changed;
+    catalog->relations.expand(rel->oid, changed);  // views' base tables, children
+    std::vector<std::uint32_t> more;
+    for (auto oid : changed) catalog->relations.cascades(oid, more);
+    changed.insert(changed.end(), more.begin(), more.end());
+    for (auto oid : changed) {
+      if (std::find(w.oids.begin(), w.oids.end(), oid) == w.oids.end()) w.oids.push_back(oid);
+    }
+  }
+}
+
+awaitable<bool> Cache::send_bump(const std::string& ns, const std::vector<std::uint32_t>& oids,
+                                 bool db_wide, bool global, std::uint64_t lsn) {
+  auto conn = local();
+  if (!conn || !conn->up()) co_return false;
+  std::vector<std::string> keys;
+  std::string message = ns;
+  if (global) {
+    keys.push_back(version_key(std::string(kGlobal), 0));
+    keys.push_back(lsn_key(std::string(kGlobal), 0));
+    message = "* *";
+  } else if (db_wide) {
+    keys.push_back(version_key(ns, 0));
+    keys.push_back(lsn_key(ns, 0));
+    message += " *";
+  }
+  if (!db_wide && !global) {
+    for (auto oid : oids) {
+      keys.push_back(version_key(ns, oid));
+      keys.push_back(lsn_key(ns, oid));
+      message += " " + std::to_string(oid);
+    }
+  }
+  if (keys.empty()) co_return true;
+  std::vector<std::string> eval{"EVAL", std::string(kBumpScript), std::to_string(keys.size())};
+  eval.insert(eval.end(), keys.begin(), keys.end());
+  eval.push_back(hex16(lsn));
+  eval.push_back(std::string(kChannel));
+  eval.push_back(message);
+  auto r = co_await conn->command(std::move(eval));
+  co_return r && !r->error();
+}
+
+void Cache::remember_failed(const std::string& ns, const Writes& w, std::uint64_t lsn) {
+  std::lock_guard lock(mu_);
+  auto& f = failed_[ns];
+  f.oids.insert(w.oids.begin(), w.oids.end());
+  f.db_wide = f.db_wide || w.unknown;
+  f.global = f.global || w.roles;
+  f.lsn = std::max(f.lsn, lsn);
+}
+
+awaitable<bool> Cache::bump(const std::string& db, const Writes& w, std::uint64_t lsn) {
+  if (w.empty()) co_return true;
+  if (w.catalog_change) catalog_changed(db);
+  auto catalog = this->catalog(db);
+  if (!catalog) {  // keyed once the catalog comes (set_catalog)
+    remember_failed("db:" + db, w, lsn);
+    bumps_failed_++;
+    co_return false;
+  }
+  const auto& ns = catalog->ns;
+  // This instance's L1 first; the others hear it on the channel.
+  if (w.roles) {
+    l1_.drop_prefix("");
+  } else if (w.unknown) {
+    l1_.drop(ns + ":0");
+  } else {
+    for (auto oid : w.oids) l1_.drop(ns + ":" + std::to_string(oid));
+  }
+  bool ok = co_await send_bump(ns, w.oids, w.unknown, w.roles, lsn);
+  const std::vector<std::uint32_t> none;  // named: no braced temporary in a co_await (g++ 12)
+  if (ok && w.roles) {
+    // A role change also moves this database's epoch, for the entries other instances keep.
+    const bool db_ok = co_await send_bump(ns, none, true, false, lsn);
+    ok = db_ok;
+  }
+  if (!ok) {
+    remember_failed(ns, w, lsn);
+    bumps_failed_++;
+    spdlog::warn(
+        "cache: could not bump the versions of relations written in database {} (redis "
+        "unreachable): hits on them stop here until the bump lands",
+        db);
+    co_return false;
+  }
+  bumps_ok_++;
+  co_return true;
+}
+
+awaitable<void> Cache::retry_bumps() {
+  std::map<std::string, Failed> todo;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [ns, f] : failed_) {
+      if (!ns.starts_with("db:")) todo.emplace(ns, f);
+    }
+  }
+  for (auto& [ns, f] : todo) {
+    std::vector<std::uint32_t> oids(f.oids.begin(), f.oids.end());
+    bool ok = co_await send_bump(ns, oids, f.db_wide, f.global, f.lsn);
+    const std::vector<std::uint32_t> none;
+    if (ok && f.global) {
+      const bool db_ok = co_await send_bump(ns, none, true, false, f.lsn);
+      ok = db_ok;
+    }
+    if (!ok) co_return;
+    std::lock_guard lock(mu_);
+    auto it = failed_.find(ns);
+    if (it == failed_.end()) continue;
+    // Only what was sent is done; writes noted meanwhile stay.
+    for (auto oid : f.oids) it->second.oids.erase(oid);
+    if (f.db_wide) it->second.db_wide = false;
+    if (f.global) it->second.global = false;
+    if (it->second.oids.empty() && !it->second.db_wide && !it->second.global) failed_.erase(it);
+    spdlog::info("cache: delayed version bump of {} landed: hits on it resume", ns);
+  }
+}
+
+void Cache::on_invalidation(std::string_view message) {
+  invalidations_++;
+  auto space = message.find(' ');
+  if (space == std::string_view::npos) return;
+  const std::string ns(message.substr(0, space));
+  auto rest = message.substr(space + 1);
+  if (ns == "*") {
+    l1_.drop_prefix("");
+    return;
+  }
+  while (!rest.empty()) {
+    auto next = rest.find(' ');
+    auto item = rest.substr(0, next);
+    if (item == "*")
+      l1_.drop(ns + ":0");
+    else
+      l1_.drop(ns + ":" + std::string(item));
+    if (next == std::string_view::npos) break;
+    rest.remove_prefix(next + 1);
+  }
+}
+
+}  // namespace sluice::cache

@@ -1,0 +1,210 @@
+// The query cache: cacheability of a request (parse + catalog), its key (statement text,
+// parameters, formats, database, role, search_path, result-affecting settings and the version of
+// every relation read), lookups in the in-process L1 and then Redis, fills of the exact reply
+// bytes, single-flighted misses, and invalidation by relation versions kept in Redis (shared by
+// every sluice instance that points at the same Redis) with the primary's LSN of the last bump.
+//
+// Correctness rules (docs/ARCHITECTURE.md "Query cache"):
+// - a write's relations are bumped before its client sees ReadyForQuery; a bump that cannot
+//   reach Redis stops hits for those relations here until a retry lands;
+// - a fill is stored only under the versions read before the query ran, from a source that had
+//   replayed past the LSN of those versions (the session routes the miss with that LSN);
+// - Redis down: every request bypasses the cache, nothing fails.
+#pragma once
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "cache/analysis.hpp"
+#include "cache/l1.hpp"
+#include "cache/redis.hpp"
+#include "cache/relations.hpp"
+#include "config/config.hpp"
+#include "routing/classify.hpp"
+
+namespace sluice::cache {
+
+// What the cache knows of one database, loaded from its primary.
+struct DbCatalog {
+  std::shared_ptr<const routing::FunctionCatalog> functions;
+  RelationCatalog relations;
+  // Keys and versions live under this name: "<system identifier>/<database>", the same for
+  // every sluice in front of this cluster, different for any other cluster sharing the Redis.
+  std::string ns;
+};
+
+// Loads the relations part of a DbCatalog on a libpq connection (`conn` is a PGconn*); nullptr
+// when a query fails (the reason in `why`).
+std::shared_ptr<DbCatalog> load_catalog(void* conn,
+                                        std::shared_ptr<const routing::FunctionCatalog> functions,
+                                        std::string* why);
+
+// The writes of one transaction, noted as its statements pass through.
+struct Writes {
+  std::vector<std::uint32_t> oids;  // relations whose version a commit bumps
+  bool unknown = false;             // may have written anything in the database
+  bool roles = false;               // changed roles or grants: every database
+  bool catalog_change = false;      // relations or functions changed: fetch the catalog again
+  bool empty() const { return oids.empty() && !unknown && !roles; }
+  void clear() { *this = Writes{}; }
+};
+
+// One request as the key needs it.
+struct Request {
+  std::string database;  // the name clients use
+  std::string role;      // the role the query runs as on the server
+  std::string_view sql;
+  std::string material;  // the client's messages as they decide the reply (names left out)
+  std::vector<std::pair<std::string, std::string>> settings;  // the session's, sorted
+  std::optional<std::string> search_path;                     // set by the session, if so
+};
+
+struct Flight;
+
+struct Lookup {
+  enum class Outcome : std::uint8_t { kBypass, kHit, kMiss };
+  Outcome outcome = Outcome::kBypass;
+  std::string_view bypass;                   // kBypass: why ("redis_down", "not_cacheable", ...)
+  std::shared_ptr<const std::string> value;  // kHit: the reply without ReadyForQuery
+  std::string key;                           // hex SHA-256
+  std::string rule = "default";
+  std::string fingerprint;
+  std::chrono::milliseconds ttl{0};
+  std::uint64_t min_lsn = 0;        // kMiss: the source must have replayed this far
+  std::vector<std::string> tags;    // "ns:oid" of every relation read, for the L1
+  std::vector<std::string> tables;  // "schema.name" of the relations named, for SHOW CACHE
+  std::shared_ptr<Flight> flight;   // kMiss: this client's fill wakes the others waiting
+};
+
+struct CacheCounters {
+  std::atomic<std::uint64_t> hits{0}, misses{0}, fills{0}, hit_bytes{0}, fill_bytes{0},
+      skipped_fills{0};
+};
+
+class Cache {
+ public:
+  explicit Cache(config::Cache cfg);
+  ~Cache();
+  Cache(const Cache&) = delete;
+  Cache& operator=(const Cache&) = delete;
+
+  // One Redis connection per event loop, plus the subscriber on the first loop.
+  void start(const std::vector<asio::any_io_executor>& loops);
+  // Once the event loops have stopped: lets go of the connections before the loops go.
+  void close_for_exit() {
+    conns_.clear();
+    subscriber_.reset();
+  }
+  // The event loop the calling thread runs (set once per thread by the App).
+  static void set_loop_index(std::size_t i);
+  bool configured() const { return !cfg_.redis.empty(); }
+  bool redis_up() const;
+
+  // Catalogs, fetched by the health monitor from each database's primary.
+  bool catalog_wanted(const std::string& db, std::chrono::steady_clock::time_point now,
+                      std::chrono::milliseconds refresh) const;
+  void set_functions(const std::string& db, std::shared_ptr<const routing::FunctionCatalog> f);
+  std::shared_ptr<const routing::FunctionCatalog> functions(const std::string& db) const;
+  void set_catalog(const std::string& db, std::shared_ptr<const DbCatalog> catalog);
+  void catalog_changed(const std::string& db);
+  std::shared_ptr<const DbCatalog> catalog(const std::string& db) const;
+
+  // The analysis of a statement text (cached by shape).
+  std::shared_ptr<const CacheFacts> facts(std::string_view sql) { return facts_.get(sql); }
+
+  // Whether and where `r` is cached. Runs on the caller's event loop.
+  asio::awaitable<Lookup> lookup(Request r, const config::Cache& cfg);
+  // Stores a miss's reply (RowDescription... CommandComplete, no ReadyForQuery) and wakes the
+  // clients waiting for it. False when the bytes are not a cacheable reply.
+  bool store(Lookup& l, std::string_view reply, const config::Cache& cfg);
+  // A miss that will not be stored: wakes the clients waiting for it.
+  void finish(Lookup& l);
+
+  // Adds what `facts` writes to `w`, resolved with the session's search_path.
+  void note_writes(const std::string& db, const CacheFacts& facts, const std::string& role,
+                   const std::optional<std::string>& search_path, Writes& w) const;
+  // Bumps the versions of what `w` wrote, `lsn` being the primary's WAL position after the
+  // commit. False when Redis could not be told: hits for those relations stop here until a
+  // retry lands.
+  asio::awaitable<bool> bump(const std::string& db, const Writes& w, std::uint64_t lsn);
+  // Sends the bumps that failed again (from the maintenance loop).
+  asio::awaitable<void> retry_bumps();
+
+  // Statistics.
+  CacheCounters& counters(const std::string& rule);
+  std::map<std::string, const CacheCounters*> all_counters() const;
+  void count_bypass(std::string_view reason);
+  std::map<std::string, std::uint64_t> bypasses() const;
+  std::uint64_t bumps(bool ok) const { return ok ? bumps_ok_.load() : bumps_failed_.load(); }
+  std::uint64_t invalidations_received() const { return invalidations_.load(); }
+  const L1& l1() const { return l1_; }
+  struct TableStats {
+    std::uint64_t hits = 0, misses = 0;
+  };
+  struct KeyStats {
+    std::string rule;
+    std::string sample;  // the statement text, cut to 200 characters
+    std::uint64_t hits = 0, misses = 0, bytes = 0;
+  };
+  std::map<std::string, TableStats> table_stats() const;      // "db/schema.name" →
+  std::map<std::string, KeyStats> fingerprint_stats() const;  // fingerprint →
+  void note_outcome(const Lookup& l, std::string_view sql, std::string_view db, bool hit);
+  std::size_t unbumped() const;
+
+ private:
+  std::shared_ptr<RedisConnection> local() const;
+  void on_invalidation(std::string_view message);
+  void wake(const std::shared_ptr<Flight>& f);
+  bool blocked(const std::string& ns, const std::vector<std::uint32_t>& oids) const;
+  void remember_failed(const std::string& ns, const Writes& w, std::uint64_t lsn);
+  asio::awaitable<bool> send_bump(const std::string& ns, const std::vector<std::uint32_t>& oids,
+                                  bool db_wide, bool global, std::uint64_t lsn);
+
+  config::Cache cfg_;
+  L1 l1_;
+  CacheFactsCache facts_;
+  std::vector<std::shared_ptr<RedisConnection>> conns_;  // by event loop
+  std::shared_ptr<RedisConnection> subscriber_;
+  std::atomic<int> up_{0};
+  std::atomic<bool> all_up_logged_{false};
+
+  mutable std::mutex mu_;
+  struct CatalogEntry {
+    std::shared_ptr<const routing::FunctionCatalog> functions;
+    std::shared_ptr<const DbCatalog> catalog;
+    std::chrono::steady_clock::time_point loaded{};
+    bool stale = true;
+  };
+  std::map<std::string, CatalogEntry> catalogs_;
+  struct Failed {
+    std::set<std::uint32_t> oids;
+    bool db_wide = false;
+    bool global = false;
+    std::uint64_t lsn = 0;
+  };
+  std::map<std::string, Failed> failed_;  // ns (or "database name" before a catalog) →
+  std::map<std::string, std::unique_ptr<CacheCounters>> counters_;
+  std::map<std::string, std::uint64_t> bypass_;
+  std::map<std::string, TableStats> tables_;
+  std::map<std::string, KeyStats> keys_;
+  std::mutex flights_mu_;
+  std::unordered_map<std::string, std::shared_ptr<Flight>> flights_;
+  std::atomic<std::uint64_t> bumps_ok_{0}, bumps_failed_{0}, invalidations_{0};
+};
+
+// True when `reply` is whole messages a cached SELECT may replay: ParseComplete, BindComplete,
+// ParameterDescription, RowDescription, NoData, DataRow, CommandComplete, EmptyQueryResponse.
+bool replayable_reply(std::string_view reply);
+
+}  // namespace sluice::cache
