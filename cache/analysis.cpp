@@ -46,6 +46,7 @@ void add_function(const json::object& call, CacheFacts& facts) {
   routing::FunctionRef f;
   f.name = std::string(parts.back());
   if (parts.size() >= 2) f.schema = std::string(parts[parts.size() - 2]);
+  f.args = routing::argument_count(call);
   add_once(facts.functions, std::move(f));
 }
 

@@ -367,7 +367,7 @@ class Loader {
     if (!n) return;
     check_keys(n, "cache",
                {"redis", "enabled", "mode", "default_ttl", "max_entry_bytes", "l1_bytes",
-                "command_timeout", "connect_timeout", "fill_wait", "rls", "rules"});
+                "command_timeout", "connect_timeout", "fill_wait", "rls", "rules", "invalidation"});
     if (n["redis"]) {
       c.redis = str(n["redis"], "cache.redis");
       if (!c.redis.starts_with("redis://"))
@@ -388,6 +388,7 @@ class Loader {
     if (n["fill_wait"]) c.fill_wait = duration(n["fill_wait"], "cache.fill_wait");
     if (c.command_timeout.count() < 1)
       fail(n["command_timeout"], "cache.command_timeout", "must be at least 1ms");
+    if (n["invalidation"]) c.invalidation = boolean(n["invalidation"], "cache.invalidation");
     if (n["rls"])
       c.rls_by_role = choice<bool>(n["rls"], "cache.rls", {{"skip", false}, {"by_role", true}});
     if (auto rules = n["rules"]) {

@@ -156,6 +156,7 @@ struct Cache {
   Duration connect_timeout{1'000};
   Duration fill_wait{5'000};  // a miss waits this long for a concurrent identical miss's fill
   bool rls_by_role = false;   // rls: skip (default) | by_role
+  bool invalidation = true;   // false only to show what stale reads look like (tests)
   std::vector<CacheRule> rules;
 };
 

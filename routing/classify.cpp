@@ -30,6 +30,7 @@ void add_function(const json::object& call, ReadFacts& facts) {
   FunctionRef f;
   f.name = std::string(parts.back());
   if (parts.size() >= 2) f.schema = std::string(parts[parts.size() - 2]);
+  f.args = argument_count(call);
   if (std::find(facts.functions.begin(), facts.functions.end(), f) == facts.functions.end())
     facts.functions.push_back(std::move(f));
 }
@@ -231,9 +232,17 @@ ReadFacts read_facts(std::string_view sql) {
   return facts;
 }
 
-void FunctionCatalog::add(std::string schema, std::string name, char volatility) {
-  by_name_[std::move(name)].push_back({std::move(schema), volatility});
+void FunctionCatalog::add(std::string schema, std::string name, char volatility, int nargs,
+                          int defaults, bool variadic) {
+  by_name_[std::move(name)].push_back({std::move(schema), volatility, nargs, defaults, variadic});
   ++count_;
+}
+
+bool FunctionCatalog::candidate(const Entry& e, const FunctionRef& f) {
+  if (!f.schema.empty() && e.schema != f.schema) return false;
+  if (f.args < 0 || e.nargs < 0) return true;
+  if (e.variadic) return f.args >= e.nargs - 1 - e.defaults;
+  return f.args >= e.nargs - e.defaults && f.args <= e.nargs;
 }
 
 bool FunctionCatalog::may_write(const FunctionRef& f) const {
@@ -241,7 +250,7 @@ bool FunctionCatalog::may_write(const FunctionRef& f) const {
   if (it == by_name_.end()) return true;
   bool found = false;
   for (const auto& e : it->second) {
-    if (!f.schema.empty() && e.schema != f.schema) continue;
+    if (!candidate(e, f)) continue;
     found = true;
     if (e.volatility == 'v') return true;
   }
@@ -253,7 +262,7 @@ bool FunctionCatalog::immutable(const FunctionRef& f) const {
   if (it == by_name_.end()) return false;
   bool found = false;
   for (const auto& e : it->second) {
-    if (!f.schema.empty() && e.schema != f.schema) continue;
+    if (!candidate(e, f)) continue;
     found = true;
     if (e.volatility != 'i') return false;
   }
@@ -265,7 +274,7 @@ bool FunctionCatalog::builtin(const FunctionRef& f) const {
   if (it == by_name_.end()) return false;
   bool found = false;
   for (const auto& e : it->second) {
-    if (!f.schema.empty() && e.schema != f.schema) continue;
+    if (!candidate(e, f)) continue;
     found = true;
     if (e.schema != "pg_catalog") return false;
   }

@@ -21,6 +21,7 @@ enum class Hint : std::uint8_t { kNone, kPrimary, kReplica };
 struct FunctionRef {
   std::string schema;  // empty when unqualified
   std::string name;
+  int args = -1;  // arguments passed (-1: not known; every overload may be meant)
   bool operator==(const FunctionRef&) const = default;
 };
 
@@ -60,7 +61,9 @@ using ReadFactsCache = TextCache<ReadFacts, read_facts, ReadFactsKey>;
 // pg_proc.provolatile of every function of one database, as fetched from its primary.
 class FunctionCatalog {
  public:
-  void add(std::string schema, std::string name, char volatility);
+  // `nargs` arguments, the last `defaults` of them optional, `variadic` taking any number more.
+  void add(std::string schema, std::string name, char volatility, int nargs = -1, int defaults = 0,
+           bool variadic = false);
   // True when calling `f` may write or depends on more than its arguments and the snapshot:
   // some overload is volatile, or the function is unknown (created since the last fetch).
   bool may_write(const FunctionRef& f) const;
@@ -74,14 +77,20 @@ class FunctionCatalog {
   struct Entry {
     std::string schema;
     char volatility;
+    int nargs;  // -1: any
+    int defaults;
+    bool variadic;
   };
+  // Whether `e` can be the overload `f` calls (schema and number of arguments).
+  static bool candidate(const Entry& e, const FunctionRef& f);
   std::unordered_map<std::string, std::vector<Entry>> by_name_;
   std::size_t count_ = 0;
 };
 
 // The SQL that lists (schema, name, provolatile) for FunctionCatalog::add.
 inline constexpr std::string_view kFunctionCatalogSql =
-    "SELECT n.nspname, p.proname, p.provolatile FROM pg_catalog.pg_proc p "
+    "SELECT n.nspname, p.proname, p.provolatile, p.pronargs, p.pronargdefaults, "
+    "p.provariadic <> 0 FROM pg_catalog.pg_proc p "
     "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
 
 }  // namespace sluice::routing

@@ -191,7 +191,8 @@ void Monitor::fetch_catalogs(const std::vector<BackendTarget>& targets) {
       auto catalog = std::make_shared<FunctionCatalog>();
       for (int i = 0; i < PQntuples(r); ++i) {
         const char* v = PQgetvalue(r, i, 2);
-        catalog->add(PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), v[0]);
+        catalog->add(PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), v[0], std::atoi(PQgetvalue(r, i, 3)),
+                     std::atoi(PQgetvalue(r, i, 4)), PQgetvalue(r, i, 5)[0] == 't');
       }
       hooks.catalog_loaded(t.database, std::move(catalog));
     }

@@ -26,4 +26,13 @@ inline std::string lower(std::string_view s) {
   return out;
 }
 
+// The number of arguments a FuncCall node passes (count(*) passes none); -1 for VARIADIC calls.
+inline int argument_count(const boost::json::object& call) {
+  if (const auto* v = call.if_contains("func_variadic"); v && v->is_bool() && v->get_bool())
+    return -1;
+  const auto* args = call.if_contains("args");
+  if (args == nullptr || !args->is_array()) return 0;
+  return static_cast<int>(args->get_array().size());
+}
+
 }  // namespace sluice::routing

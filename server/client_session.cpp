@@ -1353,7 +1353,7 @@ awaitable<void> ClientSession::bump_writes() {
       server_failed_ = true;
     }
   }
-  co_await rt_->cache->bump(db_name_, writes, lsn);
+  if (cfg_->cache.invalidation) co_await rt_->cache->bump(db_name_, writes, lsn);
   if (writes.catalog_change) rt_->obs.monitor.wake();
 }
 

@@ -56,8 +56,8 @@ TEST_CASE("writes: DML, locking reads, data-modifying CTEs, SELECT INTO, EXPLAIN
 TEST_CASE("functions called are listed with their schema") {
   auto f = read_facts("SELECT nextval('s'), pg_catalog.now(), lower(x) FROM t WHERE f(a) > 1");
   REQUIRE(f.functions.size() == 4);
-  CHECK(f.functions[0] == FunctionRef{"", "nextval"});
-  CHECK(f.functions[1] == FunctionRef{"pg_catalog", "now"});
+  CHECK(f.functions[0] == FunctionRef{"", "nextval", 1});
+  CHECK(f.functions[1] == FunctionRef{"pg_catalog", "now", 0});
   auto nested = read_facts("SELECT (SELECT g() FROM t2) FROM t WHERE EXISTS (SELECT h())");
   CHECK(nested.functions.size() == 2);
 }
@@ -117,6 +117,37 @@ TEST_CASE("the catalog: volatile or unknown functions may write, overloads and s
   CHECK(c.may_write({"", "created_later"}));
   CHECK(c.may_write({"nosuchschema", "g"}));
   CHECK(c.size() == 6);
+}
+
+TEST_CASE("the catalog tells overloads apart by their number of arguments") {
+  FunctionCatalog c;
+  // generate_series(int, int) is immutable; the timestamptz one takes three and is stable.
+  c.add("pg_catalog", "generate_series", 'i', 2);
+  c.add("pg_catalog", "generate_series", 'i', 3);
+  c.add("pg_catalog", "generate_series", 's', 3);
+  c.add("pg_catalog", "count", 'i', 0);
+  c.add("pg_catalog", "count", 'i', 1);
+  c.add("pg_catalog", "concat", 's', 1, 0, true);  // VARIADIC "any"
+  c.add("public", "d", 'i', 2, 1);                 // d(a, b DEFAULT ...)
+  c.add("public", "mine", 'v', 0);
+  CHECK(c.immutable({"", "generate_series", 2}));
+  CHECK_FALSE(c.immutable({"", "generate_series", 3}));
+  CHECK_FALSE(c.immutable({"", "generate_series", -1}));  // any overload: one is stable
+  CHECK(c.immutable({"", "count", 0}));
+  CHECK_FALSE(c.immutable({"", "count", 4}));  // no such overload: unknown
+  CHECK_FALSE(c.immutable({"", "concat", 5}));
+  CHECK(c.immutable({"public", "d", 1}));
+  CHECK(c.immutable({"public", "d", 2}));
+  CHECK_FALSE(c.immutable({"public", "d", 3}));
+  CHECK(c.builtin({"", "count", 0}));
+  CHECK_FALSE(c.builtin({"", "mine", 0}));
+  CHECK(c.may_write({"", "mine", 0}));
+  CHECK(c.may_write({"", "mine", 2}));  // unknown overload
+  auto f = read_facts("SELECT count(*), generate_series(1, 3), concat(VARIADIC ARRAY['a'])");
+  REQUIRE(f.functions.size() == 3);
+  CHECK(f.functions[0].args == 0);
+  CHECK(f.functions[1].args == 2);
+  CHECK(f.functions[2].args == -1);
 }
 
 TEST_CASE("classifications are cached by statement shape: once per shape, not per value") {

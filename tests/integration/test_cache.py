@@ -1,0 +1,372 @@
+"""The Redis query cache against the real primary + delayed streaming replica + redis-server:
+a randomized consistency checker over two sluice instances sharing one Redis (and the same checker
+catching stale reads when invalidation is off), role and row-level-security isolation, Redis killed
+under a 32-client cacheable load, the extended protocol, hints, DDL and single-flighted misses."""
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import unittest
+
+import psycopg
+
+from harness import Sluice, APP_PASSWORD, state, superuser_sql, psql
+from test_pgbench import pgbench, check_run
+from test_routing import set_apply_delay, wait_replayed, calls, wait_until
+
+TABLES = ["cc_a", "cc_b", "cc_c"]
+ROWS = 20
+
+
+def cache_config(redis_port=None, routing=True, tweak_cache=None):
+    def tweak(c):
+        st = state()
+        c["pool"] = {"mode": "transaction", "size": 20}
+        c["health_check_interval"] = "200ms"
+        c["routing"] = {"enabled": routing, "health_user": "app", "ban_time": "2s"}
+        c["cache"] = {"redis": f"redis://127.0.0.1:{redis_port or st['redis_port']}"}
+        if tweak_cache:
+            tweak_cache(c["cache"])
+    return tweak
+
+
+def wait_catalog(sluice):
+    """Until sluice has loaded the catalog and serves hits."""
+    def ready():
+        with psycopg.connect(sluice.dsn(), autocommit=True) as c:
+            c.execute("SELECT count(*) FROM cc_a WHERE id = -1").fetchall()
+        return metric(sluice, "sluice_cache_hits_total") > 0
+    assert wait_until(ready, 20, step=0.2) is not None, "the cache never served a hit"
+
+
+def metric(sluice, name, **labels):
+    total = 0.0
+    for k, v in sluice.metrics().items():
+        if k == name or k.startswith(name + "{"):
+            if all(f'{lk}="{lv}"' in k for lk, lv in labels.items()):
+                total += v
+    return total
+
+
+def redis_pid():
+    st = state()
+    with open(st["redis_pidfile"]) as f:
+        return int(f.read().strip())
+
+
+def start_redis():
+    st = state()
+    base = st["dir"]
+    subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(st["redis_port"]),
+                    "--save", "", "--appendonly", "no", "--daemonize", "yes",
+                    "--pidfile", st["redis_pidfile"], "--logfile", f"{base}/redis.log"], check=True)
+    assert wait_until(lambda: subprocess.run(
+        ["redis-cli", "-p", str(st["redis_port"]), "ping"], capture_output=True,
+        text=True).stdout.strip() == "PONG", 10) is not None
+
+
+def run_checker(instances, clients, operations, seed, tokens=True):
+    """Random writes and cacheable reads by `clients` threads, each with a connection to every
+    instance. Writes (v = v + 1 ... RETURNING) go to the client's home instance; reads go to any,
+    carrying the client's last write LSN (SET sluice.min_lsn) to the others. Half the clients
+    write 30% of the time, the others 0.5% (so their reads, long after their own last write, go
+    to the delayed replica while the writers keep moving the versions). A read must show at
+    least what this client last wrote (values only grow). Returns (violations, reads, writes)."""
+    violations = []
+    counts = {"reads": 0, "writes": 0}
+    lock = threading.Lock()
+    per_client = operations // clients
+
+    def client(n):
+        rnd = random.Random(seed * 1000 + n)
+        conns = [psycopg.connect(s.dsn(), autocommit=True) for s in instances]
+        home = (n // 2) % len(instances)
+        own = {}  # (table, id) -> the value this client wrote last
+        token = None  # SHOW sluice.last_write_lsn of the home instance after the last write
+        told = [None] * len(instances)  # the token each instance's connection was given
+        reads = writes = 0
+        try:
+            for _ in range(per_client):
+                table = rnd.choice(TABLES)
+                key = rnd.randint(1, ROWS)
+                writer = n % 2 == 0
+                # Writers leave the last table alone: its version stays old enough for the
+                # replica to fill it.
+                if rnd.random() < (0.3 if writer else 0.005) and (table != TABLES[-1] or
+                                                                    not writer):
+                    v = conns[home].execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s "
+                                            "RETURNING v", (key,)).fetchone()[0]
+                    own[(table, key)] = v
+                    if tokens:  # read routing on: the causal token for the other instance
+                        # (simple protocol: sluice answers this SHOW itself only there)
+                        token = conns[home].execute("SHOW sluice.last_write_lsn",
+                                                    prepare=False).fetchone()[0]
+                    writes += 1
+                    continue
+                i = rnd.randrange(len(instances))
+                if i != home and token and told[i] != token:
+                    conns[i].execute(f"SET sluice.min_lsn = '{token}'")
+                    told[i] = token
+                reads += 1
+                if rnd.random() < 0.5:
+                    row = conns[i].execute(f"SELECT v FROM {table} WHERE id = %s",
+                                           (key,)).fetchone()
+                    want = own.get((table, key), 0)
+                    if row[0] < want:
+                        violations.append(f"{table}.{key}: read {row[0]} after writing {want}")
+                else:
+                    total = conns[i].execute(f"SELECT sum(v) FROM {table}").fetchone()[0]
+                    want = sum(v for (t, _), v in own.items() if t == table)
+                    if total < want:
+                        violations.append(f"sum({table}): read {total}, own writes alone {want}")
+        finally:
+            for c in conns:
+                c.close()
+            with lock:
+                counts["reads"] += reads
+                counts["writes"] += writes
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return violations, counts["reads"], counts["writes"]
+
+
+class Cache(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        set_apply_delay("0")
+        for t in TABLES:
+            superuser_sql(f"DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int PRIMARY KEY, "
+                          f"v int NOT NULL); INSERT INTO {t} SELECT g, 0 FROM "
+                          f"generate_series(1, {ROWS}) g; GRANT ALL ON {t} TO app")
+        superuser_sql("GRANT SELECT ON cc_a TO other; ALTER TABLE cc_c OWNER TO app")
+        wait_replayed()
+
+    def reset_tables(self):
+        for t in TABLES:
+            superuser_sql(f"UPDATE {t} SET v = 0")
+        wait_replayed()
+
+    def test_consistency_checker_two_instances(self):
+        self.reset_tables()
+        set_apply_delay("200ms")
+        try:
+            a = Sluice(tweak=cache_config()).start()
+            b = Sluice(tweak=cache_config()).start()
+            try:
+                wait_catalog(a)
+                wait_catalog(b)
+                start = time.time()
+                violations, reads, writes = run_checker([a, b], clients=8, operations=20000,
+                                                        seed=1)
+                took = time.time() - start
+                hits = metric(a, "sluice_cache_hits_total") + metric(b, "sluice_cache_hits_total")
+                misses = metric(a, "sluice_cache_misses_total") + \
+                    metric(b, "sluice_cache_misses_total")
+                replica_reads = metric(a, "sluice_queries_total", route="replica") + \
+                    metric(b, "sluice_queries_total", route="replica")
+                bumps = metric(a, "sluice_cache_bumps_total", result="ok") + \
+                    metric(b, "sluice_cache_bumps_total", result="ok")
+                print(f"consistency checker: 2 sluice instances, 8 clients, {reads + writes} "
+                      f"operations ({reads} reads, {writes} writes) in {took:.1f} s, replica "
+                      f"recovery_min_apply_delay 200ms: {len(violations)} violations; cache "
+                      f"hits {hits:.0f}, misses {misses:.0f}, reads on the replica "
+                      f"{replica_reads:.0f}, bumps {bumps:.0f}")
+                self.assertEqual(reads + writes, 20000)
+                self.assertEqual(violations, [], violations[:5])
+                self.assertGreater(hits, 1000)  # the cache was really in play
+                # And so was the replica: misses whose versions it had replayed ran there (the
+                # others, and every read of a client soon after its own write, on the primary).
+                self.assertGreater(replica_reads, 0)
+            finally:
+                a.stop()
+                b.stop()
+        finally:
+            set_apply_delay("0")
+
+    def test_checker_catches_stale_reads_without_invalidation(self):
+        self.reset_tables()
+
+        def off(c):
+            c["invalidation"] = False
+        a = Sluice(tweak=cache_config(routing=False, tweak_cache=off)).start()
+        b = Sluice(tweak=cache_config(routing=False, tweak_cache=off)).start()
+        try:
+            wait_catalog(a)
+            wait_catalog(b)
+            violations, reads, writes = run_checker([a, b], clients=4, operations=2000, seed=2,
+                                                    tokens=False)
+            print(f"the same checker with cache.invalidation: false: {len(violations)} violations "
+                  f"in {reads + writes} operations (e.g. {violations[:1]})")
+            self.assertGreater(len(violations), 10)
+        finally:
+            a.stop()
+            b.stop()
+
+    def test_role_and_row_level_security_isolation(self):
+        superuser_sql("DROP TABLE IF EXISTS cc_secret; CREATE TABLE cc_secret (s text); "
+                      "INSERT INTO cc_secret VALUES ('only app may read this'); "
+                      "GRANT SELECT ON cc_secret TO app; "
+                      "DROP TABLE IF EXISTS cc_rls; CREATE TABLE cc_rls (owner name, s text); "
+                      "INSERT INTO cc_rls VALUES ('app', 'row of app'), ('other', 'row of other'); "
+                      "ALTER TABLE cc_rls ENABLE ROW LEVEL SECURITY; "
+                      "CREATE POLICY mine ON cc_rls USING (owner = current_user); "
+                      "GRANT SELECT ON cc_rls TO app, other")
+        for rls in ("skip", "by_role"):
+            def tweak_cache(c, rls=rls):
+                c["rls"] = rls
+            with Sluice(tweak=cache_config(routing=False, tweak_cache=tweak_cache)) as s:
+                wait_catalog(s)
+                app = psycopg.connect(s.dsn(), autocommit=True)
+                other = psycopg.connect(s.dsn(user="other", password="otherpass"),
+                                        autocommit=True)
+                for _ in range(3):  # miss, then hits for app
+                    self.assertEqual(app.execute("SELECT s FROM cc_secret").fetchall(),
+                                     [("only app may read this",)])
+                    self.assertEqual(app.execute("SELECT s FROM cc_rls").fetchall(),
+                                     [("row of app",)])
+                for _ in range(3):
+                    with self.assertRaises(psycopg.errors.InsufficientPrivilege):
+                        other.execute("SELECT s FROM cc_secret")
+                    self.assertEqual(other.execute("SELECT s FROM cc_rls").fetchall(),
+                                     [("row of other",)])
+                hits = metric(s, "sluice_cache_hits_total")
+                rls_bypass = metric(s, "sluice_cache_bypass_total", reason="rls")
+                print(f"cache.rls: {rls}: role other got only its own rows and a permission "
+                      f"error; hits {hits:.0f}, bypassed for RLS {rls_bypass:.0f}")
+                self.assertGreaterEqual(hits, 2)
+                if rls == "skip":
+                    self.assertGreaterEqual(rls_bypass, 6)
+                else:
+                    self.assertEqual(rls_bypass, 0)
+                    self.assertGreaterEqual(hits, 6)  # both roles' RLS reads were cached apart
+                app.close()
+                other.close()
+
+    def test_redis_killed_under_load(self):
+        st = state()
+        script = os.path.join(st["dir"], "cache_read.sql")
+        with open(script, "w") as f:
+            f.write("\\set k random(1, 20)\nSELECT v FROM cc_a WHERE id = :k;\n"
+                    "SELECT sum(v) FROM cc_b;\n")
+
+        def short_timeout(c):
+            c["command_timeout"] = "100ms"
+        with Sluice(tweak=cache_config(routing=False, tweak_cache=short_timeout)) as s:
+            wait_catalog(s)
+            result = {}
+            bench = threading.Thread(target=lambda: result.update(r=pgbench(
+                s.port, "-n", "-f", script, "-c", "32", "-j", "4", "-T", "14")))
+            bench.start()
+            time.sleep(4)
+            hits_before = metric(s, "sluice_cache_hits_total")
+            os.kill(redis_pid(), signal.SIGKILL)
+            time.sleep(3)
+            down_hits = metric(s, "sluice_cache_hits_total")
+            bypass_down = metric(s, "sluice_cache_bypass_total", reason="redis_down")
+            time.sleep(1)
+            self.assertEqual(metric(s, "sluice_redis_up"), 0)
+            restart_at = time.time()
+            start_redis()
+            back = wait_until(lambda: metric(s, "sluice_redis_up") == 1, 10, step=0.1)
+            h0, m0 = metric(s, "sluice_cache_hits_total"), metric(s, "sluice_cache_misses_total")
+            time.sleep(3)
+            h1, m1 = metric(s, "sluice_cache_hits_total"), metric(s, "sluice_cache_misses_total")
+            bench.join()
+            check_run(self, result["r"], "pgbench -c 32 cacheable reads, redis-server killed")
+            ratio = (h1 - h0) / max(1.0, (h1 - h0) + (m1 - m0))
+            print(f"redis killed -9 under 32 clients: hits before {hits_before:.0f}, "
+                  f"bypassed while down {bypass_down:.0f}; redis restarted: cache up again "
+                  f"{back:.2f} s later, hit ratio over the next 3 s {ratio:.3f}")
+            self.assertIsNotNone(back, "sluice did not reconnect to redis")
+            self.assertGreater(bypass_down, 0)
+            self.assertGreater(ratio, 0.9)
+            self.assertLess(time.time() - restart_at, 20)
+            del down_hits
+
+    def test_extended_protocol_hints_transactions_and_ddl(self):
+        with Sluice(tweak=cache_config(routing=False)) as s:
+            wait_catalog(s)
+            c = psycopg.connect(s.dsn(), autocommit=True)
+            # Parameters (unnamed statement), then a named prepared statement.
+            for k in (1, 2, 1, 2):
+                self.assertEqual(c.execute("SELECT id, v FROM cc_c WHERE id = %s",
+                                           (k,)).fetchone()[0], k)
+            for k in (3, 3, 3):
+                self.assertEqual(c.execute("SELECT id FROM cc_c WHERE id = %s", (k,),
+                                           prepare=True).fetchone()[0], k)
+            hits = metric(s, "sluice_cache_hits_total")
+            self.assertGreaterEqual(hits, 4)
+            # Binary results are another key: the same text with binary=True.
+            self.assertEqual(c.execute("SELECT id FROM cc_c WHERE id = %s", (1,),
+                                       binary=True).fetchone()[0], 1)
+            self.assertEqual(c.execute("SELECT id FROM cc_c WHERE id = %s", (1,),
+                                       binary=True).fetchone()[0], 1)
+            # Hints and the session switch.
+            c.execute("/* sluice:nocache */ SELECT v FROM cc_c WHERE id = 4").fetchall()
+            self.assertEqual(metric(s, "sluice_cache_bypass_total", reason="hint"), 1)
+            c.execute("SET sluice.cache = off")
+            before = metric(s, "sluice_cache_hits_total") + metric(s, "sluice_cache_misses_total")
+            c.execute("SELECT v FROM cc_c WHERE id = 1").fetchall()
+            after = metric(s, "sluice_cache_hits_total") + metric(s, "sluice_cache_misses_total")
+            self.assertEqual(before, after)
+            c.execute("SET sluice.cache = on")
+            # Not cacheable: volatile functions, locking, system catalogs.
+            for sql in ("SELECT now()", "SELECT random()", "SELECT v FROM cc_c FOR UPDATE",
+                        "SELECT count(*) FROM pg_class", "SELECT current_date"):
+                c.execute(sql).fetchall()
+                c.execute(sql).fetchall()
+            hits_before = metric(s, "sluice_cache_hits_total")
+            for sql in ("SELECT now()", "SELECT count(*) FROM pg_class"):
+                c.execute(sql).fetchall()
+            self.assertEqual(metric(s, "sluice_cache_hits_total"), hits_before)
+            # Inside an explicit transaction nothing is looked up.
+            with c.transaction():
+                c.execute("SELECT v FROM cc_c WHERE id = 1").fetchall()
+            self.assertEqual(metric(s, "sluice_cache_hits_total"), hits_before)
+            # DDL through sluice flushes what it can affect: the new column shows at once.
+            self.assertEqual(len(c.execute("SELECT * FROM cc_c WHERE id = 5").fetchone()), 2)
+            self.assertEqual(len(c.execute("SELECT * FROM cc_c WHERE id = 5").fetchone()), 2)
+            c.execute("ALTER TABLE cc_c ADD COLUMN extra int DEFAULT 7")
+            try:
+                self.assertEqual(c.execute("SELECT * FROM cc_c WHERE id = 5").fetchone(),
+                                 (5, 0, 7))
+            finally:
+                c.execute("ALTER TABLE cc_c DROP COLUMN extra")
+            self.assertEqual(len(c.execute("SELECT * FROM cc_c WHERE id = 5").fetchone()), 2)
+            # A write inside a transaction is visible to the next read once it commits.
+            with c.transaction():
+                c.execute("UPDATE cc_c SET v = 99 WHERE id = 6")
+            self.assertEqual(c.execute("SELECT v FROM cc_c WHERE id = 6").fetchone()[0], 99)
+            c.execute("UPDATE cc_c SET v = 0 WHERE id = 6")
+            self.assertEqual(c.execute("SELECT v FROM cc_c WHERE id = 6").fetchone()[0], 0)
+            c.close()
+
+    def test_concurrent_misses_run_once(self):
+        sql = "SELECT count(*) FROM generate_series(1, 3000000) g, cc_a WHERE cc_a.id = 1"
+        superuser_sql("SELECT pg_stat_statements_reset()")
+        with Sluice(tweak=cache_config(routing=False)) as s:
+            wait_catalog(s)
+            results = []
+
+            def one():
+                with psycopg.connect(s.dsn(), autocommit=True) as c:
+                    results.append(c.execute(sql).fetchone()[0])
+            threads = [threading.Thread(target=one) for _ in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ran = calls(superuser_sql, "SELECT count(*) FROM generate_series(%")
+            print(f"16 concurrent identical misses: the server ran the query {ran} time(s)")
+            self.assertEqual(results, [3000000] * 16)
+            self.assertEqual(ran, 1)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
