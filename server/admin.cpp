@@ -295,11 +295,12 @@ class AdminConsole {
     }
     if (what == "QUERIES") return show_queries();
     if (what == "REPLICAS") return show_replicas();
+    if (what == "CACHE") return show_cache();
     if (what == "HELP") {
       auto r = done("SHOW");
       r.notices.push_back(
           "Console usage\n\tSHOW HELP|POOLS|STATS|SERVERS|CLIENTS|DATABASES|USERS|CONFIG|LISTS|"
-          "VERSION|QUERIES|REPLICAS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE "
+          "VERSION|QUERIES|REPLICAS|CACHE\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE "
           "<db>\n\tENABLE "
           "<db>\n\tKILL <db>\n\tRECONNECT [<db>]\n\tSHUTDOWN [WAIT_FOR_CLIENTS]");
       return r;
@@ -596,6 +597,52 @@ class AdminConsole {
              num(s.reads)});
       }
     }
+    return r;
+  }
+
+  // The query cache: totals, each rule, each table read (hit ratio), the top statements by hits.
+  AdminResult show_cache() {
+    auto r = table({{"kind", kText},
+                    {"name", kText},
+                    {"hits", kNumeric},
+                    {"misses", kNumeric},
+                    {"hit_ratio", kNumeric},
+                    {"bytes", kNumeric},
+                    {"detail", kText}});
+    if (!rt_->cache) return r;
+    const auto& c = *rt_->cache;
+    auto ratio = [](std::uint64_t h, std::uint64_t m) {
+      return fixed3(h + m == 0 ? 0.0 : static_cast<double>(h) / static_cast<double>(h + m));
+    };
+    std::uint64_t hits = 0, misses = 0, bypassed = 0;
+    for (const auto& [rule, k] : c.all_counters()) {
+      hits += k->hits;
+      misses += k->misses;
+    }
+    for (const auto& [reason, n] : c.bypasses()) bypassed += n;
+    r.rows.push_back({std::string("total"), std::string(c.redis_up() ? "redis up" : "redis down"),
+                      num(hits), num(misses), ratio(hits, misses), num(c.l1().bytes()),
+                      "l1 entries " + std::to_string(c.l1().size()) + ", bypassed " +
+                          std::to_string(bypassed) + ", unbumped databases " +
+                          std::to_string(c.unbumped())});
+    for (const auto& [rule, k] : c.all_counters()) {
+      r.rows.push_back({std::string("rule"), rule, num(k->hits.load()), num(k->misses.load()),
+                        ratio(k->hits, k->misses), num(k->hit_bytes.load()),
+                        "fills " + std::to_string(k->fills.load()) + ", skipped " +
+                            std::to_string(k->skipped_fills.load())});
+    }
+    for (const auto& [table, t] : c.table_stats())
+      r.rows.push_back({std::string("table"), table, num(t.hits), num(t.misses),
+                        ratio(t.hits, t.misses), std::nullopt, std::nullopt});
+    auto statements = c.fingerprint_stats();
+    std::vector<std::pair<std::string, cache::Cache::KeyStats>> top(statements.begin(),
+                                                                    statements.end());
+    std::sort(top.begin(), top.end(),
+              [](const auto& a, const auto& b) { return a.second.hits > b.second.hits; });
+    if (top.size() > 20) top.resize(20);
+    for (const auto& [fingerprint, k] : top)
+      r.rows.push_back({std::string("statement"), fingerprint, num(k.hits), num(k.misses),
+                        ratio(k.hits, k.misses), num(k.bytes), "rule " + k.rule + ": " + k.sample});
     return r;
   }
 

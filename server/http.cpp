@@ -198,7 +198,10 @@ std::string status_json(Runtime& rt) {
 
   json::object cache;
   cache["configured"] = !cfg->cache.redis.empty();
-  cache["serving"] = false;  // the Redis cache arrives with its own issue
+  cache["enabled"] = cfg->cache.enabled;
+  cache["redis_up"] = rt.cache && rt.cache->redis_up();
+  cache["serving"] = rt.cache && rt.cache->redis_up() && cfg->cache.enabled;
+  if (rt.cache) cache["unbumped_databases"] = rt.cache->unbumped();
   doc["cache"] = std::move(cache);
   return json::serialize(doc);
 }

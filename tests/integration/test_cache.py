@@ -2,6 +2,7 @@
 a randomized consistency checker over two sluice instances sharing one Redis (and the same checker
 catching stale reads when invalidation is off), role and row-level-security isolation, Redis killed
 under a 32-client cacheable load, the extended protocol, hints, DDL and single-flighted misses."""
+import json
 import os
 import random
 import signal
@@ -346,6 +347,17 @@ class Cache(unittest.TestCase):
             c.execute("UPDATE cc_c SET v = 0 WHERE id = 6")
             self.assertEqual(c.execute("SELECT v FROM cc_c WHERE id = 6").fetchone()[0], 0)
             c.close()
+            # The admin console's view of it.
+            out = psql(s.admin_dsn(), "SHOW CACHE", extra=("-At", "-F", "|")).stdout.decode()
+            rows = [line.split("|") for line in out.splitlines()]
+            kinds = {row[0] for row in rows}
+            self.assertEqual(kinds, {"total", "rule", "table", "statement"}, out)
+            table = [row for row in rows if row[:2] == ["table", "appdb/public.cc_c"]]
+            self.assertEqual(len(table), 1, out)
+            self.assertGreater(int(table[0][2]), 0)  # hits
+            self.assertIn("redis up", out)
+            status = json.loads(s.http("/status")[1])
+            self.assertTrue(status["cache"]["serving"])
 
     def test_concurrent_misses_run_once(self):
         sql = "SELECT count(*) FROM generate_series(1, 3000000) g, cc_a WHERE cc_a.id = 1"

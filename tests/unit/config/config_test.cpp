@@ -231,3 +231,44 @@ TEST_CASE("routing keys: policy, lag limits, read-your-writes, weights, the heal
                       "    replicas: [{ host: r, weight: 0 }]\nauth_type: trust\n"),
              Contains("key 'databases.appdb.replicas[0].weight': expected a whole number"));
 }
+
+TEST_CASE("cache keys: Redis, TTLs, sizes, rules, RLS; errors name the key") {
+  const std::string base =
+      "databases:\n  d:\n    primary: {host: h}\nusers:\n  - {name: u, password: p}\n";
+  auto c = load_string(base +
+                       "cache:\n  redis: redis://127.0.0.1:6379/1\n  mode: rules\n"
+                       "  default_ttl: 30s\n  max_entry_bytes: 65536\n  l1_bytes: 0\n"
+                       "  command_timeout: 50ms\n  rls: by_role\n  rules:\n"
+                       "    - {name: products, tables: [public.products, Prices], ttl: 5m}\n"
+                       "    - {tables: [audit], action: skip}\n"
+                       "    - {fingerprints: [A1B2C3D4E5F60708]}\n");
+  CHECK(c->cache.redis == "redis://127.0.0.1:6379/1");
+  CHECK_FALSE(c->cache.all);
+  CHECK(c->cache.default_ttl == std::chrono::seconds(30));
+  CHECK(c->cache.max_entry_bytes == 65536);
+  CHECK(c->cache.l1_bytes == 0);
+  CHECK(c->cache.command_timeout == std::chrono::milliseconds(50));
+  CHECK(c->cache.rls_by_role);
+  CHECK(c->cache.invalidation);
+  REQUIRE(c->cache.rules.size() == 3);
+  CHECK(c->cache.rules[0].name == "products");
+  CHECK(c->cache.rules[0].tables == std::vector<std::string>{"public.products", "prices"});
+  CHECK(c->cache.rules[0].ttl == std::chrono::minutes(5));
+  CHECK(c->cache.rules[1].name == "rule2");
+  CHECK_FALSE(c->cache.rules[1].cache);
+  CHECK(c->cache.rules[2].fingerprints == std::vector<std::string>{"a1b2c3d4e5f60708"});
+  // Defaults with only a URL: everything cacheable, 60 s.
+  auto d = load_string(base + "cache: {redis: 'redis://r:6379'}\n");
+  CHECK(d->cache.all);
+  CHECK(d->cache.default_ttl == std::chrono::seconds(60));
+  CHECK(d->cache.enabled);
+  CHECK_FALSE(d->cache.rls_by_role);
+  CHECK_THAT(error_of(base + "cache:\n  redis: localhost:6379\n"),
+             Contains("test.yaml:7: key 'cache.redis'"));
+  CHECK_THAT(error_of(base + "cache:\n  rules:\n    - {name: x}\n"),
+             Contains("cache.rules[0]': a rule needs tables or fingerprints"));
+  CHECK_THAT(error_of(base + "cache:\n  rules:\n    - {tables: [t], action: maybe}\n"),
+             Contains("cache.rules[0].action"));
+  CHECK_THAT(error_of(base + "cache:\n  rls: always\n"), Contains("cache.rls"));
+  CHECK_THAT(error_of(base + "cache:\n  ttl: 5s\n"), Contains("cache.ttl"));
+}
