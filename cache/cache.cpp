@@ -285,7 +285,14 @@ void Cache::start(const std::vector<asio::any_io_executor>& loops) {
   asio::post(loops.front(), [this, s = subscriber_] {
     s->start(
         [this](bool up, const std::string&) {
-          if (!up) l1_.drop_prefix("");  // invalidations may be lost while unsubscribed
+          // Invalidations may be lost while unsubscribed: nothing learnt before is trusted.
+          {
+            std::lock_guard lock(mu_);
+            subscribed_ = up;
+            ++version_epoch_;
+            local_versions_.clear();
+          }
+          if (!up) l1_.drop_prefix("");
         },
         [this](std::string_view m) { on_invalidation(m); });
   });
@@ -320,6 +327,7 @@ void Cache::set_catalog(const std::string& db, std::shared_ptr<const DbCatalog> 
     auto copy = f->second;
     failed_.erase(f);
     auto& to = failed_[catalog->ns];
+    any_failed_ = true;
     to.db_wide = true;
     to.global = to.global || copy.global;
     to.lsn = std::max(to.lsn, copy.lsn);
@@ -366,12 +374,43 @@ std::map<std::string, std::uint64_t> Cache::bypasses() const {
 
 std::map<std::string, Cache::TableStats> Cache::table_stats() const {
   std::lock_guard lock(mu_);
-  return tables_;
+  std::map<std::string, TableStats> out;
+  for (const auto& [fp, st] : statements_) {
+    for (const auto& t : st->tables) {
+      out[t].hits += st->hits;
+      out[t].misses += st->misses;
+    }
+  }
+  return out;
 }
 
 std::map<std::string, Cache::KeyStats> Cache::fingerprint_stats() const {
   std::lock_guard lock(mu_);
-  return keys_;
+  std::map<std::string, KeyStats> out;
+  for (const auto& [fp, st] : statements_)
+    out[fp] = KeyStats{st->rule, st->sample, st->hits, st->misses, st->bytes};
+  return out;
+}
+
+StatementStats* Cache::statement_stats(const std::string& fingerprint, const Plan& p,
+                                       std::string_view sql, const std::string& db) {
+  if (fingerprint.empty()) return nullptr;
+  std::lock_guard lock(mu_);
+  auto& slot = statements_[fingerprint];
+  if (!slot) {
+    if (statements_.size() > 1000) {  // bounded: the first thousand statement kinds
+      statements_.erase(fingerprint);
+      return nullptr;
+    }
+    slot = std::make_unique<StatementStats>();
+    slot->rule = p.rule;
+    slot->sample = std::string(sql.substr(0, 200));
+    for (auto oid : p.oids) {
+      if (const auto* r = p.catalog->relations.find(oid))
+        slot->tables.push_back(db + "/" + r->schema + "." + r->name);
+    }
+  }
+  return slot.get();
 }
 
 std::size_t Cache::unbumped() const {
@@ -379,25 +418,20 @@ std::size_t Cache::unbumped() const {
   return failed_.size();
 }
 
-void Cache::note_outcome(const Lookup& l, std::string_view sql, std::string_view db, bool hit) {
-  std::lock_guard lock(mu_);
-  for (const auto& t : l.tables) {
-    auto& s = tables_[std::string(db) + "/" + t];
-    (hit ? s.hits : s.misses)++;
+void Cache::note_outcome(const Lookup& l, bool hit) {
+  if (!l.plan) return;
+  if (auto* c = l.plan->counters) {
+    (hit ? c->hits : c->misses)++;
+    if (hit && l.value) c->hit_bytes += l.value->size();
   }
-  if (l.fingerprint.empty()) return;
-  auto it = keys_.find(l.fingerprint);
-  if (it == keys_.end()) {
-    if (keys_.size() >= 1000) return;  // bounded: the first thousand statement kinds
-    it = keys_.emplace(l.fingerprint, KeyStats{}).first;
-    it->second.rule = l.rule;
-    it->second.sample = std::string(sql.substr(0, 200));
+  if (auto* st = l.plan->stats) {
+    (hit ? st->hits : st->misses)++;
+    if (hit && l.value) st->bytes += l.value->size();
   }
-  (hit ? it->second.hits : it->second.misses)++;
-  if (hit && l.value) it->second.bytes += l.value->size();
 }
 
 bool Cache::blocked(const std::string& ns, const std::vector<std::uint32_t>& oids) const {
+  if (!any_failed_) return false;
   std::lock_guard lock(mu_);
   if (failed_.empty()) return false;
   for (const auto& [k, f] : failed_) {
@@ -432,47 +466,120 @@ void Cache::finish(Lookup& l) {
   l.flight.reset();
 }
 
-awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
-  Lookup l;
-  auto bypass = [&](std::string_view why) {
-    l.outcome = Lookup::Outcome::kBypass;
-    l.bypass = why;
-    count_bypass(why);
-    return l;
+awaitable<std::optional<std::vector<Cache::Version>>> Cache::versions(
+    RedisConnection& conn, const std::vector<std::string>& keys, bool strict) {
+  // Kept here while the invalidation channel is up (it drops them as bumps happen), and read
+  // from Redis when not known, older than a second, or the client carries a causal token.
+  const auto now = Steady::now();
+  std::vector<Version> out;
+  if (!strict && subscribed_) {
+    std::lock_guard lock(mu_);
+    for (std::size_t i = 0; i < keys.size(); i += 2) {
+      auto it = local_versions_.find(keys[i]);
+      if (it == local_versions_.end() || now - it->second.fetched > std::chrono::seconds(1)) break;
+      out.push_back(it->second);
+    }
+    if (out.size() * 2 == keys.size()) co_return out;
+    out.clear();
+  }
+  const auto epoch = version_epoch_.load();
+  std::vector<std::string> mget{"MGET"};
+  mget.insert(mget.end(), keys.begin(), keys.end());
+  auto got = co_await conn.command(std::move(mget));
+  if (!got || got->type != RedisReply::Type::kArray || got->elements.size() != keys.size())
+    co_return std::nullopt;
+  std::vector<std::string> missing;
+  for (std::size_t i = 0; i < keys.size(); i += 2) {
+    if (got->elements[i].nil()) missing.push_back(keys[i]);
+  }
+  std::map<std::string, std::string> initialized;
+  if (!missing.empty()) {
+    std::vector<std::string> eval{"EVAL", std::string(kInitScript), std::to_string(missing.size())};
+    eval.insert(eval.end(), missing.begin(), missing.end());
+    auto init = co_await conn.command(std::move(eval));
+    if (!init || init->type != RedisReply::Type::kArray || init->elements.size() != missing.size())
+      co_return std::nullopt;
+    for (std::size_t i = 0; i < missing.size(); ++i)
+      initialized[missing[i]] = init->elements[i].str;
+  }
+  for (std::size_t i = 0; i < keys.size(); i += 2) {
+    Version v;
+    v.version = got->elements[i].nil() ? initialized[keys[i]] : got->elements[i].str;
+    const auto& lsn = got->elements[i + 1].str;
+    v.lsn = lsn.empty() ? 0 : std::strtoull(lsn.c_str(), nullptr, 16);
+    v.fetched = now;
+    out.push_back(std::move(v));
+  }
+  // Kept only if no invalidation arrived meanwhile (it may be newer than what was read).
+  std::lock_guard lock(mu_);
+  if (subscribed_ && version_epoch_.load() == epoch) {
+    if (local_versions_.size() > 100'000) local_versions_.clear();
+    for (std::size_t i = 0; i < keys.size(); i += 2) local_versions_[keys[i]] = out[i / 2];
+  }
+  co_return out;
+}
+
+std::shared_ptr<const Plan> Cache::plan(const Request& r, const config::Cache& cfg,
+                                        std::shared_ptr<const DbCatalog> catalog) {
+  std::string key = r.database;
+  key.push_back('\0');
+  key += r.role;
+  key.push_back('\0');
+  key += r.search_path ? *r.search_path : std::string("\x01");
+  key.push_back('\0');
+  key.append(r.sql);
+  {
+    std::lock_guard lock(plans_mu_);
+    if (auto it = plans_.find(key); it != plans_.end() && it->second->catalog == catalog &&
+                                    it->second->generation == r.generation)
+      return it->second;
+  }
+  auto p = make_plan(r, cfg, std::move(catalog));
+  if (r.sql.size() <= 16 * 1024) {
+    std::lock_guard lock(plans_mu_);
+    if (plans_.size() >= 8192) plans_.clear();
+    plans_[key] = p;
+  }
+  return p;
+}
+
+std::shared_ptr<const Plan> Cache::make_plan(const Request& r, const config::Cache& cfg,
+                                             std::shared_ptr<const DbCatalog> catalog) {
+  auto p = std::make_shared<Plan>();
+  p->catalog = catalog;
+  p->generation = r.generation;
+  auto not_cached = [&](std::string_view why) {
+    p->bypass = why;
+    return p;
   };
-  auto conn = local();
-  if (!conn || !conn->up()) co_return bypass("redis_down");
   auto facts = facts_.get(r.sql);
-  if (facts->nocache_hint) co_return bypass("hint");
-  if (!facts->select) co_return bypass("not_cacheable");
-  auto catalog = this->catalog(r.database);
-  if (!catalog || !catalog->functions) co_return bypass("no_catalog");
-  if (!all_immutable(*catalog->functions, facts->functions)) co_return bypass("function");
+  if (facts->nocache_hint) return not_cached("hint");
+  if (!facts->select) return not_cached("not_cacheable");
+  if (!all_immutable(*catalog->functions, facts->functions)) return not_cached("function");
   std::optional<std::string> path_text = r.search_path;
   if (!path_text) path_text = catalog->relations.default_search_path(r.role);
   const auto search_path =
       path_text ? parse_search_path(*path_text, r.role) : std::vector<std::string>{};
-  std::vector<std::uint32_t> oids;
   std::vector<const Relation*> named;
   for (const auto& name : facts->reads) {
-    if (name.schema.empty() && !path_text) co_return bypass("search_path");
+    if (name.schema.empty() && !path_text) return not_cached("search_path");
     const Relation* rel = catalog->relations.resolve(name, search_path);
     if (!rel) {
       if (name.schema.empty() &&
           std::find(facts->ctes.begin(), facts->ctes.end(), name.name) != facts->ctes.end())
         continue;  // a WITH query of that name
-      co_return bypass("unknown_relation");
+      return not_cached("unknown_relation");
     }
     named.push_back(rel);
     std::vector<std::uint32_t> expanded;
-    if (!catalog->relations.expand(rel->oid, expanded)) co_return bypass("view");
+    if (!catalog->relations.expand(rel->oid, expanded)) return not_cached("view");
     for (auto oid : expanded) {
       const auto* e = catalog->relations.find(oid);
-      if (e->system()) co_return bypass("system_catalog");
-      if (e->persistence != 'p') co_return bypass("temp_or_unlogged");
-      if (e->kind == 'f') co_return bypass("foreign_table");
-      if (e->rls && !cfg.rls_by_role) co_return bypass("rls");
-      if (std::find(oids.begin(), oids.end(), oid) == oids.end()) oids.push_back(oid);
+      if (e->system()) return not_cached("system_catalog");
+      if (e->persistence != 'p') return not_cached("temp_or_unlogged");
+      if (e->kind == 'f') return not_cached("foreign_table");
+      if (e->rls && !cfg.rls_by_role) return not_cached("rls");
+      if (std::find(p->oids.begin(), p->oids.end(), oid) == p->oids.end()) p->oids.push_back(oid);
     }
   }
   // Rules: the first that matches decides.
@@ -489,48 +596,51 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
       break;
     }
   }
-  if (rule && !rule->cache) co_return bypass("rule");
-  if (!rule && !cfg.all) co_return bypass("no_rule");
-  l.rule = rule ? rule->name : "default";
-  l.ttl = rule && rule->ttl.count() > 0 ? rule->ttl : cfg.default_ttl;
-  l.fingerprint = facts->fingerprint;
-  for (const auto* rel : named) l.tables.push_back(rel->schema + "." + rel->name);
-  const auto& ns = catalog->ns;
-  if (blocked(ns, oids)) co_return bypass("unbumped");
-
+  if (rule && !rule->cache) return not_cached("rule");
+  if (!rule && !cfg.all) return not_cached("no_rule");
+  p->rule = rule ? rule->name : "default";
+  p->ttl = rule && rule->ttl.count() > 0 ? rule->ttl : cfg.default_ttl;
+  p->ns = catalog->ns;
+  p->path = path_text.value_or("");
   // The versions: every relation read, the database's epoch (0) and the global one.
-  std::vector<std::string> keys;
-  for (auto oid : oids) {
-    keys.push_back(version_key(ns, oid));
-    keys.push_back(lsn_key(ns, oid));
+  for (auto oid : p->oids) {
+    p->keys.push_back(version_key(p->ns, oid));
+    p->keys.push_back(lsn_key(p->ns, oid));
+    p->tags.push_back(p->ns + ":" + std::to_string(oid));
   }
-  keys.push_back(version_key(ns, 0));
-  keys.push_back(lsn_key(ns, 0));
-  keys.push_back(version_key(std::string(kGlobal), 0));
-  keys.push_back(lsn_key(std::string(kGlobal), 0));
-  std::vector<std::string> mget{"MGET"};
-  mget.insert(mget.end(), keys.begin(), keys.end());
-  auto got = co_await conn->command(std::move(mget));
-  if (!got || got->type != RedisReply::Type::kArray || got->elements.size() != keys.size())
-    co_return bypass("redis_down");
-  std::vector<std::string> missing;
-  for (std::size_t i = 0; i < keys.size(); i += 2) {
-    if (got->elements[i].nil()) missing.push_back(keys[i]);
-  }
-  std::map<std::string, std::string> initialized;
-  if (!missing.empty()) {
-    std::vector<std::string> eval{"EVAL", std::string(kInitScript), std::to_string(missing.size())};
-    eval.insert(eval.end(), missing.begin(), missing.end());
-    auto init = co_await conn->command(std::move(eval));
-    if (!init || init->type != RedisReply::Type::kArray || init->elements.size() != missing.size())
-      co_return bypass("redis_down");
-    for (std::size_t i = 0; i < missing.size(); ++i)
-      initialized[missing[i]] = init->elements[i].str;
-  }
+  p->keys.push_back(version_key(p->ns, 0));
+  p->keys.push_back(lsn_key(p->ns, 0));
+  p->keys.push_back(version_key(std::string(kGlobal), 0));
+  p->keys.push_back(lsn_key(std::string(kGlobal), 0));
+  p->tags.push_back(p->ns + ":0");
+  p->counters = &counters(p->rule);
+  p->stats = statement_stats(facts->fingerprint, *p, r.sql, r.database);
+  return p;
+}
+
+awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
+  Lookup l;
+  auto bypass = [&](std::string_view why) {
+    l.outcome = Lookup::Outcome::kBypass;
+    l.bypass = why;
+    count_bypass(why);
+    return l;
+  };
+  auto conn = local();
+  if (!conn || !conn->up()) co_return bypass("redis_down");
+  auto catalog = this->catalog(r.database);
+  if (!catalog || !catalog->functions) co_return bypass("no_catalog");
+  auto plan = this->plan(r, cfg, std::move(catalog));
+  if (!plan->bypass.empty()) co_return bypass(plan->bypass);
+  if (blocked(plan->ns, plan->oids)) co_return bypass("unbumped");
+  l.plan = plan;
+  const auto& keys = plan->keys;
+  auto versions = co_await this->versions(*conn, keys, r.strict);
+  if (!versions) co_return bypass("redis_down");
   std::string material = "sluice-cache-1";
-  append_field(material, ns);
+  append_field(material, plan->ns);
   append_field(material, r.role);
-  append_field(material, path_text.value_or(""));
+  append_field(material, plan->path);
   for (const auto& [k, v] : r.settings) {
     append_field(material, k);
     append_field(material, v);
@@ -538,17 +648,13 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
   append_field(material, r.material);
   std::uint64_t min_lsn = 0;
   for (std::size_t i = 0; i < keys.size(); i += 2) {
-    const auto& v = got->elements[i].nil() ? initialized[keys[i]] : got->elements[i].str;
+    const auto& v = (*versions)[i / 2];
     append_field(material, keys[i]);
-    append_field(material, v);
-    const auto& lsn = got->elements[i + 1].str;
-    if (!lsn.empty())
-      min_lsn = std::max<std::uint64_t>(min_lsn, std::strtoull(lsn.c_str(), nullptr, 16));
+    append_field(material, v.version);
+    min_lsn = std::max(min_lsn, v.lsn);
   }
   l.key = sha256_hex(material);
   l.min_lsn = min_lsn;
-  for (auto oid : oids) l.tags.push_back(ns + ":" + std::to_string(oid));
-  l.tags.push_back(ns + ":0");
 
   const auto now = Steady::now();
   if (auto v = l1_.get(l.key, now)) {
@@ -561,7 +667,7 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
   if (!entry) co_return bypass("redis_down");
   if (entry->type == RedisReply::Type::kString && replayable_reply(entry->str)) {
     auto value = std::make_shared<const std::string>(std::move(entry->str));
-    l1_.put(l.key, value, l.tags, now + l.ttl);
+    l1_.put(l.key, value, plan->tags, now + plan->ttl);
     l.outcome = Lookup::Outcome::kHit;
     l.value = std::move(value);
     co_return l;
@@ -605,20 +711,22 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
 
 bool Cache::store(Lookup& l, std::string_view reply, const config::Cache& cfg) {
   if (reply.size() > cfg.max_entry_bytes || !replayable_reply(reply)) {
-    counters(l.rule).skipped_fills++;
+    if (l.plan && l.plan->counters) l.plan->counters->skipped_fills++;
     finish(l);
     return false;
   }
   auto value = std::make_shared<const std::string>(reply);
-  l1_.put(l.key, value, l.tags, Steady::now() + l.ttl);
+  const auto ttl = l.plan->ttl;
+  l1_.put(l.key, value, l.plan->tags, Steady::now() + ttl);
   if (auto conn = local(); conn && conn->up()) {
     std::vector<std::string> set{"SET", "sluice:e:" + l.key, *value, "PX",
-                                 std::to_string(std::max<std::int64_t>(l.ttl.count(), 1))};
+                                 std::to_string(std::max<std::int64_t>(ttl.count(), 1))};
     conn->send(set);
   }
-  auto& c = counters(l.rule);
-  c.fills++;
-  c.fill_bytes += reply.size();
+  if (auto* c = l.plan->counters) {
+    c->fills++;
+    c->fill_bytes += reply.size();
+  }
   finish(l);
   return true;
 }
@@ -685,12 +793,15 @@ awaitable<bool> Cache::send_bump(const std::string& ns, const std::vector<std::u
   eval.push_back(std::string(kChannel));
   eval.push_back(message);
   auto r = co_await conn->command(std::move(eval));
-  co_return r && !r->error();
+  const bool ok = r && !r->error();
+  if (ok) forget_versions(message);  // before the writer's client goes on
+  co_return ok;
 }
 
 void Cache::remember_failed(const std::string& ns, const Writes& w, std::uint64_t lsn) {
   std::lock_guard lock(mu_);
   auto& f = failed_[ns];
+  any_failed_ = true;
   f.oids.insert(w.oids.begin(), w.oids.end());
   f.db_wide = f.db_wide || w.unknown;
   f.global = f.global || w.roles;
@@ -760,12 +871,34 @@ awaitable<void> Cache::retry_bumps() {
     if (f.db_wide) it->second.db_wide = false;
     if (f.global) it->second.global = false;
     if (it->second.oids.empty() && !it->second.db_wide && !it->second.global) failed_.erase(it);
+    any_failed_ = !failed_.empty();
     spdlog::info("cache: delayed version bump of {} landed: hits on it resume", ns);
+  }
+}
+
+void Cache::forget_versions(std::string_view message) {
+  std::lock_guard lock(mu_);
+  ++version_epoch_;
+  auto space = message.find(' ');
+  const std::string ns(message.substr(0, space));
+  auto rest = space == std::string_view::npos ? std::string_view() : message.substr(space + 1);
+  if (ns == "*" || rest.find('*') != std::string_view::npos || rest.empty()) {
+    local_versions_.clear();
+    return;
+  }
+  while (!rest.empty()) {
+    auto next = rest.find(' ');
+    local_versions_.erase(
+        version_key(ns, static_cast<std::uint32_t>(
+                            std::strtoul(std::string(rest.substr(0, next)).c_str(), nullptr, 10))));
+    if (next == std::string_view::npos) break;
+    rest.remove_prefix(next + 1);
   }
 }
 
 void Cache::on_invalidation(std::string_view message) {
   invalidations_++;
+  forget_versions(message);
   auto space = message.find(' ');
   if (space == std::string_view::npos) return;
   const std::string ns(message.substr(0, space));

@@ -68,9 +68,45 @@ struct Request {
   std::string material;  // the client's messages as they decide the reply (names left out)
   std::vector<std::pair<std::string, std::string>> settings;  // the session's, sorted
   std::optional<std::string> search_path;                     // set by the session, if so
+  // The client carries a causal token (sluice.min_lsn): versions are read from Redis, never
+  // from what this instance learnt over the invalidation channel (a bump made through another
+  // instance may not have arrived yet).
+  bool strict = false;
+  std::uint64_t generation = 0;  // of the configuration `config::Cache` comes from
 };
 
 struct Flight;
+
+struct CacheCounters {
+  std::atomic<std::uint64_t> hits{0}, misses{0}, fills{0}, hit_bytes{0}, fill_bytes{0},
+      skipped_fills{0};
+};
+
+// Per statement kind (fingerprint): for SHOW CACHE.
+struct StatementStats {
+  std::string rule;
+  std::string sample;               // the statement text, cut to 200 characters
+  std::vector<std::string> tables;  // "db/schema.name" of the relations it names
+  std::atomic<std::uint64_t> hits{0}, misses{0}, bytes{0};
+};
+
+// What does not change between executions of one text for one database, role and search_path
+// while the catalog and the configuration stay: whether it is cached, under which rule and TTL,
+// and the relations whose versions make its key.
+struct Plan {
+  std::string_view bypass;  // non-empty: not cached, and why
+  std::shared_ptr<const DbCatalog> catalog;
+  std::uint64_t generation = 0;  // of the configuration the rules came from
+  std::string rule = "default";
+  std::chrono::milliseconds ttl{0};
+  std::string ns;
+  std::string path;                 // the search_path text the names were resolved with
+  std::vector<std::uint32_t> oids;  // every relation read (views and children expanded)
+  std::vector<std::string> keys;    // their version and LSN keys, the epochs' last
+  std::vector<std::string> tags;    // "ns:oid" of every relation read, for the L1
+  CacheCounters* counters = nullptr;
+  StatementStats* stats = nullptr;
+};
 
 struct Lookup {
   enum class Outcome : std::uint8_t { kBypass, kHit, kMiss };
@@ -78,18 +114,9 @@ struct Lookup {
   std::string_view bypass;                   // kBypass: why ("redis_down", "not_cacheable", ...)
   std::shared_ptr<const std::string> value;  // kHit: the reply without ReadyForQuery
   std::string key;                           // hex SHA-256
-  std::string rule = "default";
-  std::string fingerprint;
-  std::chrono::milliseconds ttl{0};
-  std::uint64_t min_lsn = 0;        // kMiss: the source must have replayed this far
-  std::vector<std::string> tags;    // "ns:oid" of every relation read, for the L1
-  std::vector<std::string> tables;  // "schema.name" of the relations named, for SHOW CACHE
-  std::shared_ptr<Flight> flight;   // kMiss: this client's fill wakes the others waiting
-};
-
-struct CacheCounters {
-  std::atomic<std::uint64_t> hits{0}, misses{0}, fills{0}, hit_bytes{0}, fill_bytes{0},
-      skipped_fills{0};
+  std::shared_ptr<const Plan> plan;          // kHit, kMiss
+  std::uint64_t min_lsn = 0;                 // kMiss: the source must have replayed this far
+  std::shared_ptr<Flight> flight;            // kMiss: this client's fill wakes the others waiting
 };
 
 class Cache {
@@ -159,11 +186,21 @@ class Cache {
   };
   std::map<std::string, TableStats> table_stats() const;      // "db/schema.name" →
   std::map<std::string, KeyStats> fingerprint_stats() const;  // fingerprint →
-  void note_outcome(const Lookup& l, std::string_view sql, std::string_view db, bool hit);
+  // Counts a hit or a miss for its rule and statement.
+  static void note_outcome(const Lookup& l, bool hit);
   std::size_t unbumped() const;
 
  private:
   std::shared_ptr<RedisConnection> local() const;
+  struct Version {
+    std::string version;
+    std::uint64_t lsn = 0;
+    std::chrono::steady_clock::time_point fetched{};
+  };
+  // The versions (and LSNs) under `keys` (version, lsn pairs); nullopt when Redis fails.
+  asio::awaitable<std::optional<std::vector<Version>>> versions(
+      RedisConnection& conn, const std::vector<std::string>& keys, bool strict);
+  void forget_versions(std::string_view message);
   void on_invalidation(std::string_view message);
   void wake(const std::shared_ptr<Flight>& f);
   bool blocked(const std::string& ns, const std::vector<std::uint32_t>& oids) const;
@@ -196,11 +233,23 @@ class Cache {
   std::map<std::string, Failed> failed_;  // ns (or "database name" before a catalog) →
   std::map<std::string, std::unique_ptr<CacheCounters>> counters_;
   std::map<std::string, std::uint64_t> bypass_;
-  std::map<std::string, TableStats> tables_;
-  std::map<std::string, KeyStats> keys_;
+  std::map<std::string, std::unique_ptr<StatementStats>> statements_;  // fingerprint →
+  std::shared_ptr<const Plan> plan(const Request& r, const config::Cache& cfg,
+                                   std::shared_ptr<const DbCatalog> catalog);
+  std::shared_ptr<const Plan> make_plan(const Request& r, const config::Cache& cfg,
+                                        std::shared_ptr<const DbCatalog> catalog);
+  StatementStats* statement_stats(const std::string& fingerprint, const Plan& p,
+                                  std::string_view sql, const std::string& db);
+  std::mutex plans_mu_;
+  std::unordered_map<std::string, std::shared_ptr<const Plan>> plans_;
+  std::atomic<bool> any_failed_{false};
   std::mutex flights_mu_;
   std::unordered_map<std::string, std::shared_ptr<Flight>> flights_;
   std::atomic<std::uint64_t> bumps_ok_{0}, bumps_failed_{0}, invalidations_{0};
+  // Versions learnt from Redis, dropped by invalidation messages (under mu_).
+  std::unordered_map<std::string, Version> local_versions_;
+  std::atomic<std::uint64_t> version_epoch_{0};
+  std::atomic<bool> subscribed_{false};
 };
 
 // True when `reply` is whole messages a cached SELECT may replay: ParseComplete, BindComplete,

@@ -1179,6 +1179,8 @@ ClientSession::CacheRequest ClientSession::cache_request() {
     r.request.settings.emplace_back(name, value);
   }
   if (auto path = setting("search_path"); !path.empty()) r.request.search_path = path;
+  r.request.strict = !setting("sluice.min_lsn").empty();
+  r.request.generation = generation_;
   return r;
 }
 
@@ -1193,9 +1195,7 @@ awaitable<std::string> ClientSession::try_cache() {
   }
   if (req.kind != CacheRequest::kCandidate) co_return std::string();
   const auto started = Clock::now();
-  const std::string sql(req.request.sql);
   auto l = co_await rt_->cache->lookup(std::move(req.request), cfg_->cache);
-  auto& stats = rt_->cache->counters(l.rule);
   if (l.outcome == cache::Lookup::Outcome::kHit) {
     reader_.consume(req.size);
     route_.judged = 0;
@@ -1206,9 +1206,7 @@ awaitable<std::string> ClientSession::try_cache() {
     const auto bytes = out.size();
     if (!co_await send(std::move(out))) co_return "client write failed";
     const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
-    stats.hits++;
-    stats.hit_bytes += l.value->size();
-    rt_->cache->note_outcome(l, sql, db_name_, true);
+    cache::Cache::note_outcome(l, true);
     rt_->obs.observe_cache_hit(seconds);
     const auto& k = *counters_;
     k.queries[static_cast<std::size_t>(routing::Route::kCache)]->inc();
@@ -1219,8 +1217,7 @@ awaitable<std::string> ClientSession::try_cache() {
     co_return std::string(kAnswered);
   }
   if (l.outcome == cache::Lookup::Outcome::kMiss) {
-    stats.misses++;
-    rt_->cache->note_outcome(l, sql, db_name_, false);
+    cache::Cache::note_outcome(l, false);
     auto& c = cached();
     c.fill = std::move(l);
     c.filling = true;
@@ -1236,7 +1233,7 @@ void ClientSession::capture_fill(asio::const_buffer out) {
   const auto* p = static_cast<const std::uint8_t*>(out.data());
   c.reply.insert(c.reply.end(), p, p + out.size());
   if (c.reply.size() > cfg_->cache.max_entry_bytes + 64) {
-    rt_->cache->counters(c.fill.rule).skipped_fills++;
+    if (c.fill.plan && c.fill.plan->counters) c.fill.plan->counters->skipped_fills++;
     end_fill();
     return;
   }
