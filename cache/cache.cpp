@@ -338,14 +338,33 @@ void Cache::set_catalog(const std::string& db, std::shared_ptr<const DbCatalog> 
 }
 
 void Cache::catalog_changed(const std::string& db) {
-  std::lock_guard lock(mu_);
-  catalogs_[db].stale = true;
+  std::function<void()> wake;
+  {
+    std::lock_guard lock(mu_);
+    catalogs_[db].stale = true;
+    wake = on_stale_;
+  }
+  if (wake) wake();
 }
 
 std::shared_ptr<const DbCatalog> Cache::catalog(const std::string& db) const {
   std::lock_guard lock(mu_);
   auto it = catalogs_.find(db);
-  return it == catalogs_.end() ? nullptr : it->second.catalog;
+  // Out of date after DDL: nothing is cached (and writes flush the database) until it is back.
+  if (it == catalogs_.end() || it->second.stale) return nullptr;
+  return it->second.catalog;
+}
+
+void Cache::mark_stale(const std::string& ns) {
+  std::function<void()> wake;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [db, e] : catalogs_) {
+      if (e.catalog && e.catalog->ns == ns) e.stale = true;
+    }
+    wake = on_stale_;
+  }
+  if (wake) wake();
 }
 
 CacheCounters& Cache::counters(const std::string& rule) {
@@ -765,7 +784,8 @@ void Cache::note_writes(const std::string& db, const CacheFacts& facts, const st
 }
 
 awaitable<bool> Cache::send_bump(const std::string& ns, const std::vector<std::uint32_t>& oids,
-                                 bool db_wide, bool global, std::uint64_t lsn) {
+                                 bool db_wide, bool global, std::uint64_t lsn,
+                                 bool catalog_change) {
   auto conn = local();
   if (!conn || !conn->up()) co_return false;
   std::vector<std::string> keys;
@@ -777,7 +797,7 @@ awaitable<bool> Cache::send_bump(const std::string& ns, const std::vector<std::u
   } else if (db_wide) {
     keys.push_back(version_key(ns, 0));
     keys.push_back(lsn_key(ns, 0));
-    message += " *";
+    message += catalog_change ? " !" : " *";  // "!": relations changed, refetch the catalog
   }
   if (!db_wide && !global) {
     for (auto oid : oids) {
@@ -810,8 +830,12 @@ void Cache::remember_failed(const std::string& ns, const Writes& w, std::uint64_
 
 awaitable<bool> Cache::bump(const std::string& db, const Writes& w, std::uint64_t lsn) {
   if (w.empty()) co_return true;
+  std::shared_ptr<const DbCatalog> catalog;
+  {
+    std::lock_guard lock(mu_);  // out of date or not: its namespace is what the bump needs
+    if (auto it = catalogs_.find(db); it != catalogs_.end()) catalog = it->second.catalog;
+  }
   if (w.catalog_change) catalog_changed(db);
-  auto catalog = this->catalog(db);
   if (!catalog) {  // keyed once the catalog comes (set_catalog)
     remember_failed("db:" + db, w, lsn);
     bumps_failed_++;
@@ -826,7 +850,7 @@ awaitable<bool> Cache::bump(const std::string& db, const Writes& w, std::uint64_
   } else {
     for (auto oid : w.oids) l1_.drop(ns + ":" + std::to_string(oid));
   }
-  bool ok = co_await send_bump(ns, w.oids, w.unknown, w.roles, lsn);
+  bool ok = co_await send_bump(ns, w.oids, w.unknown, w.roles, lsn, w.catalog_change);
   const std::vector<std::uint32_t> none;  // named: no braced temporary in a co_await (g++ 12)
   if (ok && w.roles) {
     // A role change also moves this database's epoch, for the entries other instances keep.
@@ -882,7 +906,7 @@ void Cache::forget_versions(std::string_view message) {
   auto space = message.find(' ');
   const std::string ns(message.substr(0, space));
   auto rest = space == std::string_view::npos ? std::string_view() : message.substr(space + 1);
-  if (ns == "*" || rest.find('*') != std::string_view::npos || rest.empty()) {
+  if (ns == "*" || rest.find_first_of("*!") != std::string_view::npos || rest.empty()) {
     local_versions_.clear();
     return;
   }
@@ -910,7 +934,10 @@ void Cache::on_invalidation(std::string_view message) {
   while (!rest.empty()) {
     auto next = rest.find(' ');
     auto item = rest.substr(0, next);
-    if (item == "*")
+    if (item == "!") {  // DDL through another instance: this one's catalog is out of date
+      l1_.drop(ns + ":0");
+      mark_stale(ns);
+    } else if (item == "*")
       l1_.drop(ns + ":0");
     else
       l1_.drop(ns + ":" + std::string(item));

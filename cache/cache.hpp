@@ -16,6 +16,7 @@
 #include <boost/asio.hpp>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -145,6 +146,11 @@ class Cache {
   std::shared_ptr<const routing::FunctionCatalog> functions(const std::string& db) const;
   void set_catalog(const std::string& db, std::shared_ptr<const DbCatalog> catalog);
   void catalog_changed(const std::string& db);
+  // Called when a catalog goes out of date (to fetch it again soon); set before start().
+  void on_catalog_stale(std::function<void()> f) {
+    std::lock_guard lock(mu_);
+    on_stale_ = std::move(f);
+  }
   std::shared_ptr<const DbCatalog> catalog(const std::string& db) const;
 
   // The analysis of a statement text (cached by shape).
@@ -206,7 +212,10 @@ class Cache {
   bool blocked(const std::string& ns, const std::vector<std::uint32_t>& oids) const;
   void remember_failed(const std::string& ns, const Writes& w, std::uint64_t lsn);
   asio::awaitable<bool> send_bump(const std::string& ns, const std::vector<std::uint32_t>& oids,
-                                  bool db_wide, bool global, std::uint64_t lsn);
+                                  bool db_wide, bool global, std::uint64_t lsn,
+                                  bool catalog_change = false);
+  void mark_stale(const std::string& ns);
+  std::function<void()> on_stale_;
 
   config::Cache cfg_;
   L1 l1_;

@@ -9,7 +9,7 @@ PKGS=(
   build-essential cmake ninja-build pkg-config clang clang-format libclang-rt-14-dev
   libboost1.81-dev libpq-dev libpg-query-dev libmongoc-dev libbson-dev libhiredis-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 libssl-dev
-  postgresql-15 postgresql-client-15 redis-server prometheus pgbouncer
+  postgresql-15 postgresql-client-15 redis-server prometheus pgbouncer pgpool2
   python3-psycopg openssl procps iproute2 ca-certificates
 )
 
@@ -20,7 +20,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
-  # policy-rc.d keeps the packaged postgres/redis/pgbouncer services from starting: tests run their own.
+  # policy-rc.d keeps the packaged postgres/redis/pgbouncer/pgpool services from starting: tests
+  # and benchmarks run their own.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
     $SUDO chmod +x /usr/sbin/policy-rc.d

@@ -28,7 +28,8 @@ if [ "$fuzz_seconds" != 0 ]; then
   echo "== libFuzzer (${fuzz_seconds}s per target)"
   cmake --preset fuzz -G Ninja >/dev/null
   cmake --build --preset fuzz -j "$jobs"
-  for target in fuzz_pg_frontend fuzz_pg_backend fuzz_sql_classifier fuzz_pg_pooling fuzz_insights; do
+  for target in fuzz_pg_frontend fuzz_pg_backend fuzz_sql_classifier fuzz_pg_pooling fuzz_insights \
+      fuzz_cache; do
     corpus=$(mktemp -d)
     build/fuzz/tests/fuzz/$target -max_total_time="$fuzz_seconds" -max_len=4096 "$corpus" 2>&1 | tail -n 1
     rm -rf "$corpus"

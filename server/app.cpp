@@ -196,6 +196,7 @@ void App::feed_routes() {
                   catalog->relations.size(), db, catalog->ns);
     rt->cache->set_catalog(db, std::move(catalog));
   };
+  if (rt_->cache) rt_->cache->on_catalog_stale([rt] { rt->obs.monitor.wake(); });
   rt_->obs.monitor.set_hooks(std::move(hooks));
 }
 

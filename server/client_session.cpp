@@ -1351,7 +1351,6 @@ awaitable<void> ClientSession::bump_writes() {
     }
   }
   if (cfg_->cache.invalidation) co_await rt_->cache->bump(db_name_, writes, lsn);
-  if (writes.catalog_change) rt_->obs.monitor.wake();
 }
 
 // The node for the next checkout: a replica when the request only reads and one is fresh enough.

@@ -105,7 +105,8 @@ Observability::Observability()
           registry
               .histogram("sluice_cache_hit_duration_seconds",
                          "Requests answered from the cache: request to the reply written.", {},
-                         {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05})
+                         {0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005,
+                          0.01, 0.05})
               .with({})) {}
 
 std::shared_ptr<const PoolCounters> Observability::counters(const std::string& database,
