@@ -681,12 +681,17 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
     l.value = std::move(v);
     co_return l;
   }
-  std::vector<std::string> get_cmd{"GET", "sluice:e:" + l.key};
-  auto entry = co_await conn->command(std::move(get_cmd));
-  if (!entry) co_return bypass("redis_down");
-  if (entry->type == RedisReply::Type::kString && replayable_reply(entry->str)) {
-    auto value = std::make_shared<const std::string>(std::move(entry->str));
-    l1_.put(l.key, value, plan->tags, now + plan->ttl);
+  // The entry and how long Redis keeps it: the L1 copy expires with it.
+  std::vector<std::vector<std::string>> get_cmds;
+  get_cmds.push_back({"GET", "sluice:e:" + l.key});
+  get_cmds.push_back({"PTTL", "sluice:e:" + l.key});
+  auto got = co_await conn->run(std::move(get_cmds));
+  if (!got) co_return bypass("redis_down");
+  auto& entry = (*got)[0];
+  if (entry.type == RedisReply::Type::kString && replayable_reply(entry.str)) {
+    auto value = std::make_shared<const std::string>(std::move(entry.str));
+    const auto left = std::chrono::milliseconds(std::max<long long>((*got)[1].integer, 0));
+    l1_.put(l.key, value, plan->tags, now + std::min(left, plan->ttl));
     l.outcome = Lookup::Outcome::kHit;
     l.value = std::move(value);
     co_return l;
