@@ -105,22 +105,26 @@ pidfile = {d}/pgbouncer.pid
     return Target("pgbouncer", port, proc)
 
 
-def start_sluice(work, binary, pg_port, pool, max_clients):
-    port = cluster.free_port()
+def start_sluice(work, binary, pg_port, pool, max_clients, extra=None):
+    """sluice in transaction mode; `extra` adds top-level config keys. The Target's `http` is the
+    port of /metrics."""
+    port, http = cluster.free_port(), cluster.free_port()
     d = os.path.join(work, "sluice")
     os.makedirs(d, exist_ok=True)
-    cfg = {"listen": {"postgres": f"127.0.0.1:{port}"},
+    cfg = {"listen": {"postgres": f"127.0.0.1:{port}", "http": f"127.0.0.1:{http}"},
            "databases": {"appdb": {"primary": {"host": "127.0.0.1", "port": pg_port}}},
            "users": [{"name": "app", "password": PASSWORD}],
            "pool": {"mode": "transaction", "size": pool, "max_client_conn": max_clients},
-           "log": {"level": "warn"}}
+           "log": {"level": "warn"}, **(extra or {})}
     with open(f"{d}/sluice.yaml", "w") as f:
         json.dump(cfg, f)
     log = open(f"{d}/sluice.log", "w")
     proc = subprocess.Popen([binary, "--config", f"{d}/sluice.yaml"], stdout=log,
                             stderr=subprocess.STDOUT)
     wait_port(port, proc, "sluice")
-    return Target("sluice", port, proc)
+    t = Target("sluice", port, proc)
+    t.http = http
+    return t
 
 
 def pgbench(port, args, timeout):
@@ -135,15 +139,20 @@ def run_cell(target, flags, mode, clients, seconds, pool):
         threads = clients  # see the module docstring
     r = pgbench(target.port, ["-n", *flags, "-M", mode, "-c", str(clients), "-j", str(threads),
                               "-T", str(seconds)], timeout=seconds + 180)
+    return pgbench_result(r)
+
+
+def pgbench_result(r):
+    """{tps, lat (ms), failed, error, out} of a finished pgbench run; tps None when it failed."""
     out = r.stdout + r.stderr
     tps = re.search(r"tps = ([\d.]+) \(without", out)
     lat = re.search(r"latency average = ([\d.]+) ms", out)
     failed = re.search(r"number of failed transactions: (\d+)", out)
     if r.returncode != 0 or not tps:
         err = next((line for line in out.splitlines() if "error" in line.lower()), "failed")
-        return {"tps": None, "lat": None, "error": err.strip()[:90]}
+        return {"tps": None, "lat": None, "error": err.strip()[:90], "out": out}
     return {"tps": float(tps.group(1)), "lat": float(lat.group(1)) if lat else None,
-            "failed": int(failed.group(1)) if failed else 0, "error": None}
+            "failed": int(failed.group(1)) if failed else 0, "error": None, "out": out}
 
 
 def reinit(pg_port, scale):
@@ -272,14 +281,23 @@ def main():
         emit()
         emit(f"sluice/PgBouncer memory per idle client: {mem['sluice'] / mem['pgbouncer']:.2f}")
     finally:
-        for t in targets:
-            t.stop()
-        try:
-            cluster.down(work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    if args.out:
-        with open(args.out, "w") as f:
+        stop_all(targets, work)
+    write_out(args.out, lines)
+
+
+def stop_all(targets, work):
+    """Stops the targets and the cluster, and removes the work directory."""
+    for t in targets:
+        t.stop()
+    try:
+        cluster.down(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_out(path, lines):
+    if path:
+        with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
-from bench import PASSWORD, Target, wait_port, pgbench, fmt  # noqa: E402
+from bench import (PASSWORD, Target, wait_port, pgbench, pgbench_result, fmt,  # noqa: E402
+                   start_sluice, stop_all, write_out)
 
 QUERY = ("SELECT customer, count(*), sum(amount), avg(amount), sum(id) FROM bench_orders "
          "WHERE region = :r GROUP BY customer ORDER BY customer;")
@@ -40,27 +40,6 @@ def setup_data(pg_port):
     env = dict(os.environ, PGPASSWORD=PASSWORD)
     subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "app", "-d", "appdb",
                     "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, env=env)
-
-
-def start_sluice(work, binary, pg_port, redis_port, workers):
-    port, http = cluster.free_port(), cluster.free_port()
-    d = os.path.join(work, "sluice")
-    os.makedirs(d, exist_ok=True)
-    cfg = {"listen": {"postgres": f"127.0.0.1:{port}", "http": f"127.0.0.1:{http}"},
-           "databases": {"appdb": {"primary": {"host": "127.0.0.1", "port": pg_port}}},
-           "users": [{"name": "app", "password": PASSWORD}],
-           "pool": {"mode": "transaction", "size": 20},
-           "cache": {"redis": f"redis://127.0.0.1:{redis_port}"}, "workers": workers,
-           "log": {"level": "warn"}}
-    with open(f"{d}/sluice.yaml", "w") as f:
-        json.dump(cfg, f)
-    log = open(f"{d}/sluice.log", "w")
-    proc = subprocess.Popen([binary, "--config", f"{d}/sluice.yaml"], stdout=log,
-                            stderr=subprocess.STDOUT)
-    wait_port(port, proc, "sluice")
-    t = Target("sluice", port, proc)
-    t.http = http
-    return t
 
 
 def start_pgpool(work, pg_port, clients):
@@ -125,14 +104,10 @@ memqcache_oiddir = '{d}/oiddir'
 def run(target, script, clients, seconds):
     r = pgbench(target.port, ["-n", "-f", script, "-M", "simple", "-c", str(clients), "-j", "2",
                               "-T", str(seconds)], timeout=seconds + 120)
-    out = r.stdout + r.stderr
-    tps = re.search(r"tps = ([\d.]+) \(without", out)
-    lat = re.search(r"latency average = ([\d.]+) ms", out)
-    failed = re.search(r"number of failed transactions: (\d+)", out)
-    if r.returncode != 0 or not tps:
-        raise RuntimeError(f"pgbench through {target.name} failed:\n{out[-2000:]}")
-    return {"tps": float(tps.group(1)), "lat": float(lat.group(1)),
-            "failed": int(failed.group(1)) if failed else 0}
+    result = pgbench_result(r)
+    if result["tps"] is None:
+        raise RuntimeError(f"pgbench through {target.name} failed:\n{result['out'][-2000:]}")
+    return result
 
 
 def histogram(target):
@@ -182,8 +157,9 @@ def main():
             f.write("\\set r random(1, 20)\n" + QUERY + "\n")
         targets = [Target("direct", st["primary_port"]),
                    start_pgpool(work, st["primary_port"], args.clients),
-                   start_sluice(work, args.binary, st["primary_port"], st["redis_port"],
-                                args.workers)]
+                   start_sluice(work, args.binary, st["primary_port"], 20, 1000,
+                                {"cache": {"redis": f"redis://127.0.0.1:{st['redis_port']}"},
+                                 "workers": args.workers})]
         time.sleep(2)  # sluice loads the catalog
         for t in targets[1:]:  # warm both caches with the 20 results
             run(t, script, 4, 2)
@@ -219,15 +195,8 @@ def main():
              f"{', '.join(f'{v * 1e3:.2f} ms' for v in p99s)} "
              f"({', '.join(str(int(n)) for _, n in hit_lat)} hits)")
     finally:
-        for t in targets:
-            t.stop()
-        try:
-            cluster.down(work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        stop_all(targets, work)
+    write_out(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -35,19 +35,7 @@ void add_once(std::vector<T>& list, T v) {
 }
 
 void add_function(const json::object& call, CacheFacts& facts) {
-  const auto* names = call.if_contains("funcname");
-  if (names == nullptr || !names->is_array()) return;
-  std::vector<std::string_view> parts;
-  for (const auto& n : names->get_array()) {
-    const auto* s = n.is_object() ? n.get_object().if_contains("String") : nullptr;
-    if (s && s->is_object()) parts.push_back(str_field(s->get_object(), "sval"));
-  }
-  if (parts.empty()) return;
-  routing::FunctionRef f;
-  f.name = std::string(parts.back());
-  if (parts.size() >= 2) f.schema = std::string(parts[parts.size() - 2]);
-  f.args = routing::argument_count(call);
-  add_once(facts.functions, std::move(f));
+  if (auto f = routing::function_ref(call)) add_once(facts.functions, std::move(*f));
 }
 
 void walk(const json::value& v, Walk& w, int depth) {

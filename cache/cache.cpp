@@ -8,6 +8,7 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <cstdio>
 
+#include "protocol/common/digest.hpp"
 #include "routing/replicas.hpp"
 
 namespace sluice::cache {
@@ -60,17 +61,7 @@ std::string hex16(std::uint64_t v) {
 }
 
 std::string sha256_hex(std::string_view data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(len * 2);
-  for (unsigned i = 0; i < len; ++i) {
-    out.push_back(kHex[md[i] >> 4]);
-    out.push_back(kHex[md[i] & 15]);
-  }
-  return out;
+  return digest::hex(EVP_sha256(), data);
 }
 
 void append_field(std::string& out, std::string_view v) {
@@ -471,7 +462,7 @@ void Cache::wake(const std::shared_ptr<Flight>& f) {
     f->done = true;
     waiters.swap(f->waiters);
   }
-  for (auto& [ex, timer] : waiters) asio::post(ex, [timer] { timer->cancel(); });
+  for (auto& w : waiters) asio::post(w.first, [timer = w.second] { timer->cancel(); });
 }
 
 void Cache::finish(Lookup& l) {

@@ -9,6 +9,22 @@
 namespace sluice::routing {
 namespace json = boost::json;
 
+std::optional<FunctionRef> function_ref(const json::object& call) {
+  const auto* names = call.if_contains("funcname");
+  if (names == nullptr || !names->is_array()) return std::nullopt;
+  std::vector<std::string_view> parts;
+  for (const auto& n : names->get_array()) {
+    const auto* s = n.is_object() ? n.get_object().if_contains("String") : nullptr;
+    if (s && s->is_object()) parts.push_back(str_field(s->get_object(), "sval"));
+  }
+  if (parts.empty()) return std::nullopt;
+  FunctionRef f;
+  f.name = std::string(parts.back());
+  if (parts.size() >= 2) f.schema = std::string(parts[parts.size() - 2]);
+  f.args = argument_count(call);
+  return f;
+}
+
 namespace {
 
 // What walking one statement's tree found.
@@ -19,20 +35,9 @@ struct TreeFacts {
 };
 
 void add_function(const json::object& call, ReadFacts& facts) {
-  const auto* names = call.if_contains("funcname");
-  if (names == nullptr || !names->is_array()) return;
-  std::vector<std::string_view> parts;
-  for (const auto& n : names->get_array()) {
-    const auto* s = n.is_object() ? n.get_object().if_contains("String") : nullptr;
-    if (s && s->is_object()) parts.push_back(str_field(s->get_object(), "sval"));
-  }
-  if (parts.empty()) return;
-  FunctionRef f;
-  f.name = std::string(parts.back());
-  if (parts.size() >= 2) f.schema = std::string(parts[parts.size() - 2]);
-  f.args = argument_count(call);
-  if (std::find(facts.functions.begin(), facts.functions.end(), f) == facts.functions.end())
-    facts.functions.push_back(std::move(f));
+  auto f = function_ref(call);
+  if (f && std::find(facts.functions.begin(), facts.functions.end(), *f) == facts.functions.end())
+    facts.functions.push_back(std::move(*f));
 }
 
 void walk(const json::value& v, ReadFacts& facts, TreeFacts& tree, int depth) {
@@ -245,40 +250,28 @@ bool FunctionCatalog::candidate(const Entry& e, const FunctionRef& f) {
   return f.args >= e.nargs - e.defaults && f.args <= e.nargs;
 }
 
-bool FunctionCatalog::may_write(const FunctionRef& f) const {
+bool FunctionCatalog::every_overload(const FunctionRef& f, bool (*pred)(const Entry&)) const {
   auto it = by_name_.find(f.name);
-  if (it == by_name_.end()) return true;
+  if (it == by_name_.end()) return false;
   bool found = false;
   for (const auto& e : it->second) {
     if (!candidate(e, f)) continue;
     found = true;
-    if (e.volatility == 'v') return true;
+    if (!pred(e)) return false;
   }
-  return !found;
+  return found;
+}
+
+bool FunctionCatalog::may_write(const FunctionRef& f) const {
+  return !every_overload(f, [](const Entry& e) { return e.volatility != 'v'; });
 }
 
 bool FunctionCatalog::immutable(const FunctionRef& f) const {
-  auto it = by_name_.find(f.name);
-  if (it == by_name_.end()) return false;
-  bool found = false;
-  for (const auto& e : it->second) {
-    if (!candidate(e, f)) continue;
-    found = true;
-    if (e.volatility != 'i') return false;
-  }
-  return found;
+  return every_overload(f, [](const Entry& e) { return e.volatility == 'i'; });
 }
 
 bool FunctionCatalog::builtin(const FunctionRef& f) const {
-  auto it = by_name_.find(f.name);
-  if (it == by_name_.end()) return false;
-  bool found = false;
-  for (const auto& e : it->second) {
-    if (!candidate(e, f)) continue;
-    found = true;
-    if (e.schema != "pg_catalog") return false;
-  }
-  return found;
+  return every_overload(f, [](const Entry& e) { return e.schema == "pg_catalog"; });
 }
 
 }  // namespace sluice::routing

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -12,6 +13,10 @@
 
 #include "routing/shape.hpp"
 #include "routing/text_cache.hpp"
+
+namespace boost::json {
+class object;
+}
 
 namespace sluice::routing {
 
@@ -42,6 +47,8 @@ struct ReadFacts {
 
 // Never throws; unparseable input gives parsed=false.
 ReadFacts read_facts(std::string_view sql);
+// The function a FuncCall node of libpg_query's JSON tree calls.
+std::optional<FunctionRef> function_ref(const boost::json::object& call);
 // "SET sluice.route = primary" (or TO, any case, optional semicolon): PRIMARY is a reserved word,
 // so the server refuses it unquoted; sluice quotes it.
 bool is_set_route_primary(std::string_view sql);
@@ -83,6 +90,8 @@ class FunctionCatalog {
   };
   // Whether `e` can be the overload `f` calls (schema and number of arguments).
   static bool candidate(const Entry& e, const FunctionRef& f);
+  // True when `f` is known and `pred` holds for every overload it may mean.
+  bool every_overload(const FunctionRef& f, bool (*pred)(const Entry&)) const;
   std::unordered_map<std::string, std::vector<Entry>> by_name_;
   std::size_t count_ = 0;
 };

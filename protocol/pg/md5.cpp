@@ -3,20 +3,12 @@
 
 #include <openssl/evp.h>
 
+#include "protocol/common/digest.hpp"
+
 namespace sluice::pg::md5 {
 
 std::string hex(std::string_view data) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), digest, &len, EVP_md5(), nullptr);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(len * 2);
-  for (unsigned int i = 0; i < len; ++i) {
-    out.push_back(kHex[digest[i] >> 4]);
-    out.push_back(kHex[digest[i] & 15]);
-  }
-  return out;
+  return digest::hex(EVP_md5(), data);
 }
 
 std::string stored_hash(std::string_view password, std::string_view user) {

@@ -358,6 +358,10 @@ class Cache(unittest.TestCase):
             self.assertIn("redis up", out)
             status = json.loads(s.http("/status")[1])
             self.assertTrue(status["cache"]["serving"])
+            code, body = s.http("/metrics")
+            r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
+                               text=True)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
     def test_concurrent_misses_run_once(self):
         sql = "SELECT count(*) FROM generate_series(1, 3000000) g, cc_a WHERE cc_a.id = 1"
