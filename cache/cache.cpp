@@ -5,7 +5,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <cstdio>
 
 #include "protocol/common/digest.hpp"
@@ -290,12 +289,13 @@ void Cache::start(const std::vector<asio::any_io_executor>& loops) {
 }
 
 bool Cache::catalog_wanted(const std::string& db, Steady::time_point now,
-                           std::chrono::milliseconds refresh) const {
+                           std::chrono::milliseconds refresh) {
   if (!configured() || !cfg_.enabled) return false;
   std::lock_guard lock(mu_);
-  auto it = catalogs_.find(db);
-  if (it == catalogs_.end() || !it->second.catalog) return true;
-  return it->second.stale || now - it->second.loaded >= refresh;
+  auto& e = catalogs_[db];
+  const bool wanted = !e.catalog || e.stale || now - e.loaded >= refresh;
+  if (wanted) e.asked = ++catalog_clock_;
+  return wanted;
 }
 
 void Cache::set_functions(const std::string& db,
@@ -325,14 +325,16 @@ void Cache::set_catalog(const std::string& db, std::shared_ptr<const DbCatalog> 
   }
   e.catalog = std::move(catalog);
   e.loaded = Steady::now();
-  e.stale = false;
+  e.stale = e.changed > e.asked;  // a change after the fetch was asked for: fetch again
 }
 
 void Cache::catalog_changed(const std::string& db) {
   std::function<void()> wake;
   {
     std::lock_guard lock(mu_);
-    catalogs_[db].stale = true;
+    auto& e = catalogs_[db];
+    e.stale = true;
+    e.changed = ++catalog_clock_;
     wake = on_stale_;
   }
   if (wake) wake();
@@ -351,7 +353,9 @@ void Cache::mark_stale(const std::string& ns) {
   {
     std::lock_guard lock(mu_);
     for (auto& [db, e] : catalogs_) {
-      if (e.catalog && e.catalog->ns == ns) e.stale = true;
+      if (!e.catalog || e.catalog->ns != ns) continue;
+      e.stale = true;
+      e.changed = ++catalog_clock_;
     }
     wake = on_stale_;
   }

@@ -140,8 +140,9 @@ class Cache {
   bool redis_up() const;
 
   // Catalogs, fetched by the health monitor from each database's primary.
+  // True when the catalog of `db` should be fetched now (the fetch follows at once).
   bool catalog_wanted(const std::string& db, std::chrono::steady_clock::time_point now,
-                      std::chrono::milliseconds refresh) const;
+                      std::chrono::milliseconds refresh);
   void set_functions(const std::string& db, std::shared_ptr<const routing::FunctionCatalog> f);
   std::shared_ptr<const routing::FunctionCatalog> functions(const std::string& db) const;
   void set_catalog(const std::string& db, std::shared_ptr<const DbCatalog> catalog);
@@ -231,7 +232,10 @@ class Cache {
     std::shared_ptr<const DbCatalog> catalog;
     std::chrono::steady_clock::time_point loaded{};
     bool stale = true;
+    std::uint64_t asked = 0;    // catalog_clock_ when a fetch was last asked for
+    std::uint64_t changed = 0;  // ... when it last went out of date
   };
+  mutable std::uint64_t catalog_clock_ = 0;
   std::map<std::string, CatalogEntry> catalogs_;
   struct Failed {
     std::set<std::uint32_t> oids;

@@ -242,18 +242,23 @@ void ReplicaSet::finished(int node) {
 void ReplicaSet::set_catalog(std::shared_ptr<const FunctionCatalog> catalog) {
   std::lock_guard lock(mu_);
   catalog_ = std::move(catalog);
-  catalog_dirty_ = false;
+  // A change after this fetch was asked for may be missing from it: it stays dirty (the next
+  // round fetches again).
+  catalog_dirty_ = catalog_changed_ > catalog_asked_;
   catalog_at_ = Clock::now();
 }
 
 void ReplicaSet::catalog_changed() {
   std::lock_guard lock(mu_);
   catalog_dirty_ = true;
+  catalog_changed_ = ++catalog_clock_;
 }
 
 bool ReplicaSet::catalog_wanted(Clock::time_point now, Clock::duration refresh) const {
   std::lock_guard lock(mu_);
-  return !catalog_ || catalog_dirty_ || now - catalog_at_ >= refresh;
+  const bool wanted = !catalog_ || catalog_dirty_ || now - catalog_at_ >= refresh;
+  if (wanted) catalog_asked_ = ++catalog_clock_;
+  return wanted;
 }
 
 bool ReplicaSet::may_write(const std::vector<FunctionRef>& functions) const {

@@ -138,6 +138,10 @@ class ReplicaSet {
   std::shared_ptr<const FunctionCatalog> catalog_;
   bool catalog_dirty_ = false;
   Clock::time_point catalog_at_{};
+  // Orders catalog changes and fetches: a fetch asked for before the last change is stale.
+  mutable std::uint64_t catalog_clock_ = 0;
+  mutable std::uint64_t catalog_asked_ = 0;
+  std::uint64_t catalog_changed_ = 0;
 };
 
 }  // namespace sluice::routing
