@@ -242,3 +242,26 @@ TEST_CASE("only whole, error-free result replies are replayed") {
   CHECK_FALSE(replayable_reply(row + msg('Z', "I")));
   CHECK_FALSE(replayable_reply(""));
 }
+
+TEST_CASE("a catalog fetched from before a DDL does not end the staleness the DDL began") {
+  sluice::config::Cache cfg;
+  cfg.redis = "redis://127.0.0.1:1";
+  Cache cache(cfg);
+  const auto now = std::chrono::steady_clock::now();
+  auto catalog = std::make_shared<DbCatalog>();
+  catalog->functions = std::make_shared<sluice::routing::FunctionCatalog>();
+  catalog->ns = "1/db";
+  CHECK(cache.catalog_wanted("db", now, std::chrono::seconds(60)));
+  cache.set_catalog("db", catalog);
+  CHECK(cache.catalog("db") == catalog);
+  CHECK_FALSE(cache.catalog_wanted("db", now, std::chrono::seconds(60)));
+  cache.catalog_changed("db");
+  CHECK(cache.catalog("db") == nullptr);  // out of date: nothing cached meanwhile
+  CHECK(cache.catalog_wanted("db", now, std::chrono::seconds(60)));
+  cache.catalog_changed("db");       // DDL while that fetch runs
+  cache.set_catalog("db", catalog);  // ... which lands without it
+  CHECK(cache.catalog("db") == nullptr);
+  CHECK(cache.catalog_wanted("db", now, std::chrono::seconds(60)));
+  cache.set_catalog("db", catalog);
+  CHECK(cache.catalog("db") == catalog);
+}

@@ -184,6 +184,13 @@ TEST_CASE("the catalog: missing or stale (DDL seen) means every call may write")
   set.catalog_changed();
   CHECK(set.may_write(lower));
   CHECK(set.catalog_wanted(Clock::now(), 60s));
+  // A fetch asked for before a DDL may not have it: still stale once it lands.
+  set.catalog_changed();  // (the fetch asked for above is older than this)
+  set.set_catalog(c);
+  CHECK(set.may_write(lower));
+  CHECK(set.catalog_wanted(Clock::now(), 60s));  // asked again: this fetch has the change
+  set.set_catalog(c);
+  CHECK_FALSE(set.may_write(lower));
 }
 
 TEST_CASE("a reload keeps what is known of replicas still configured") {
