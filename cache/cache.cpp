@@ -321,6 +321,7 @@ void Cache::set_catalog(const std::string& db, std::shared_ptr<const DbCatalog> 
     any_failed_ = true;
     to.db_wide = true;
     to.global = to.global || copy.global;
+    to.catalog_change = to.catalog_change || copy.catalog_change;
     to.lsn = std::max(to.lsn, copy.lsn);
   }
   e.catalog = std::move(catalog);
@@ -791,8 +792,12 @@ awaitable<bool> Cache::send_bump(const std::string& ns, const std::vector<std::u
   std::vector<std::string> keys;
   std::string message = ns;
   if (global) {
+    // A role change moves the global epoch, and this database's for the entries that other
+    // instances keep.
     keys.push_back(version_key(std::string(kGlobal), 0));
     keys.push_back(lsn_key(std::string(kGlobal), 0));
+    keys.push_back(version_key(ns, 0));
+    keys.push_back(lsn_key(ns, 0));
     message = "* *";
   } else if (db_wide) {
     keys.push_back(version_key(ns, 0));
@@ -825,6 +830,7 @@ void Cache::remember_failed(const std::string& ns, const Writes& w, std::uint64_
   f.oids.insert(w.oids.begin(), w.oids.end());
   f.db_wide = f.db_wide || w.unknown;
   f.global = f.global || w.roles;
+  f.catalog_change = f.catalog_change || w.catalog_change;
   f.lsn = std::max(f.lsn, lsn);
 }
 
@@ -850,13 +856,7 @@ awaitable<bool> Cache::bump(const std::string& db, const Writes& w, std::uint64_
   } else {
     for (auto oid : w.oids) l1_.drop(ns + ":" + std::to_string(oid));
   }
-  bool ok = co_await send_bump(ns, w.oids, w.unknown, w.roles, lsn, w.catalog_change);
-  const std::vector<std::uint32_t> none;  // named: no braced temporary in a co_await (g++ 12)
-  if (ok && w.roles) {
-    // A role change also moves this database's epoch, for the entries other instances keep.
-    const bool db_ok = co_await send_bump(ns, none, true, false, lsn);
-    ok = db_ok;
-  }
+  const bool ok = co_await send_bump(ns, w.oids, w.unknown, w.roles, lsn, w.catalog_change);
   if (!ok) {
     remember_failed(ns, w, lsn);
     bumps_failed_++;
@@ -871,21 +871,17 @@ awaitable<bool> Cache::bump(const std::string& db, const Writes& w, std::uint64_
 }
 
 awaitable<void> Cache::retry_bumps() {
-  std::map<std::string, Failed> todo;
+  // By namespace; those still waiting for a catalog get one when it comes (set_catalog).
+  std::map<std::string, Failed> unsent;
   {
     std::lock_guard lock(mu_);
     for (const auto& [ns, f] : failed_) {
-      if (!ns.starts_with("db:")) todo.emplace(ns, f);
+      if (!ns.starts_with("db:")) unsent.emplace(ns, f);
     }
   }
-  for (auto& [ns, f] : todo) {
+  for (auto& [ns, f] : unsent) {
     std::vector<std::uint32_t> oids(f.oids.begin(), f.oids.end());
-    bool ok = co_await send_bump(ns, oids, f.db_wide, f.global, f.lsn);
-    const std::vector<std::uint32_t> none;
-    if (ok && f.global) {
-      const bool db_ok = co_await send_bump(ns, none, true, false, f.lsn);
-      ok = db_ok;
-    }
+    const bool ok = co_await send_bump(ns, oids, f.db_wide, f.global, f.lsn, f.catalog_change);
     if (!ok) co_return;
     std::lock_guard lock(mu_);
     auto it = failed_.find(ns);
@@ -894,6 +890,7 @@ awaitable<void> Cache::retry_bumps() {
     for (auto oid : f.oids) it->second.oids.erase(oid);
     if (f.db_wide) it->second.db_wide = false;
     if (f.global) it->second.global = false;
+    if (f.catalog_change) it->second.catalog_change = false;
     if (it->second.oids.empty() && !it->second.db_wide && !it->second.global) failed_.erase(it);
     any_failed_ = !failed_.empty();
     spdlog::info("cache: delayed version bump of {} landed: hits on it resume", ns);

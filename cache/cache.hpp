@@ -241,6 +241,7 @@ class Cache {
     std::set<std::uint32_t> oids;
     bool db_wide = false;
     bool global = false;
+    bool catalog_change = false;  // tell the other instances to fetch the catalog again
     std::uint64_t lsn = 0;
   };
   std::map<std::string, Failed> failed_;  // ns (or "database name" before a catalog) →
