@@ -287,9 +287,6 @@ class Loader {
       fail(root["routing"]["health_user"], "routing.health_user",
            "user '" + c.routing.health_user +
                "' is not listed under users: (its server login checks the replicas)");
-    if (c.databases.contains("sluice"))
-      fail(root["databases"]["sluice"], "databases.sluice",
-           "the name 'sluice' is reserved for the admin console; rename this database");
     for (const auto* list : {&c.admin.users, &c.admin.stats_users}) {
       const char* key = list == &c.admin.users ? "admin.users" : "admin.stats_users";
       for (std::size_t i = 0; i < list->size(); ++i) {
@@ -524,8 +521,13 @@ class Loader {
     if (!dbs.IsMap() || dbs.size() == 0)
       fail(dbs, "databases", "expected a mapping of database names");
     for (const auto& kv : dbs) {
-      auto name = kv.first.as<std::string>();
+      auto name = str(kv.first, "databases");  // ${VAR} too: one image, any database name
       std::string path = "databases." + name;
+      if (name.empty()) fail(kv.first, path, "the database name is empty");
+      if (name == "sluice")
+        fail(kv.first, path,
+             "the name 'sluice' is reserved for the admin console; rename this database");
+      if (c.databases.contains(name)) fail(kv.first, path, "is listed twice");
       const auto& d = kv.second;
       check_keys(d, path, {"primary", "replicas", "pool"});
       Database db;

@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include "server/version.hpp"
+
 namespace sluice::server {
 
 namespace {
@@ -290,7 +292,7 @@ class AdminConsole {
     if (what == "LISTS") return show_lists();
     if (what == "VERSION") {
       auto r = table({{"version", kText}});
-      r.rows.push_back({std::string("sluice ") + SLUICE_VERSION});
+      r.rows.push_back({"sluice " + std::string(version())});
       return r;
     }
     if (what == "QUERIES") return show_queries();

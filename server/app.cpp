@@ -2,6 +2,8 @@
 #include "server/app.hpp"
 
 #include <spdlog/spdlog.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
@@ -9,6 +11,8 @@
 
 #include "server/client_session.hpp"
 #include "server/logging.hpp"
+#include "server/notify.hpp"
+#include "server/version.hpp"
 
 namespace sluice::server {
 
@@ -225,7 +229,7 @@ int App::run() {
   spdlog::info(
       "sluice {} listening on {}:{} (postgres): {} worker(s), {} database(s), auth={}, "
       "pool.mode={}, tls={}",
-      SLUICE_VERSION, ep.address().to_string(), ep.port(), cfg->workers, cfg->databases.size(),
+      version(), ep.address().to_string(), ep.port(), cfg->workers, cfg->databases.size(),
       config::to_string(cfg->auth_type), config::to_string(cfg->pool.mode),
       cfg->tls.cert_file.empty() ? "off" : "on");
 
@@ -249,6 +253,10 @@ int App::run() {
       l.run();
     });
   cache::Cache::set_loop_index(0);
+  // Type=notify units: the listeners are bound and every loop is about to run.
+  if (!notify_service_manager(fmt::format("READY=1\nMAINPID={}\nSTATUS=accepting clients on {}:{}",
+                                          ::getpid(), ep.address().to_string(), ep.port())))
+    spdlog::warn("could not tell the service manager that sluice is ready ($NOTIFY_SOCKET)");
   main_loop.run();  // returns when drain() stops it
   for (auto& l : loops_) l->stop();
   for (auto& t : threads) t.join();
@@ -316,6 +324,7 @@ void App::begin_stop(StopMode mode) {
           "SHUTDOWN WAIT_FOR_CLIENTS: no new clients; exiting when the connected ones have left");
       break;
   }
+  notify_service_manager("STOPPING=1\nSTATUS=draining");
   rt_->stopping = true;
   rt_->accepting = false;
   error_code ignored;
@@ -393,6 +402,15 @@ awaitable<void> App::maintenance_loop() {
 
 std::string App::reload() {
   std::lock_guard lock(reload_mu_);  // SIGHUP and RELOAD may race
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  notify_service_manager(
+      fmt::format("RELOADING=1\nMONOTONIC_USEC={}",
+                  static_cast<std::int64_t>(now.tv_sec) * 1'000'000 + now.tv_nsec / 1000));
+  // READY=1 again whether the file loaded or not: the old configuration keeps running.
+  struct Ready {
+    ~Ready() { notify_service_manager("READY=1"); }
+  } ready;
   try {
     auto old_cfg = rt_->config();
     auto cfg = config::load_file(config_path_);

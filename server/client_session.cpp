@@ -18,6 +18,7 @@
 #include "routing/pooling.hpp"
 #include "routing/replicas.hpp"
 #include "server/admin.hpp"
+#include "server/version.hpp"
 
 namespace sluice::server {
 namespace {
@@ -645,12 +646,13 @@ awaitable<bool> ClientSession::authenticate() {
     admin_ = true;
     pg::Buffer out;
     pg::encode_authentication(out, pg::auth::kOk);
+    const std::string server_version = "15.0 (sluice " + std::string(version()) + ")";
+    using Param = std::pair<std::string_view, std::string_view>;
     for (auto [name, value] :
-         {std::pair{"server_version", "15.0 (sluice " SLUICE_VERSION ")"},
-          std::pair{"server_encoding", "UTF8"}, std::pair{"client_encoding", "UTF8"},
-          std::pair{"DateStyle", "ISO, MDY"}, std::pair{"integer_datetimes", "on"},
-          std::pair{"standard_conforming_strings", "on"}, std::pair{"TimeZone", "UTC"},
-          std::pair{"application_name", ""}})
+         {Param{"server_version", server_version}, Param{"server_encoding", "UTF8"},
+          Param{"client_encoding", "UTF8"}, Param{"DateStyle", "ISO, MDY"},
+          Param{"integer_datetimes", "on"}, Param{"standard_conforming_strings", "on"},
+          Param{"TimeZone", "UTC"}, Param{"application_name", ""}})
       pg::encode_parameter_status(out, name, value);
     pg::encode_backend_key_data(out, {0, 0});
     pg::encode_ready_for_query(out, 'I');

@@ -6,6 +6,8 @@
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 
+#include "server/version.hpp"
+
 namespace sluice::server {
 
 namespace beast = boost::beast;
@@ -28,7 +30,7 @@ http::response<http::string_body> respond(Runtime& rt,
   http::response<http::string_body> res;
   res.version(req.version());
   res.keep_alive(req.keep_alive());
-  res.set(http::field::server, "sluice/" SLUICE_VERSION);
+  res.set(http::field::server, "sluice/" + std::string(version()));
   auto target = std::string(req.target());
   if (auto q = target.find('?'); q != std::string::npos) target.resize(q);
   res.set(http::field::content_type, "application/json");
@@ -121,7 +123,7 @@ awaitable<void> HttpServer::accept_loop() {
 std::string status_json(Runtime& rt) {
   auto cfg = rt.config();
   json::object doc;
-  doc["version"] = SLUICE_VERSION;
+  doc["version"] = version();
   doc["started"] = iso_time(rt.started);
   auto ready = readiness(rt);
   doc["ready"] = ready.ok;
@@ -204,6 +206,89 @@ std::string status_json(Runtime& rt) {
   if (rt.cache) cache["unbumped_databases"] = rt.cache->unbumped();
   doc["cache"] = std::move(cache);
   return json::serialize(doc);
+}
+
+namespace {
+
+struct ProbeResult {
+  bool ok = false;
+  std::string body;
+  std::string error;
+};
+
+awaitable<void> probe_once(std::string host, std::string port, std::string target,
+                           std::chrono::milliseconds timeout, ProbeResult& out) {
+  auto ex = co_await asio::this_coro::executor;
+  tcp::resolver resolver(ex);
+  auto [rec, endpoints] = co_await resolver.async_resolve(host, port, use_nothrow);
+  if (rec) {
+    out.error = "cannot resolve " + host + ": " + rec.message();
+    co_return;
+  }
+  beast::tcp_stream stream(ex);
+  stream.expires_after(timeout);
+  auto [cec, ep] = co_await stream.async_connect(endpoints, use_nothrow);
+  if (cec) {
+    out.error = "cannot connect to " + host + ":" + port + ": " + cec.message();
+    co_return;
+  }
+  http::request<http::empty_body> req{http::verb::get, target, 11};
+  req.set(http::field::host, host);
+  req.set(http::field::user_agent, "sluice-probe/" + std::string(version()));
+  req.keep_alive(false);
+  auto [wec, wn] = co_await http::async_write(stream, req, use_nothrow);
+  beast::flat_buffer buffer(kMaxRequest);
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(1 << 20);
+  if (!wec) {
+    auto [ec, n] = co_await http::async_read(stream, buffer, parser, use_nothrow);
+    if (ec) out.error = "no answer from " + host + ":" + port + target + ": " + ec.message();
+  } else {
+    out.error = "cannot send the request: " + wec.message();
+  }
+  if (!out.error.empty()) co_return;
+  const auto& res = parser.get();
+  out.body = res.body();
+  out.ok = res.result_int() >= 200 && res.result_int() < 300;
+  if (!out.ok) out.error = "HTTP " + std::to_string(res.result_int());
+}
+
+}  // namespace
+
+int http_probe(std::string_view url, std::chrono::milliseconds timeout, std::ostream& out,
+               std::ostream& err) {
+  constexpr std::string_view kScheme = "http://";
+  if (!url.starts_with(kScheme)) {
+    err << "sluice --probe: expected an http://host:port/path URL, got '" << url << "'\n";
+    return 1;
+  }
+  auto rest = url.substr(kScheme.size());
+  auto slash = rest.find('/');
+  std::string target = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
+  std::string authority(rest.substr(0, slash));
+  std::string host = authority, port = "80";
+  if (!authority.empty() && authority.front() == '[') {  // [::1]:9930
+    auto close = authority.find(']');
+    host = authority.substr(1, close == std::string::npos ? std::string::npos : close - 1);
+    if (close != std::string::npos && close + 1 < authority.size() && authority[close + 1] == ':')
+      port = authority.substr(close + 2);
+  } else if (auto colon = authority.rfind(':'); colon != std::string::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+  }
+  if (host.empty() || port.empty()) {
+    err << "sluice --probe: no host or port in '" << url << "'\n";
+    return 1;
+  }
+  asio::io_context ctx{1};
+  ProbeResult result;
+  asio::co_spawn(ctx, probe_once(host, port, target, timeout, result), asio::detached);
+  ctx.run_for(timeout + std::chrono::milliseconds(100));
+  if (!result.ok && result.error.empty()) result.error = "timed out";
+  out << result.body;
+  if (!result.body.empty() && result.body.back() != '\n') out << "\n";
+  if (!result.ok) err << "sluice --probe " << url << ": " << result.error << "\n";
+  return result.ok ? 0 : 1;
 }
 
 }  // namespace sluice::server

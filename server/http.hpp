@@ -1,7 +1,10 @@
 // The HTTP endpoint on its own thread (Boost.Beast): /metrics, /healthz, /readyz, /status.
 #pragma once
 
+#include <chrono>
 #include <memory>
+#include <ostream>
+#include <string_view>
 #include <thread>
 
 #include "server/runtime.hpp"
@@ -29,5 +32,11 @@ class HttpServer {
 
 // The JSON document /status serves.
 std::string status_json(Runtime& rt);
+
+// `sluice --probe URL`: GET an http://host:port/path URL (a container HEALTHCHECK on /healthz
+// without curl in the image). Prints the body; returns 0 for a 2xx answer within the timeout, 1
+// otherwise (with the reason on `err`).
+int http_probe(std::string_view url, std::chrono::milliseconds timeout, std::ostream& out,
+               std::ostream& err);
 
 }  // namespace sluice::server

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "server/runtime.hpp"
+#include "server/version.hpp"
 
 namespace sluice::server {
 
@@ -279,7 +280,7 @@ void Observability::add_runtime_collectors(Runtime& rt) {
   registry.add_collector([&rt](metrics::Writer& w) {
     auto cfg = rt.config();
     w.family("sluice_info", "gauge", "Version of the running sluice (always 1).");
-    w.sample("sluice_info", {"version"}, {SLUICE_VERSION}, 1);
+    w.sample("sluice_info", {"version"}, {std::string(version())}, 1);
     w.family("sluice_ready", "gauge", "1 when /readyz answers 200.");
     w.sample("sluice_ready", readiness(rt).ok ? 1 : 0);
 

@@ -97,6 +97,26 @@ TEST_CASE("missing environment variables are errors, defaults apply") {
   CHECK(c->user("u")->server_password == "pw");
 }
 
+TEST_CASE("database names may come from the environment (the container image's config)") {
+  setenv("SLUICE_TEST_DB", "orders", 1);
+  auto c = load_string(
+      "databases:\n  ${SLUICE_TEST_DB}:\n    primary: {host: h}\n  ${SLUICE_NOT_SET:-billing}:\n"
+      "    primary: {host: h}\nauth_type: trust\n");
+  REQUIRE(c->database("orders"));
+  CHECK(c->database("orders")->primary.dbname == "orders");
+  REQUIRE(c->database("billing"));
+  CHECK_THAT(error_of("databases:\n  ${SLUICE_NOT_SET}:\n    primary: {host: h}\n"),
+             Contains("test.yaml:2: key 'databases': environment variable SLUICE_NOT_SET"));
+  setenv("SLUICE_TEST_DB", "sluice", 1);
+  CHECK_THAT(error_of("databases:\n  ${SLUICE_TEST_DB}:\n    primary: {host: h}\n"),
+             Contains("test.yaml:2: key 'databases.sluice': the name 'sluice' is reserved"));
+  setenv("SLUICE_TEST_DB", "billing", 1);
+  CHECK_THAT(error_of("databases:\n  billing:\n    primary: {host: h}\n  ${SLUICE_TEST_DB}:\n"
+                      "    primary: {host: h}\n"),
+             Contains("test.yaml:4: key 'databases.billing': is listed twice"));
+  unsetenv("SLUICE_TEST_DB");
+}
+
 TEST_CASE("SCRAM verifiers and md5 hashes are accepted as passwords") {
   auto c = load_string(
       "databases:\n  d:\n    primary: {host: h}\nusers:\n"
