@@ -66,6 +66,15 @@ def psql(port, sql, db="postgres", sockdir=None):
                           capture_output=True, text=True)
 
 
+def process_alive(pid):
+    """True while pid runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def wait_for(pred, what, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -190,7 +199,10 @@ def down(base):
     pidfile = f"{base}/redis.pid"
     if os.path.exists(pidfile):
         try:
-            os.kill(int(open(pidfile).read().strip()), 15)
+            pid = int(open(pidfile).read().strip())
+            os.kill(pid, 15)
+            # Gone before we return: callers check that nothing is left behind.
+            wait_for(lambda: not process_alive(pid), "redis-server to exit", timeout=10)
         except (ProcessLookupError, ValueError):
             pass
     if os.path.exists(state):

@@ -1,42 +1,167 @@
-"""README command 1 works: deploy/demo.sh starts primary + replica + Redis + sluice and prints a
-connection string that psql can use (over TLS too); `deploy/demo.sh stop` stops it all."""
+"""README command 1 works: deploy/demo.sh (foreground) starts primary + replica + Redis + sluice +
+Prometheus, runs pgbench through sluice and prints where to look; what it prints works (psql plain
+and TLS, the admin console, /metrics, Prometheus scraping sluice); Ctrl-C (SIGINT to the whole
+foreground process group, as a terminal sends it) stops everything and leaves no process behind.
+The detached mode and `deploy/demo.sh stop` work too."""
+import json
 import os
 import re
+import select
+import signal
+import socket
 import subprocess
+import time
 import unittest
 import urllib.request
 
-from harness import ROOT, free_port
+from harness import ROOT, SLUICE, free_port
+
+DEMO = os.path.join(ROOT, "deploy", "demo.sh")
+
+
+def processes_mentioning(text):
+    """PIDs of live processes whose command line contains text."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if text in cmd and not zombie:
+            found.append((int(pid), cmd.strip()))
+    return found
+
+
+def process_alive(pid):
+    return any(p == pid for p, _ in processes_mentioning(""))
+
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Demo(unittest.TestCase):
-    def test_demo_starts_serves_and_stops(self):
+    def demo_env(self):
         port = free_port()
+        demo_dir = f"/tmp/sluice-demo-test-{port}"
         env = dict(os.environ, SLUICE_DEMO_PORT=str(port), SLUICE_DEMO_HTTP_PORT=str(free_port()),
-                   SLUICE_DEMO_DIR=f"/tmp/sluice-demo-test-{port}")
-        demo = os.path.join(ROOT, "deploy", "demo.sh")
-        try:
-            r = subprocess.run([demo], capture_output=True, text=True, env=env, timeout=600)
-            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            self.assertIn("sluice is up: PostgreSQL 15", r.stdout)
-            url = re.search(r'connect:\s+psql "([^"]+)"', r.stdout).group(1)
-            tls_url = re.search(r'TLS:\s+psql "([^"]+)"', r.stdout).group(1)
-            for u in (url, tls_url):
-                q = subprocess.run(["psql", "-X", "-At", u, "-c", "SELECT current_user"],
-                                   capture_output=True, text=True, timeout=30)
-                self.assertEqual(q.stdout.strip(), "app", q.stderr)
-            admin = re.search(r'admin:\s+psql "([^"]+)"', r.stdout).group(1)
-            q = subprocess.run(["psql", "-X", "-At", admin, "-c", "SHOW VERSION"],
+                   SLUICE_DEMO_PROMETHEUS_PORT=str(free_port()), SLUICE_DEMO_DIR=demo_dir,
+                   SLUICE_DEMO_PGBENCH_SECONDS="2")
+        return port, demo_dir, env
+
+    def check_printed(self, out):
+        self.assertIn("sluice is up: PostgreSQL 15", out)
+        self.assertRegex(out, r"tps = \d+")
+        self.assertIn("number of failed transactions: 0 ", out)
+        url = re.search(r'connect:\s+psql "([^"]+)"', out).group(1)
+        tls_url = re.search(r'TLS:\s+psql "([^"]+)"', out).group(1)
+        for u in (url, tls_url):
+            q = subprocess.run(["psql", "-X", "-At", u, "-c", "SELECT current_user"],
                                capture_output=True, text=True, timeout=30)
-            self.assertIn("sluice", q.stdout, q.stderr)
-            metrics = re.search(r"metrics:\s+curl (\S+)", r.stdout).group(1)
-            with urllib.request.urlopen(metrics, timeout=10) as m:
-                self.assertIn("sluice_queries_total", m.read().decode())
+            self.assertEqual(q.stdout.strip(), "app", q.stderr)
+        # pgbench's tables went through sluice into the primary.
+        q = subprocess.run(["psql", "-X", "-At", url, "-c", "SELECT count(*) FROM pgbench_accounts"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(q.stdout.strip(), "100000", q.stderr)
+        admin = re.search(r'admin:\s+psql "([^"]+)"', out).group(1)
+        q = subprocess.run(["psql", "-X", "-At", admin, "-c", "SHOW VERSION"],
+                           capture_output=True, text=True, timeout=30)
+        version = subprocess.run([SLUICE, "--version"], capture_output=True, text=True).stdout
+        self.assertEqual(q.stdout.strip(), version.strip(), q.stderr)
+        metrics = re.search(r"metrics:\s+curl (\S+)", out).group(1)
+        with urllib.request.urlopen(metrics, timeout=10) as m:
+            text = m.read().decode()
+        self.assertRegex(text, r'sluice_transactions_total\{[^}]*\} [1-9]')
+        prometheus = re.search(r"prometheus:\s+(http://[^/]+)", out).group(1)
+        deadline = time.time() + 30  # the first scrape comes within one 5 s interval
+        health = None
+        while time.time() < deadline:
+            with urllib.request.urlopen(prometheus + "/api/v1/targets", timeout=10) as r:
+                targets = json.load(r)["data"]["activeTargets"]
+            health = [t["health"] for t in targets]
+            if health == ["up"]:
+                break
+            time.sleep(1)
+        self.assertEqual(health, ["up"], "Prometheus does not scrape sluice")
+        with urllib.request.urlopen(prometheus + "/api/v1/rules", timeout=10) as r:
+            rules = [rule["name"] for g in json.load(r)["data"]["groups"] for rule in g["rules"]]
+        self.assertIn("SluiceDown", rules)
+        return url
+
+    def demo_pids(self, demo_dir):
+        run = demo_dir + "-run"
+        pids = {}
+        for name, path in (("sluice", f"{run}/sluice.pid"), ("prometheus", f"{run}/prometheus.pid"),
+                           ("redis", f"{demo_dir}/redis.pid"),
+                           ("primary", f"{demo_dir}/primary/postmaster.pid"),
+                           ("replica", f"{demo_dir}/replica/postmaster.pid")):
+            with open(path) as f:
+                pids[name] = int(f.readline().strip())
+        return pids
+
+    def test_foreground_demo_and_ctrl_c(self):
+        port, demo_dir, env = self.demo_env()
+        started = time.time()
+        proc = subprocess.Popen([DEMO], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)
+        out = ""
+        try:
+            deadline = time.time() + 600
+            while "stop:        Ctrl-C" not in out:
+                self.assertLess(time.time(), deadline, out)
+                ready, _, _ = select.select([proc.stdout], [], [], 5)
+                if ready:
+                    line = proc.stdout.readline()
+                    self.assertTrue(line or proc.poll() is None, "demo.sh exited:\n" + out)
+                    out += line
+            up_seconds = time.time() - started
+            url = self.check_printed(out)
+            pids = self.demo_pids(demo_dir)
+            self.assertEqual(proc.poll(), None, "the demo must stay in the foreground")
         finally:
-            subprocess.run([demo, "stop"], env=env, capture_output=True, timeout=120)
-        q = subprocess.run(["psql", "-X", "-At", f"postgres://app:secret@127.0.0.1:{port}/appdb",
-                            "-c", "SELECT 1"], capture_output=True, text=True, timeout=30)
-        self.assertNotEqual(q.returncode, 0, "sluice still answers after demo.sh stop")
+            # Ctrl-C: the terminal sends SIGINT to the foreground process group.
+            stop_started = time.time()
+            os.killpg(proc.pid, signal.SIGINT)
+            rest, _ = proc.communicate(timeout=120)
+            out += rest
+        stop_seconds = time.time() - stop_started
+        self.assertEqual(proc.returncode, 130, out)
+        self.assertIn("demo stopped", out)
+        left = processes_mentioning(demo_dir)
+        self.assertEqual(left, [], "processes left behind after Ctrl-C")
+        for name, pid in pids.items():
+            self.assertFalse(process_alive(pid), f"{name} (pid {pid}) still runs after Ctrl-C")
+        self.assertFalse(port_open(port), "sluice still listens after Ctrl-C")
+        q = subprocess.run(["psql", "-X", "-At", url, "-c", "SELECT 1"], capture_output=True,
+                           text=True, timeout=30)
+        self.assertNotEqual(q.returncode, 0, "sluice still answers after Ctrl-C")
+        print(f"demo up in {up_seconds:.1f} s (setup check, build check, servers, pgbench), "
+              f"stopped by Ctrl-C in {stop_seconds:.1f} s; pids {pids} all gone")
+
+    def test_detached_demo_and_stop(self):
+        port, demo_dir, env = self.demo_env()
+        try:
+            r = subprocess.run([DEMO, "--detach"], capture_output=True, text=True, env=env,
+                               timeout=600)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("stop:        deploy/demo.sh stop", r.stdout)
+            url = re.search(r'connect:\s+psql "([^"]+)"', r.stdout).group(1)
+            q = subprocess.run(["psql", "-X", "-At", url, "-c", "SELECT 1"], capture_output=True,
+                               text=True, timeout=30)
+            self.assertEqual(q.stdout.strip(), "1", q.stderr)
+        finally:
+            s = subprocess.run([DEMO, "stop"], env=env, capture_output=True, text=True,
+                               timeout=120)
+        self.assertIn("demo stopped", s.stdout)
+        self.assertEqual(processes_mentioning(demo_dir), [])
+        self.assertFalse(port_open(port), "sluice still listens after demo.sh stop")
 
 
 if __name__ == "__main__":
