@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # Installs every build and test dependency of sluice from Debian 12 packages (idempotent).
+#   scripts/setup.sh               build + test + benchmark dependencies, the test user, npm modules
+#   scripts/setup.sh --build-only  what building sluice needs (the Dockerfile's build stage)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-PKGS=(
-  build-essential cmake ninja-build pkg-config clang clang-format libclang-rt-14-dev
+BUILD_PKGS=(
+  build-essential cmake ninja-build pkg-config
   libboost1.81-dev libpq-dev libpg-query-dev libmongoc-dev libbson-dev libhiredis-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 libssl-dev
-  postgresql-15 postgresql-client-15 redis-server prometheus pgbouncer pgpool2
-  python3-psycopg openssl procps iproute2 ca-certificates
 )
+TEST_PKGS=(
+  clang clang-format libclang-rt-14-dev
+  postgresql-15 postgresql-client-15 redis-server prometheus pgbouncer pgpool2
+  python3-psycopg python3-yaml docker-compose openssl procps iproute2 ca-certificates
+)
+build_only=""
+if [ "${1:-}" = "--build-only" ]; then build_only=1; fi
+PKGS=("${BUILD_PKGS[@]}")
+if [ -z "$build_only" ]; then PKGS+=("${TEST_PKGS[@]}"); fi
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -28,6 +37,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ -n "$build_only" ]; then
+  echo "setup: build dependencies ok"
+  exit 0
 fi
 
 # postgres refuses to run as root: tests run the servers as this unprivileged user.
