@@ -21,6 +21,7 @@ set(conf "$ENV{DESTDIR}${SLUICE_CONF_DIR}/sluice.yaml")
 if(EXISTS "${conf}")
   message(STATUS "Kept: ${conf} (the packaged one is in ${prefix}/${SLUICE_DATADIR}/sluice)")
 else()
-  file(INSTALL "${SLUICE_SOURCE_DIR}/deploy/sluice.yaml" DESTINATION "$ENV{DESTDIR}${SLUICE_CONF_DIR}"
+  # file(INSTALL) prepends DESTDIR itself.
+  file(INSTALL "${SLUICE_SOURCE_DIR}/deploy/sluice.yaml" DESTINATION "${SLUICE_CONF_DIR}"
        FILE_PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)
 endif()

@@ -1,4 +1,5 @@
-"""The command line: --check-config names key and line for a typo, --version, --help, bad args."""
+"""The command line: --check-config names key and line for a typo, --version, --help, bad args,
+the default config path."""
 import os
 import subprocess
 import tempfile
@@ -7,8 +8,8 @@ import unittest
 from harness import SLUICE, ROOT
 
 
-def run(*args):
-    return subprocess.run([SLUICE, *args], capture_output=True, text=True, timeout=30)
+def run(*args, env=None):
+    return subprocess.run([SLUICE, *args], capture_output=True, text=True, timeout=30, env=env)
 
 
 class Cli(unittest.TestCase):
@@ -50,7 +51,17 @@ class Cli(unittest.TestCase):
 
     def test_bad_arguments(self):
         self.assertEqual(run("--bogus").returncode, 2)
-        self.assertEqual(run().returncode, 2)
+        self.assertEqual(run("--probe").returncode, 2)
+        # Without --config: $SLUICE_CONFIG, else /etc/sluice/sluice.yaml.
+        no_env = {k: v for k, v in os.environ.items() if k != "SLUICE_CONFIG"}
+        if not os.path.exists("/etc/sluice/sluice.yaml"):
+            r = run(env=no_env)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("/etc/sluice/sluice.yaml: cannot open", r.stderr)
+        path = self.write("databases:\n  d:\n    primary: {host: h}\nauth_type: trust\n")
+        r = run("--check-config", env=dict(no_env, SLUICE_CONFIG=path))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"configuration OK: {path}", r.stdout)
         r = run("--config", "/nonexistent.yaml")
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot open", r.stderr)

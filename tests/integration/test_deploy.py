@@ -548,6 +548,26 @@ class Install(unittest.TestCase):
             self.assertEqual(v.stdout, subprocess.run([SLUICE, "--version"], capture_output=True,
                                                       text=True).stdout)
 
+    def test_staged_install_with_destdir(self):
+        """Packagers and the Dockerfile: DESTDIR=stage, --prefix /usr/local; every file lands
+        under the stage, and the unit names the final paths."""
+        with tempfile.TemporaryDirectory() as stage:
+            r = subprocess.run(["cmake", "--install", os.path.dirname(SLUICE), "--prefix",
+                                "/usr/local"], capture_output=True, text=True, timeout=120,
+                               env=dict(os.environ, DESTDIR=stage))
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            files = sorted(os.path.relpath(os.path.join(d, f), stage)
+                           for d, _, fs in os.walk(stage) for f in fs)
+            self.assertEqual(files, [
+                "usr/local/bin/sluice", "usr/local/etc/sluice/sluice.yaml",
+                "usr/local/lib/systemd/system/sluice.service",
+                "usr/local/share/doc/sluice/ARCHITECTURE.md", "usr/local/share/doc/sluice/README.md",
+                "usr/local/share/sluice/sluice.example.yaml", "usr/local/share/sluice/sluice.yaml"])
+            with open(f"{stage}/usr/local/lib/systemd/system/sluice.service") as f:
+                text = f.read()
+            self.assertIn("ExecStart=/usr/local/bin/sluice --config", text)
+            self.assertNotIn(stage, text)
+
     def test_version_is_the_git_version(self):
         if not os.path.isdir(os.path.join(ROOT, ".git")):
             self.skipTest("not a git checkout")
