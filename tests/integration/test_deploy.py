@@ -4,6 +4,7 @@ Docker engine here: what can be checked without one is checked (docker-compose c
 the compose file, Dockerfile and manifests use exists, the configs they carry pass
 `sluice --check-config`, the runtime stage's packages are exactly the libraries the binary links,
 the compose demo's PostgreSQL replication scripts build a streaming replica when run natively)."""
+import json
 import os
 import re
 import shlex
@@ -15,8 +16,6 @@ import sys
 import tempfile
 import time
 import unittest
-import urllib.error
-import urllib.request
 
 import yaml
 
@@ -474,6 +473,30 @@ class Kubernetes(unittest.TestCase):
         self.assertEqual(mon["spec"]["selector"]["matchLabels"], labels)
         self.assertEqual(http_port_of(sluice, mon["spec"]["podMetricsEndpoints"][0]["port"]),
                          http_port)
+
+    def test_schemas(self):
+        """Every object against the Kubernetes API's OpenAPI schema (and the Prometheus
+        Operator's CRDs), from npm's kubernetes-models: kubeconform is in neither Debian nor npm."""
+        node_dir = os.path.join(os.path.dirname(__file__), "node")
+        if not shutil.which("node"):
+            raise unittest.SkipTest("node not found: the schema check needs npm's kubernetes-models")
+        self.assertTrue(os.path.isdir(os.path.join(node_dir, "node_modules", "kubernetes-models")),
+                        "npm packages missing: run scripts/setup.sh")
+        docs = [d for path in K8S for d in self.load(path)]
+        r = subprocess.run(["node", os.path.join(node_dir, "validate_k8s.mjs")],
+                           input=json.dumps(docs), capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(r.stdout.count("valid "), len(docs), r.stdout)
+        # The check can fail: a wrong type and a missing required field are caught.
+        broken = json.loads(json.dumps(docs))
+        dep = next(d for d in broken if d["kind"] == "Deployment")
+        dep["spec"]["replicas"] = "two"
+        del dep["spec"]["template"]["spec"]["containers"][0]["name"]
+        r = subprocess.run(["node", os.path.join(node_dir, "validate_k8s.mjs")],
+                           input=json.dumps(broken), capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("spec/replicas must be integer", r.stdout)
+        self.assertIn("must have required property name", r.stdout)
 
     def test_standalone(self):
         docs = self.load(K8S[1])
