@@ -29,7 +29,7 @@ if [ "$fuzz_seconds" != 0 ]; then
   cmake --preset fuzz -G Ninja >/dev/null
   cmake --build --preset fuzz -j "$jobs"
   for target in fuzz_pg_frontend fuzz_pg_backend fuzz_sql_classifier fuzz_pg_pooling fuzz_insights \
-      fuzz_cache; do
+      fuzz_cache fuzz_mongo_wire; do
     corpus=$(mktemp -d)
     build/fuzz/tests/fuzz/$target -max_total_time="$fuzz_seconds" -max_len=4096 "$corpus" 2>&1 | tail -n 1
     rm -rf "$corpus"
