@@ -12,6 +12,7 @@
 #include "server/client_session.hpp"
 #include "server/logging.hpp"
 #include "server/notify.hpp"
+#include "server/observability.hpp"
 #include "server/version.hpp"
 
 namespace sluice::server {
@@ -360,12 +361,20 @@ awaitable<void> App::drain(StopMode mode) {
   for (auto& l : loops_) l->stop();  // run() then closes the pools' idle connections inline
 }
 
-// Each loop notes every 250 ms that it runs; /healthz fails when one stops doing so.
+// Each loop notes every 250 ms that it runs; /healthz fails when one stops doing so. Under a
+// systemd watchdog (WatchdogSec=), loop 0 pings it at half the interval while /healthz would
+// answer 200: a stalled loop gets sluice restarted, as a failing liveness probe does in Kubernetes.
 awaitable<void> App::heartbeat(std::uint32_t loop) {
   auto ex = co_await asio::this_coro::executor;
   asio::steady_timer t(ex);
+  const auto watchdog = loop == 0 ? watchdog_interval() : std::nullopt;
+  auto last_ping = Clock::time_point{};
   for (;;) {
     rt_->heartbeats[loop] = Clock::now().time_since_epoch().count();
+    if (watchdog && Clock::now() - last_ping >= *watchdog / 2 && liveness(*rt_).ok) {
+      notify_service_manager("WATCHDOG=1");
+      last_ping = Clock::now();
+    }
     t.expires_after(std::chrono::milliseconds(250));
     auto [ec] = co_await t.async_wait(use_nothrow);
     if (ec) co_return;

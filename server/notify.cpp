@@ -28,4 +28,18 @@ bool notify_service_manager(std::string_view state) {
   return sent == static_cast<ssize_t>(state.size());
 }
 
+std::optional<std::chrono::microseconds> watchdog_interval() {
+  const char* usec = std::getenv("WATCHDOG_USEC");
+  if (usec == nullptr || *usec == '\0') return std::nullopt;
+  if (const char* pid = std::getenv("WATCHDOG_PID"); pid != nullptr && *pid != '\0') {
+    char* end = nullptr;
+    const long owner = std::strtol(pid, &end, 10);
+    if (*end != '\0' || owner != static_cast<long>(::getpid())) return std::nullopt;
+  }
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(usec, &end, 10);
+  if (*end != '\0' || v == 0) return std::nullopt;
+  return std::chrono::microseconds(static_cast<std::chrono::microseconds::rep>(v));
+}
+
 }  // namespace sluice::server

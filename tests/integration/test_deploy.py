@@ -608,7 +608,7 @@ class Install(unittest.TestCase):
 
     def test_notify_socket_and_probe(self):
         """Under a Type=notify unit: READY=1 once the port accepts, RELOADING=1 then READY=1 on
-        SIGHUP, STOPPING=1 on SIGTERM. --probe: 0 for /healthz, 1 for a 503 /readyz (the primary
+        SIGHUP, WATCHDOG=1 at half of WatchdogSec, STOPPING=1 on SIGTERM. --probe: 0 for /healthz, 1 for a 503 /readyz (the primary
         is down) and for a closed port."""
         port, http_port, dead = free_port(), free_port(), free_port()
         with tempfile.TemporaryDirectory() as d:
@@ -617,13 +617,19 @@ class Install(unittest.TestCase):
             srv.bind(sock_path)
             srv.settimeout(20)
             env = dict(os.environ, NOTIFY_SOCKET=sock_path, SLUICE_PASSWORD="x",
+                       WATCHDOG_USEC="1000000",
                        SLUICE_LISTEN=f"127.0.0.1:{port}", SLUICE_HTTP_LISTEN=f"127.0.0.1:{http_port}",
                        SLUICE_PRIMARY_PORT=str(dead), SLUICE_CONFIG=os.path.join(ROOT, "deploy",
                                                                                   "sluice.yaml"))
             proc = subprocess.Popen([SLUICE], env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
             try:
-                msg = srv.recv(4096).decode()
+                def next_state():  # the next message that is not a watchdog ping
+                    while (m := srv.recv(4096).decode()) == "WATCHDOG=1":
+                        pass
+                    return m
+
+                msg = next_state()
                 self.assertIn("READY=1", msg)
                 self.assertIn(f"MAINPID={proc.pid}", msg)
                 with socket.create_connection(("127.0.0.1", port), timeout=5):
@@ -642,10 +648,17 @@ class Install(unittest.TestCase):
                 self.assertEqual(c.returncode, 1)
                 self.assertIn("cannot connect", c.stderr)
                 proc.send_signal(signal.SIGHUP)
-                self.assertIn("RELOADING=1", srv.recv(4096).decode())
-                self.assertEqual(srv.recv(4096).decode(), "READY=1")
+                self.assertIn("RELOADING=1", next_state())
+                self.assertEqual(next_state(), "READY=1")
+                # WatchdogSec=1s: WATCHDOG=1 at least every 0.5 s while the loops turn.
+                started = time.time()
+                pings = 0
+                while time.time() - started < 2:
+                    if srv.recv(4096).decode() == "WATCHDOG=1":
+                        pings += 1
+                self.assertGreaterEqual(pings, 3)
                 proc.send_signal(signal.SIGTERM)
-                self.assertIn("STOPPING=1", srv.recv(4096).decode())
+                self.assertIn("STOPPING=1", next_state())
                 self.assertEqual(proc.wait(timeout=30), 0)
             finally:
                 if proc.poll() is None:
