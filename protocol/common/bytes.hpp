@@ -56,6 +56,21 @@ class Reader {
   }
   std::int32_t i32() { return static_cast<std::int32_t>(u32()); }
   std::int16_t i16() { return static_cast<std::int16_t>(u16()); }
+  // Little-endian fields (the MongoDB wire protocol and BSON).
+  std::uint32_t u32le() {
+    if (!need(4)) return 0;
+    const auto* p = data_.data() + pos_;
+    pos_ += 4;
+    return std::uint32_t{p[0]} | (std::uint32_t{p[1]} << 8) | (std::uint32_t{p[2]} << 16) |
+           (std::uint32_t{p[3]} << 24);
+  }
+  std::int32_t i32le() { return static_cast<std::int32_t>(u32le()); }
+  std::int64_t i64le() {
+    const std::uint64_t lo = u32le();
+    const std::uint64_t hi = u32le();
+    return static_cast<std::int64_t>(lo | (hi << 32));
+  }
+  std::size_t pos() const { return pos_; }
 
   // A NUL-terminated string; the view excludes the terminator.
   std::string_view cstr() {

@@ -28,66 +28,17 @@ void put_le32(Buffer& out, std::uint32_t v) {
   out.insert(out.end(), b, b + 4);
 }
 
-// Little-endian reads over a span; the first read past the end fails, and every later one too.
-class LeReader {
- public:
-  explicit LeReader(Span data) : data_(data) {}
-  bool ok() const { return ok_; }
-  std::size_t pos() const { return pos_; }
-  std::size_t remaining() const { return ok_ ? data_.size() - pos_ : 0; }
-  std::uint8_t u8() { return need(1) ? data_[pos_++] : 0; }
-  std::uint32_t u32() {
-    if (!need(4)) return 0;
-    auto v = load_le32(data_.data() + pos_);
-    pos_ += 4;
-    return v;
-  }
-  std::int32_t i32() { return static_cast<std::int32_t>(u32()); }
-  std::int64_t i64() {
-    std::uint64_t lo = u32();
-    std::uint64_t hi = u32();
-    return static_cast<std::int64_t>(lo | (hi << 32));
-  }
-  std::string_view cstr() {
-    if (!ok_) return {};
-    const auto* begin = data_.data() + pos_;
-    const auto* nul = static_cast<const std::uint8_t*>(std::memchr(begin, 0, data_.size() - pos_));
-    if (nul == nullptr) {
-      ok_ = false;
-      return {};
-    }
-    std::string_view out(reinterpret_cast<const char*>(begin),
-                         static_cast<std::size_t>(nul - begin));
-    pos_ += out.size() + 1;
-    return out;
-  }
-  void skip(std::size_t n) {
-    if (need(n)) pos_ += n;
-  }
-  Span rest() const { return ok_ ? data_.subspan(pos_) : Span{}; }
-
- private:
-  bool need(std::size_t n) {
-    if (ok_ && data_.size() - pos_ >= n) return true;
-    ok_ = false;
-    return false;
-  }
-  Span data_;
-  std::size_t pos_ = 0;
-  bool ok_ = true;
-};
-
 Failure fail(WireError e, std::string detail) {
   return {e, std::move(detail)};
 }
 
 // Reads one document at the reader's position into *out.
-std::optional<Failure> read_document(LeReader& r, Span all, std::uint32_t max, Span* out,
+std::optional<Failure> read_document(bytes::Reader& r, Span all, std::uint32_t max, Span* out,
                                      const char* what) {
   std::string why;
   auto doc = valid_document(all.subspan(r.pos()), max, &why);
   if (!doc) return fail(WireError::kBadDocument, std::string(what) + ": " + why);
-  r.skip(doc->size());
+  r.take(doc->size());
   *out = *doc;
   return std::nullopt;
 }
@@ -207,9 +158,9 @@ std::optional<Span> valid_document(Span data, std::uint32_t max, std::string* wh
 
 std::variant<Msg, Failure> decode_msg(const Frame& frame) {
   Span body = frame.body;
-  LeReader r(body);
+  bytes::Reader r(body);
   Msg m;
-  m.flags = r.u32();
+  m.flags = r.u32le();
   if (!r.ok()) return fail(WireError::kTruncated, "OP_MSG shorter than its flagBits");
   if (const auto unknown = m.flags & 0xffffu & ~msg_flag::kKnownRequired; unknown != 0)
     return fail(
@@ -229,8 +180,8 @@ std::variant<Msg, Failure> decode_msg(const Frame& frame) {
       return fail(WireError::kChecksumMismatch, "OP_MSG checksum mismatch");
   }
   Span sections = body.subspan(0, end);
-  LeReader s(sections);
-  s.skip(4);
+  bytes::Reader s(sections);
+  s.take(4);
   bool have_body = false;
   while (s.ok() && s.remaining() > 0) {
     const auto kind = s.u8();
@@ -240,13 +191,13 @@ std::variant<Msg, Failure> decode_msg(const Frame& frame) {
       have_body = true;
     } else if (kind == 1) {
       const auto start = s.pos();
-      const auto size = s.i32();
+      const auto size = s.i32le();
       if (!s.ok() || size < 5 || static_cast<std::size_t>(size) > sections.size() - start)
         return fail(WireError::kTruncated,
                     "OP_MSG document sequence size " + std::to_string(size) + " does not fit");
       const std::size_t seq_end = start + static_cast<std::size_t>(size);
-      LeReader seq(sections.first(seq_end));
-      seq.skip(start + 4);
+      bytes::Reader seq(sections.first(seq_end));
+      seq.take(start + 4);
       DocumentSequence ds;
       ds.identifier = seq.cstr();
       if (!seq.ok())
@@ -263,7 +214,7 @@ std::variant<Msg, Failure> decode_msg(const Frame& frame) {
         ds.documents.push_back(doc);
       }
       m.sequences.push_back(std::move(ds));
-      s.skip(static_cast<std::size_t>(size) - 4);  // the size word is read already
+      s.take(static_cast<std::size_t>(size) - 4);  // the size word is read already
     } else {
       return fail(WireError::kUnknownSectionKind,
                   "OP_MSG section kind " + std::to_string(kind) + " is unknown");
@@ -314,9 +265,9 @@ void rewrite_ids(std::span<std::uint8_t> message, std::int32_t request_id,
 }
 
 std::variant<Frame, Failure> decompress(const Frame& frame) {
-  LeReader r(frame.body);
-  const auto original = r.i32();
-  const auto size = r.i32();
+  bytes::Reader r(frame.body);
+  const auto original = r.i32le();
+  const auto size = r.i32le();
   const auto compressor = r.u8();
   if (!r.ok()) return fail(WireError::kTruncated, "OP_COMPRESSED shorter than its fields");
   if (compressor != kCompressorNoop)
@@ -339,12 +290,12 @@ std::variant<Frame, Failure> decompress(const Frame& frame) {
 }
 
 std::variant<Query, Failure> decode_query(const Frame& frame) {
-  LeReader r(frame.body);
+  bytes::Reader r(frame.body);
   Query q;
-  q.flags = r.i32();
+  q.flags = r.i32le();
   q.collection = r.cstr();
-  q.skip = r.i32();
-  q.limit = r.i32();
+  q.skip = r.i32le();
+  q.limit = r.i32le();
   if (!r.ok()) return fail(WireError::kTruncated, "OP_QUERY shorter than its fields");
   if (auto f = read_document(r, frame.body, kMaxCommandSize, &q.query, "OP_QUERY query")) return *f;
   if (r.remaining() > 0) {
@@ -358,12 +309,12 @@ std::variant<Query, Failure> decode_query(const Frame& frame) {
 }
 
 std::variant<Reply, Failure> decode_reply(const Frame& frame) {
-  LeReader r(frame.body);
+  bytes::Reader r(frame.body);
   Reply rep;
-  rep.flags = r.i32();
-  rep.cursor_id = r.i64();
-  rep.starting_from = r.i32();
-  const auto count = r.i32();
+  rep.flags = r.i32le();
+  rep.cursor_id = r.i64le();
+  rep.starting_from = r.i32le();
+  const auto count = r.i32le();
   if (!r.ok()) return fail(WireError::kTruncated, "OP_REPLY shorter than its fields");
   if (count < 0 || static_cast<std::size_t>(count) > r.remaining() / 5)
     return fail(WireError::kTruncated,
