@@ -14,6 +14,7 @@ import time
 import unittest
 import urllib.request
 
+from cluster import process_alive
 from harness import ROOT, SLUICE, free_port
 
 DEMO = os.path.join(ROOT, "deploy", "demo.sh")
@@ -28,17 +29,11 @@ def processes_mentioning(text):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{pid}/stat") as f:
-                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except (FileNotFoundError, ProcessLookupError, IndexError):
+        except (FileNotFoundError, ProcessLookupError):
             continue
-        if text in cmd and not zombie:
+        if text in cmd and process_alive(int(pid)):
             found.append((int(pid), cmd.strip()))
     return found
-
-
-def process_alive(pid):
-    return any(p == pid for p, _ in processes_mentioning(""))
 
 
 def port_open(port):
