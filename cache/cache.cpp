@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "protocol/common/digest.hpp"
+#include "routing/fnv1a.hpp"
 #include "routing/replicas.hpp"
 
 namespace sluice::cache {
@@ -634,24 +635,12 @@ std::shared_ptr<const Plan> Cache::make_plan(const Request& r, const config::Cac
 }
 
 awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
-  Lookup l;
-  auto bypass = [&](std::string_view why) {
-    l.outcome = Lookup::Outcome::kBypass;
-    l.bypass = why;
-    count_bypass(why);
-    return l;
-  };
   auto conn = local();
-  if (!conn || !conn->up()) co_return bypass("redis_down");
+  if (!conn || !conn->up()) co_return bypassed("redis_down");
   auto catalog = this->catalog(r.database);
-  if (!catalog || !catalog->functions) co_return bypass("no_catalog");
+  if (!catalog || !catalog->functions) co_return bypassed("no_catalog");
   auto plan = this->plan(r, cfg, std::move(catalog));
-  if (!plan->bypass.empty()) co_return bypass(plan->bypass);
-  if (blocked(plan->ns, plan->oids)) co_return bypass("unbumped");
-  l.plan = plan;
-  const auto& keys = plan->keys;
-  auto versions = co_await this->versions(*conn, keys, r.strict);
-  if (!versions) co_return bypass("redis_down");
+  if (!plan->bypass.empty()) co_return bypassed(plan->bypass);
   std::string material = "sluice-cache-1";
   append_field(material, plan->ns);
   append_field(material, r.role);
@@ -661,6 +650,71 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
     append_field(material, v);
   }
   append_field(material, r.material);
+  Lookup l = co_await lookup_planned(std::move(plan), std::move(material), r.strict, cfg);
+  co_return l;
+}
+
+Lookup Cache::bypassed(std::string_view why) {
+  Lookup l;
+  l.outcome = Lookup::Outcome::kBypass;
+  l.bypass = why;
+  count_bypass(why);
+  return l;
+}
+
+std::shared_ptr<const Plan> Cache::document_plan(const std::string& ns,
+                                                 const std::vector<std::string>& collections,
+                                                 const std::string& rule,
+                                                 std::chrono::milliseconds ttl) {
+  auto p = std::make_shared<Plan>();
+  p->rule = rule;
+  p->ttl = ttl;
+  p->ns = ns;
+  p->bson = true;
+  for (const auto& c : collections) {
+    auto oid = collection_id(c);
+    if (std::find(p->oids.begin(), p->oids.end(), oid) != p->oids.end()) continue;
+    p->oids.push_back(oid);
+    p->keys.push_back(version_key(ns, oid));
+    p->keys.push_back(lsn_key(ns, oid));
+    p->tags.push_back(ns + ":" + std::to_string(oid));
+  }
+  p->keys.push_back(version_key(ns, 0));
+  p->keys.push_back(lsn_key(ns, 0));
+  p->keys.push_back(version_key(std::string(kGlobal), 0));
+  p->keys.push_back(lsn_key(std::string(kGlobal), 0));
+  p->tags.push_back(ns + ":0");
+  p->counters = &counters(rule);
+  return p;
+}
+
+std::uint32_t Cache::collection_id(std::string_view collection) {
+  // FNV-1a, folded to 32 bits; 0 is the database's epoch. Two names that collide share a
+  // version: a write to one also moves the other's (more misses, never a stale hit).
+  const std::uint64_t h = routing::fnv1a(collection);
+  auto id = static_cast<std::uint32_t>(h ^ (h >> 32));
+  return id == 0 ? 1 : id;
+}
+
+bool Cache::valid_entry(const Plan& p, std::string_view value) {
+  if (!p.bson) return replayable_reply(value);
+  // One whole BSON document: its length word is its size, and it ends with NUL.
+  if (value.size() < 5 || value.back() != '\0') return false;
+  std::uint32_t len = 0;
+  for (std::size_t i = 4; i-- > 0;) len = (len << 8) | static_cast<unsigned char>(value[i]);
+  return len == value.size();
+}
+
+awaitable<Lookup> Cache::lookup_planned(std::shared_ptr<const Plan> plan, std::string material,
+                                        bool strict, const config::Cache& cfg) {
+  auto conn = local();
+  if (!conn || !conn->up()) co_return bypassed("redis_down");
+  if (blocked(plan->ns, plan->oids)) co_return bypassed("unbumped");
+  Lookup l;
+  l.plan = plan;
+  const auto& keys = plan->keys;
+  auto versions = co_await this->versions(*conn, keys, strict);
+  if (!versions) co_return bypassed("redis_down");
   std::uint64_t min_lsn = 0;
   for (std::size_t i = 0; i < keys.size(); i += 2) {
     const auto& v = (*versions)[i / 2];
@@ -682,9 +736,9 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
   get_cmds.push_back({"GET", "sluice:e:" + l.key});
   get_cmds.push_back({"PTTL", "sluice:e:" + l.key});
   auto got = co_await conn->run(std::move(get_cmds));
-  if (!got) co_return bypass("redis_down");
+  if (!got) co_return bypassed("redis_down");
   auto& entry = (*got)[0];
-  if (entry.type == RedisReply::Type::kString && replayable_reply(entry.str)) {
+  if (entry.type == RedisReply::Type::kString && valid_entry(*plan, entry.str)) {
     auto value = std::make_shared<const std::string>(std::move(entry.str));
     const auto left = std::chrono::milliseconds(std::max<long long>((*got)[1].integer, 0));
     l1_.put(l.key, value, plan->tags, now + std::min(left, plan->ttl));
@@ -719,7 +773,7 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
     }
     std::vector<std::string> again{"GET", "sluice:e:" + l.key};
     auto second = co_await conn->command(std::move(again));
-    if (second && second->type == RedisReply::Type::kString && replayable_reply(second->str)) {
+    if (second && second->type == RedisReply::Type::kString && valid_entry(*plan, second->str)) {
       l.outcome = Lookup::Outcome::kHit;
       l.value = std::make_shared<const std::string>(std::move(second->str));
       co_return l;
@@ -730,7 +784,7 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
 }
 
 bool Cache::store(Lookup& l, std::string_view reply, const config::Cache& cfg) {
-  if (reply.size() > cfg.max_entry_bytes || !replayable_reply(reply)) {
+  if (reply.size() > cfg.max_entry_bytes || !valid_entry(*l.plan, reply)) {
     if (l.plan && l.plan->counters) l.plan->counters->skipped_fills++;
     finish(l);
     return false;
@@ -847,7 +901,11 @@ awaitable<bool> Cache::bump(const std::string& db, const Writes& w, std::uint64_
     bumps_failed_++;
     co_return false;
   }
-  const auto& ns = catalog->ns;
+  co_return co_await bump_namespace(catalog->ns, w, lsn, db);
+}
+
+awaitable<bool> Cache::bump_namespace(const std::string& ns, const Writes& w, std::uint64_t lsn,
+                                      const std::string& what) {
   // This instance's L1 first; the others hear it on the channel.
   if (w.roles) {
     l1_.drop_prefix("");
@@ -863,7 +921,7 @@ awaitable<bool> Cache::bump(const std::string& db, const Writes& w, std::uint64_
     spdlog::warn(
         "cache: could not bump the versions of relations written in database {} (redis "
         "unreachable): hits on them stop here until the bump lands",
-        db);
+        what);
     co_return false;
   }
   bumps_ok_++;

@@ -107,6 +107,7 @@ struct Plan {
   std::vector<std::string> tags;    // "ns:oid" of every relation read, for the L1
   CacheCounters* counters = nullptr;
   StatementStats* stats = nullptr;
+  bool bson = false;  // entries are one BSON document (a MongoDB reply body)
 };
 
 struct Lookup {
@@ -159,6 +160,17 @@ class Cache {
 
   // Whether and where `r` is cached. Runs on the caller's event loop.
   asio::awaitable<Lookup> lookup(Request r, const config::Cache& cfg);
+  // MongoDB reads: a plan over collections of one namespace ("mongo:<name>/<db>"), each a
+  // relation whose id is collection_id(name); `material` is what identifies the request.
+  std::shared_ptr<const Plan> document_plan(const std::string& ns,
+                                            const std::vector<std::string>& collections,
+                                            const std::string& rule, std::chrono::milliseconds ttl);
+  static std::uint32_t collection_id(std::string_view collection);
+  asio::awaitable<Lookup> lookup_planned(std::shared_ptr<const Plan> plan, std::string material,
+                                         bool strict, const config::Cache& cfg);
+  // Bumps the versions of what `w` wrote in namespace `ns` (`what` names it in messages).
+  asio::awaitable<bool> bump_namespace(const std::string& ns, const Writes& w, std::uint64_t lsn,
+                                       const std::string& what);
   // Stores a miss's reply (RowDescription... CommandComplete, no ReadyForQuery) and wakes the
   // clients waiting for it. False when the bytes are not a cacheable reply.
   bool store(Lookup& l, std::string_view reply, const config::Cache& cfg);
@@ -199,6 +211,8 @@ class Cache {
 
  private:
   std::shared_ptr<RedisConnection> local() const;
+  Lookup bypassed(std::string_view why);
+  static bool valid_entry(const Plan& p, std::string_view value);
   struct Version {
     std::string version;
     std::uint64_t lsn = 0;

@@ -245,9 +245,9 @@ class Loader {
     check_keys(root, "",
                {"listen", "workers", "auth_type", "databases", "users", "pool", "cache", "tls",
                 "log", "shutdown_timeout", "limits", "admin", "insights", "health_check_interval",
-                "stats_period", "routing"});
+                "stats_period", "routing", "mongo"});
     if (auto l = root["listen"]) {
-      check_keys(l, "listen", {"postgres", "http", "so_reuseport"});
+      check_keys(l, "listen", {"postgres", "http", "so_reuseport", "mongo"});
       if (l["postgres"]) c.listen_postgres = endpoint(l["postgres"], "listen.postgres");
       if (l["http"]) {
         if (l["http"].IsScalar() && l["http"].Scalar() == "off") {
@@ -283,6 +283,7 @@ class Loader {
     load_databases(root, c);
     load_users(root, c);
     load_cache(root["cache"], c.cache);
+    load_mongo(root, c);
     if (!c.routing.health_user.empty() && !c.users.contains(c.routing.health_user))
       fail(root["routing"]["health_user"], "routing.health_user",
            "user '" + c.routing.health_user +
@@ -416,6 +417,104 @@ class Loader {
         c.rules.push_back(std::move(rule));
       }
     }
+  }
+
+  void load_mongo(const YAML::Node& root, Config& c) const {
+    auto n = root["mongo"];
+    auto listen = root["listen"] ? root["listen"]["mongo"] : YAML::Node();
+    if (!n) {
+      if (listen)
+        fail(listen, "listen.mongo", "set, but there is no mongo: section naming the servers");
+      return;
+    }
+    check_keys(n, "mongo",
+               {"uri", "servers", "name", "pool_size", "connect_timeout", "wait_timeout",
+                "heartbeat_interval", "min_max_staleness", "cache"});
+    Mongo m;
+    if (listen) m.listen = endpoint(listen, "listen.mongo");
+    if (n["uri"]) {
+      m.uri = str(n["uri"], "mongo.uri");
+      if (!m.uri.starts_with("mongodb://"))
+        fail(n["uri"], "mongo.uri", "expected a mongodb://host[:port][,host...][/?options] URI");
+      auto at = m.uri.find('@');
+      if (at != std::string::npos && at < m.uri.find('/', 10))
+        fail(n["uri"], "mongo.uri",
+             "credentials in the URI are not supported: sluice's server connections do not "
+             "authenticate; use servers without auth or put the URI without user:password");
+    }
+    if (auto list = n["servers"]) {
+      if (!list.IsSequence() || list.size() == 0)
+        fail(list, "mongo.servers", "expected a list of {host, port, role}");
+      for (std::size_t i = 0; i < list.size(); ++i) {
+        const auto& s = list[i];
+        const std::string path = "mongo.servers[" + std::to_string(i) + "]";
+        check_keys(s, path, {"host", "port", "role", "tags"});
+        MongoServer server;
+        if (!s["host"]) fail(s, path + ".host", "is required");
+        server.host = str(s["host"], path + ".host");
+        if (s["port"])
+          server.port = static_cast<std::uint16_t>(uint(s["port"], path + ".port", 1, 65535));
+        if (!s["role"]) fail(s, path + ".role", "is required: primary | secondary");
+        server.primary =
+            choice<bool>(s["role"], path + ".role", {{"primary", true}, {"secondary", false}});
+        if (auto tags = s["tags"]) {
+          if (!tags.IsMap()) fail(tags, path + ".tags", "expected a mapping like {dc: east}");
+          for (const auto& kv : tags)
+            server.tags[kv.first.as<std::string>()] = str(kv.second, path + ".tags");
+        }
+        for (const auto& other : m.servers) {
+          if (other.address() == server.address())
+            fail(s, path, "server " + server.address() + " is listed twice");
+        }
+        m.servers.push_back(std::move(server));
+      }
+      if (std::count_if(m.servers.begin(), m.servers.end(),
+                        [](const MongoServer& s) { return s.primary; }) > 1)
+        fail(list, "mongo.servers", "more than one server has role: primary");
+    }
+    if (m.uri.empty() == m.servers.empty())
+      fail(n, "mongo", "set exactly one of uri (discovery) and servers (static roles)");
+    if (n["name"]) m.name = str(n["name"], "mongo.name");
+    if (n["pool_size"])
+      m.pool_size = static_cast<std::uint32_t>(uint(n["pool_size"], "mongo.pool_size", 1, 10'000));
+    if (n["connect_timeout"])
+      m.connect_timeout = duration(n["connect_timeout"], "mongo.connect_timeout");
+    if (n["wait_timeout"]) m.wait_timeout = duration(n["wait_timeout"], "mongo.wait_timeout");
+    if (n["heartbeat_interval"]) {
+      m.heartbeat_interval = duration(n["heartbeat_interval"], "mongo.heartbeat_interval");
+      if (m.heartbeat_interval.count() < 100)
+        fail(n["heartbeat_interval"], "mongo.heartbeat_interval", "must be at least 100ms");
+    }
+    if (n["min_max_staleness"])
+      m.max_staleness_floor = duration(n["min_max_staleness"], "mongo.min_max_staleness");
+    if (auto rules = n["cache"]) {
+      if (!rules.IsSequence()) fail(rules, "mongo.cache", "expected a list of rules");
+      if (c.cache.redis.empty())
+        fail(rules, "mongo.cache", "caching needs cache.redis (the versions live in Redis)");
+      for (std::size_t i = 0; i < rules.size(); ++i) {
+        const auto& r = rules[i];
+        const std::string path = "mongo.cache[" + std::to_string(i) + "]";
+        check_keys(r, path, {"name", "collections", "action", "ttl"});
+        MongoCacheRule rule;
+        rule.name = r["name"] ? str(r["name"], path + ".name") : "mongo" + std::to_string(i + 1);
+        auto list = r["collections"];
+        if (!list || !list.IsSequence() || list.size() == 0)
+          fail(r, path + ".collections", "expected a list like [\"shop.products\", \"shop.*\"]");
+        for (std::size_t j = 0; j < list.size(); ++j) {
+          auto v = str(list[j], path + ".collections");
+          if (v != "*" && v.find('.') == std::string::npos)
+            fail(list[j], path + ".collections",
+                 "expected \"database.collection\", \"database.*\" or \"*\", got '" + v + "'");
+          rule.collections.push_back(std::move(v));
+        }
+        if (r["action"])
+          rule.cache =
+              choice<bool>(r["action"], path + ".action", {{"cache", true}, {"skip", false}});
+        if (r["ttl"]) rule.ttl = duration(r["ttl"], path + ".ttl");
+        m.cache.push_back(std::move(rule));
+      }
+    }
+    c.mongo = std::move(m);
   }
 
   void load_routing(const YAML::Node& n, Routing& r) const {

@@ -160,6 +160,36 @@ struct Cache {
   std::vector<CacheRule> rules;
 };
 
+// The MongoDB proxy (mongo:), off unless configured.
+struct MongoServer {
+  std::string host;
+  std::uint16_t port = 27017;
+  bool primary = false;                     // role: primary | secondary
+  std::map<std::string, std::string> tags;  // matched by read preference tag sets
+  std::string address() const { return host + ":" + std::to_string(port); }
+};
+
+// One mongo.cache rule: the first whose collections match a cacheable read decides.
+struct MongoCacheRule {
+  std::string name;
+  std::vector<std::string> collections;  // "db.collection", "db.*" or "*"
+  bool cache = true;
+  Duration ttl{0};  // 0: cache.default_ttl
+};
+
+struct Mongo {
+  Endpoint listen{"127.0.0.1", 27018};
+  std::string uri;                   // mongodb://...: libmongoc discovers and monitors the servers
+  std::vector<MongoServer> servers;  // static roles (no discovery)
+  std::string name = "default";      // the deployment's name in cache keys (shared Redis)
+  std::uint32_t pool_size = 20;      // server connections per (event loop, server)
+  Duration connect_timeout{5'000};
+  Duration wait_timeout{10'000};  // a request waits this long for a server connection
+  Duration heartbeat_interval{1'000};
+  Duration max_staleness_floor{0};  // maxStalenessSeconds below this is refused (mongos: 90 s)
+  std::vector<MongoCacheRule> cache;
+};
+
 struct Config {
   std::string source;  // file path, for messages
   Endpoint listen_postgres{"127.0.0.1", 6432};
@@ -180,6 +210,7 @@ struct Config {
   Routing routing;
   Duration health_check_interval{1'000};
   Duration stats_period{60'000};  // averages in SHOW STATS cover this period
+  std::optional<Mongo> mongo;     // the MongoDB proxy, when mongo: is configured
 
   bool is_admin(const std::string& user) const;
   bool is_stats_user(const std::string& user) const;

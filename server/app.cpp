@@ -11,6 +11,7 @@
 
 #include "server/client_session.hpp"
 #include "server/logging.hpp"
+#include "server/mongo.hpp"
 #include "server/notify.hpp"
 #include "server/observability.hpp"
 #include "server/version.hpp"
@@ -104,6 +105,19 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
     throw std::runtime_error("listen.postgres " + cfg->listen_postgres.to_string() + ": " +
                              ec.message() +
                              " (another process has the port? change listen.postgres)");
+  if (cfg->mongo) {
+    const auto& at = cfg->mongo->listen;
+    auto mep = resolver.resolve(at.host, std::to_string(at.port)).begin()->endpoint();
+    mongo_acceptor_.emplace(ctx);
+    mongo_acceptor_->open(mep.protocol());
+    mongo_acceptor_->set_option(tcp::acceptor::reuse_address(true));
+    mongo_acceptor_->bind(mep, ec);
+    if (!ec) mongo_acceptor_->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec)
+      throw std::runtime_error("listen.mongo " + at.to_string() + ": " + ec.message() +
+                               " (another process has the port? change listen.mongo)");
+    rt_->mongo = std::make_shared<MongoProxy>(*rt_, *cfg->mongo, loops_.size());
+  }
   if (cfg->listen_http) {
     try {
       http_ = std::make_unique<HttpServer>(rt_, *cfg->listen_http);
@@ -210,6 +224,14 @@ int App::run() {
   std::signal(SIGPIPE, SIG_IGN);
   auto& main_loop = *loops_.front();
   asio::co_spawn(main_loop, accept_loop(), log_exceptions("listener"));
+  if (rt_->mongo) {
+    rt_->mongo->start(main_loop.get_executor());
+    asio::co_spawn(main_loop, accept_mongo(), log_exceptions("mongo listener"));
+    auto mep = mongo_acceptor_->local_endpoint();
+    spdlog::info("mongo listener on {}:{}: {} server(s){}", mep.address().to_string(), mep.port(),
+                 cfg->mongo->uri.empty() ? cfg->mongo->servers.size() : 0,
+                 cfg->mongo->uri.empty() ? " (static roles)" : " (discovered from mongo.uri)");
+  }
   asio::co_spawn(main_loop, signal_loop(), log_exceptions("signal handler"));
   asio::co_spawn(main_loop, maintenance_loop(), log_exceptions("maintenance"));
   rt_->loops = static_cast<std::uint32_t>(loops_.size());
@@ -262,6 +284,10 @@ int App::run() {
   for (auto& l : loops_) l->stop();
   for (auto& t : threads) t.join();
   if (http_) http_->stop();
+  if (rt_->mongo) {
+    rt_->mongo->stop();
+    rt_->mongo->close_for_exit();
+  }
   rt_->obs.monitor.stop();
   rt_->obs.explainer.stop();
   // Tear down while every loop object still exists: idle server connections first, then the
@@ -270,6 +296,7 @@ int App::run() {
   if (rt_->cache) rt_->cache->close_for_exit();  // its sockets must not outlive the loops
   guards.clear();
   acceptor_.reset();
+  mongo_acceptor_.reset();
   loops_.clear();
   spdlog::info("sluice stopped");
   return 0;
@@ -287,6 +314,22 @@ awaitable<void> App::accept_loop() {
     }
     asio::co_spawn(loop, run_client_session(std::move(socket), rt_),
                    log_exceptions("client session"));
+  }
+}
+
+awaitable<void> App::accept_mongo() {
+  for (;;) {
+    const auto index = next_loop_++ % loops_.size();
+    auto& loop = *loops_[index];
+    auto [ec, socket] = co_await mongo_acceptor_->async_accept(loop.get_executor(), use_nothrow);
+    if (ec == asio::error::operation_aborted || rt_->stopping) co_return;
+    if (ec) {
+      spdlog::error("mongo accept failed: {}", ec.message());
+      co_await sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
+    asio::co_spawn(loop, rt_->mongo->session(std::move(socket), index),
+                   log_exceptions("mongo session"));
   }
 }
 
@@ -330,6 +373,7 @@ void App::begin_stop(StopMode mode) {
   rt_->accepting = false;
   error_code ignored;
   acceptor_->close(ignored);
+  if (mongo_acceptor_) mongo_acceptor_->close(ignored);
   asio::co_spawn(*loops_.front(), drain(mode), log_exceptions("drain"));
 }
 

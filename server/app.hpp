@@ -19,6 +19,7 @@ class App {
 
  private:
   awaitable<void> accept_loop();
+  awaitable<void> accept_mongo();
   awaitable<void> signal_loop();
   awaitable<void> maintenance_loop();
   awaitable<void> drain(StopMode mode);
@@ -34,6 +35,7 @@ class App {
   std::shared_ptr<Runtime> rt_;
   std::vector<std::unique_ptr<asio::io_context>> loops_;  // cleared at the end of run()
   std::optional<tcp::acceptor> acceptor_;
+  std::optional<tcp::acceptor> mongo_acceptor_;
   std::unique_ptr<HttpServer> http_;
   std::mutex reload_mu_;
   std::size_t next_loop_ = 0;

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "server/mongo.hpp"
 #include "server/runtime.hpp"
 #include "server/version.hpp"
 
@@ -210,6 +211,7 @@ Probe readiness(Runtime& rt) {
     if (!found || !found->checked) return {false, where + " not checked yet"};
     if (!found->up) return {false, where + " unreachable: " + found->error};
   }
+  if (rt.mongo) return rt.mongo->readiness();
   return {true, "ready"};
 }
 

@@ -122,6 +122,8 @@ class Routes {
 
 enum class StopMode { kDrain, kImmediate, kWaitForClients };
 
+class MongoProxy;
+
 class Runtime {
  public:
   std::shared_ptr<const config::Config> config() const {
@@ -161,6 +163,8 @@ class Runtime {
   // The query cache; null when cache.redis is not configured (the Redis settings apply at
   // start, rules and TTLs on reload).
   std::unique_ptr<cache::Cache> cache;
+  // The MongoDB proxy; null unless mongo: is configured (its servers change on restart only).
+  std::shared_ptr<MongoProxy> mongo;
   // Set by the App: what RELOAD and SHUTDOWN do (called on any thread).
   std::function<std::string()> reload;  // "" when applied, else why not
   std::function<void(StopMode)> stop;
