@@ -828,8 +828,9 @@ class MongoSession {
       auto again = wire::next_frame(decompressed_);
       if (!std::holds_alternative<wire::Frame>(again) ||
           std::get<wire::Frame>(again).header.op_code == wire::kOpCompressed) {
-        co_await refuse(frame.message, wire::Failure{wire::WireError::kUnsupportedOpCode,
-                                                     "OP_COMPRESSED must wrap OP_MSG"});
+        const wire::Failure f{wire::WireError::kUnsupportedOpCode,
+                              "OP_COMPRESSED must wrap OP_MSG"};
+        co_await refuse(frame.message, f);
         co_return false;
       }
       auto copy = std::get<wire::Frame>(again);
@@ -837,10 +838,10 @@ class MongoSession {
       co_return keep;
     }
     if (frame.header.op_code != wire::kOpMsg) {
-      co_await refuse(frame.message,
-                      wire::Failure{wire::WireError::kUnsupportedOpCode,
-                                    "opcode " + std::to_string(frame.header.op_code) +
-                                        " is not supported; sluice speaks OP_MSG"});
+      const wire::Failure f{wire::WireError::kUnsupportedOpCode,
+                            "opcode " + std::to_string(frame.header.op_code) +
+                                " is not supported; sluice speaks OP_MSG"};
+      co_await refuse(frame.message, f);
       co_return false;
     }
     auto decoded = wire::decode_msg(frame);
@@ -1123,8 +1124,9 @@ class MongoSession {
       material += cmd.db;
       material.push_back('\0');
       material += rm::canonical_command(msg.body);
-      lookup = co_await rt_.cache->lookup_planned(std::move(plan), std::move(material), false,
-                                                  cfg->cache);
+      auto got = co_await rt_.cache->lookup_planned(std::move(plan), std::move(material), false,
+                                                    cfg->cache);
+      lookup = std::move(got);
       if (lookup.outcome == cache::Lookup::Outcome::kHit) {
         cache::Cache::note_outcome(lookup, true);
         px_.counters_->cache.with({"hit"}).inc();
