@@ -22,7 +22,7 @@ FROM debian:12-slim AS runtime
 # The Debian packages of the libraries sluice links (readelf -d NEEDED), besides those of the base
 # image. tests/integration/test_deploy.py checks this list against ldd of a fresh build: keep them
 # equal when a dependency changes.
-ARG RUNTIME_LIBRARIES="libfmt9 libhiredis0.14 libpq5 libspdlog1.10 libssl3 libyaml-cpp0.7"
+ARG RUNTIME_LIBRARIES="libbson-1.0-0 libfmt9 libhiredis0.14 libmongoc-1.0-0 libpq5 libspdlog1.10 libssl3 libyaml-cpp0.7"
 # Linked too, and already in debian:12-slim (apt itself needs them); checked here at build time.
 ARG BASE_LIBRARIES="libc6 libgcc-s1 libstdc++6"
 # Not a library: the system CA bundle, for tls.server_ca-less verification of managed databases.

@@ -421,9 +421,12 @@ class Loader {
 
   void load_mongo(const YAML::Node& root, Config& c) const {
     auto n = root["mongo"];
-    auto listen = root["listen"] ? root["listen"]["mongo"] : YAML::Node();
+    // Looked up through const nodes: yaml-cpp's non-const operator[] inserts the key.
+    const YAML::Node listen_map = root["listen"];
+    const bool has_listen = listen_map && listen_map.IsMap() && listen_map["mongo"];
+    const YAML::Node listen = has_listen ? listen_map["mongo"] : YAML::Node();
     if (!n) {
-      if (listen)
+      if (has_listen)
         fail(listen, "listen.mongo", "set, but there is no mongo: section naming the servers");
       return;
     }
@@ -431,7 +434,7 @@ class Loader {
                {"uri", "servers", "name", "pool_size", "connect_timeout", "wait_timeout",
                 "heartbeat_interval", "min_max_staleness", "cache"});
     Mongo m;
-    if (listen) m.listen = endpoint(listen, "listen.mongo");
+    if (has_listen) m.listen = endpoint(listen, "listen.mongo");
     if (n["uri"]) {
       m.uri = str(n["uri"], "mongo.uri");
       if (!m.uri.starts_with("mongodb://"))

@@ -970,7 +970,7 @@ class MongoSession {
 
   // Bumps the versions of what a write changed, before its reply reaches the client.
   awaitable<void> bump(const std::vector<std::pair<std::string, std::string>>& writes) {
-    if (!rt_.cache || writes.empty()) co_return;
+    if (!rt_.cache || writes.empty() || !rt_.config()->cache.invalidation) co_return;
     std::map<std::string, cache::Writes> by_db;
     for (const auto& [db, coll] : writes) {
       auto& w = by_db[db];

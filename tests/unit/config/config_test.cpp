@@ -292,3 +292,47 @@ TEST_CASE("cache keys: Redis, TTLs, sizes, rules, RLS; errors name the key") {
   CHECK_THAT(error_of(base + "cache:\n  rls: always\n"), Contains("cache.rls"));
   CHECK_THAT(error_of(base + "cache:\n  ttl: 5s\n"), Contains("cache.ttl"));
 }
+
+TEST_CASE("mongo: section, static servers, uri and cache rules") {
+  const std::string base = "auth_type: trust\ndatabases:\n  d:\n    primary: {host: h}\n";
+  CHECK_FALSE(load_string(base)->mongo);
+  auto c = load_string(base +
+                       "cache: {redis: 'redis://127.0.0.1:6379'}\n"
+                       "listen: {mongo: '127.0.0.1:27999'}\n"
+                       "mongo:\n"
+                       "  servers:\n"
+                       "    - {host: a, port: 27017, role: primary}\n"
+                       "    - {host: b, role: secondary, tags: {dc: east}}\n"
+                       "  pool_size: 7\n"
+                       "  min_max_staleness: 30s\n"
+                       "  cache:\n"
+                       "    - {collections: ['shop.products', 'cat.*'], ttl: 5s}\n");
+  REQUIRE(c->mongo);
+  CHECK(c->mongo->listen.port == 27999);
+  REQUIRE(c->mongo->servers.size() == 2);
+  CHECK(c->mongo->servers[0].primary);
+  CHECK(c->mongo->servers[1].port == 27017);
+  CHECK(c->mongo->servers[1].tags.at("dc") == "east");
+  CHECK(c->mongo->pool_size == 7);
+  CHECK(c->mongo->max_staleness_floor.count() == 30'000);
+  REQUIRE(c->mongo->cache.size() == 1);
+  CHECK(c->mongo->cache[0].name == "mongo1");
+  CHECK(c->mongo->cache[0].ttl.count() == 5'000);
+  auto d = load_string(base + "mongo: {uri: 'mongodb://a:27017,b:27017/?replicaSet=rs0'}\n");
+  CHECK(d->mongo->listen.port == 27018);  // the default listener
+
+  CHECK(error_of(base + "mongo: {}\n").find("set exactly one of uri") != std::string::npos);
+  CHECK(error_of(base + "mongo: {uri: 'mongodb://u:p@a/'}\n").find("credentials") !=
+        std::string::npos);
+  CHECK(error_of(base + "mongo:\n  servers:\n    - {host: a}\n")
+            .find("test.yaml:7: key "
+                  "'mongo.servers[0].role'") != std::string::npos);
+  CHECK(error_of(base + "mongo:\n  servers:\n    - {host: a, role: primary}\n"
+                        "    - {host: b, role: primary}\n")
+            .find("more than one server has role: primary") != std::string::npos);
+  CHECK(error_of(base + "mongo:\n  servers: [{host: a, role: primary}]\n"
+                        "  cache: [{collections: [products]}]\n")
+            .find("needs cache.redis") != std::string::npos);
+  CHECK(error_of(base + "listen: {mongo: '127.0.0.1:1'}\n").find("no mongo: section") !=
+        std::string::npos);
+}

@@ -1,0 +1,356 @@
+"""The MongoDB proxy (issue 8) against real MongoDB-wire servers (npm @jongodb/memory-server,
+in-memory, started here): the Node driver and a libmongoc program through sluice, read-preference
+routing between a static primary and secondary holding different data, the cache under mixed load
+(with a control run that shows what stale reads look like), libmongoc discovery from mongo.uri,
+unreachable servers, /readyz, metrics, and malformed input on raw sockets."""
+import json
+import os
+import socket
+import struct
+import subprocess
+import time
+import unittest
+
+from harness import ROOT, Sluice, default_config, free_port, state
+
+NODE_DIR = os.path.join(ROOT, "tests", "integration", "node")
+JONGODB = os.path.join(NODE_DIR, "node_modules", "@jongodb", "memory-server-bin-linux-x64-gnu",
+                       "bin", "jongodb")
+C_CLIENT = os.environ.get("MONGO_C_CLIENT",
+                          os.path.join(ROOT, "build", "release", "tests", "integration",
+                                       "mongo_c_client"))
+SERVERS = {}  # name -> (port, Popen)
+
+
+def start_server(name, *extra):
+    port = free_port()
+    with open(f"/tmp/sluice-jongodb-{name}-{port}.log", "w") as log:
+        proc = subprocess.Popen([JONGODB, "--host=127.0.0.1", f"--port={port}", *extra],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            SERVERS[name] = (port, proc)
+            return port
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"jongodb {name} exited")
+            time.sleep(0.05)
+    raise RuntimeError(f"jongodb {name} did not listen on {port}")
+
+
+def setUpModule():
+    if not os.path.exists(JONGODB):
+        raise RuntimeError(f"{JONGODB} missing: run scripts/setup.sh (npm ci in tests/integration/node)")
+    start_server("primary")
+    start_server("secondary")
+    start_server("rs", "--topology-profile=singleNodeReplicaSet", "--replica-set-name=rs0")
+
+
+def tearDownModule():
+    for port, proc in SERVERS.values():
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def mongo_config(port, servers=None, cache_rules=None, invalidation=True, uri=None):
+    cfg = default_config(port)
+    mongo_port = free_port()
+    cfg["listen"]["mongo"] = f"127.0.0.1:{mongo_port}"
+    m = {"heartbeat_interval": "200ms", "connect_timeout": "2s"}
+    if uri:
+        m["uri"] = uri
+    else:
+        m["servers"] = servers or [
+            {"host": "127.0.0.1", "port": SERVERS["primary"][0], "role": "primary"},
+            {"host": "127.0.0.1", "port": SERVERS["secondary"][0], "role": "secondary",
+             "tags": {"dc": "east"}}]
+    if cache_rules:
+        cfg["cache"] = {"redis": f"redis://127.0.0.1:{state()['redis_port']}",
+                        "invalidation": invalidation}
+        m["cache"] = cache_rules
+    cfg["mongo"] = m
+    return cfg
+
+
+class MongoSluice(Sluice):
+    def __init__(self, **kw):
+        port = free_port()
+        super().__init__(config=mongo_config(port, **kw))
+        self.port = port
+
+    def mongo_uri(self):
+        return f"mongodb://{self.config['listen']['mongo']}/"
+
+    def wait_ready(self, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status, body = self.http("/readyz")
+            if status == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"/readyz not 200: {body}")
+
+
+def node(*args, timeout=300):
+    r = subprocess.run(["node", "--no-deprecation", *args], cwd=NODE_DIR, capture_output=True,
+                       text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError(f"node {args[0]} failed:\n{r.stdout}\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def counter(metrics, name, **labels):
+    total = 0.0
+    for key, value in metrics.items():
+        if key.split("{", 1)[0] != name:
+            continue
+        if all(f'{k}="{v}"' in key for k, v in labels.items()):
+            total += value
+    return total
+
+
+# --- raw wire helpers ----------------------------------------------------------------------
+
+def bson(doc):
+    out = b""
+    for k, v in doc.items():
+        key = k.encode() + b"\0"
+        if isinstance(v, bool):
+            out += b"\x08" + key + (b"\x01" if v else b"\x00")
+        elif isinstance(v, int):
+            out += b"\x10" + key + struct.pack("<i", v)
+        elif isinstance(v, str):
+            s = v.encode() + b"\0"
+            out += b"\x02" + key + struct.pack("<i", len(s)) + s
+        else:
+            raise TypeError(v)
+    return struct.pack("<i", len(out) + 5) + out + b"\0"
+
+
+def op_msg(doc, request_id=7, flags=0):
+    body = struct.pack("<I", flags) + b"\0" + bson(doc)
+    return struct.pack("<iiii", 16 + len(body), request_id, 0, 2013) + body
+
+
+def read_reply(sock, timeout=5):
+    """(header tuple, body bytes) of one message, or None at EOF."""
+    sock.settimeout(timeout)
+    data = b""
+    while len(data) < 16:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    length = struct.unpack("<i", data[:4])[0]
+    while len(data) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return struct.unpack("<iiii", data[:16]), data[16:length]
+
+
+def closed(sock, timeout=5):
+    """True when the peer closes (after any error reply)."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+class Drivers(unittest.TestCase):
+    """The Node driver and libmongoc through a plain mongodb://127.0.0.1:PORT/ URI."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = MongoSluice().start()
+        cls.s.wait_ready()
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.s.stop()
+        assert code == 0, cls.s.log()
+
+    def test_node_driver(self):
+        out = node("mongo_driver.js", self.s.mongo_uri(), "nodeshop")
+        self.assertEqual(out, {"inserted": 1001, "iterated": 20000, "transactions": "commit+abort"})
+        m = self.s.metrics()
+        self.assertGreater(counter(m, "sluice_mongo_commands_total", command="insert", route="primary",
+                                   outcome="ok"), 0)
+        self.assertGreaterEqual(counter(m, "sluice_mongo_commands_total", command="getMore"), 19)
+        self.assertGreater(counter(m, "sluice_mongo_commands_total", command="commitTransaction"), 0)
+        self.assertGreater(counter(m, "sluice_mongo_commands_total", command="abortTransaction"), 0)
+        self.assertEqual(counter(m, "sluice_mongo_transactions_open"), 0)
+        self.assertEqual(counter(m, "sluice_mongo_cursors_open"), 0)
+
+    def test_libmongoc_program(self):
+        r = subprocess.run([C_CLIENT, self.s.mongo_uri(), "cshop"], capture_output=True, text=True,
+                           timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout), {"inserted": 1001, "iterated": 20000,
+                                                "transactions": "commit+abort"})
+
+    def test_metrics_are_valid(self):
+        status, body = self.s.http("/metrics")
+        self.assertEqual(status, 200)
+        r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
+                           text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        m = self.s.metrics()
+        primary = SERVERS["primary"][0]
+        self.assertEqual(m[f'sluice_mongo_server_up{{server="127.0.0.1:{primary}",role="primary"}}'],
+                         1)
+        self.assertEqual(m[f'sluice_mongo_server_lag_seconds{{server="127.0.0.1:{primary}"}}'], 0)
+        self.assertIn("sluice_mongo_command_duration_seconds_count", "".join(m))
+
+
+class Routing(unittest.TestCase):
+    def test_read_preferences_against_two_servers(self):
+        with MongoSluice() as s:
+            s.wait_ready()
+            out = node("mongo_scenarios.js", "routing", s.mongo_uri(),
+                       f"mongodb://127.0.0.1:{SERVERS['primary'][0]}/",
+                       f"mongodb://127.0.0.1:{SERVERS['secondary'][0]}/")
+            self.assertEqual(out["secondaryPreferred"], "secondary")
+            self.assertEqual(out["primary"], "primary")
+            self.assertEqual(out["writeLandedOn"], "primary")
+            m = s.metrics()
+            self.assertGreater(counter(m, "sluice_mongo_commands_total", command="find",
+                                       route="secondary"), 0)
+            self.assertGreater(counter(m, "sluice_mongo_commands_total", command="getMore",
+                                       route="secondary"), 0)
+
+    def test_discovery_from_uri_with_libmongoc(self):
+        port = SERVERS["rs"][0]
+        with MongoSluice(uri=f"mongodb://127.0.0.1:{port}/?replicaSet=rs0") as s:
+            s.wait_ready()
+            m = s.metrics()
+            self.assertEqual(m[f'sluice_mongo_server_up{{server="127.0.0.1:{port}",role="primary"}}'],
+                             1)
+            out = node("mongo_driver.js", s.mongo_uri(), "rsshop")
+            self.assertEqual(out["iterated"], 20000)
+
+    def test_unreachable_primary(self):
+        dead = free_port()
+        servers = [{"host": "127.0.0.1", "port": dead, "role": "primary"}]
+        with MongoSluice(servers=servers) as s:
+            time.sleep(1)
+            status, body = s.http("/readyz")
+            self.assertEqual(status, 503)
+            self.assertIn(f"mongo primary 127.0.0.1:{dead} unreachable", body)
+            port = int(s.config["listen"]["mongo"].rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                c.sendall(op_msg({"insert": "x", "$db": "shop"}))
+                header, body = read_reply(c)
+                self.assertIn(b"FailedToSatisfyReadPreference", body)
+                self.assertIn(b"the primary is unreachable", body)
+                # The connection stays usable: a ping is answered by sluice itself.
+                c.sendall(op_msg({"ping": 1, "$db": "admin"}, request_id=8))
+                header, body = read_reply(c)
+                self.assertEqual(header[2], 8)
+                self.assertIn(b"ok", body)
+            self.assertTrue(s.alive())
+
+
+class Cache(unittest.TestCase):
+    RULES = [{"name": "counters", "collections": ["shop.counters"], "ttl": "60s"}]
+
+    def test_no_stale_reads_under_mixed_load(self):
+        with MongoSluice(cache_rules=self.RULES) as s:
+            s.wait_ready()
+            out = node("mongo_scenarios.js", "cache", s.mongo_uri(), "4", "2000")
+            self.assertEqual(out["operations"], 2000)
+            self.assertEqual(out["stale"], 0, out["staleExamples"])
+            m = s.metrics()
+            hits = counter(m, "sluice_mongo_cache_requests_total", result="hit")
+            self.assertGreater(hits, 100)
+            self.assertGreater(counter(m, "sluice_mongo_cache_fills_total"), 0)
+            self.assertGreaterEqual(counter(m, "sluice_mongo_cache_invalidations_total", result="ok"),
+                                    500)
+            self.assertEqual(m['sluice_cache_hits_total{rule="mongo:counters"}'], hits)
+
+    def test_control_without_invalidation_reads_stale(self):
+        # The same load with writes not bumping versions: the check above can fail.
+        with MongoSluice(cache_rules=self.RULES, invalidation=False) as s:
+            s.wait_ready()
+            out = node("mongo_scenarios.js", "cache", s.mongo_uri(), "4", "400")
+            self.assertGreater(out["stale"], 0)
+
+
+class Malformed(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.s = MongoSluice().start()
+        cls.s.wait_ready()
+        cls.addr = ("127.0.0.1", int(cls.s.config["listen"]["mongo"].rsplit(":", 1)[1]))
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.s.stop()
+        assert code == 0, cls.s.log()
+
+    def assert_others_unaffected(self, bystander):
+        bystander.sendall(op_msg({"ping": 1, "$db": "admin"}, request_id=99))
+        header, body = read_reply(bystander)
+        self.assertEqual(header[2], 99)
+        self.assertTrue(self.s.alive())
+
+    def test_garbage(self):
+        with socket.create_connection(self.addr) as other, socket.create_connection(self.addr) as c:
+            c.sendall(os.urandom(64) + b"\x00" * 4096)
+            self.assertTrue(closed(c))
+            self.assert_others_unaffected(other)
+
+    def test_header_claiming_2_gb(self):
+        with socket.create_connection(self.addr) as other, socket.create_connection(self.addr) as c:
+            c.sendall(struct.pack("<iiii", 0x7fffffff, 5, 0, 2013))
+            header, body = read_reply(c)
+            self.assertEqual(header[2], 5)
+            self.assertIn(b"BSONObjectTooLarge", body)
+            self.assertTrue(closed(c))
+            self.assert_others_unaffected(other)
+
+    def test_truncated_op_msg(self):
+        with socket.create_connection(self.addr) as other, socket.create_connection(self.addr) as c:
+            whole = op_msg({"find": "x", "filter": 1, "$db": "shop"}, request_id=6)
+            # The declared length ends inside the body document.
+            cut = struct.pack("<i", 30) + whole[4:30]
+            c.sendall(cut)
+            header, body = read_reply(c)
+            self.assertEqual(header[2], 6)
+            self.assertIn(b"BadValue", body)
+            self.assertTrue(closed(c))
+            self.assert_others_unaffected(other)
+
+    def test_connection_cut_mid_message(self):
+        with socket.create_connection(self.addr) as other:
+            c = socket.create_connection(self.addr)
+            c.sendall(op_msg({"ping": 1, "$db": "admin"})[:20])
+            c.close()
+            self.assert_others_unaffected(other)
+
+    def test_legacy_op_query_other_than_hello(self):
+        with socket.create_connection(self.addr) as c:
+            q = struct.pack("<i", 0) + b"shop.$cmd\0" + struct.pack("<ii", 0, -1) + bson(
+                {"find": "x"})
+            c.sendall(struct.pack("<iiii", 16 + len(q), 3, 0, 2004) + q)
+            header, body = read_reply(c)
+            self.assertEqual(header[3], 1)  # OP_REPLY
+            self.assertIn(b"UnsupportedOpQueryCommand", body)
+            self.assert_others_unaffected(c)  # and the connection goes on
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
