@@ -59,6 +59,12 @@ constexpr std::array kCommands{
     Entry{"buildinfo", Route::kLocal},
     Entry{"endSessions", Route::kLocal},
     Entry{"whatsmyuri", Route::kLocal},
+    // Authentication is connection state on a server: forwarded over a pooled connection it
+    // would hand one client's identity to the next. sluice refuses it (answered locally).
+    Entry{"saslStart", Route::kLocal},
+    Entry{"saslContinue", Route::kLocal},
+    Entry{"authenticate", Route::kLocal},
+    Entry{"logout", Route::kLocal},
     Entry{"find", Route::kRead},
     Entry{"aggregate", Route::kRead},  // a write with $out / $merge (below)
     Entry{"count", Route::kRead},

@@ -474,6 +474,16 @@ std::string App::reload() {
     auto http = [](const config::Config& c) {
       return c.listen_http ? c.listen_http->to_string() : std::string("off");
     };
+    auto mongo = [](const config::Config& c) {
+      if (!c.mongo) return std::string("off");
+      std::string s = c.mongo->listen.to_string() + " " + c.mongo->uri;
+      for (const auto& m : c.mongo->servers) s += " " + m.address() + (m.primary ? "p" : "s");
+      return s;
+    };
+    if (mongo(*cfg) != mongo(*old_cfg))
+      spdlog::warn(
+          "reload: listen.mongo, mongo.uri and mongo.servers change only on restart (pool sizes, "
+          "timeouts and mongo.cache rules apply now)");
     if (cfg->listen_postgres.to_string() != old_cfg->listen_postgres.to_string() ||
         http(*cfg) != http(*old_cfg) || cfg->workers != old_cfg->workers ||
         cfg->so_reuseport != old_cfg->so_reuseport)

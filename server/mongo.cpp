@@ -26,6 +26,7 @@ namespace code {
 constexpr std::int32_t kBadValue = 2;
 constexpr std::int32_t kHostUnreachable = 6;
 constexpr std::int32_t kFailedToParse = 9;
+constexpr std::int32_t kAuthenticationFailed = 18;
 constexpr std::int32_t kCursorNotFound = 43;
 constexpr std::int32_t kFailedToSatisfyReadPreference = 133;
 constexpr std::int32_t kNetworkInterfaceExceededTimeLimit = 202;
@@ -42,6 +43,8 @@ std::string_view code_name(std::int32_t c) {
       return "HostUnreachable";
     case code::kFailedToParse:
       return "FailedToParse";
+    case code::kAuthenticationFailed:
+      return "AuthenticationFailed";
     case code::kCursorNotFound:
       return "CursorNotFound";
     case code::kFailedToSatisfyReadPreference:
@@ -881,12 +884,27 @@ class MongoSession {
     if (cmd.name == "hello" || cmd.name == "isMaster" || cmd.name == "ismaster") {
       body = hello_body(msg.body, cmd.name != "hello");
     } else if (cmd.name == "endSessions") {
-      // Sessions live on the servers (they expire there after 30 minutes unused); a session
-      // ending here ends any transaction pin it had.
-      for (const auto& s : session_ids(msg.body)) {
-        if (auto pin = px_.take_pin(s)) spdlog::debug("mongo: session ended inside a transaction");
+      // Sessions live on the servers: every reachable one is told (which aborts a transaction
+      // left open), and the pins of those sessions go.
+      for (const auto& s : session_ids(msg.body)) px_.take_pin(s);
+      auto topo = px_.topology();
+      for (const auto& server : topo->servers) {
+        if (!server.up) continue;
+        Buffer request;
+        wire::encode_msg(request, 0, 0, 0, msg.body);
+        auto fwd = co_await exchange(server, std::move(request));
+        if (fwd.code != 0) spdlog::debug("mongo: endSessions on {}: {}", server.address, fwd.error);
       }
       body = ok_body();
+    } else if (cmd.name == "saslStart" || cmd.name == "saslContinue" ||
+               cmd.name == "authenticate" || cmd.name == "logout") {
+      count(cmd.name, "local", "error", started);
+      bool ok = co_await reply(
+          rid, error_body(code::kAuthenticationFailed,
+                          "sluice's MongoDB listener does not authenticate clients (its pooled "
+                          "server connections are shared): connect without credentials, and "
+                          "restrict who reaches listen.mongo"));
+      co_return ok;
     } else if (cmd.name == "whatsmyuri") {
       bson_t b;
       bson_init(&b);
@@ -945,7 +963,10 @@ class MongoSession {
     std::vector<rm::ServerView> views;
     for (const auto& s : t.servers)
       views.push_back({s.primary, s.up, s.rtt_ms, s.lag_seconds, &s.tags});
-    const double floor = std::chrono::duration<double>(px_.cfg_.max_staleness_floor).count();
+    auto cfg = rt_.config();
+    const double floor =
+        std::chrono::duration<double>((cfg->mongo ? *cfg->mongo : px_.cfg_).max_staleness_floor)
+            .count();
     auto sel = rm::select(views, pref, floor, px_.turn_++);
     if (!sel.server) return {nullptr, "", sel.code, sel.error};
     const auto& s = t.servers[*sel.server];

@@ -1,12 +1,14 @@
 // libFuzzer: the MongoDB wire decoder on untrusted bytes — frames (with the size cap), OP_MSG
 // sections and checksums, OP_COMPRESSED, OP_QUERY, OP_REPLY, BSON validation. Properties: no
 // crash, no read outside the input, decoded spans lie inside the frame, and a decoded OP_MSG
-// re-encodes to a message that decodes to the same body and sequences.
+// re-encodes to a message that decodes to the same body and sequences; the routing analysis of a
+// decoded body (command facts, cache key, reply facts) never crashes.
 #include <cstddef>
 #include <cstdint>
 #include <variant>
 
 #include "protocol/mongo/wire.hpp"
+#include "routing/mongo.hpp"
 
 using namespace sluice;
 
@@ -23,6 +25,11 @@ void check_msg(const mongo::Frame& f) {
   if (!m) return;
   if (!inside(m->body, f.body)) __builtin_trap();
   (void)mongo::command_name(m->body);
+  // What the proxy reads of a body it forwards: routing facts, the cache key, reply facts.
+  auto cmd = routing::mongo::analyze(m->body);
+  if (cmd.cacheable && cmd.reads.empty()) __builtin_trap();
+  (void)routing::mongo::canonical_command(m->body);
+  (void)routing::mongo::reply_facts(m->body);
   mongo::Buffer again;
   mongo::encode_msg(again, 7, 9, m->flags & ~mongo::msg_flag::kMoreToCome, m->body, m->sequences);
   auto f2 = mongo::next_frame(again);

@@ -29,6 +29,16 @@ struct Doc {
   bson_t* b;
 };
 
+// Storage libmongoc initializes as a reply (it must not hold a document already).
+struct Reply {
+  Reply() = default;
+  ~Reply() { bson_destroy(&storage); }
+  Reply(const Reply&) = delete;
+  Reply& operator=(const Reply&) = delete;
+  bson_t storage = BSON_INITIALIZER;
+  bson_t* b = &storage;
+};
+
 std::int64_t count(mongoc_collection_t* c, const bson_t* filter) {
   bson_error_t e;
   auto n = mongoc_collection_count_documents(c, filter, nullptr, nullptr, nullptr, &e);
@@ -55,7 +65,7 @@ int main(int argc, char** argv) {
 
   {
     Doc ping(BCON_NEW("ping", BCON_INT32(1)));
-    Doc reply;
+    Reply reply;
     check(mongoc_client_command_simple(client, "admin", ping.b, nullptr, reply.b, &e), "ping", &e);
   }
   mongoc_collection_t* items = mongoc_client_get_collection(client, dbname, "citems");
@@ -75,7 +85,7 @@ int main(int argc, char** argv) {
       docs.push_back(
           BCON_NEW("_id", BCON_INT32(i), "n", BCON_INT32(i), "group", BCON_UTF8(g.c_str())));
     }
-    Doc reply;
+    Reply reply;
     bool ok = mongoc_collection_insert_many(items, const_cast<const bson_t**>(docs.data()),
                                             docs.size(), nullptr, reply.b, &e);
     for (auto* d : docs) bson_destroy(d);
@@ -132,7 +142,7 @@ int main(int argc, char** argv) {
   {
     Doc sel(BCON_NEW("group", BCON_UTF8("g1")));
     Doc upd(BCON_NEW("$set", "{", "flagged", BCON_BOOL(true), "}"));
-    Doc reply;
+    Reply reply;
     check(mongoc_collection_update_many(items, sel.b, upd.b, nullptr, reply.b, &e), "update", &e);
     bson_iter_t it;
     check(bson_iter_init_find(&it, reply.b, "modifiedCount") && bson_iter_as_int64(&it) == 200,
@@ -140,7 +150,7 @@ int main(int argc, char** argv) {
     Doc flagged(BCON_NEW("flagged", BCON_BOOL(true)));
     check(count(items, flagged.b) == 200, "count after update");
     Doc g2(BCON_NEW("group", BCON_UTF8("g2")));
-    Doc dreply;
+    Reply dreply;
     check(mongoc_collection_delete_many(items, g2.b, nullptr, dreply.b, &e), "delete", &e);
     check(bson_iter_init_find(&it, dreply.b, "deletedCount") && bson_iter_as_int64(&it) == 200,
           "deleted 200");
@@ -148,7 +158,7 @@ int main(int argc, char** argv) {
     check(count(items, all.b) == 801, "count after delete");
 
     Doc distinct(BCON_NEW("distinct", BCON_UTF8("citems"), "key", BCON_UTF8("group")));
-    Doc dr;
+    Reply dr;
     check(mongoc_collection_read_command_with_opts(items, distinct.b, nullptr, nullptr, dr.b, &e),
           "distinct", &e);
     bson_iter_t values;

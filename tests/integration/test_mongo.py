@@ -5,13 +5,14 @@ routing between a static primary and secondary holding different data, the cache
 unreachable servers, /readyz, metrics, and malformed input on raw sockets."""
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
 import time
 import unittest
 
-from harness import ROOT, Sluice, default_config, free_port, state
+from harness import ROOT, Sluice, default_config, free_port, psql, state
 
 NODE_DIR = os.path.join(ROOT, "tests", "integration", "node")
 JONGODB = os.path.join(NODE_DIR, "node_modules", "@jongodb", "memory-server-bin-linux-x64-gnu",
@@ -86,6 +87,11 @@ class MongoSluice(Sluice):
 
     def mongo_uri(self):
         return f"mongodb://{self.config['listen']['mongo']}/"
+
+    def __exit__(self, *exc):
+        code = self.stop()
+        if exc[0] is None:
+            assert code == 0, f"sluice exited {code}:\n{self.log()[-3000:]}"
 
     def wait_ready(self, timeout=15):
         deadline = time.time() + timeout
@@ -185,7 +191,8 @@ class Drivers(unittest.TestCase):
 
     def test_node_driver(self):
         out = node("mongo_driver.js", self.s.mongo_uri(), "nodeshop")
-        self.assertEqual(out, {"inserted": 1001, "iterated": 20000, "transactions": "commit+abort"})
+        self.assertEqual(out, {"inserted": 1001, "iterated": 20000, "transactions": "commit+abort",
+                               "credentialsRefused": True})
         m = self.s.metrics()
         self.assertGreater(counter(m, "sluice_mongo_commands_total", command="insert", route="primary",
                                    outcome="ok"), 0)
@@ -262,6 +269,26 @@ class Routing(unittest.TestCase):
                 self.assertEqual(header[2], 8)
                 self.assertIn(b"ok", body)
             self.assertTrue(s.alive())
+
+
+class Lifecycle(unittest.TestCase):
+    def test_admin_console_and_drain_with_an_idle_mongo_client(self):
+        s = MongoSluice().start()
+        try:
+            s.wait_ready()
+            port = int(s.config["listen"]["mongo"].rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                c.sendall(op_msg({"ping": 1, "$db": "admin"}))
+                self.assertIsNotNone(read_reply(c))
+                r = psql(s.admin_dsn(), "SHOW CLIENTS")
+                self.assertIn(b"(mongo)", r.stdout)
+                started = time.time()
+                s.signal(signal.SIGTERM)
+                self.assertTrue(closed(c, timeout=10))  # an idle client goes at once
+                self.assertEqual(s.proc.wait(timeout=20), 0, s.log()[-3000:])
+                self.assertLess(time.time() - started, 5)
+        finally:
+            s.stop()
 
 
 class Cache(unittest.TestCase):

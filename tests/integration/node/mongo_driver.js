@@ -6,7 +6,7 @@ const { MongoClient } = require("mongodb");
 
 async function main() {
   const [uri, dbName] = process.argv.slice(2);
-  const client = new MongoClient(uri, { serverSelectionTimeoutMS: 5000, retryWrites: false });
+  const client = new MongoClient(uri);  // a plain URI, the driver's defaults (retryable writes)
   await client.connect();
   const db = client.db(dbName);
   const figures = {};
@@ -99,6 +99,15 @@ async function main() {
   await assert.rejects(coll.insertOne({ _id: 1 }), (e) => e.code === 11000);
 
   await client.close();
+
+  // Credentials are refused with a message that says why (a pooled connection must not carry
+  // one client's identity to the next).
+  const withAuth = new MongoClient(uri.replace("mongodb://", "mongodb://someone:pw@"), {
+    serverSelectionTimeoutMS: 5000,
+  });
+  await assert.rejects(withAuth.connect(), (e) => /does not authenticate clients/.test(e.message));
+  await withAuth.close();
+  figures.credentialsRefused = true;
   console.log(JSON.stringify(figures));
 }
 
