@@ -268,6 +268,7 @@ Command analyze(Span body) {
   bool first = true;
   bool autocommit_false = false;
   bool write_concern_zero = false;
+  bool historical = false;
   while (bson_iter_next(&it)) {
     auto key = key_of(it);
     if (first) {
@@ -301,6 +302,15 @@ Command analyze(Span body) {
       bson_iter_recurse(&it, &id);
       while (bson_iter_next(&id)) {
         if (BSON_ITER_HOLDS_INT64(&id)) c.cursors.push_back(bson_iter_int64(&id));
+      }
+    } else if (key == "readConcern" && BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      // afterClusterTime is met by any entry under the current versions (a write through sluice
+      // bumps them before its client can read); atClusterTime and snapshot read the past.
+      bson_iter_t rc;
+      bson_iter_recurse(&it, &rc);
+      while (bson_iter_next(&rc)) {
+        if (key_of(rc) == "level" && BSON_ITER_HOLDS_UTF8(&rc)) c.read_concern = utf8_of(rc);
+        if (key_of(rc) == "atClusterTime") historical = true;
       }
     } else if (key == "writeConcern" && BSON_ITER_HOLDS_DOCUMENT(&it)) {
       bson_iter_t w;
@@ -348,7 +358,8 @@ Command analyze(Span body) {
     for (auto s : kUncacheableStages) volatile_stage = volatile_stage || contains_bytes(body, s);
     volatile_stage = volatile_stage || contains_bytes(body, "$$CLUSTER_TIME") ||
                      contains_bytes(body, "tailable") || contains_bytes(body, "$where");
-    c.cacheable = !unknown && !volatile_stage && c.pref_error.empty();
+    c.cacheable = !unknown && !volatile_stage && c.pref_error.empty() && !historical &&
+                  c.read_concern != "snapshot" && c.read_concern != "linearizable";
   }
   return c;
 }

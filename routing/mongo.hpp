@@ -60,6 +60,7 @@ struct Command {
   bool in_transaction = false;     // autocommit: false
   bool starts_transaction = false;
   bool unacknowledged = false;        // writeConcern w: 0
+  std::string read_concern;           // readConcern.level ("" when not given): part of a cache key
   std::vector<std::int64_t> cursors;  // getMore's cursor, killCursors' list
 };
 

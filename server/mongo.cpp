@@ -1144,6 +1144,8 @@ class MongoSession {
       material.push_back('\0');
       material += cmd.db;
       material.push_back('\0');
+      material += cmd.read_concern;
+      material.push_back('\0');
       material += rm::canonical_command(msg.body);
       auto got = co_await rt_.cache->lookup_planned(std::move(plan), std::move(material), false,
                                                     cfg->cache);

@@ -124,6 +124,20 @@ TEST_CASE("mongo sessions, transactions and read preferences are read", "[routin
   CHECK_FALSE(primary_bound.pref_error.empty());
 }
 
+TEST_CASE("mongo read concerns: the past is not cached", "[routing][mongo]") {
+  auto after =
+      analyze(BCON_NEW("find", BCON_UTF8("a"), "readConcern", "{", "level", BCON_UTF8("majority"),
+                       "afterClusterTime", BCON_TIMESTAMP(5, 1), "}", "$db", BCON_UTF8("shop")));
+  CHECK(after.cacheable);
+  CHECK(after.read_concern == "majority");
+  auto at = analyze(BCON_NEW("find", BCON_UTF8("a"), "readConcern", "{", "atClusterTime",
+                             BCON_TIMESTAMP(5, 1), "}", "$db", BCON_UTF8("shop")));
+  CHECK_FALSE(at.cacheable);
+  auto snapshot = analyze(BCON_NEW("find", BCON_UTF8("a"), "readConcern", "{", "level",
+                                   BCON_UTF8("snapshot"), "}", "$db", BCON_UTF8("shop")));
+  CHECK_FALSE(snapshot.cacheable);
+}
+
 TEST_CASE("mongo server selection", "[routing][mongo]") {
   const std::map<std::string, std::string> east{{"dc", "east"}}, west{{"dc", "west"}};
   std::vector<rm::ServerView> s{
