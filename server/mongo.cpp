@@ -558,15 +558,23 @@ std::optional<std::string> MongoProxy::cursor_owner(std::int64_t id) {
   return it->second.address;
 }
 
+void MongoProxy::prune(Clock::time_point now) {
+  // Servers time idle cursors out after 10 minutes and abort transactions older than
+  // transactionLifetimeLimitSeconds (60 s): entries idle longer are dropped (once a minute).
+  if (now - last_prune_ < std::chrono::minutes(1)) return;
+  last_prune_ = now;
+  std::erase_if(cursors_,
+                [&](const auto& kv) { return now - kv.second.used > std::chrono::minutes(10); });
+  std::erase_if(pins_,
+                [&](const auto& kv) { return now - kv.second.used > std::chrono::minutes(2); });
+}
+
 void MongoProxy::note_cursor(std::int64_t id, const std::string& address) {
   std::lock_guard lock(mu_);
-  if (cursors_.size() >= 100'000) {
-    // Servers time idle cursors out after 10 minutes: so does sluice's map.
-    const auto cutoff = Clock::now() - std::chrono::minutes(10);
-    std::erase_if(cursors_, [&](const auto& kv) { return kv.second.used < cutoff; });
-    if (cursors_.size() >= 100'000) cursors_.erase(cursors_.begin());
-  }
-  cursors_[id] = Owner{address, Clock::now()};
+  const auto now = Clock::now();
+  prune(now);
+  if (cursors_.size() >= 100'000) cursors_.erase(cursors_.begin());
+  cursors_[id] = Owner{address, now};
 }
 
 void MongoProxy::forget_cursor(std::int64_t id) {
@@ -584,13 +592,9 @@ std::optional<MongoProxy::Pin> MongoProxy::pin(const std::string& lsid) {
 
 void MongoProxy::set_pin(const std::string& lsid, Pin p) {
   std::lock_guard lock(mu_);
-  if (pins_.size() >= 100'000) {
-    // A transaction left open longer than the servers' transactionLifetimeLimitSeconds (60 s)
-    // has been aborted by the server.
-    const auto cutoff = Clock::now() - std::chrono::minutes(2);
-    std::erase_if(pins_, [&](const auto& kv) { return kv.second.used < cutoff; });
-  }
   p.used = Clock::now();
+  prune(p.used);
+  if (pins_.size() >= 100'000) pins_.erase(pins_.begin());
   pins_[lsid] = std::move(p);
 }
 

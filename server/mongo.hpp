@@ -93,6 +93,7 @@ class MongoProxy {
   void set_pin(const std::string& lsid, Pin p);
   void add_pin_writes(const std::string& lsid, const std::string& db, const std::string& coll);
   std::optional<Pin> take_pin(const std::string& lsid);
+  void prune(Clock::time_point now);  // under mu_
 
   Runtime& rt_;
   const config::Mongo cfg_;  // listen and servers as started (they change on restart only)
@@ -100,6 +101,7 @@ class MongoProxy {
   std::shared_ptr<const MongoTopology> topology_;
   std::unordered_map<std::int64_t, Owner> cursors_;
   std::unordered_map<std::string, Pin> pins_;
+  Clock::time_point last_prune_{};
   std::vector<std::unique_ptr<MongoPools>> pools_;  // by event loop
   std::unique_ptr<MongoCounters> counters_;
   std::atomic<std::uint64_t> turn_{0};
