@@ -23,8 +23,8 @@ C_CLIENT = os.environ.get("MONGO_C_CLIENT",
 SERVERS = {}  # name -> (port, Popen)
 
 
-def start_server(name, *extra):
-    port = free_port()
+def start_server(name, *extra, port=None):
+    port = port or free_port()
     with open(f"/tmp/sluice-jongodb-{name}-{port}.log", "w") as log:
         proc = subprocess.Popen([JONGODB, "--host=127.0.0.1", f"--port={port}", *extra],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -248,6 +248,56 @@ class Routing(unittest.TestCase):
                              1)
             out = node("mongo_driver.js", s.mongo_uri(), "rsshop")
             self.assertEqual(out["iterated"], 20000)
+
+    def test_secondary_going_down_and_coming_back(self):
+        # A secondary of its own (the shared ones stay up for the other tests).
+        port = start_server("flaky")
+        servers = [{"host": "127.0.0.1", "port": SERVERS["primary"][0], "role": "primary"},
+                   {"host": "127.0.0.1", "port": port, "role": "secondary"}]
+        with MongoSluice(servers=servers) as s:
+            s.wait_ready()
+            addr = ("127.0.0.1", int(s.config["listen"]["mongo"].rsplit(":", 1)[1]))
+            def route_of_next_find():
+                before = s.metrics()
+                with socket.create_connection(addr) as c:
+                    body = bson({"find": "where", "$db": "routing"})[:-1]
+                    # {$readPreference: {mode: secondaryPreferred}} appended by hand
+                    pref = bson({"mode": "secondaryPreferred"})
+                    body += b"\x03$readPreference\0" + pref + b"\0"
+                    body = struct.pack("<i", len(body)) + body[4:]
+                    msg = struct.pack("<I", 0) + b"\0" + body
+                    c.sendall(struct.pack("<iiii", 16 + len(msg), 1, 0, 2013) + msg)
+                    header, reply = read_reply(c)
+                    self.assertIn(b"cursor", reply)
+                after = s.metrics()
+                for route in ("primary", "secondary"):
+                    key = f'sluice_mongo_commands_total{{command="find",route="{route}",outcome="ok"}}'
+                    if after.get(key, 0) > before.get(key, 0):
+                        return route
+                return None
+
+            self.assertEqual(route_of_next_find(), "secondary")
+            _, proc = SERVERS.pop("flaky")
+            proc.terminate()
+            proc.wait(timeout=10)
+            deadline = time.time() + 5
+            while time.time() < deadline:
+                m = s.metrics()
+                if m.get(f'sluice_mongo_server_up{{server="127.0.0.1:{port}",role="secondary"}}') == 0:
+                    break
+                time.sleep(0.1)
+            self.assertEqual(m[f'sluice_mongo_server_up{{server="127.0.0.1:{port}",role="secondary"}}'], 0)
+            self.assertEqual(route_of_next_find(), "primary")  # secondaryPreferred falls back
+            self.assertEqual(s.http("/readyz")[0], 200)  # the primary is what readiness needs
+            self.assertIn("secondary 127.0.0.1:%d is down" % port, s.log())
+            # Back on the same port: checked up again, and reads return to it.
+            start_server("flaky", port=port)
+            deadline = time.time() + 5
+            while time.time() < deadline and s.metrics().get(
+                    f'sluice_mongo_server_up{{server="127.0.0.1:{port}",role="secondary"}}') != 1:
+                time.sleep(0.1)
+            self.assertEqual(route_of_next_find(), "secondary")
+            self.assertIn("secondary 127.0.0.1:%d is up" % port, s.log())
 
     def test_unreachable_primary(self):
         dead = free_port()
