@@ -748,11 +748,17 @@ class MongoSession {
 
   void count(std::string_view command, std::string_view route, std::string_view outcome,
              Clock::time_point started) {
-    px_.counters_->commands
-        .with({std::string(rm::command_label(command)), std::string(route), std::string(outcome)})
-        .inc();
-    px_.counters_->duration.with({std::string(route)})
-        .observe(std::chrono::duration<double>(Clock::now() - started).count());
+    // The children are looked up once per session and label triple (the family's lookup takes
+    // a lock and builds the label strings).
+    const auto label = rm::command_label(command);
+    auto& slot = metric_children_[std::make_tuple(label, route, outcome)];
+    if (!slot.first) {
+      slot.first = &px_.counters_->commands.with(
+          {std::string(label), std::string(route), std::string(outcome)});
+      slot.second = &px_.counters_->duration.with({std::string(route)});
+    }
+    slot.first->inc();
+    slot.second->observe(std::chrono::duration<double>(Clock::now() - started).count());
   }
 
   Buffer hello_body(Span request, bool legacy) {
@@ -1192,7 +1198,7 @@ class MongoSession {
       co_return ok;
     }
     const std::string address = target.server->address;
-    const std::string route(target.route);
+    const std::string_view route = target.route;  // "primary" | "secondary" (static)
     if (cmd.starts_transaction && !cmd.lsid.empty())
       px_.set_pin(cmd.lsid, MongoProxy::Pin{address, {}, Clock::now()});
 
@@ -1333,6 +1339,10 @@ class MongoSession {
   std::int64_t conn_id_;
   std::shared_ptr<SessionHandle> handle_;
   Buffer decompressed_;
+  // Keys are views of static strings (command_label's table and route/outcome literals).
+  std::map<std::tuple<std::string_view, std::string_view, std::string_view>,
+           std::pair<metrics::Counter*, metrics::Histogram*>>
+      metric_children_;
 };
 
 awaitable<void> MongoProxy::session(tcp::socket socket, std::size_t loop) {
