@@ -6,8 +6,9 @@
 #   deploy/demo.sh            run in the foreground until Ctrl-C
 #   deploy/demo.sh --detach   start, print, return (then: deploy/demo.sh stop)
 #   deploy/demo.sh stop       stop a detached demo
-# Environment: SLUICE_DEMO_PORT, SLUICE_DEMO_HTTP_PORT, SLUICE_DEMO_PROMETHEUS_PORT (default: the
-# usual port when free, else a free one), SLUICE_DEMO_DIR (default /tmp/sluice-demo),
+# Environment: SLUICE_DEMO_PORT, SLUICE_DEMO_HTTP_PORT, SLUICE_DEMO_PROMETHEUS_PORT,
+# SLUICE_DEMO_MONGO_PORT (default: the usual port when free, else a free one), SLUICE_DEMO_DIR
+# (default /tmp/sluice-demo),
 # SLUICE_DEMO_PGBENCH_SECONDS (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +56,7 @@ stop() {
   stop_pidfile "$RUN_DIR/pgbench.pid"
   stop_pidfile "$RUN_DIR/sluice.pid"  # drains: clients get 57P01, then it exits
   stop_pidfile "$RUN_DIR/prometheus.pid"
+  stop_pidfile "$RUN_DIR/jongodb.pid"
   $PY tests/integration/cluster.py down "$DEMO_DIR" >/dev/null 2>&1 || true
 }
 
@@ -90,6 +92,23 @@ export APP_PASSWORD=secret OPS_PASSWORD=opssecret
 export PRIMARY_PORT=$(field primary_port) REPLICA_PORT=$(field replica_port) REDIS_PORT=$(field redis_port)
 export SLUICE_CERT_DIR=$(field certs)
 sed "s/127.0.0.1:6432/127.0.0.1:$PORT/" deploy/sluice.example.yaml > "$RUN_DIR/sluice.yaml"
+# The MongoDB side: an in-memory MongoDB-wire server (npm, installed by scripts/setup.sh) behind
+# sluice's Mongo listener, with finds of demo.products cached.
+JONGODB=tests/integration/node/node_modules/@jongodb/memory-server-bin-linux-x64-gnu/bin/jongodb
+MONGO_URL=""
+if [ -x "$JONGODB" ]; then
+  MONGO_SERVER_PORT=$(pick_port "" 0)
+  MONGO_PORT=$(pick_port "${SLUICE_DEMO_MONGO_PORT:-}" 27018)
+  setsid "$JONGODB" --host=127.0.0.1 --port="$MONGO_SERVER_PORT" </dev/null >"$RUN_DIR/jongodb.log" 2>&1 &
+  echo $! > "$RUN_DIR/jongodb.pid"
+  sed -i "/^listen:/a\\  mongo: 127.0.0.1:$MONGO_PORT" "$RUN_DIR/sluice.yaml"
+  cat >> "$RUN_DIR/sluice.yaml" <<EOF
+mongo:
+  servers: [{host: 127.0.0.1, port: $MONGO_SERVER_PORT, role: primary}]
+  cache: [{collections: [demo.products], ttl: 60s}]
+EOF
+  MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT/"
+fi
 build/release/sluice --check-config "$RUN_DIR/sluice.yaml"
 setsid build/release/sluice --config "$RUN_DIR/sluice.yaml" </dev/null >"$RUN_DIR/sluice.log" 2>&1 &
 echo $! > "$RUN_DIR/sluice.pid"
@@ -123,6 +142,22 @@ seconds=${SLUICE_DEMO_PGBENCH_SECONDS:-5}
 echo "pgbench through sluice: initialize (scale 1), then ${seconds}s of TPC-B with 8 clients"
 pgbench -q -i -s 1 "$URL?sslmode=disable" >"$RUN_DIR/pgbench-init.log" 2>&1
 pgbench -n -c 8 -j 2 -T "$seconds" "$URL?sslmode=disable" 2>&1 | grep -E "^(tps|latency average|number of failed)"
+MONGO_LINE="mongo:       (not started: npm modules missing; run scripts/setup.sh)"
+if [ -n "$MONGO_URL" ]; then
+  NODE_PATH=tests/integration/node/node_modules node -e '
+const { MongoClient } = require("mongodb");
+(async () => {
+  const c = new MongoClient(process.argv[1]);
+  const products = c.db("demo").collection("products");
+  await products.deleteMany({});
+  await products.insertMany([{ _id: 1, name: "tea", price: 3 }, { _id: 2, name: "coffee", price: 4 }]);
+  for (let i = 0; i < 3; i++) await products.find({}).sort({ _id: 1 }).toArray();
+  const n = await products.countDocuments({});
+  console.log(`mongo through sluice: ${n} products in demo.products (finds cached)`);
+  await c.close();
+})().catch((e) => { console.error(e); process.exit(1); });' "$MONGO_URL"
+  MONGO_LINE="mongo:       $MONGO_URL   (any MongoDB driver; server 127.0.0.1:$MONGO_SERVER_PORT)"
+fi
 for _ in $(seq 50); do
   build/release/sluice --probe "http://127.0.0.1:$PROM_PORT/-/ready" >/dev/null 2>&1 && break
   sleep 0.2
@@ -137,6 +172,7 @@ cat <<MSG
   metrics:     curl http://127.0.0.1:$HTTP_PORT/metrics   (/healthz /readyz /status)
   prometheus:  http://127.0.0.1:$PROM_PORT/graph?g0.expr=rate(sluice_queries_total%5B1m%5D)   (alerts: /alerts)
   load:        pgbench -c 8 -T 60 "$URL"
+  $MONGO_LINE
   servers:     primary 127.0.0.1:$PRIMARY_PORT, replica 127.0.0.1:$REPLICA_PORT, redis 127.0.0.1:$REDIS_PORT
   config:      $RUN_DIR/sluice.yaml (kill -HUP $(cat "$RUN_DIR/sluice.pid") reloads it)
   logs:        $RUN_DIR/sluice.log, $RUN_DIR/prometheus.log, $DEMO_DIR/*.log

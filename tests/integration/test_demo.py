@@ -74,6 +74,11 @@ class Demo(unittest.TestCase):
         with urllib.request.urlopen(metrics, timeout=10) as m:
             text = m.read().decode()
         self.assertRegex(text, r'sluice_transactions_total\{[^}]*\} [1-9]')
+        # The Mongo side: the demo's finds went through sluice, the repeated ones from the cache.
+        self.assertIn("mongo through sluice: 2 products in demo.products", out)
+        self.assertRegex(out, r"mongo:\s+mongodb://127\.0\.0\.1:\d+/")
+        self.assertRegex(text, r'sluice_mongo_cache_requests_total\{result="hit"\} [1-9]')
+        self.assertRegex(text, r'sluice_mongo_server_up\{[^}]*role="primary"\} 1')
         prometheus = re.search(r"prometheus:\s+(http://[^/]+)", out).group(1)
         deadline = time.time() + 30  # the first scrape comes within one 5 s interval
         health = None
@@ -94,6 +99,7 @@ class Demo(unittest.TestCase):
         run = demo_dir + "-run"
         pids = {}
         for name, path in (("sluice", f"{run}/sluice.pid"), ("prometheus", f"{run}/prometheus.pid"),
+                           ("jongodb", f"{run}/jongodb.pid"),
                            ("redis", f"{demo_dir}/redis.pid"),
                            ("primary", f"{demo_dir}/primary/postmaster.pid"),
                            ("replica", f"{demo_dir}/replica/postmaster.pid")):
