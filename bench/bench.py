@@ -37,18 +37,7 @@ WORKLOADS = [("select-only", ["-S"], "simple"), ("select-only", ["-S"], "prepare
              ("tpc-b", [], "simple"), ("tpc-b", [], "prepared")]
 
 
-def wait_port(port, proc, what, timeout=20):
-    import socket
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited early")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not start listening on {port}")
+wait_port = cluster.wait_port  # cache_bench.py imports it from here
 
 
 def rss_kb(pid):

@@ -29,20 +29,6 @@ import cluster  # noqa: E402
 SLUICE = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "release", "sluice"))
 
 
-def wait_port(port, what, proc):
-    import socket
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {port}")
-
-
 def run_node(uri, collection, seconds, clients, setup=False):
     args = ["node", os.path.join(ROOT, "bench", "mongo_bench.js"), uri, collection, str(seconds),
             str(clients)] + (["--setup"] if setup else [])
@@ -65,11 +51,11 @@ def main():
         with open(f"{work}/jongodb.log", "w") as log:
             procs.append(subprocess.Popen([JONGODB, "--host=127.0.0.1", f"--port={mongo_port}"],
                                           stdout=log, stderr=subprocess.STDOUT))
-        wait_port(mongo_port, "jongodb", procs[-1])
+        cluster.wait_port(mongo_port, procs[-1], "jongodb")
         procs.append(subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port",
                                        str(redis_port), "--save", "", "--appendonly", "no"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(redis_port, "redis", procs[-1])
+        cluster.wait_port(redis_port, procs[-1], "redis")
         pg, http, mport = cluster.free_port(), cluster.free_port(), cluster.free_port()
         config = {
             "listen": {"postgres": f"127.0.0.1:{pg}", "http": f"127.0.0.1:{http}",
@@ -86,7 +72,7 @@ def main():
         with open(f"{work}/sluice.log", "w") as log:
             procs.append(subprocess.Popen([SLUICE, "--config", f"{work}/sluice.yaml"], stdout=log,
                                           stderr=subprocess.STDOUT))
-        wait_port(mport, "sluice", procs[-1])
+        cluster.wait_port(mport, procs[-1], "sluice")
         direct = f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true"
         proxied = f"mongodb://127.0.0.1:{mport}/"
         run_node(direct, "items", 1, 1, setup=True)
@@ -118,12 +104,7 @@ def main():
                 f.write(text)
     finally:
         for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            cluster.stop_process(p)
 
 
 if __name__ == "__main__":

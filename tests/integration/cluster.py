@@ -75,6 +75,30 @@ def process_alive(pid):
         return False
 
 
+def wait_port(port, proc, what, timeout=20):
+    """Waits until 127.0.0.1:port accepts connections; fails when proc exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start listening on {port}")
+
+
+def stop_process(proc, timeout=20):
+    """SIGTERM, then SIGKILL after timeout seconds; waits for the exit."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(pred, what, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -12,6 +12,7 @@ import subprocess
 import time
 import unittest
 
+import cluster
 from harness import ROOT, Sluice, default_config, free_port, psql, state
 
 NODE_DIR = os.path.join(ROOT, "tests", "integration", "node")
@@ -28,17 +29,9 @@ def start_server(name, *extra, port=None):
     with open(f"/tmp/sluice-jongodb-{name}-{port}.log", "w") as log:
         proc = subprocess.Popen([JONGODB, "--host=127.0.0.1", f"--port={port}", *extra],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            SERVERS[name] = (port, proc)
-            return port
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jongodb {name} exited")
-            time.sleep(0.05)
-    raise RuntimeError(f"jongodb {name} did not listen on {port}")
+    cluster.wait_port(port, proc, f"jongodb {name}", timeout=30)
+    SERVERS[name] = (port, proc)
+    return port
 
 
 def setUpModule():
@@ -51,12 +44,7 @@ def setUpModule():
 
 def tearDownModule():
     for port, proc in SERVERS.values():
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        cluster.stop_process(proc, timeout=10)
 
 
 def mongo_config(port, servers=None, cache_rules=None, invalidation=True, uri=None):
@@ -278,8 +266,7 @@ class Routing(unittest.TestCase):
 
             self.assertEqual(route_of_next_find(), "secondary")
             _, proc = SERVERS.pop("flaky")
-            proc.terminate()
-            proc.wait(timeout=10)
+            cluster.stop_process(proc, timeout=10)
             deadline = time.time() + 5
             while time.time() < deadline:
                 m = s.metrics()
