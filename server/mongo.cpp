@@ -1031,17 +1031,10 @@ class MongoSession {
     auto checkout = co_await pools_.get(server, mcfg);
     if (!checkout.conn) co_return Forwarded{{}, {}, checkout.code, checkout.error};
     auto conn = std::move(checkout.conn);
-    std::uint32_t flags = 0;
-    for (int i = 3; i >= 0; --i)
-      flags = (flags << 8) | message[wire::kHeaderSize + static_cast<std::size_t>(i)];
-    const bool more_to_come = (flags & wire::msg_flag::kMoreToCome) != 0;
-    // Never exhaust: one request, one reply, and the connection is free again.
-    flags &= ~wire::msg_flag::kExhaustAllowed;
-    for (int i = 0; i < 4; ++i)
-      message[wire::kHeaderSize + static_cast<std::size_t>(i)] =
-          static_cast<std::uint8_t>(flags >> (8 * i));
+    const bool more_to_come = (message[wire::kHeaderSize] & wire::msg_flag::kMoreToCome) != 0;
     const std::int32_t id = px_.next_request_id_++;
-    wire::rewrite_ids(message, id, 0);
+    // Never exhaust: one request, one reply, and the connection is free again.
+    wire::rewrite_ids(message, id, 0, wire::msg_flag::kExhaustAllowed);
     auto ec = co_await conn->stream.write_all(asio::buffer(message));
     if (ec) {
       pools_.put(std::move(conn), false);
@@ -1084,17 +1077,8 @@ class MongoSession {
   }
 
   awaitable<bool> send_reply(Buffer& reply, std::int32_t rid) {
-    // Clear moreToCome: the client asked for one reply and gets exactly one.
-    std::uint32_t flags = 0;
-    for (int i = 3; i >= 0; --i)
-      flags = (flags << 8) | reply[wire::kHeaderSize + static_cast<std::size_t>(i)];
-    if (flags & wire::msg_flag::kMoreToCome) {
-      flags &= ~wire::msg_flag::kMoreToCome;
-      for (int i = 0; i < 4; ++i)
-        reply[wire::kHeaderSize + static_cast<std::size_t>(i)] =
-            static_cast<std::uint8_t>(flags >> (8 * i));
-    }
-    wire::rewrite_ids(reply, px_.next_request_id_++, rid);
+    // Without moreToCome: the client asked for one reply and gets exactly one.
+    wire::rewrite_ids(reply, px_.next_request_id_++, rid, wire::msg_flag::kMoreToCome);
     auto ec = co_await client_.write_all(asio::buffer(reply));
     co_return !ec;
   }

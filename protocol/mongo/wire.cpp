@@ -251,12 +251,17 @@ void encode_msg(Buffer& out, std::int32_t request_id, std::int32_t response_to, 
   finish(out, start);
 }
 
-void rewrite_ids(std::span<std::uint8_t> message, std::int32_t request_id,
-                 std::int32_t response_to) {
+void rewrite_ids(std::span<std::uint8_t> message, std::int32_t request_id, std::int32_t response_to,
+                 std::uint32_t clear_flags) {
   if (message.size() < kHeaderSize) return;
   store_le32(message.data() + 4, static_cast<std::uint32_t>(request_id));
   store_le32(message.data() + 8, static_cast<std::uint32_t>(response_to));
   const auto op = static_cast<std::int32_t>(load_le32(message.data() + 12));
+  clear_flags &= ~msg_flag::kChecksumPresent;  // the checksum's presence is the layout
+  if (op == kOpMsg && clear_flags != 0 && message.size() >= kHeaderSize + 4) {
+    auto* flags = message.data() + kHeaderSize;
+    store_le32(flags, load_le32(flags) & ~clear_flags);
+  }
   if (op == kOpMsg && message.size() >= kHeaderSize + 8 &&
       (load_le32(message.data() + kHeaderSize) & msg_flag::kChecksumPresent)) {
     const auto n = message.size() - 4;

@@ -106,9 +106,10 @@ void encode_msg(Buffer& out, std::int32_t request_id, std::int32_t response_to, 
                 Span body, std::span<const DocumentSequence> sequences = {});
 
 // Rewrites requestID and responseTo of a whole message in place (forwarding a client's bytes to a
-// server); recomputes the CRC-32C of an OP_MSG that carries one.
-void rewrite_ids(std::span<std::uint8_t> message, std::int32_t request_id,
-                 std::int32_t response_to);
+// server), clears the OP_MSG flag bits in `clear_flags` (e.g. exhaustAllowed; never
+// checksumPresent), and recomputes the CRC-32C of an OP_MSG that carries one.
+void rewrite_ids(std::span<std::uint8_t> message, std::int32_t request_id, std::int32_t response_to,
+                 std::uint32_t clear_flags = 0);
 
 // --- OP_COMPRESSED -------------------------------------------------------------------------------
 

@@ -163,6 +163,15 @@ TEST_CASE("mongo: OP_MSG checksums are checked, and rewritten with the ids") {
   CHECK(f.header.request_id == 1000);
   CHECK(f.header.response_to == 77);
   CHECK(std::holds_alternative<mongo::Msg>(mongo::decode_msg(f)));
+  // ...and clearing a flag on the way (exhaustAllowed) recomputes the checksum over the new bits;
+  // checksumPresent itself is never cleared.
+  wire[mongo::kHeaderSize + 2] |= 0x01;  // bit 16: exhaustAllowed
+  mongo::rewrite_ids(wire, 1001, 0,
+                     mongo::msg_flag::kExhaustAllowed | mongo::msg_flag::kChecksumPresent);
+  auto cleared = mongo::decode_msg(frame_of(wire));
+  REQUIRE(std::holds_alternative<mongo::Msg>(cleared));
+  CHECK_FALSE(std::get<mongo::Msg>(cleared).exhaust_allowed());
+  CHECK(std::get<mongo::Msg>(cleared).checksum.has_value());
   // Known CRC-32C vector.
   CHECK(mongo::crc32c(bytes::as_bytes("123456789")) == 0xE3069283u);
   // Checksum flag without room for one.
