@@ -6,6 +6,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 
+#include "server/mongo.hpp"
 #include "server/version.hpp"
 
 namespace sluice::server {
@@ -205,6 +206,27 @@ std::string status_json(Runtime& rt) {
   cache["serving"] = rt.cache && rt.cache->redis_up() && cfg->cache.enabled;
   if (rt.cache) cache["unbumped_databases"] = rt.cache->unbumped();
   doc["cache"] = std::move(cache);
+
+  if (rt.mongo) {
+    json::object mongo;
+    json::array servers;
+    for (const auto& s : rt.mongo->topology()->servers) {
+      json::object o;
+      o["address"] = s.address;
+      o["role"] = s.primary ? "primary" : "secondary";
+      o["up"] = s.up;
+      o["checked"] = s.checked;
+      o["error"] = s.error;
+      o["rtt_seconds"] = s.rtt_ms / 1000.0;
+      if (s.lag_seconds) o["lag_seconds"] = *s.lag_seconds;
+      servers.push_back(std::move(o));
+    }
+    mongo["servers"] = std::move(servers);
+    auto counts = rt.mongo->open_counts();
+    mongo["cursors_open"] = counts.first;
+    mongo["transactions_open"] = counts.second;
+    doc["mongo"] = std::move(mongo);
+  }
   return json::serialize(doc);
 }
 

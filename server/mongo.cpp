@@ -651,13 +651,7 @@ void MongoProxy::add_collectors() {
                  static_cast<double>(g->waiting.load()));
       }
     }
-    std::size_t cursors = 0;
-    std::size_t pins = 0;
-    {
-      std::lock_guard lock(mu_);
-      cursors = cursors_.size();
-      pins = pins_.size();
-    }
+    const auto [cursors, pins] = open_counts();
     w.family("sluice_mongo_cursors_open", "gauge",
              "MongoDB cursors opened through sluice and not yet exhausted or killed.");
     w.sample("sluice_mongo_cursors_open", static_cast<double>(cursors));

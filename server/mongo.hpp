@@ -67,6 +67,11 @@ class MongoProxy {
   }
   // /readyz: the primary has answered its last check.
   Probe readiness() const;
+  // Cursors and transactions opened through sluice and not yet finished.
+  std::pair<std::size_t, std::size_t> open_counts() const {
+    std::lock_guard lock(mu_);
+    return {cursors_.size(), pins_.size()};
+  }
 
   struct Owner {
     std::string address;

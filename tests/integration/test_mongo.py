@@ -209,6 +209,11 @@ class Drivers(unittest.TestCase):
                          1)
         self.assertEqual(m[f'sluice_mongo_server_lag_seconds{{server="127.0.0.1:{primary}"}}'], 0)
         self.assertIn("sluice_mongo_command_duration_seconds_count", "".join(m))
+        status = json.loads(self.s.http("/status")[1])
+        self.assertEqual([(x["address"], x["role"], x["up"]) for x in status["mongo"]["servers"]],
+                         [(f"127.0.0.1:{primary}", "primary", True),
+                          (f"127.0.0.1:{SERVERS['secondary'][0]}", "secondary", True)])
+        self.assertEqual(status["mongo"]["cursors_open"], 0)
 
 
 class Routing(unittest.TestCase):
