@@ -313,6 +313,109 @@ class Routing(unittest.TestCase):
             self.assertTrue(s.alive())
 
 
+class SlowLink:
+    """A TCP relay to a real server that delays every server-to-client chunk: a slow network, so
+    requests hold their pooled connection long enough to make others wait."""
+
+    def __init__(self, target_port, delay):
+        import asyncio
+        import threading
+        self.port = free_port()
+        self.delay = delay
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def pipe(reader, writer, slow):
+            try:
+                while data := await reader.read(65536):
+                    if slow:
+                        await asyncio.sleep(self.delay)
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(client_r, client_w):
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
+            await asyncio.gather(pipe(client_r, server_w, False), pipe(server_r, client_w, True),
+                                 return_exceptions=True)
+
+        async def serve():
+            self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+            ready.set()
+
+        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(serve()),
+                                                       self.loop.run_forever()), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def close(self):
+        import asyncio
+
+        async def shutdown():
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class Pool(unittest.TestCase):
+    def exchange_concurrently(self, addr, n):
+        import threading
+        replies = [None] * n
+
+        def one(i):
+            with socket.create_connection(addr) as c:
+                c.sendall(op_msg({"find": "pooled", "$db": "shop"}, request_id=100 + i))
+                replies[i] = read_reply(c, timeout=20)[1]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return replies
+
+    def test_requests_wait_for_a_pooled_connection_then_time_out(self):
+        link = SlowLink(SERVERS["primary"][0], delay=0.4)
+        try:
+            servers = [{"host": "127.0.0.1", "port": link.port, "role": "primary"}]
+            with MongoSluice(servers=servers) as s:
+                s.config["mongo"].update({"pool_size": 1, "wait_timeout": "3s"})
+                s.write_config()
+                s.signal(signal.SIGHUP)  # pool_size and wait_timeout apply on reload
+                time.sleep(0.5)
+                s.wait_ready()
+                addr = ("127.0.0.1", int(s.config["listen"]["mongo"].rsplit(":", 1)[1]))
+                # One connection, three requests of ~0.4 s: they queue and all succeed.
+                started = time.time()
+                replies = self.exchange_concurrently(addr, 3)
+                self.assertTrue(all(r and b"cursor" in r for r in replies), replies)
+                self.assertGreater(time.time() - started, 1.1)  # served one after the other
+                m = s.metrics()
+                self.assertEqual(m[f'sluice_mongo_pool_connections{{server="127.0.0.1:{link.port}",'
+                                   'state="idle"}'], 1)
+                # A wait shorter than a request: the one that cannot get the connection in time
+                # is answered 202 and its client goes on.
+                s.config["mongo"]["wait_timeout"] = "100ms"
+                s.write_config()
+                s.signal(signal.SIGHUP)
+                time.sleep(0.5)
+                replies = self.exchange_concurrently(addr, 2)
+                self.assertEqual(sorted(b"NetworkInterfaceExceededTimeLimit" in r for r in replies),
+                                 [False, True], replies)
+                self.assertTrue(any(b"raise mongo.pool_size" in r for r in replies))
+        finally:
+            link.close()
+
+
 class Lifecycle(unittest.TestCase):
     def test_admin_console_and_drain_with_an_idle_mongo_client(self):
         s = MongoSluice().start()
