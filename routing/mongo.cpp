@@ -83,8 +83,39 @@ constexpr std::array kCommands{
 
 // Writes whose first value names the collection written.
 constexpr std::array<std::string_view, 12> kCollectionWrites{
-    "insert", "update",        "delete",      "findAndModify", "findandmodify", "create",
-    "drop",   "createIndexes", "dropIndexes", "collMod",       "validate",      "compact"};
+    "insert", "update",        "delete",      "findAndModify", "findandmodify",   "create",
+    "drop",   "createIndexes", "dropIndexes", "collMod",       "convertToCapped", "compact"};
+
+// Commands for the primary that change no data (monitoring, sessions, diagnostics): no bump.
+constexpr std::array<std::string_view, 22> kNoDataChange{"serverStatus",
+                                                         "listDatabases",
+                                                         "hostInfo",
+                                                         "getParameter",
+                                                         "connectionStatus",
+                                                         "replSetGetStatus",
+                                                         "getLog",
+                                                         "currentOp",
+                                                         "top",
+                                                         "getCmdLineOpts",
+                                                         "listCommands",
+                                                         "validate",
+                                                         "dbHash",
+                                                         "killOp",
+                                                         "killSessions",
+                                                         "killAllSessions",
+                                                         "refreshSessions",
+                                                         "startSession",
+                                                         "getDefaultRWConcern",
+                                                         "features",
+                                                         "lockInfo",
+                                                         "profile"};
+
+// "db.collection" → (db, collection); nullopt without a dot.
+std::optional<Written> namespace_of(const std::string& full) {
+  auto dot = full.find('.');
+  if (dot == std::string::npos || dot == 0) return std::nullopt;
+  return Written{full.substr(0, dot), full.substr(dot + 1)};
+}
 
 // Result-changing reads that a cached copy cannot stand for.
 constexpr std::array<std::string_view, 10> kUncacheableStages{
@@ -316,6 +347,8 @@ Command analyze(Span body) {
       bson_iter_t w;
       if (bson_iter_recurse(&it, &w) && bson_iter_find(&w, "w") && BSON_ITER_HOLDS_NUMBER(&w))
         write_concern_zero = bson_iter_as_int64(&w) == 0;
+    } else if (key == "to" && c.name == "renameCollection" && BSON_ITER_HOLDS_UTF8(&it)) {
+      if (auto w = namespace_of(utf8_of(it))) c.writes.push_back(*w);
     } else if (key == "nsInfo" && c.name == "bulkWrite" && BSON_ITER_HOLDS_ARRAY(&it)) {
       bson_iter_t ns;
       bson_iter_recurse(&it, &ns);
@@ -323,10 +356,7 @@ Command analyze(Span body) {
         bson_iter_t f;
         if (BSON_ITER_HOLDS_DOCUMENT(&ns) && bson_iter_recurse(&ns, &f) &&
             bson_iter_find(&f, "ns") && BSON_ITER_HOLDS_UTF8(&f)) {
-          auto full = utf8_of(f);
-          auto dot = full.find('.');
-          if (dot == std::string::npos) continue;
-          c.writes.push_back({full.substr(0, dot), full.substr(dot + 1)});
+          if (auto w = namespace_of(utf8_of(f))) c.writes.push_back(*w);
         }
       }
     }
@@ -339,13 +369,20 @@ Command analyze(Span body) {
     c.route = Route::kWrite;
     c.writes.push_back(*output);
   }
-  if (c.route == Route::kWrite && c.writes.empty()) {
-    const bool names_collection = std::find(kCollectionWrites.begin(), kCollectionWrites.end(),
-                                            c.name) != kCollectionWrites.end();
-    if (names_collection && !c.collection.empty())
+  const auto listed = [&](const auto& table) {
+    return std::find(table.begin(), table.end(), c.name) != table.end();
+  };
+  if (c.name == "renameCollection") {
+    // {renameCollection: "db.a", to: "db.b"} on admin: both names change.
+    if (auto w = namespace_of(c.collection)) c.writes.push_back(*w);
+    if (c.writes.size() < 2) c.writes = {Written{"*", ""}};  // unreadable: everything
+  } else if (c.route == Route::kWrite && c.writes.empty() && !listed(kNoDataChange)) {
+    if (listed(kCollectionWrites) && !c.collection.empty())
       c.writes.push_back({c.db, c.collection});
-    else if (c.name != "bulkWrite")
-      c.writes.push_back({c.db, ""});  // dropDatabase, renameCollection, unknown commands
+    else if (c.name == "bulkWrite" || c.db == "admin" || c.db.empty())
+      c.writes.push_back({"*", ""});  // applyOps and the like reach any database
+    else
+      c.writes.push_back({c.db, ""});  // dropDatabase, unknown commands
   }
   // Cacheable: a find or read-only aggregate on a named collection, outside a transaction, with
   // nothing in it whose result changes between identical runs.

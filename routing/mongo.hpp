@@ -39,7 +39,8 @@ struct ReadPreference {
   std::optional<double> max_staleness_seconds;
 };
 
-// A collection written: `collection` empty when the whole database may have changed.
+// A collection written: `collection` empty when the whole database may have changed; `db` "*"
+// when any database may have (an unknown command on admin).
 struct Written {
   std::string db;
   std::string collection;

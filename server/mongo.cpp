@@ -35,6 +35,8 @@ constexpr std::int32_t kBSONObjectTooLarge = 10334;
 constexpr std::int32_t kNoDb = 40571;
 }  // namespace code
 
+namespace {
+
 std::string_view code_name(std::int32_t c) {
   switch (c) {
     case code::kBadValue:
@@ -55,10 +57,14 @@ std::string_view code_name(std::int32_t c) {
       return "UnsupportedOpQueryCommand";
     case code::kBSONObjectTooLarge:
       return "BSONObjectTooLarge";
+    case code::kNoDb:
+      return "Location40571";  // what mongod names it
     default:
       return "InternalError";
   }
 }
+
+}  // namespace
 
 struct MongoCounters {
   explicit MongoCounters(metrics::Registry& r)
@@ -68,7 +74,7 @@ struct MongoCounters {
                            "network).",
                            {"command", "route", "outcome"})),
         duration(r.histogram("sluice_mongo_command_duration_seconds",
-                             "MongoDB commands: request read to reply written, by route.",
+                             "MongoDB commands: request read until its reply is ready, by route.",
                              {"route"},
                              {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                               0.25, 0.5, 1, 2.5, 5, 10})),
@@ -320,10 +326,19 @@ void MongoProxy::publish(std::shared_ptr<const MongoTopology> t) {
     for (const auto& o : topology_->servers) {
       if (o.address == s.address) before = &o;
     }
-    if (before && before->up != s.up && before->checked)
-      spdlog::log(s.up ? spdlog::level::info : spdlog::level::warn, "mongo: {} {} is {}{}",
-                  s.primary ? "primary" : "secondary", s.address, s.up ? "up" : "down",
-                  s.up ? "" : ": " + s.error);
+    const char* role = s.primary ? "primary" : "secondary";
+    if (!s.checked) continue;
+    if (!before || !before->checked) {
+      if (!s.up)
+        spdlog::warn("mongo: {} {} is down: {}", role, s.address, s.error);
+      else
+        spdlog::info("mongo: {} {} is up", role, s.address);
+    } else if (before->up != s.up) {
+      spdlog::log(s.up ? spdlog::level::info : spdlog::level::warn, "mongo: {} {} is {}{}", role,
+                  s.address, s.up ? "up" : "down", s.up ? "" : ": " + s.error);
+    } else if (before->primary != s.primary && s.up) {
+      spdlog::info("mongo: {} is now the {}", s.address, role);
+    }
   }
   topology_ = std::move(t);
 }
@@ -360,30 +375,37 @@ void MongoProxy::close_for_exit() {
   for (auto& p : pools_) p->close_all();
 }
 
-// Static roles: sluice sends hello to each server every mongo.heartbeat_interval, for
-// reachability, round-trip time (the spec's weighted average) and lastWrite dates, whose
-// differences to the primary's are the secondaries' lag.
+// Static roles: sluice sends hello to each server every mongo.heartbeat_interval, one coroutine
+// per server (a server that does not answer delays only its own checks), for reachability,
+// round-trip time (the spec's weighted average) and lastWrite dates, whose differences to the
+// primary's are the secondaries' lag. Every check publishes a new snapshot.
 awaitable<void> MongoProxy::watch_static() {
   auto ex = co_await asio::this_coro::executor;
-  std::map<std::string, std::unique_ptr<MongoConn>> conns;
-  std::map<std::string, double> rtt;
+  auto states = std::make_shared<std::vector<StaticCheck>>(topology()->servers.size());
+  for (std::size_t i = 0; i < states->size(); ++i)
+    asio::co_spawn(ex, check_static(i, states), log_exceptions("mongo monitor"));
+  co_return;
+}
+
+awaitable<void> MongoProxy::check_static(std::size_t index,
+                                         std::shared_ptr<std::vector<StaticCheck>> states) {
+  auto ex = co_await asio::this_coro::executor;
+  const auto server = topology()->servers[index];  // address and role are fixed
+  std::unique_ptr<MongoConn> conn;
   MongoPools dialer(*counters_);
   while (!stopping_ && !rt_.stopping) {
-    auto cfg = rt_.config();
-    auto next = std::make_shared<MongoTopology>(*topology());
-    std::map<std::string, double> last_write;  // ms since the epoch
-    for (auto& s : next->servers) {
-      s.checked = true;
-      auto& conn = conns[s.address];
+    auto& st = (*states)[index];
+    st.checked = true;
+    st.last_write.reset();
+    if (!conn) {
+      auto c = co_await dialer.connect(server, cfg_);
+      conn = std::move(c.conn);
       if (!conn) {
-        auto c = co_await dialer.connect(s, cfg_);
-        if (!c.conn) {
-          s.up = false;
-          s.error = c.error;
-          continue;
-        }
-        conn = std::move(c.conn);
+        st.up = false;
+        st.error = c.error;
       }
+    }
+    if (conn) {
       bson_t hello;
       bson_init(&hello);
       bson_append_int32(&hello, "hello", 5, 1);
@@ -399,62 +421,84 @@ awaitable<void> MongoProxy::watch_static() {
             co_await with_timeout(read_message(conn->stream, conn->reader), cfg_.connect_timeout);
         if (r) got.emplace(std::move(*r));
       }
+      std::optional<wire::Msg> reply;
+      std::string why;
       if (ec || !got || got->ec || got->bad) {
-        s.up = false;
-        s.error = ec        ? ec.message()
-                  : !got    ? std::string("no hello reply within mongo.connect_timeout")
-                  : got->ec ? got->ec.message()
-                            : got->bad->detail;
-        conn.reset();
-        continue;
+        why = ec        ? ec.message()
+              : !got    ? std::string("no hello reply within mongo.connect_timeout")
+              : got->ec ? got->ec.message()
+                        : got->bad->detail;
+      } else if (got->frame.header.op_code != wire::kOpMsg) {
+        why = "hello answered with opcode " + std::to_string(got->frame.header.op_code);
+      } else {
+        auto decoded = wire::decode_msg(got->frame);
+        if (auto* m = std::get_if<wire::Msg>(&decoded))
+          reply = *m;
+        else
+          why = "hello reply: " + std::get<wire::Failure>(decoded).detail;
       }
-      const double sample = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-      auto decoded = got->frame.header.op_code == wire::kOpMsg
-                         ? wire::decode_msg(got->frame)
-                         : std::variant<wire::Msg, wire::Failure>(
-                               wire::Failure{wire::WireError::kUnsupportedOpCode, "not OP_MSG"});
-      if (auto* m = std::get_if<wire::Msg>(&decoded)) {
+      if (!reply) {
+        st.up = false;
+        st.error = why;
+        conn.reset();
+      } else {
+        const double sample = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
         bson_t doc;
         bson_iter_t it;
-        bson_init_static(&doc, m->body.data(), m->body.size());
-        s.up = true;
-        s.error.clear();
+        bson_init_static(&doc, reply->body.data(), reply->body.size());
+        st.up = true;
+        st.error.clear();
         if (bson_iter_init_find(&it, &doc, "maxWireVersion") && BSON_ITER_HOLDS_NUMBER(&it))
-          s.max_wire_version = static_cast<std::int32_t>(bson_iter_as_int64(&it));
+          st.max_wire_version = static_cast<std::int32_t>(bson_iter_as_int64(&it));
         bson_iter_t lw;
         if (bson_iter_init(&it, &doc) &&
             bson_iter_find_descendant(&it, "lastWrite.lastWriteDate", &lw) &&
             BSON_ITER_HOLDS_DATE_TIME(&lw))
-          last_write[s.address] = static_cast<double>(bson_iter_date_time(&lw));
-        auto& avg = rtt[s.address];
-        avg = avg == 0 ? sample : 0.2 * sample + 0.8 * avg;
-        s.rtt_ms = avg;
-      } else {
-        s.up = false;
-        s.error = "hello reply: " + std::get<wire::Failure>(decoded).detail;
-        conn.reset();
+          st.last_write = static_cast<double>(bson_iter_date_time(&lw));
+        // A server configured as the primary that says it is not writable (a failover the
+        // static roles do not know of) must not take writes.
+        bool writable = true;
+        if (bson_iter_init_find(&it, &doc, "isWritablePrimary") ||
+            bson_iter_init_find(&it, &doc, "ismaster"))
+          writable = bson_iter_as_bool(&it);
+        if (server.primary && !writable) {
+          st.up = false;
+          st.error =
+              "configured as the primary but reports isWritablePrimary: false (a failover? "
+              "fix mongo.servers or use mongo.uri)";
+        }
+        st.rtt_ms = st.rtt_ms == 0 ? sample : 0.2 * sample + 0.8 * st.rtt_ms;
       }
     }
-    std::optional<double> primary_write;
-    for (const auto& s : next->servers) {
-      if (s.primary && s.up && last_write.contains(s.address))
-        primary_write = last_write[s.address];
-    }
-    for (auto& s : next->servers) {
-      s.lag_seconds.reset();
-      if (s.primary) {
-        s.lag_seconds = 0;
-      } else if (s.up && primary_write && last_write.contains(s.address)) {
-        s.lag_seconds = std::max(0.0, (*primary_write - last_write[s.address]) / 1000.0);
-      }
-    }
-    publish(std::move(next));
+    publish_static(*states);
     asio::steady_timer t(ex, cfg_.heartbeat_interval);
     co_await t.async_wait(use_nothrow);
   }
-  for (auto& [a, c] : conns) {
-    if (c) c->stream.close();
+  if (conn) conn->stream.close();
+}
+
+// The snapshot from the static checks; lag = the primary's lastWriteDate minus the secondary's.
+void MongoProxy::publish_static(const std::vector<StaticCheck>& states) {
+  auto next = std::make_shared<MongoTopology>(*topology());
+  std::optional<double> primary_write;
+  for (std::size_t i = 0; i < states.size(); ++i) {
+    if (next->servers[i].primary && states[i].up) primary_write = states[i].last_write;
   }
+  for (std::size_t i = 0; i < states.size(); ++i) {
+    auto& s = next->servers[i];
+    const auto& st = states[i];
+    s.checked = st.checked;
+    s.up = st.up;
+    s.error = st.error;
+    s.rtt_ms = st.rtt_ms;
+    s.max_wire_version = st.max_wire_version;
+    s.lag_seconds.reset();
+    if (s.primary)
+      s.lag_seconds = 0;
+    else if (s.up && primary_write && st.last_write)
+      s.lag_seconds = std::max(0.0, (*primary_write - *st.last_write) / 1000.0);
+  }
+  publish(std::move(next));
 }
 
 namespace {
@@ -999,7 +1043,9 @@ class MongoSession {
     std::map<std::string, cache::Writes> by_db;
     for (const auto& [db, coll] : writes) {
       auto& w = by_db[db];
-      if (coll.empty())
+      if (db == "*")
+        w.roles = true;  // the global epoch: every database, every cached result
+      else if (coll.empty())
         w.unknown = true;
       else
         w.oids.push_back(cache::Cache::collection_id(coll));

@@ -86,7 +86,18 @@ class MongoProxy {
  private:
   friend class MongoSession;
   void publish(std::shared_ptr<const MongoTopology> t);
+  // What the static monitor last learnt of one server (touched only on its event loop).
+  struct StaticCheck {
+    bool checked = false;
+    bool up = false;
+    double rtt_ms = 0;
+    std::optional<double> last_write;  // lastWrite.lastWriteDate, ms since the epoch
+    std::int32_t max_wire_version = 0;
+    std::string error = "not checked yet";
+  };
   awaitable<void> watch_static();
+  awaitable<void> check_static(std::size_t index, std::shared_ptr<std::vector<StaticCheck>> states);
+  void publish_static(const std::vector<StaticCheck>& states);
   void watch_uri();
   void add_collectors();
 

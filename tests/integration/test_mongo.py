@@ -289,7 +289,8 @@ class Routing(unittest.TestCase):
                     f'sluice_mongo_server_up{{server="127.0.0.1:{port}",role="secondary"}}') != 1:
                 time.sleep(0.1)
             self.assertEqual(route_of_next_find(), "secondary")
-            self.assertIn("secondary 127.0.0.1:%d is up" % port, s.log())
+            # Up at the first check and again now.
+            self.assertEqual(s.log().count("secondary 127.0.0.1:%d is up" % port), 2)
 
     def test_unreachable_primary(self):
         dead = free_port()

@@ -45,6 +45,15 @@ TEST_CASE("mongo commands are classified by name", "[routing][mongo]") {
   CHECK(drop_db.route == rm::Route::kWrite);
   CHECK(drop_db.writes == std::vector<rm::Written>{{"shop", ""}});  // the whole database
 
+  auto rename = analyze(BCON_NEW("renameCollection", BCON_UTF8("shop.a"), "to", BCON_UTF8("shop.b"),
+                                 "$db", BCON_UTF8("admin")));
+  CHECK(rename.writes == std::vector<rm::Written>{{"shop", "b"}, {"shop", "a"}});
+  auto apply = analyze(BCON_NEW("applyOps", "[", "]", "$db", BCON_UTF8("admin")));
+  CHECK(apply.writes == std::vector<rm::Written>{{"*", ""}});  // any database
+  auto status = analyze(BCON_NEW("serverStatus", BCON_INT32(1), "$db", BCON_UTF8("admin")));
+  CHECK(status.route == rm::Route::kWrite);  // the primary...
+  CHECK(status.writes.empty());              // ...and nothing to invalidate
+
   auto unknown = analyze(BCON_NEW("frobnicate", BCON_UTF8("x"), "$db", BCON_UTF8("shop")));
   CHECK(unknown.route == rm::Route::kWrite);
   CHECK(unknown.writes == std::vector<rm::Written>{{"shop", ""}});
