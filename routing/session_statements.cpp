@@ -25,8 +25,45 @@ std::string_view to_string(Pin p) {
       return "session_authorization";
     case Pin::kUntrackedSetConfig:
       return "untracked_set_config";
+    case Pin::kLexer:
+      return "lexer";
+    case Pin::kPrepareText:
+      return "prepare_text";
   }
   return "?";
+}
+
+bool lexer_agrees(std::string_view name, std::string_view value) {
+  const auto n = lower(name);
+  if (n == "standard_conforming_strings") {
+    // parse_bool()'s spellings of true (prefixes included); anything else is off or unknown.
+    const auto v = lower(value);
+    for (std::string_view on : {"on", "true", "tru", "tr", "t", "yes", "ye", "y", "1"}) {
+      if (v == on) return true;
+    }
+    return false;
+  }
+  if (n != "client_encoding") return true;
+  // Names as the server compares them (alphanumerics, lower case); every server encoding and
+  // their aliases. Unknown names count as unsafe (the server refuses them anyway).
+  std::string e;
+  for (char ch : value) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (std::isalnum(c)) e.push_back(static_cast<char>(std::tolower(c)));
+  }
+  static constexpr std::string_view kSafe[] = {
+      "utf8",        "unicode",     "sqlascii",     "euccn",       "eucjp",       "eucjis2004",
+      "euckr",       "euctw",       "muleinternal", "koi8",        "koi8r",       "koi8u",
+      "latin1",      "latin2",      "latin3",       "latin4",      "latin5",      "latin6",
+      "latin7",      "latin8",      "latin9",       "latin10",     "iso88591",    "iso88592",
+      "iso88593",    "iso88594",    "iso88595",     "iso88596",    "iso88597",    "iso88598",
+      "iso88599",    "iso885910",   "iso885913",    "iso885914",   "iso885915",   "iso885916",
+      "win",         "alt",         "abc",          "tcvn",        "tcvn5712",    "vscii",
+      "win866",      "win874",      "win1250",      "win1251",     "win1252",     "win1253",
+      "win1254",     "win1255",     "win1256",      "win1257",     "win1258",     "windows866",
+      "windows874",  "windows1250", "windows1251",  "windows1252", "windows1253", "windows1254",
+      "windows1255", "windows1256", "windows1257",  "windows1258"};
+  return std::find(std::begin(kSafe), std::end(kSafe), e) != std::end(kSafe);
 }
 
 namespace {
@@ -86,6 +123,7 @@ void note_set_config(const json::object& call, Analysis& a) {
   s.kind = *local ? StatementKind::kSetLocal : StatementKind::kSet;
   s.name = lower(*name);
   s.value = std::string(*value);
+  if (!lexer_agrees(s.name, s.value)) add_pin(a, Pin::kLexer);
   a.set_config_calls.push_back(std::move(s));
 }
 
@@ -107,6 +145,24 @@ void walk(const json::value& v, Analysis& a, int depth) {
   for (const auto& [key, child] : o) walk(child, a, depth + 1);
 }
 
+// The value of SET name = <one literal> as the server reads it; "" for anything else.
+std::string set_value(const json::object& n) {
+  const auto* args = n.if_contains("args");
+  if (args == nullptr || !args->is_array() || args->get_array().size() != 1) return {};
+  const auto& v = args->get_array()[0];
+  if (auto s = string_literal(v)) return std::string(*s);
+  const auto* c = v.is_object() ? v.get_object().if_contains("A_Const") : nullptr;
+  const auto* i = c && c->is_object() ? c->get_object().if_contains("ival") : nullptr;
+  if (i == nullptr || !i->is_object()) return {};
+  const auto* inner = i->get_object().if_contains("ival");  // absent for 0
+  return inner && inner->is_int64() ? std::to_string(inner->get_int64()) : "0";
+}
+
+// Settings that decide how the server lexes SQL (see lexer_agrees()).
+bool lexer_setting(std::string_view name) {
+  return name == "standard_conforming_strings" || name == "client_encoding";
+}
+
 void classify_set(const json::object& n, Statement& s, Analysis& a) {
   auto kind = str_field(n, "kind");
   bool local = n.contains("is_local") && n.at("is_local").is_bool() && n.at("is_local").get_bool();
@@ -121,7 +177,12 @@ void classify_set(const json::object& n, Statement& s, Analysis& a) {
     s.kind = StatementKind::kOther;  // SET TRANSACTION: this transaction only
   } else {
     s.kind = local ? StatementKind::kSetLocal : StatementKind::kSet;
+    s.value = set_value(n);
   }
+  // RESET and DEFAULT restore a value sluice cannot see; RESET ALL restores the login values
+  // (checked at login), and the server reports any change in ParameterStatus anyway.
+  if (lexer_setting(s.name) && (s.kind == StatementKind::kReset || !lexer_agrees(s.name, s.value)))
+    add_pin(a, Pin::kLexer);
 }
 
 void classify_transaction(std::string_view kind, Statement& s) {
@@ -170,6 +231,20 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
+// SQL PREPARE text sluice may replay on another server connection: one PREPARE statement for
+// libpg_query, and no backslash (with standard_conforming_strings off or a client-only encoding
+// on that connection, the server could read it as more than one statement).
+bool replayable_prepare(std::string_view text) {
+  if (text.find('\\') != std::string_view::npos) return false;
+  auto tree = parse_tree(text);
+  if (!tree || !tree->is_object()) return false;
+  const auto* stmts = tree->get_object().if_contains("stmts");
+  if (stmts == nullptr || !stmts->is_array() || stmts->get_array().size() != 1) return false;
+  const auto& raw = stmts->get_array()[0];
+  const auto* stmt = raw.is_object() ? raw.get_object().if_contains("stmt") : nullptr;
+  return stmt && stmt->is_object() && stmt->get_object().contains("PrepareStmt");
+}
+
 std::size_t size_field(const json::object& o, std::string_view key, std::size_t fallback) {
   const auto* v = o.if_contains(key);
   return v && v->is_int64() && v->get_int64() >= 0 ? static_cast<std::size_t>(v->get_int64())
@@ -195,6 +270,8 @@ Analysis analyze(std::string_view sql) {
     Statement s;
     s.text = std::string(trim(sql.substr(at, len)));
     if (o.at("stmt").is_object()) classify(o.at("stmt").get_object(), s, a);
+    if (s.kind == StatementKind::kPrepare && !replayable_prepare(s.text))
+      add_pin(a, Pin::kPrepareText);
     walk(o.at("stmt"), a, 0);
     a.statements.push_back(std::move(s));
   }

@@ -43,13 +43,17 @@ enum class Pin {
   kSetRole,         // SET ROLE
   kSessionAuthorization,
   kUntrackedSetConfig,  // set_config(..., false) with non-literal arguments
+  // standard_conforming_strings off or a client-only encoding (SJIS, BIG5...): the server no
+  // longer lexes strings as libpg_query does, so sluice cannot read the client's SQL
+  kLexer,
+  kPrepareText,  // SQL PREPARE text that might not be one statement when replayed (a backslash)
 };
 std::string_view to_string(Pin p);
 
 struct Statement {
   StatementKind kind = StatementKind::kOther;
   std::string name;   // setting (lower case) or prepared statement name
-  std::string value;  // kSet from set_config(): the literal value
+  std::string value;  // kSet/kSetLocal: the literal value (set_config(), SET name = one literal)
   std::string text;   // the statement's own text, to replay a SET on another connection
 };
 
@@ -59,6 +63,12 @@ struct Analysis {
   std::vector<Statement> set_config_calls;  // set_config(literal, literal, bool) calls inside them
   std::vector<Pin> pins;
 };
+
+// True when the server, with setting `name` at `value`, lexes SQL as libpg_query does: always for
+// other settings; for standard_conforming_strings only when on; for client_encoding only for
+// encodings whose multibyte characters never contain an ASCII byte that matters to the lexer
+// (not SJIS, SHIFT_JIS_2004, BIG5, GBK, UHC, GB18030, JOHAB: a second byte can be a backslash).
+bool lexer_agrees(std::string_view name, std::string_view value);
 
 // Parses `sql` (one or many statements). Never throws; unparseable input gives parsed=false.
 Analysis analyze(std::string_view sql);

@@ -136,3 +136,60 @@ TEST_CASE("the analysis cache is bounded, LRU, and shared safely") {
   for (auto& th : threads) th.join();
   CHECK(cache.size() == 3);
 }
+
+TEST_CASE("settings that make the server lex SQL unlike libpg_query") {
+  CHECK(lexer_agrees("standard_conforming_strings", "on"));
+  CHECK(lexer_agrees("Standard_Conforming_Strings", "TRUE"));
+  CHECK(lexer_agrees("standard_conforming_strings", "1"));
+  CHECK(!lexer_agrees("standard_conforming_strings", "off"));
+  CHECK(!lexer_agrees("standard_conforming_strings", "false"));
+  CHECK(!lexer_agrees("standard_conforming_strings", "0"));
+  CHECK(!lexer_agrees("standard_conforming_strings", ""));
+  CHECK(lexer_agrees("client_encoding", "UTF8"));
+  CHECK(lexer_agrees("client_encoding", "utf-8"));
+  CHECK(lexer_agrees("client_encoding", "LATIN1"));
+  CHECK(lexer_agrees("client_encoding", "ISO_8859_5"));
+  CHECK(lexer_agrees("client_encoding", "EUC_JP"));
+  CHECK(lexer_agrees("client_encoding", "WIN1252"));
+  for (auto e : {"SJIS", "Shift_JIS", "mskanji", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC", "GB18030",
+                 "JOHAB", "WIN932", "windows-936", "win949", "win950", "no such encoding"})
+    CHECK(!lexer_agrees("client_encoding", e));
+  CHECK(lexer_agrees("search_path", "off"));
+}
+
+TEST_CASE("setting standard_conforming_strings off or a client-only encoding pins") {
+  CHECK(pins("SET standard_conforming_strings = off", Pin::kLexer));
+  CHECK(pins("set standard_conforming_strings to 0", Pin::kLexer));
+  CHECK(pins("SET LOCAL standard_conforming_strings = false", Pin::kLexer));
+  CHECK(pins("RESET standard_conforming_strings", Pin::kLexer));
+  CHECK(pins("SET standard_conforming_strings TO DEFAULT", Pin::kLexer));
+  CHECK(pins("SET NAMES 'SJIS'", Pin::kLexer));
+  CHECK(pins("SET client_encoding = 'BIG5'", Pin::kLexer));
+  CHECK(pins("SELECT set_config('standard_conforming_strings', 'off', false)", Pin::kLexer));
+  CHECK(pins("SELECT 1; SET standard_conforming_strings = off", Pin::kLexer));
+  CHECK(only("SET standard_conforming_strings = off").value == "off");
+  // What drivers send at connect time stays pooled.
+  CHECK(!pins("SET standard_conforming_strings = on", Pin::kLexer));
+  CHECK(!pins("SET client_encoding TO 'UTF8'", Pin::kLexer));
+  CHECK(!pins("SET NAMES 'utf8'", Pin::kLexer));
+  CHECK(!pins("RESET ALL", Pin::kLexer));
+  CHECK(!pins("SET search_path = off", Pin::kLexer));
+}
+
+TEST_CASE("SQL PREPARE text is remembered for replay only when it is one statement everywhere") {
+  // libpg_query (standard strings) reads one PREPARE of a string constant; a server with
+  // standard_conforming_strings off reads a PREPARE and an UPDATE.
+  const std::string hidden = "PREPARE p AS SELECT 'x\\''; UPDATE t SET n = n + 1; --'";
+  auto a = analyze(hidden);
+  REQUIRE(a.statements.size() == 1);
+  CHECK(a.statements[0].kind == StatementKind::kPrepare);
+  CHECK(pins(hidden, Pin::kPrepareText));
+  CHECK(pins("PREPARE e AS SELECT E'a\\nb'", Pin::kPrepareText));
+  // Two statements for libpg_query and the server alike: each is its own text.
+  a = analyze("PREPARE q AS SELECT 42; UPDATE t SET n = 1");
+  REQUIRE(a.statements.size() == 2);
+  CHECK(a.statements[0].text == "PREPARE q AS SELECT 42");
+  CHECK(a.pins.empty());
+  CHECK(!pins("PREPARE r(int) AS SELECT $1 + 1 -- a comment", Pin::kPrepareText));
+  CHECK(!pins("PREPARE s AS SELECT ';' AS semicolon", Pin::kPrepareText));
+}
