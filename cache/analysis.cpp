@@ -180,4 +180,57 @@ bool user_function_may_write(const routing::FunctionCatalog& catalog,
                      [&](const auto& f) { return catalog.may_write(f) && !catalog.builtin(f); });
 }
 
+namespace {
+
+// Raw parse tree node types an expression depending on the role alone may contain.
+bool role_only_type(std::string_view t) {
+  static constexpr std::string_view kAllowed[] = {
+      "SelectStmt",      "ResTarget",     "A_Expr",        "A_Const",    "BoolExpr",
+      "ColumnRef",       "TypeCast",      "TypeName",      "NullTest",   "BooleanTest",
+      "CaseExpr",        "CaseWhen",      "CoalesceExpr",  "MinMaxExpr", "A_ArrayExpr",
+      "RowExpr",         "CollateClause", "A_Indirection", "A_Indices",  "A_Star",
+      "String",          "Integer",       "Float",         "Boolean",    "BitString",
+      "SQLValueFunction"};
+  return std::find(std::begin(kAllowed), std::end(kAllowed), t) != std::end(kAllowed);
+}
+
+bool role_only(const json::value& v, int depth) {
+  if (depth > 200) return false;
+  if (v.is_array()) {
+    for (const auto& e : v.get_array()) {
+      if (!role_only(e, depth + 1)) return false;
+    }
+    return true;
+  }
+  if (!v.is_object()) return true;
+  for (const auto& [key, child] : v.get_object()) {
+    const std::string_view k(key.data(), key.size());
+    // Node types are the keys in PascalCase; fields are lower case.
+    if (!k.empty() && k.front() >= 'A' && k.front() <= 'Z') {
+      if (!role_only_type(k)) return false;
+      if (k == "SQLValueFunction") {
+        const auto op = child.is_object() ? str_field(child.get_object(), "op") : "";
+        if (op != "SVFOP_CURRENT_USER" && op != "SVFOP_CURRENT_ROLE" &&
+            op != "SVFOP_SESSION_USER" && op != "SVFOP_USER")
+          return false;
+      }
+    }
+    if (!role_only(child, depth + 1)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool policy_role_only(std::string_view expr) {
+  if (expr.empty()) return true;
+  auto tree = routing::parse_tree("SELECT (" + std::string(expr) + ")");
+  if (!tree || !tree->is_object()) return false;
+  const auto* stmts = tree->get_object().if_contains("stmts");
+  if (stmts == nullptr || !stmts->is_array() || stmts->get_array().size() != 1) return false;
+  const auto& raw = stmts->get_array()[0];
+  const auto* stmt = raw.is_object() ? raw.get_object().if_contains("stmt") : nullptr;
+  return stmt != nullptr && role_only(*stmt, 0);
+}
+
 }  // namespace sluice::cache

@@ -36,6 +36,14 @@ CacheFacts cache_facts(std::string_view sql);
 // Cached by statement shape: literals do not change any of the facts.
 using CacheFactsCache = routing::TextCache<CacheFacts, cache_facts, routing::ReadFactsKey>;
 
+// True when a row-level security policy expression (pg_get_expr of polqual or polwithcheck; ""
+// for none) depends on the role alone, so that its rows may be cached per role: it is made only
+// of the row's columns, constants, operators, casts, CASE/COALESCE and the like, and
+// CURRENT_USER / CURRENT_ROLE / SESSION_USER / USER. Any function call (current_setting(),
+// now(), a user function), subquery or other value function (CURRENT_DATE...) depends on more.
+// User-defined operators are not seen here (pg_depend tells, see kPoliciesSql).
+bool policy_role_only(std::string_view expr);
+
 // True when every function is known and all of its overloads are immutable.
 bool all_immutable(const routing::FunctionCatalog& catalog,
                    const std::vector<routing::FunctionRef>& functions);

@@ -22,6 +22,9 @@ struct Relation {
   char kind = 'r';         // pg_class.relkind: r table, v view, m matview, p partitioned, f foreign
   char persistence = 'p';  // p permanent, u unlogged, t temporary
   bool rls = false;        // relrowsecurity
+  // Every policy on it depends on the role alone (policy_role_only(), no user-defined function
+  // or operator): cache.rls: by_role may cache it per role.
+  bool rls_role_only = true;
   bool user_triggers = false;
   bool deterministic = true;  // a view: its definition calls only immutable functions
   bool system() const {
@@ -83,6 +86,14 @@ inline constexpr std::string_view kRelationsSql =
     "t.tgisinternal), CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid) END "
     "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = "
     "c.relnamespace WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')";
+// Row-level security policies: (table, USING, WITH CHECK, whether the policy depends on a
+// user-defined function or operator). Built-in objects are pinned: pg_depend has no rows for them.
+inline constexpr std::string_view kPoliciesSql =
+    "SELECT p.polrelid, pg_catalog.pg_get_expr(p.polqual, p.polrelid), "
+    "pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), EXISTS (SELECT 1 FROM "
+    "pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND "
+    "d.objid = p.oid AND d.refclassid IN ('pg_catalog.pg_proc'::pg_catalog.regclass, "
+    "'pg_catalog.pg_operator'::pg_catalog.regclass)) FROM pg_catalog.pg_policy p";
 // (from, to): views to the relations their rules read; parents to their children.
 inline constexpr std::string_view kDependenciesSql =
     "SELECT DISTINCT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r JOIN "

@@ -52,6 +52,29 @@ TEST_CASE("statements whose result is not a function of the data are not cacheab
   CHECK_FALSE(cache_facts("SELECT * FROM t /* sluice:nocache */").nocache_hint);
 }
 
+TEST_CASE("RLS policies are cacheable per role only when they depend on the role alone") {
+  // As pg_get_expr prints them.
+  CHECK(policy_role_only(""));  // no USING / WITH CHECK
+  CHECK(policy_role_only("(owner = CURRENT_USER)"));
+  CHECK(policy_role_only("((owner)::text = (SESSION_USER)::text)"));
+  CHECK(policy_role_only("((owner = CURRENT_ROLE) OR (public_row IS TRUE))"));
+  CHECK(policy_role_only("(CASE WHEN (kind = 'a'::text) THEN true ELSE (owner = USER) END)"));
+  CHECK(policy_role_only("(owner = ANY (ARRAY['a'::name, CURRENT_USER]))"));
+  CHECK(!policy_role_only("(tenant = current_setting('app.tenant'::text, true))"));
+  CHECK(!policy_role_only("(tenant = sq_tenant_of(CURRENT_USER))"));
+  CHECK(
+      !policy_role_only("(tenant IN ( SELECT m.tenant FROM members m WHERE (m.member = "
+                        "CURRENT_USER)))"));
+  CHECK(!policy_role_only("(EXISTS ( SELECT 1 FROM acl WHERE (acl.id = t.id)))"));
+  CHECK(!policy_role_only("(expires_at > now())"));
+  CHECK(!policy_role_only("(day = CURRENT_DATE)"));
+  CHECK(!policy_role_only("(schema_name = CURRENT_SCHEMA)"));
+  CHECK(!policy_role_only("pg_has_role(CURRENT_USER, 'admins'::name, 'member'::text)"));
+  CHECK(!policy_role_only("1) FROM t WHERE (true"));  // not an expression alone
+  CHECK(!policy_role_only("1); DROP TABLE t; SELECT (1"));
+  CHECK(!policy_role_only("not valid sql ("));
+}
+
 TEST_CASE("writes name their relations; DDL and the unknown write anything") {
   CHECK(cache_facts("INSERT INTO s.t VALUES (1)").writes == std::vector{rel("s", "t")});
   CHECK(cache_facts("UPDATE t SET a = 1 FROM u WHERE t.id = u.id").writes ==
