@@ -202,6 +202,177 @@ std::optional<Written> aggregate_output(Span pipeline, const std::string& db) {
   return std::nullopt;
 }
 
+// --- Access: what the listener opens to clients it does not authenticate ------------------
+
+// Open to every client: what drivers send for CRUD, cursors, sessions and transactions, the
+// collection and index DDL applications run through the drivers' own APIs (dropDatabase and
+// renameCollection included: no more than drop and delete, which must be open), and the
+// handshake and read-only diagnostics drivers and tools ask for. The rest, unknown commands and
+// names in another case than the server's included, is refused unless mongo.allow_commands
+// names it. saslStart and the like are answered locally (refused with 18).
+constexpr auto kOpen = std::to_array<std::string_view>({"hello",
+                                                        "isMaster",
+                                                        "ismaster",
+                                                        "ping",
+                                                        "buildInfo",
+                                                        "buildinfo",
+                                                        "whatsmyuri",
+                                                        "endSessions",
+                                                        "saslStart",
+                                                        "saslContinue",
+                                                        "authenticate",
+                                                        "logout",
+                                                        "getLastError",
+                                                        "connectionStatus",
+                                                        "hostInfo",
+                                                        "serverStatus",
+                                                        "listCommands",
+                                                        "find",
+                                                        "aggregate",
+                                                        "count",
+                                                        "distinct",
+                                                        "getMore",
+                                                        "killCursors",
+                                                        "explain",
+                                                        "mapReduce",
+                                                        "insert",
+                                                        "update",
+                                                        "delete",
+                                                        "findAndModify",
+                                                        "findandmodify",
+                                                        "bulkWrite",
+                                                        "listDatabases",
+                                                        "listCollections",
+                                                        "listIndexes",
+                                                        "dbStats",
+                                                        "dbstats",
+                                                        "collStats",
+                                                        "collstats",
+                                                        "dataSize",
+                                                        "datasize",
+                                                        "create",
+                                                        "drop",
+                                                        "createIndexes",
+                                                        "dropIndexes",
+                                                        "deleteIndexes",
+                                                        "collMod",
+                                                        "renameCollection",
+                                                        "dropDatabase",
+                                                        "startSession",
+                                                        "refreshSessions",
+                                                        "commitTransaction",
+                                                        "abortTransaction",
+                                                        "listSearchIndexes",
+                                                        "createSearchIndexes",
+                                                        "updateSearchIndex",
+                                                        "dropSearchIndex"});
+
+constexpr std::string_view kUserAdmin = "user and role management";
+constexpr std::string_view kOthers = "other clients' operations and sessions";
+constexpr std::string_view kServerAdmin = "server administration";
+constexpr auto kUserCommands = std::to_array<std::string_view>(
+    {"createUser", "dropUser", "updateUser", "dropAllUsersFromDatabase", "grantRolesToUser",
+     "revokeRolesFromUser", "createRole", "updateRole", "dropRole", "dropAllRolesFromDatabase",
+     "grantPrivilegesToRole", "revokePrivilegesFromRole", "grantRolesToRole", "revokeRolesFromRole",
+     "usersInfo", "rolesInfo", "invalidateUserCache"});
+// What shows or ends other clients' work: their operations, sessions (whose ids authorize a
+// session's transaction and cursors through sluice) and the log lines that name them.
+constexpr auto kOthersCommands =
+    std::to_array<std::string_view>({"currentOp", "killOp", "killSessions", "killAllSessions",
+                                     "killAllSessionsByPattern", "getLog"});
+constexpr auto kOthersStages =
+    std::to_array<std::string_view>({"$currentOp", "$listSessions", "$listLocalSessions"});
+constexpr auto kServerCommands = std::to_array<std::string_view>(
+    {"shutdown", "fsync", "fsyncUnlock", "setParameter", "getParameter", "applyOps", "logRotate",
+     "getCmdLineOpts", "setFeatureCompatibilityVersion", "compact", "reIndex", "validate",
+     "profile", "top", "setDefaultRWConcern", "cleanupOrphaned", "dbHash", "lockInfo"});
+
+constexpr std::string_view kInternal = "the servers' internal collections";
+
+template <std::size_t N>
+bool listed_in(const std::array<std::string_view, N>& table, std::string_view name) {
+  return std::find(table.begin(), table.end(), name) != table.end();
+}
+
+// config (system.sessions, transactions: other clients' session ids), local (the oplog), and
+// admin's system collections (users, roles, the keys that sign $clusterTime).
+bool internal(const Written& ns) {
+  return ns.db == "config" || ns.db == "local" ||
+         (ns.db == "admin" && ns.collection.starts_with("system."));
+}
+
+// What the walk of a pipeline-bearing command found.
+struct Found {
+  std::string stage;  // a stage of kOthersStages
+  bool internal = false;
+  bool too_deep = false;
+};
+
+// Keys whose string value names a collection of the database in scope (explain's inner
+// command included).
+constexpr auto kCollectionKeys = std::to_array<std::string_view>(
+    {"from", "coll", "$unionWith", "$out", "into", "viewOn", "out", "replace", "merge", "reduce",
+     "find", "aggregate", "count", "distinct", "update", "delete", "findAndModify"});
+
+// A {db: "x", coll: "y"} document ($lookup from, $out, $merge into, $unionWith, mapReduce out)
+// names a collection of another database: that database, else the one in scope.
+std::string scope_of(const bson_t* doc, const std::string& db) {
+  bson_iter_t it;
+  if (!bson_iter_init_find(&it, doc, "db") || !BSON_ITER_HOLDS_UTF8(&it)) return db;
+  for (const char* key : {"coll", "replace", "merge", "reduce"}) {
+    bson_iter_t c;
+    if (bson_iter_init_find(&c, doc, key) && BSON_ITER_HOLDS_UTF8(&c)) return utf8_of(it);
+  }
+  return db;
+}
+
+// Every key of `doc` at any depth: refused stages, and collections in the servers' internal
+// databases.
+void walk(Span doc, const std::string& db, Found& f, int depth) {
+  if (depth > 64) {
+    f.too_deep = true;
+    return;
+  }
+  View v(doc);
+  bson_iter_t it;
+  if (!v.ok || !bson_iter_init(&it, &v.doc)) return;
+  const std::string scope = scope_of(&v.doc, db);
+  if (internal({scope, ""})) f.internal = true;
+  while (bson_iter_next(&it)) {
+    auto key = key_of(it);
+    if (f.stage.empty() && listed_in(kOthersStages, key)) f.stage = std::string(key);
+    if (BSON_ITER_HOLDS_UTF8(&it) && listed_in(kCollectionKeys, key) &&
+        internal({scope, utf8_of(it)}))
+      f.internal = true;
+    if (BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it))
+      walk(sub(it), scope, f, depth + 1);
+  }
+}
+
+std::optional<Refusal> access(const Command& c, Span body) {
+  // hello, ping, endSessions...: answered by sluice, whatever $db they name.
+  const bool data = c.route != Route::kLocal;
+  if (data &&
+      (internal({c.db, c.collection}) ||
+       std::any_of(c.writes.begin(), c.writes.end(), [](const Written& w) { return internal(w); })))
+    return Refusal{std::string(kInternal), ""};
+  if (listed_in(kUserCommands, c.name)) return Refusal{std::string(kUserAdmin), c.name};
+  if (listed_in(kOthersCommands, c.name)) return Refusal{std::string(kOthers), c.name};
+  if (listed_in(kServerCommands, c.name) || c.name.starts_with("replSet"))
+    return Refusal{std::string(kServerAdmin), c.name};
+  if (!listed_in(kOpen, c.name))
+    return Refusal{"a command not on sluice's list of what drivers need", c.name};
+  if (c.name != "aggregate" && c.name != "explain" && c.name != "create" && c.name != "collMod" &&
+      c.name != "mapReduce")
+    return std::nullopt;
+  Found f;
+  walk(body, c.db, f, 0);
+  if (f.internal) return Refusal{std::string(kInternal), ""};
+  if (!f.stage.empty()) return Refusal{std::string(kOthers), f.stage};
+  if (f.too_deep) return Refusal{"a pipeline nested too deeply to check", ""};
+  return std::nullopt;
+}
+
 std::optional<Mode> parse_mode(std::string_view s) {
   if (s == "primary") return Mode::kPrimary;
   if (s == "primaryPreferred") return Mode::kPrimaryPreferred;
@@ -398,6 +569,7 @@ Command analyze(Span body) {
     c.cacheable = !unknown && !volatile_stage && c.pref_error.empty() && !historical &&
                   c.read_concern != "snapshot" && c.read_concern != "linearizable";
   }
+  c.refusal = access(c, body);
   return c;
 }
 

@@ -1,6 +1,7 @@
 // MongoDB routing decisions, pure: what a command is (read, write, cursor, transaction control,
-// answered by sluice), what it writes, whether its result may be cached, the client's read
-// preference, and which server a read preference selects from a topology snapshot.
+// answered by sluice), what it writes, whether its result may be cached, whether the listener
+// opens it to unauthenticated clients, the client's read preference, and which server a read
+// preference selects from a topology snapshot.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +48,15 @@ struct Written {
   bool operator==(const Written&) const = default;
 };
 
+// Why the listener refuses a command (13 Unauthorized) while it authenticates no client: the
+// kind of command, and the name mongo.allow_commands takes to allow it (the command's, or an
+// aggregation stage's); empty when no setting allows it (the servers' internal databases).
+struct Refusal {
+  std::string what;
+  std::string allow_as;
+  bool operator==(const Refusal&) const = default;
+};
+
 struct Command {
   std::string name;  // the body's first key, as sent
   Route route = Route::kWrite;
@@ -63,6 +73,7 @@ struct Command {
   bool unacknowledged = false;        // writeConcern w: 0
   std::string read_concern;           // readConcern.level ("" when not given): part of a cache key
   std::vector<std::int64_t> cursors;  // getMore's cursor, killCursors' list
+  std::optional<Refusal> refusal;     // set: not open to unauthenticated clients
 };
 
 // Reads what routing needs from a command body (already validated BSON).

@@ -222,3 +222,146 @@ TEST_CASE("mongo reply facts", "[routing][mongo]") {
   CHECK_FALSE(e.ok);
   CHECK(e.transient_txn_error);
 }
+
+TEST_CASE("mongo allow-list: what drivers send is open", "[routing][mongo][access]") {
+  const std::uint8_t uuid[16] = {7};
+  for (const char* name : {"hello",
+                           "isMaster",
+                           "ismaster",
+                           "ping",
+                           "buildInfo",
+                           "whatsmyuri",
+                           "endSessions",
+                           "saslStart",
+                           "find",
+                           "aggregate",
+                           "count",
+                           "distinct",
+                           "getMore",
+                           "killCursors",
+                           "insert",
+                           "update",
+                           "delete",
+                           "findAndModify",
+                           "bulkWrite",
+                           "explain",
+                           "listDatabases",
+                           "listCollections",
+                           "listIndexes",
+                           "dbStats",
+                           "collStats",
+                           "create",
+                           "drop",
+                           "createIndexes",
+                           "dropIndexes",
+                           "collMod",
+                           "dropDatabase",
+                           "commitTransaction",
+                           "abortTransaction",
+                           "startSession",
+                           "refreshSessions",
+                           "serverStatus",
+                           "hostInfo",
+                           "connectionStatus",
+                           "listCommands"}) {
+    auto c =
+        analyze(BCON_NEW(name, BCON_UTF8("items"), "lsid", "{", "id",
+                         BCON_BIN(BSON_SUBTYPE_UUID, uuid, 16), "}", "$db", BCON_UTF8("shop")));
+    INFO(name);
+    CHECK_FALSE(c.refusal);
+  }
+  auto rename = analyze(BCON_NEW("renameCollection", BCON_UTF8("shop.a"), "to", BCON_UTF8("shop.b"),
+                                 "$db", BCON_UTF8("admin")));
+  CHECK_FALSE(rename.refusal);
+  // A pipeline with ordinary stages, lookups and a change stream.
+  auto agg = analyze(BCON_NEW("aggregate", BCON_UTF8("orders"), "pipeline", "[", "{",
+                              "$changeStream", "{", "}", "}", "{", "$lookup", "{", "from",
+                              BCON_UTF8("customers"), "}", "}", "]", "$db", BCON_UTF8("shop")));
+  CHECK_FALSE(agg.refusal);
+}
+
+TEST_CASE("mongo allow-list: administration is refused, by name", "[routing][mongo][access]") {
+  const auto refused = [](bson_t* b) {
+    auto c = analyze(b);
+    return c.refusal.value_or(rm::Refusal{"(open)", ""});
+  };
+  auto shutdown = refused(BCON_NEW("shutdown", BCON_INT32(1), "$db", BCON_UTF8("admin")));
+  CHECK(shutdown.allow_as == "shutdown");
+  CHECK(shutdown.what == "server administration");
+  auto user = refused(BCON_NEW("createUser", BCON_UTF8("eve"), "pwd", BCON_UTF8("x"), "roles", "[",
+                               BCON_UTF8("root"), "]", "$db", BCON_UTF8("admin")));
+  CHECK(user.allow_as == "createUser");
+  CHECK(user.what == "user and role management");
+  for (const char* name : {"dropUser", "updateUser", "grantRolesToUser", "createRole", "usersInfo",
+                           "dropAllUsersFromDatabase"})
+    CHECK(refused(BCON_NEW(name, BCON_UTF8("x"), "$db", BCON_UTF8("shop"))).what ==
+          "user and role management");
+  for (const char* name : {"fsync", "fsyncUnlock", "setParameter", "applyOps", "replSetReconfig",
+                           "replSetStepDown", "replSetFreeze", "logRotate"})
+    CHECK(refused(BCON_NEW(name, BCON_INT32(1), "$db", BCON_UTF8("admin"))).what ==
+          "server administration");
+  for (const char* name : {"currentOp", "killOp", "killSessions", "killAllSessions",
+                           "killAllSessionsByPattern", "getLog"})
+    CHECK(refused(BCON_NEW(name, BCON_INT32(1), "$db", BCON_UTF8("admin"))).what ==
+          "other clients' operations and sessions");
+  // Unknown commands, and names in another case than the server's, are not on the list.
+  auto unknown = refused(BCON_NEW("frobnicate", BCON_INT32(1), "$db", BCON_UTF8("shop")));
+  CHECK(unknown.allow_as == "frobnicate");
+  CHECK(refused(BCON_NEW("Shutdown", BCON_INT32(1), "$db", BCON_UTF8("admin"))).allow_as ==
+        "Shutdown");
+}
+
+TEST_CASE("mongo allow-list: stages that list other clients' sessions",
+          "[routing][mongo][access]") {
+  auto current =
+      analyze(BCON_NEW("aggregate", BCON_INT32(1), "pipeline", "[", "{", "$currentOp", "{",
+                       "allUsers", BCON_BOOL(true), "}", "}", "]", "$db", BCON_UTF8("admin")));
+  REQUIRE(current.refusal);
+  CHECK(current.refusal->allow_as == "$currentOp");
+  CHECK(current.refusal->what == "other clients' operations and sessions");
+  // Nested in a sub-pipeline, or under explain, it is found too.
+  auto nested =
+      analyze(BCON_NEW("aggregate", BCON_UTF8("c"), "pipeline", "[", "{", "$unionWith", "{", "coll",
+                       BCON_UTF8("d"), "pipeline", "[", "{", "$listLocalSessions", "{", "}", "}",
+                       "]", "}", "}", "]", "$db", BCON_UTF8("shop")));
+  REQUIRE(nested.refusal);
+  CHECK(nested.refusal->allow_as == "$listLocalSessions");
+  auto explained =
+      analyze(BCON_NEW("explain", "{", "aggregate", BCON_UTF8("system.sessions"), "pipeline", "[",
+                       "{", "$listSessions", "{", "}", "}", "]", "}", "$db", BCON_UTF8("shop")));
+  REQUIRE(explained.refusal);
+  CHECK(explained.refusal->allow_as == "$listSessions");
+  // A string value that merely looks like a stage is data.
+  auto data =
+      analyze(BCON_NEW("aggregate", BCON_UTF8("c"), "pipeline", "[", "{", "$match", "{", "op",
+                       BCON_UTF8("$currentOp"), "}", "}", "]", "$db", BCON_UTF8("shop")));
+  CHECK_FALSE(data.refusal);
+}
+
+TEST_CASE("mongo allow-list: the servers' internal databases", "[routing][mongo][access]") {
+  const auto what = [](bson_t* b) {
+    auto c = analyze(b);
+    return c.refusal ? c.refusal->allow_as + "|" + c.refusal->what : std::string("open");
+  };
+  const std::string internal = "|the servers' internal collections";
+  CHECK(what(BCON_NEW("find", BCON_UTF8("system.sessions"), "$db", BCON_UTF8("config"))) ==
+        internal);
+  CHECK(what(BCON_NEW("find", BCON_UTF8("oplog.rs"), "$db", BCON_UTF8("local"))) == internal);
+  CHECK(what(BCON_NEW("find", BCON_UTF8("system.users"), "$db", BCON_UTF8("admin"))) == internal);
+  CHECK(what(BCON_NEW("insert", BCON_UTF8("system.users"), "$db", BCON_UTF8("admin"))) == internal);
+  // Reached from elsewhere: a lookup into another database, an $out, a rename.
+  CHECK(what(BCON_NEW("aggregate", BCON_UTF8("c"), "pipeline", "[", "{", "$lookup", "{", "from",
+                      "{", "db", BCON_UTF8("config"), "coll", BCON_UTF8("transactions"), "}", "}",
+                      "}", "]", "$db", BCON_UTF8("shop"))) == internal);
+  CHECK(what(BCON_NEW("aggregate", BCON_UTF8("c"), "pipeline", "[", "{", "$lookup", "{", "from",
+                      BCON_UTF8("system.keys"), "}", "}", "]", "$db", BCON_UTF8("admin"))) ==
+        internal);
+  CHECK(what(BCON_NEW("aggregate", BCON_UTF8("c"), "pipeline", "[", "{", "$out", "{", "db",
+                      BCON_UTF8("local"), "coll", BCON_UTF8("x"), "}", "}", "]", "$db",
+                      BCON_UTF8("shop"))) == internal);
+  CHECK(what(BCON_NEW("renameCollection", BCON_UTF8("shop.a"), "to",
+                      BCON_UTF8("admin.system.roles"), "$db", BCON_UTF8("admin"))) == internal);
+  // An application's own collections named like that elsewhere are its own.
+  CHECK(what(BCON_NEW("find", BCON_UTF8("system.views"), "$db", BCON_UTF8("shop"))) == "open");
+  CHECK(what(BCON_NEW("listDatabases", BCON_INT32(1), "$db", BCON_UTF8("admin"))) == "open");
+}
