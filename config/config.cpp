@@ -1,6 +1,7 @@
 // Loads and validates sluice's YAML configuration; every error names the key and the line.
 #include "config/config.hpp"
 
+#include <arpa/inet.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -419,6 +420,45 @@ class Loader {
     }
   }
 
+  // 127.0.0.0/8, ::1 (also v4-mapped) and localhost; any other name may resolve anywhere.
+  static bool loopback(const std::string& host) {
+    if (host == "localhost") return true;
+    in_addr v4{};
+    if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+    in6_addr v6{};
+    if (inet_pton(AF_INET6, host.c_str(), &v6) != 1) return false;
+    const auto* b = v6.s6_addr;
+    const bool zeros10 = std::all_of(b, b + 10, [](std::uint8_t x) { return x == 0; });
+    if (zeros10 && b[10] == 0 && b[11] == 0 && b[12] == 0 && b[13] == 0 && b[14] == 0 && b[15] == 1)
+      return true;                                                     // ::1
+    return zeros10 && b[10] == 0xff && b[11] == 0xff && b[12] == 127;  // ::ffff:127.x.x.x
+  }
+
+  // Command names, or the aggregation stages the listener refuses.
+  std::vector<std::string> allow_commands(const YAML::Node& list) const {
+    if (!list.IsSequence())
+      fail(list, "mongo.allow_commands", "expected a list of command names like [serverStatus]");
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      const std::string path = "mongo.allow_commands[" + std::to_string(i) + "]";
+      auto name = str(list[i], path);
+      const bool stage = name.starts_with("$");
+      const std::string_view word = stage ? std::string_view(name).substr(1) : name;
+      if (word.empty() || !std::isalpha(static_cast<unsigned char>(word.front())) ||
+          !std::all_of(word.begin(), word.end(), [](char ch) {
+            return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_';
+          }))
+        fail(list[i], path, "expected a command name like serverStatus, got '" + name + "'");
+      if (stage && name != "$currentOp" && name != "$listSessions" && name != "$listLocalSessions")
+        fail(list[i], path,
+             "the only stages sluice refuses are $currentOp, $listSessions or $listLocalSessions, "
+             "got '" +
+                 name + "'");
+      out.push_back(std::move(name));
+    }
+    return out;
+  }
+
   void load_mongo(const YAML::Node& root, Config& c) const {
     auto n = root["mongo"];
     // Looked up through const nodes: yaml-cpp's non-const operator[] inserts the key.
@@ -430,11 +470,20 @@ class Loader {
         fail(listen, "listen.mongo", "set, but there is no mongo: section naming the servers");
       return;
     }
-    check_keys(n, "mongo",
-               {"uri", "servers", "name", "pool_size", "connect_timeout", "wait_timeout",
-                "heartbeat_interval", "min_max_staleness", "cache"});
+    check_keys(
+        n, "mongo",
+        {"uri", "servers", "name", "pool_size", "connect_timeout", "wait_timeout",
+         "heartbeat_interval", "min_max_staleness", "cache", "allow_remote", "allow_commands"});
     Mongo m;
+    if (n["allow_remote"]) m.allow_remote = boolean(n["allow_remote"], "mongo.allow_remote");
     if (has_listen) m.listen = endpoint(listen, "listen.mongo");
+    if (has_listen && !m.allow_remote && !loopback(m.listen.host))
+      fail(listen, "listen.mongo",
+           "'" + m.listen.host +
+               "' is not a loopback address: sluice's MongoDB listener does not authenticate "
+               "clients, so whoever reaches it uses the servers; keep it on 127.0.0.1 or ::1, or "
+               "set mongo.allow_remote: true when a firewall or a trusted network stands in front");
+    if (n["allow_commands"]) m.allow_commands = allow_commands(n["allow_commands"]);
     if (n["uri"]) {
       m.uri = str(n["uri"], "mongo.uri");
       if (!m.uri.starts_with("mongodb://"))

@@ -188,6 +188,10 @@ struct Mongo {
   Duration heartbeat_interval{1'000};
   Duration max_staleness_floor{0};  // maxStalenessSeconds below this is refused (mongos: 90 s)
   std::vector<MongoCacheRule> cache;
+  // The listener authenticates no client: listen off loopback only when allowed, and commands
+  // outside the allow-list (administration, users, $currentOp...) only those named here.
+  bool allow_remote = false;
+  std::vector<std::string> allow_commands;
 };
 
 struct Config {

@@ -336,3 +336,43 @@ TEST_CASE("mongo: section, static servers, uri and cache rules") {
   CHECK(error_of(base + "listen: {mongo: '127.0.0.1:1'}\n").find("no mongo: section") !=
         std::string::npos);
 }
+
+TEST_CASE("mongo: listen.mongo off loopback needs mongo.allow_remote") {
+  const std::string base = "auth_type: trust\ndatabases:\n  d:\n    primary: {host: h}\n";
+  const std::string servers = "mongo:\n  servers: [{host: a, role: primary}]\n";
+  for (const char* host : {"127.0.0.1:27018", "127.3.2.1:27018", "'[::1]:27018'", "localhost:27018",
+                           "'[::ffff:127.0.0.1]:27018'"}) {
+    INFO(host);
+    auto c = load_string(base + "listen:\n  mongo: " + host + "\n" + servers);
+    CHECK_FALSE(c->mongo->allow_remote);
+  }
+  for (const char* host : {"0.0.0.0:27018", "10.0.0.5:27018", "'[::]:27018'", "db.example:27018",
+                           "128.0.0.1:27018", "127.0.0.1.example:27018"}) {
+    INFO(host);
+    auto e = error_of(base + "listen:\n  mongo: " + host + "\n" + servers);
+    CHECK_THAT(e, Contains("test.yaml:6: key 'listen.mongo'"));
+    CHECK_THAT(e, Contains("not a loopback address"));
+    CHECK_THAT(e, Contains("mongo.allow_remote: true"));
+  }
+  auto remote =
+      load_string(base + "listen:\n  mongo: 0.0.0.0:27018\n" + servers + "  allow_remote: true\n");
+  CHECK(remote->mongo->allow_remote);
+  CHECK_THAT(error_of(base + servers + "  allow_remote: perhaps\n"),
+             Contains("test.yaml:7: key 'mongo.allow_remote'"));
+}
+
+TEST_CASE("mongo: allow_commands") {
+  const std::string base =
+      "auth_type: trust\ndatabases:\n  d:\n    primary: {host: h}\n"
+      "mongo:\n  servers: [{host: a, role: primary}]\n";
+  CHECK(load_string(base)->mongo->allow_commands.empty());
+  auto c = load_string(base + "  allow_commands: [serverStatus, getLog, $currentOp]\n");
+  CHECK(c->mongo->allow_commands ==
+        std::vector<std::string>{"serverStatus", "getLog", "$currentOp"});
+  CHECK_THAT(error_of(base + "  allow_commands: shutdown\n"),
+             Contains("test.yaml:7: key 'mongo.allow_commands'"));
+  CHECK_THAT(error_of(base + "  allow_commands: [ping, 'drop me']\n"),
+             Contains("key 'mongo.allow_commands[1]'"));
+  CHECK_THAT(error_of(base + "  allow_commands: [$sample]\n"),
+             Contains("$currentOp, $listSessions or $listLocalSessions"));
+}
