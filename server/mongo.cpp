@@ -26,6 +26,7 @@ namespace code {
 constexpr std::int32_t kBadValue = 2;
 constexpr std::int32_t kHostUnreachable = 6;
 constexpr std::int32_t kFailedToParse = 9;
+constexpr std::int32_t kUnauthorized = 13;
 constexpr std::int32_t kAuthenticationFailed = 18;
 constexpr std::int32_t kCursorNotFound = 43;
 constexpr std::int32_t kFailedToSatisfyReadPreference = 133;
@@ -45,6 +46,8 @@ std::string_view code_name(std::int32_t c) {
       return "HostUnreachable";
     case code::kFailedToParse:
       return "FailedToParse";
+    case code::kUnauthorized:
+      return "Unauthorized";
     case code::kAuthenticationFailed:
       return "AuthenticationFailed";
     case code::kCursorNotFound:
@@ -594,12 +597,12 @@ void MongoProxy::watch_uri() {
   mongoc_client_pool_destroy(pool);
 }
 
-std::optional<std::string> MongoProxy::cursor_owner(std::int64_t id) {
+std::optional<MongoProxy::Owner> MongoProxy::cursor_owner(std::int64_t id) {
   std::lock_guard lock(mu_);
   auto it = cursors_.find(id);
   if (it == cursors_.end()) return std::nullopt;
   it->second.used = Clock::now();
-  return it->second.address;
+  return it->second;
 }
 
 void MongoProxy::prune(Clock::time_point now) {
@@ -611,14 +614,54 @@ void MongoProxy::prune(Clock::time_point now) {
                 [&](const auto& kv) { return now - kv.second.used > std::chrono::minutes(10); });
   std::erase_if(pins_,
                 [&](const auto& kv) { return now - kv.second.used > std::chrono::minutes(2); });
+  // Servers expire a session idle for logicalSessionTimeoutMinutes (30, as sluice's hello says).
+  std::erase_if(sessions_,
+                [&](const auto& kv) { return now - kv.second.used > std::chrono::minutes(30); });
 }
 
-void MongoProxy::note_cursor(std::int64_t id, const std::string& address) {
+void MongoProxy::note_cursor(std::int64_t id, Owner owner) {
   std::lock_guard lock(mu_);
   const auto now = Clock::now();
   prune(now);
   if (cursors_.size() >= 100'000) cursors_.erase(cursors_.begin());
-  cursors_[id] = Owner{address, now};
+  owner.used = now;
+  cursors_[id] = std::move(owner);
+}
+
+void MongoProxy::claim_session(const std::string& lsid, std::int64_t conn) {
+  std::lock_guard lock(mu_);
+  const auto now = Clock::now();
+  prune(now);
+  auto it = sessions_.find(lsid);
+  if (it == sessions_.end()) {
+    if (sessions_.size() >= 100'000) sessions_.erase(sessions_.begin());
+    sessions_.emplace(lsid, SessionOwner{conn, now});
+    return;
+  }
+  if (!open_connections_.contains(it->second.connection)) it->second.connection = conn;
+  it->second.used = now;
+}
+
+bool MongoProxy::may_end_session(const std::string& lsid, std::int64_t conn) {
+  std::lock_guard lock(mu_);
+  auto it = sessions_.find(lsid);
+  return it == sessions_.end() || it->second.connection == conn ||
+         !open_connections_.contains(it->second.connection);
+}
+
+void MongoProxy::forget_session(const std::string& lsid) {
+  std::lock_guard lock(mu_);
+  sessions_.erase(lsid);
+}
+
+void MongoProxy::connection_opened(std::int64_t conn) {
+  std::lock_guard lock(mu_);
+  open_connections_.insert(conn);
+}
+
+void MongoProxy::connection_closed(std::int64_t conn) {
+  std::lock_guard lock(mu_);
+  open_connections_.erase(conn);
 }
 
 void MongoProxy::forget_cursor(std::int64_t id) {
@@ -736,6 +779,7 @@ class MongoSession {
     handle_->kill = [this] { client_.close(); };
     handle_->state = ClientState::kActive;
     rt_.add_session(handle_);
+    px_.connection_opened(conn_id_);
     px_.counters_->clients.add(1);
     error_code ignored;
     client_.socket().set_option(tcp::no_delay(true), ignored);
@@ -758,6 +802,7 @@ class MongoSession {
     }
     handle_->kill = nullptr;
     rt_.remove_session(handle_);
+    px_.connection_closed(conn_id_);
     px_.counters_->clients.add(-1);
     client_.close();
   }
@@ -914,15 +959,47 @@ class MongoSession {
       bool ok = co_await reply(rid, error_body(code::kFailedToParse, cmd.pref_error));
       co_return ok;
     }
+    if (cmd.refusal && !allowed_by_config(*cmd.refusal)) {
+      bool ok = co_await unauthorized(cmd, msg, rid, started);
+      co_return ok;
+    }
     if (cmd.route == rm::Route::kLocal && cmd.name != "buildInfo" && cmd.name != "buildinfo") {
       bool ok = co_await local(cmd, msg, rid, started);
       co_return ok;
     }
+    if (!cmd.lsid.empty()) px_.claim_session(cmd.lsid, conn_id_);
     if (cmd.name == "killCursors") {
       bool ok = co_await kill_cursors(cmd, msg, frame, rid, started);
       co_return ok;
     }
     bool ok = co_await forward_command(cmd, msg, frame, started);
+    co_return ok;
+  }
+
+  bool allowed_by_config(const rm::Refusal& r) {
+    auto cfg = rt_.config();
+    const auto& allowed = (cfg->mongo ? *cfg->mongo : px_.cfg_).allow_commands;
+    return !r.allow_as.empty() &&
+           std::find(allowed.begin(), allowed.end(), r.allow_as) != allowed.end();
+  }
+
+  // A command the listener does not open to the clients it cannot authenticate: 13
+  // Unauthorized (as a server answers a user without the privilege), naming the setting.
+  awaitable<bool> unauthorized(const rm::Command& cmd, const wire::Msg& msg, std::int32_t rid,
+                               Clock::time_point started) {
+    count(cmd.name, "local", "error", started);
+    if (msg.more_to_come()) co_return true;
+    const auto& r = *cmd.refusal;
+    std::string text =
+        "sluice refuses " +
+        (r.allow_as.starts_with('$') ? "the stage " + r.allow_as : "command '" + cmd.name + "'") +
+        " (" + r.what +
+        "): its MongoDB listener does not authenticate clients, so it opens only "
+        "what drivers need";
+    text += r.allow_as.empty()
+                ? " (sluice: no setting allows it; connect to the server directly)"
+                : " (sluice: set mongo.allow_commands: [" + r.allow_as + "] to allow it)";
+    bool ok = co_await reply(rid, error_body(code::kUnauthorized, text));
     co_return ok;
   }
 
@@ -933,13 +1010,19 @@ class MongoSession {
       body = hello_body(msg.body, cmd.name != "hello");
     } else if (cmd.name == "endSessions") {
       // Sessions live on the servers: every reachable one is told (which aborts a transaction
-      // left open), and the pins of those sessions go.
-      for (const auto& s : session_ids(msg.body)) px_.take_pin(s);
+      // left open), and the pins of those sessions go. Only sessions this connection used first
+      // (or whose first connection has closed) are ended: another client's, with a guessed id,
+      // are left alone (servers expire idle sessions after 30 minutes anyway).
+      auto [ended, request_body] = own_sessions(msg.body, cmd.db);
+      for (const auto& s : ended) {
+        px_.take_pin(s);
+        px_.forget_session(s);
+      }
       auto topo = px_.topology();
       for (const auto& server : topo->servers) {
-        if (!server.up) continue;
+        if (!server.up || ended.empty()) continue;
         Buffer request;
-        wire::encode_msg(request, 0, 0, 0, msg.body);
+        wire::encode_msg(request, 0, 0, 0, request_body);
         auto fwd = co_await exchange(server, std::move(request));
         if (fwd.code != 0) spdlog::debug("mongo: endSessions on {}: {}", server.address, fwd.error);
       }
@@ -971,26 +1054,51 @@ class MongoSession {
     co_return ok;
   }
 
-  static std::vector<std::string> session_ids(Span body) {
-    std::vector<std::string> out;
+  // The sessions of an endSessions this connection may end, and the command naming only those.
+  std::pair<std::vector<std::string>, Buffer> own_sessions(Span body, const std::string& db) {
+    std::vector<std::string> ids;
     bson_t doc;
     bson_iter_t it;
     bson_iter_t list;
-    if (!bson_init_static(&doc, body.data(), body.size()) || !bson_iter_init(&it, &doc) ||
-        !bson_iter_next(&it) || !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &list))
-      return out;
-    while (bson_iter_next(&list)) {
-      bson_iter_t id;
-      if (!BSON_ITER_HOLDS_DOCUMENT(&list) || !bson_iter_recurse(&list, &id) ||
-          !bson_iter_find(&id, "id") || !BSON_ITER_HOLDS_BINARY(&id))
-        continue;
-      bson_subtype_t st;
-      std::uint32_t len = 0;
-      const std::uint8_t* data = nullptr;
-      bson_iter_binary(&id, &st, &len, &data);
-      out.emplace_back(reinterpret_cast<const char*>(data), len);
+    bson_t out;
+    bson_init(&out);
+    bson_t arr;
+    bson_append_array_begin(&out, "endSessions", 11, &arr);
+    if (bson_init_static(&doc, body.data(), body.size()) && bson_iter_init(&it, &doc) &&
+        bson_iter_next(&it) && BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &list)) {
+      while (bson_iter_next(&list)) {
+        bson_iter_t id;
+        if (!BSON_ITER_HOLDS_DOCUMENT(&list) || !bson_iter_recurse(&list, &id) ||
+            !bson_iter_find(&id, "id") || !BSON_ITER_HOLDS_BINARY(&id))
+          continue;
+        bson_subtype_t st;
+        std::uint32_t len = 0;
+        const std::uint8_t* data = nullptr;
+        bson_iter_binary(&id, &st, &len, &data);
+        std::string lsid(reinterpret_cast<const char*>(data), len);
+        if (!px_.may_end_session(lsid, conn_id_)) {
+          spdlog::debug("mongo: client {}: endSessions of another connection's session ignored",
+                        conn_id_);
+          continue;
+        }
+        const auto key = std::to_string(ids.size());
+        const auto element = sub_document(list);
+        bson_t session;
+        if (bson_init_static(&session, element.data(), element.size()))
+          bson_append_document(&arr, key.c_str(), static_cast<int>(key.size()), &session);
+        ids.push_back(std::move(lsid));
+      }
     }
-    return out;
+    bson_append_array_end(&out, &arr);
+    bson_append_utf8(&out, "$db", 3, db.c_str(), static_cast<int>(db.size()));
+    return {std::move(ids), to_buffer(&out)};
+  }
+
+  static Span sub_document(const bson_iter_t& it) {
+    std::uint32_t len = 0;
+    const std::uint8_t* data = nullptr;
+    bson_iter_document(&it, &len, &data);
+    return data ? Span(data, len) : Span();
   }
 
   const MongoServerState* find_server(const MongoTopology& t, const std::string& address) {
@@ -1135,7 +1243,11 @@ class MongoSession {
       pinned = px_.pin(cmd.lsid);
     if (cmd.route == rm::Route::kCursor) {
       auto owner = cmd.cursors.empty() ? std::nullopt : px_.cursor_owner(cmd.cursors.front());
-      const auto* s = owner ? find_server(*topo, *owner) : nullptr;
+      if (owner && !owner->allows(conn_id_, cmd.lsid)) {
+        bool ok = co_await not_owner(cmd, rid, cmd.cursors.front(), started);
+        co_return ok;
+      }
+      const auto* s = owner ? find_server(*topo, owner->address) : nullptr;
       if (!s) {
         count(cmd.name, "local", "error", started);
         bool ok = co_await reply(
@@ -1257,7 +1369,7 @@ class MongoSession {
     }
     auto facts = rm::reply_facts(fwd.body);
     if (facts.cursor_id && *facts.cursor_id != 0 && cmd.name != "getMore")
-      px_.note_cursor(*facts.cursor_id, address);
+      px_.note_cursor(*facts.cursor_id, MongoProxy::Owner{address, {}, conn_id_, cmd.lsid});
     if (cmd.name == "getMore" && facts.cursor_id && *facts.cursor_id == 0 && !cmd.cursors.empty())
       px_.forget_cursor(cmd.cursors.front());
     if (cmd.starts_transaction && !facts.ok && !cmd.lsid.empty()) px_.take_pin(cmd.lsid);
@@ -1276,17 +1388,40 @@ class MongoSession {
     co_return ok;
   }
 
+  // A cursor another client opened: 13 Unauthorized, as mongos answers a getMore or killCursors
+  // of a cursor another user created (it exists, but not for this client).
+  awaitable<bool> not_owner(const rm::Command& cmd, std::int32_t rid, std::int64_t id,
+                            Clock::time_point started) {
+    count(cmd.name, "local", "error", started);
+    spdlog::info("mongo: client {}: {} of cursor {} refused: another client's", conn_id_, cmd.name,
+                 id);
+    bool ok = co_await reply(
+        rid, error_body(code::kUnauthorized,
+                        "cursor id " + std::to_string(id) +
+                            " was not created by this client: sluice binds a cursor to the "
+                            "connection that opened it and to the session it was opened in (send "
+                            "the cursor's lsid from another connection)"));
+    co_return ok;
+  }
+
   // killCursors: each server gets the ids it owns; the replies are merged into one.
   awaitable<bool> kill_cursors(const rm::Command& cmd, const wire::Msg& msg,
                                const wire::Frame& frame, std::int32_t rid,
                                Clock::time_point started) {
     auto topo = px_.topology();
+    for (auto id : cmd.cursors) {  // nothing is killed when one of them is another client's
+      auto owner = px_.cursor_owner(id);
+      if (owner && !owner->allows(conn_id_, cmd.lsid)) {
+        bool ok = co_await not_owner(cmd, rid, id, started);
+        co_return ok;
+      }
+    }
     std::map<std::string, std::vector<std::int64_t>> by_owner;
     std::vector<std::int64_t> unknown;
     for (auto id : cmd.cursors) {
       auto owner = px_.cursor_owner(id);
-      if (owner && find_server(*topo, *owner))
-        by_owner[*owner].push_back(id);
+      if (owner && find_server(*topo, owner->address))
+        by_owner[owner->address].push_back(id);
       else
         unknown.push_back(id);
       px_.forget_cursor(id);

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "config/config.hpp"
@@ -73,9 +74,17 @@ class MongoProxy {
     return {cursors_.size(), pins_.size()};
   }
 
+  // A cursor's server, and the client it belongs to: the connection that opened it, or any
+  // connection presenting the session it was opened in (drivers spread a cursor's getMores over
+  // their pooled connections, always with its lsid).
   struct Owner {
     std::string address;
     Clock::time_point used;
+    std::int64_t connection = 0;
+    std::string lsid;
+    bool allows(std::int64_t conn, const std::string& session) const {
+      return conn == connection || (!lsid.empty() && session == lsid);
+    }
   };
   struct Pin {
     std::string address;
@@ -101,14 +110,21 @@ class MongoProxy {
   void watch_uri();
   void add_collectors();
 
-  // Cursor id → owning server; session id → the server of its open transaction.
-  std::optional<std::string> cursor_owner(std::int64_t id);
-  void note_cursor(std::int64_t id, const std::string& address);
+  // Cursor id → owning server and client; session id → the server of its open transaction.
+  std::optional<Owner> cursor_owner(std::int64_t id);
+  void note_cursor(std::int64_t id, Owner owner);
   void forget_cursor(std::int64_t id);
   std::optional<Pin> pin(const std::string& lsid);
   void set_pin(const std::string& lsid, Pin p);
   void add_pin_writes(const std::string& lsid, const std::string& db, const std::string& coll);
   std::optional<Pin> take_pin(const std::string& lsid);
+  // Session id → the client connection that used it first (only it may end the session; the
+  // next connection to present it adopts it once that one has closed).
+  void claim_session(const std::string& lsid, std::int64_t conn);
+  bool may_end_session(const std::string& lsid, std::int64_t conn);
+  void forget_session(const std::string& lsid);
+  void connection_opened(std::int64_t conn);
+  void connection_closed(std::int64_t conn);
   void prune(Clock::time_point now);  // under mu_
 
   Runtime& rt_;
@@ -117,6 +133,12 @@ class MongoProxy {
   std::shared_ptr<const MongoTopology> topology_;
   std::unordered_map<std::int64_t, Owner> cursors_;
   std::unordered_map<std::string, Pin> pins_;
+  struct SessionOwner {
+    std::int64_t connection;
+    Clock::time_point used;
+  };
+  std::unordered_map<std::string, SessionOwner> sessions_;
+  std::unordered_set<std::int64_t> open_connections_;
   Clock::time_point last_prune_{};
   std::vector<std::unique_ptr<MongoPools>> pools_;  // by event loop
   std::unique_ptr<MongoCounters> counters_;

@@ -111,20 +111,75 @@ def counter(metrics, name, **labels):
 
 # --- raw wire helpers ----------------------------------------------------------------------
 
+class Int64(int):
+    """A BSON int64 (cursor ids, txnNumber)."""
+
+
 def bson(doc):
     out = b""
     for k, v in doc.items():
         key = k.encode() + b"\0"
         if isinstance(v, bool):
             out += b"\x08" + key + (b"\x01" if v else b"\x00")
+        elif isinstance(v, Int64):
+            out += b"\x12" + key + struct.pack("<q", v)
         elif isinstance(v, int):
             out += b"\x10" + key + struct.pack("<i", v)
         elif isinstance(v, str):
             s = v.encode() + b"\0"
             out += b"\x02" + key + struct.pack("<i", len(s)) + s
+        elif isinstance(v, bytes):  # a UUID (lsid ids)
+            out += b"\x05" + key + struct.pack("<i", len(v)) + b"\x04" + v
+        elif isinstance(v, dict):
+            out += b"\x03" + key + bson(v)
+        elif isinstance(v, list):
+            out += b"\x04" + key + bson({str(i): x for i, x in enumerate(v)})
         else:
             raise TypeError(v)
     return struct.pack("<i", len(out) + 5) + out + b"\0"
+
+
+def unbson(data):
+    """The document at the start of `data` (the types replies use), as a dict."""
+    out, pos, end = {}, 4, struct.unpack("<i", data[:4])[0] - 1
+    while pos < end:
+        kind = data[pos]
+        nul = data.index(b"\0", pos + 1)
+        key, pos = data[pos + 1:nul].decode(), nul + 1
+        if kind == 0x01:
+            out[key], pos = struct.unpack("<d", data[pos:pos + 8])[0], pos + 8
+        elif kind == 0x02:
+            n = struct.unpack("<i", data[pos:pos + 4])[0]
+            out[key], pos = data[pos + 4:pos + 3 + n].decode(), pos + 4 + n
+        elif kind in (0x03, 0x04):
+            n = struct.unpack("<i", data[pos:pos + 4])[0]
+            sub = unbson(data[pos:pos + n])
+            out[key] = sub if kind == 0x03 else list(sub.values())
+            pos += n
+        elif kind == 0x05:
+            n = struct.unpack("<i", data[pos:pos + 4])[0]
+            out[key], pos = data[pos + 5:pos + 5 + n], pos + 5 + n
+        elif kind == 0x07:
+            out[key], pos = data[pos:pos + 12], pos + 12
+        elif kind == 0x08:
+            out[key], pos = data[pos] == 1, pos + 1
+        elif kind in (0x09, 0x11, 0x12):
+            out[key], pos = struct.unpack("<q", data[pos:pos + 8])[0], pos + 8
+        elif kind == 0x0A:
+            out[key] = None
+        elif kind == 0x10:
+            out[key], pos = struct.unpack("<i", data[pos:pos + 4])[0], pos + 4
+        else:
+            raise ValueError(f"BSON type {kind:#x} at {key}")
+    return out
+
+
+def command(sock, doc, request_id=1):
+    """Sends one OP_MSG command and returns its reply's body as a dict."""
+    sock.sendall(op_msg(doc, request_id=request_id))
+    header, body = read_reply(sock)
+    assert header[2] == request_id, header
+    return unbson(body[5:])  # flags, section kind 0
 
 
 def op_msg(doc, request_id=7, flags=0):
@@ -316,13 +371,15 @@ class Routing(unittest.TestCase):
 
 class SlowLink:
     """A TCP relay to a real server that delays every server-to-client chunk: a slow network, so
-    requests hold their pooled connection long enough to make others wait."""
+    requests hold their pooled connection long enough to make others wait. `sent` records what
+    reached the server."""
 
     def __init__(self, target_port, delay):
         import asyncio
         import threading
         self.port = free_port()
         self.delay = delay
+        self.sent = bytearray()
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -331,6 +388,8 @@ class SlowLink:
                 while data := await reader.read(65536):
                     if slow:
                         await asyncio.sleep(self.delay)
+                    else:
+                        self.sent += data
                     writer.write(data)
                     await writer.drain()
             except (ConnectionError, asyncio.CancelledError):
@@ -415,6 +474,150 @@ class Pool(unittest.TestCase):
                 self.assertTrue(any(b"raise mongo.pool_size" in r for r in replies))
         finally:
             link.close()
+
+
+class Access(unittest.TestCase):
+    """Issue 17 item 3: the listener authenticates nobody, so it opens only what drivers need,
+    and a cursor or session belongs to the client that opened it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = MongoSluice().start()
+        cls.s.wait_ready()
+        cls.addr = ("127.0.0.1", int(cls.s.config["listen"]["mongo"].rsplit(":", 1)[1]))
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.s.stop()
+        assert code == 0, cls.s.log()
+
+    def test_administration_from_a_driver_is_refused_with_13(self):
+        out = node("mongo_scenarios.js", "refused", self.s.mongo_uri())
+        for name, allow_as in (("shutdown", "shutdown"), ("createUser", "createUser"),
+                               ("currentOp", "$currentOp"), ("currentOpCommand", "currentOp"),
+                               ("fsync", "fsync"), ("replSetStepDown", "replSetStepDown")):
+            self.assertEqual((out[name]["code"], out[name]["codeName"]), (13, "Unauthorized"),
+                             (name, out[name]))
+            self.assertIn(f"set mongo.allow_commands: [{allow_as}] to allow it",
+                          out[name]["message"])
+        # The servers' session collections (other clients' session ids): nothing allows them.
+        self.assertEqual(out["configSessions"]["code"], 13)
+        self.assertIn("connect to the server directly", out["configSessions"]["message"])
+        self.assertEqual(out["driverWorkStillWorks"], True)
+        m = self.s.metrics()
+        self.assertGreaterEqual(counter(m, "sluice_mongo_commands_total", route="local",
+                                        outcome="error"), 7)
+
+    def test_allow_commands_opens_a_refused_command_on_reload(self):
+        with MongoSluice() as s:
+            s.wait_ready()
+            port = int(s.config["listen"]["mongo"].rsplit(":", 1)[1])
+            pipeline = {"aggregate": 1, "pipeline": [{"$currentOp": {}}], "cursor": {},
+                        "$db": "admin"}
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                self.assertEqual(command(c, pipeline)["code"], 13)
+                s.config["mongo"]["allow_commands"] = ["$currentOp"]
+                s.write_config()
+                s.signal(signal.SIGHUP)
+                deadline = time.time() + 5
+                while time.time() < deadline and command(c, pipeline).get("code") == 13:
+                    time.sleep(0.1)
+                # Forwarded now: what the server says of it (this test server has no $currentOp).
+                self.assertNotEqual(command(c, pipeline).get("code"), 13)
+                self.assertEqual(command(c, {"shutdown": 1, "$db": "admin"})["code"], 13)
+
+    def open_cursor(self, c, collection, lsid=None):
+        docs = [{"_id": i} for i in range(10)]
+        self.assertEqual(command(c, {"delete": collection, "deletes": [{"q": {}, "limit": 0}],
+                                     "$db": "access"})["ok"], 1)
+        self.assertEqual(command(c, {"insert": collection, "documents": docs,
+                                     "$db": "access"})["n"], 10)
+        find = {"find": collection, "batchSize": 2, "$db": "access"}
+        if lsid:
+            find["lsid"] = {"id": lsid}
+        reply = command(c, find)
+        self.assertNotEqual(reply["cursor"]["id"], 0)
+        return reply["cursor"]["id"]
+
+    def test_another_connections_getmore_is_refused(self):
+        with socket.create_connection(self.addr) as a, socket.create_connection(self.addr) as b:
+            cursor = self.open_cursor(a, "owned")
+            get_more = {"getMore": Int64(cursor), "collection": "owned", "batchSize": 2,
+                        "$db": "access"}
+            refused = command(b, get_more)
+            self.assertEqual((refused["ok"], refused.get("code"), refused.get("codeName")),
+                             (0, 13, "Unauthorized"), refused)
+            self.assertIn(f"cursor id {cursor} was not created by this client", refused["errmsg"])
+            # Another session id than the cursor's does not help.
+            other = dict(get_more, lsid={"id": os.urandom(16)})
+            self.assertEqual(command(b, other)["code"], 13)
+            kill = {"killCursors": "owned", "cursors": [Int64(cursor)], "$db": "access"}
+            self.assertEqual(command(b, kill)["code"], 13)
+            # Its own connection goes on reading it, from where it was.
+            batch = command(a, get_more)["cursor"]["nextBatch"]
+            self.assertEqual([d["_id"] for d in batch], [2, 3])
+            self.assertEqual(command(a, kill)["cursorsKilled"], [cursor])
+        self.assertIn(f"getMore of cursor {cursor} refused: another client's", self.s.log())
+
+    def test_a_cursors_session_carries_it_to_another_connection(self):
+        # What drivers do: a getMore on another pooled connection, with the cursor's lsid.
+        lsid = os.urandom(16)
+        with socket.create_connection(self.addr) as a, socket.create_connection(self.addr) as b:
+            cursor = self.open_cursor(a, "shared", lsid=lsid)
+            reply = command(b, {"getMore": Int64(cursor), "collection": "shared", "batchSize": 2,
+                                "lsid": {"id": lsid}, "$db": "access"})
+            self.assertEqual([d["_id"] for d in reply["cursor"]["nextBatch"]], [2, 3])
+            self.assertEqual(command(b, {"killCursors": "shared", "cursors": [Int64(cursor)],
+                                         "lsid": {"id": lsid}, "$db": "access"})["cursorsKilled"],
+                             [cursor])
+
+    def test_endsessions_of_another_connections_session_does_not_end_it(self):
+        tap = SlowLink(SERVERS["primary"][0], delay=0)
+        try:
+            servers = [{"host": "127.0.0.1", "port": tap.port, "role": "primary"}]
+            with MongoSluice(servers=servers) as s:
+                s.wait_ready()
+                addr = ("127.0.0.1", int(s.config["listen"]["mongo"].rsplit(":", 1)[1]))
+                lsid = os.urandom(16)
+                txn = {"lsid": {"id": lsid}, "txnNumber": Int64(1), "autocommit": False}
+                with socket.create_connection(addr) as a, socket.create_connection(addr) as b:
+                    clear = {"delete": "txn", "deletes": [{"q": {}, "limit": 0}], "$db": "access"}
+                    self.assertEqual(command(a, clear)["ok"], 1)
+                    self.assertEqual(command(a, {"insert": "txn", "documents": [{"_id": 1}],
+                                                 "startTransaction": True, **txn,
+                                                 "$db": "access"})["n"], 1)
+                    self.assertEqual(s.metrics()["sluice_mongo_transactions_open"], 1)
+                    before = len(tap.sent)
+                    reply = command(b, {"endSessions": [{"id": lsid}], "$db": "admin"})
+                    self.assertEqual(reply["ok"], 1)  # as a server answers unknown sessions
+                    time.sleep(0.2)
+                    self.assertNotIn(b"endSessions", bytes(tap.sent[before:]))  # not told
+                    self.assertEqual(s.metrics()["sluice_mongo_transactions_open"], 1)
+                    self.assertEqual(command(a, {"commitTransaction": 1, **txn,
+                                                 "$db": "admin"})["ok"], 1)
+                    found = command(a, {"find": "txn", "$db": "access"})
+                    self.assertEqual(found["cursor"]["firstBatch"], [{"_id": 1}])
+                    # Its own connection ends it: told to the server (the tap sees it).
+                    before = len(tap.sent)
+                    self.assertEqual(command(a, {"endSessions": [{"id": lsid}],
+                                                 "$db": "admin"})["ok"], 1)
+                    time.sleep(0.2)
+                    self.assertIn(b"endSessions", bytes(tap.sent[before:]))
+        finally:
+            tap.close()
+
+    def test_drivers_spreading_cursors_and_transactions_over_their_pool(self):
+        before = self.s.metrics()
+        out = node("mongo_scenarios.js", "pooled", self.s.mongo_uri(), "pooled")
+        self.assertEqual(out["cursors"], 8)
+        self.assertGreaterEqual(out["transactions"], 8)  # more when one was retried
+        # The driver did send getMores (and transactions) on other connections than the one that
+        # opened them: the case a binding to the connection alone would break.
+        self.assertGreater(out["cursorsAcrossConnections"] + out["transactionsAcrossConnections"],
+                           0, out)
+        m = self.s.metrics()
+        for gauge in ("sluice_mongo_cursors_open", "sluice_mongo_transactions_open"):
+            self.assertEqual(counter(m, gauge), counter(before, gauge), gauge)
 
 
 class Lifecycle(unittest.TestCase):

@@ -2,6 +2,8 @@
 // routing against two backends holding different data, and the cache under mixed load.
 //   node mongo_scenarios.js routing SLUICE_URI PRIMARY_URI SECONDARY_URI
 //   node mongo_scenarios.js cache SLUICE_URI CLIENTS OPERATIONS
+//   node mongo_scenarios.js refused SLUICE_URI
+//   node mongo_scenarios.js pooled SLUICE_URI DB
 // Prints one JSON line; exits non-zero on a failed check.
 const assert = require("node:assert/strict");
 const { MongoClient, ReadPreference } = require("mongodb");
@@ -134,10 +136,109 @@ async function cacheLoad(sluiceUri, clients, operations) {
   console.log(JSON.stringify({ operations: perClient * clients, reads, writes, stale, staleExamples }));
 }
 
+// What the driver gets for commands the listener does not open (administration, users,
+// other clients' operations), and that ordinary work goes on around them.
+async function refused(sluiceUri) {
+  const client = new MongoClient(sluiceUri, opts);
+  await client.connect();
+  const admin = client.db("admin");
+  const outcome = async (promise) => {
+    try {
+      await promise;
+      return "ok";
+    } catch (e) {
+      return { code: e.code, codeName: e.codeName, message: e.message };
+    }
+  };
+  const out = {};
+  out.shutdown = await outcome(admin.command({ shutdown: 1 }));
+  out.createUser = await outcome(admin.command({ createUser: "eve", pwd: "pw", roles: ["root"] }));
+  out.currentOp = await outcome(admin.aggregate([{ $currentOp: { allUsers: true } }]).toArray());
+  out.currentOpCommand = await outcome(admin.command({ currentOp: 1 }));
+  out.fsync = await outcome(admin.command({ fsync: 1 }));
+  out.replSetStepDown = await outcome(admin.command({ replSetStepDown: 60 }));
+  const sessions = client.db("config").collection("system.sessions");
+  out.configSessions = await outcome(sessions.find().toArray());
+  const c = client.db("refused").collection("c");
+  await c.deleteMany({});
+  await c.insertOne({ _id: 1 });
+  assert.equal(await c.countDocuments({}), 1);
+  assert.deepEqual(await admin.command({ ping: 1 }), { ok: 1 });
+  out.driverWorkStillWorks = true;
+  await client.close();
+  console.log(JSON.stringify(out));
+}
+
+// One client, a pool of four connections, eight cursors and eight transactions at once: the
+// driver sends a cursor's getMores and a transaction's commands over whichever pooled connection
+// is free (with the session's lsid). Command monitoring tells which connections each used.
+async function pooled(sluiceUri, dbName) {
+  const client = new MongoClient(sluiceUri, { ...opts, maxPoolSize: 4, monitorCommands: true });
+  const cursorConns = new Map(); // cursor id -> connection ids
+  const txnConns = new Map(); // lsid + txnNumber -> connection ids
+  const findConn = new Map(); // requestId -> connection id
+  const note = (map, key, conn) => map.set(key, (map.get(key) || new Set()).add(conn));
+  client.on("commandStarted", (e) => {
+    if (e.commandName === "find") findConn.set(e.requestId, e.connectionId);
+    if (e.commandName === "getMore") note(cursorConns, String(e.command.getMore), e.connectionId);
+    if (e.command.autocommit === false)
+      note(txnConns, `${e.command.lsid.id.toString("hex")}/${e.command.txnNumber}`, e.connectionId);
+  });
+  client.on("commandSucceeded", (e) => {
+    if (e.commandName === "find" && e.reply.cursor && String(e.reply.cursor.id) !== "0")
+      note(cursorConns, String(e.reply.cursor.id), findConn.get(e.requestId));
+  });
+  await client.connect();
+  const db = client.db(dbName);
+  const rows = db.collection("rows");
+  await rows.deleteMany({});
+  const docs = [];
+  for (let i = 0; i < 300; i++) docs.push({ _id: i });
+  await rows.insertMany(docs);
+  // A collection per transaction: jongodb 0.1.6 loses committed updates when concurrent
+  // transactions commit to one collection (seen without sluice too, 32 transactions at once).
+  const accountsOf = (i) => db.collection(`accounts${i}`);
+  for (let i = 0; i < 8; i++) {
+    await accountsOf(i).deleteMany({});
+    await accountsOf(i).insertOne({ _id: i, n: 0 });
+  }
+  const readAll = async () => {
+    let n = 0;
+    for await (const d of rows.find({}).sort({ _id: 1 }).batchSize(10)) {
+      assert.equal(d._id, n);
+      n++;
+    }
+    assert.equal(n, 300);
+  };
+  const transfer = async (i) => {
+    const session = client.startSession();
+    await session.withTransaction(async () => {
+      for (let k = 0; k < 3; k++) {
+        await accountsOf(i).updateOne({ _id: i }, { $inc: { n: 1 } }, { session });
+        await rows.findOne({ _id: k }, { session });
+      }
+    });
+    await session.endSession();
+  };
+  await Promise.all([...Array(8).keys()].flatMap((i) => [readAll(), transfer(i)]));
+  for (let i = 0; i < 8; i++) assert.equal((await accountsOf(i).findOne({ _id: i })).n, 3);
+  const across = (map) => [...map.values()].filter((conns) => conns.size > 1).length;
+  const out = {
+    cursors: cursorConns.size,
+    cursorsAcrossConnections: across(cursorConns),
+    transactions: txnConns.size,
+    transactionsAcrossConnections: across(txnConns),
+  };
+  await client.close();
+  console.log(JSON.stringify(out));
+}
+
 async function main() {
   const [mode, ...args] = process.argv.slice(2);
   if (mode === "routing") return routing(...args);
   if (mode === "cache") return cacheLoad(args[0], Number(args[1]), Number(args[2]));
+  if (mode === "refused") return refused(...args);
+  if (mode === "pooled") return pooled(...args);
   throw new Error(`unknown mode ${mode}`);
 }
 
