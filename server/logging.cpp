@@ -1,4 +1,4 @@
-// spdlog sinks and a JSON line formatter (one object per line, message escaped).
+// spdlog sinks and line formatters, text or JSON (one line per message, message escaped).
 #include "server/logging.hpp"
 
 #include <spdlog/formatter.h>
@@ -6,7 +6,10 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <ctime>
+#include <iterator>
+#include <string>
 
 namespace sluice::server {
 namespace {
@@ -57,6 +60,49 @@ class JsonFormatter : public spdlog::formatter {
   }
 };
 
+// Text lines: the pattern, with control characters in the message escaped (\n, \r, \t, \xNN)
+// and backslashes doubled, so a name a client chose (user, database, application_name) or a
+// statement's text cannot start a line of its own that looks like sluice wrote it.
+class TextFormatter : public spdlog::formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    std::string_view payload(msg.payload.data(), msg.payload.size());
+    auto plain = [](char c) {
+      return static_cast<unsigned char>(c) >= 0x20 && c != 0x7f && c != '\\';
+    };
+    if (std::all_of(payload.begin(), payload.end(), plain)) {
+      pattern_.format(msg, dest);
+      return;
+    }
+    std::string escaped;
+    escaped.reserve(payload.size() + 16);
+    for (char c : payload) {
+      if (plain(c)) {
+        escaped.push_back(c);
+      } else if (c == '\\') {
+        escaped += "\\\\";
+      } else if (c == '\n') {
+        escaped += "\\n";
+      } else if (c == '\r') {
+        escaped += "\\r";
+      } else if (c == '\t') {
+        escaped += "\\t";
+      } else {
+        fmt::format_to(std::back_inserter(escaped), "\\x{:02x}", static_cast<unsigned char>(c));
+      }
+    }
+    spdlog::details::log_msg copy = msg;
+    copy.payload = spdlog::string_view_t(escaped.data(), escaped.size());
+    pattern_.format(copy, dest);
+  }
+  std::unique_ptr<spdlog::formatter> clone() const override {
+    return std::make_unique<TextFormatter>();
+  }
+
+ private:
+  spdlog::pattern_formatter pattern_{"%Y-%m-%d %H:%M:%S.%e %l %v"};
+};
+
 }  // namespace
 
 void setup_logging(const config::Log& log) {
@@ -69,8 +115,7 @@ void setup_logging(const config::Log& log) {
   if (log.json) {
     logger->set_formatter(std::make_unique<JsonFormatter>());
   } else {
-    logger->set_formatter(
-        std::make_unique<spdlog::pattern_formatter>("%Y-%m-%d %H:%M:%S.%e %l %v"));
+    logger->set_formatter(std::make_unique<TextFormatter>());
   }
   logger->set_level(spdlog::level::from_str(log.level));
   logger->flush_on(spdlog::level::info);
