@@ -116,6 +116,7 @@ struct Lookup {
   std::string_view bypass;                   // kBypass: why ("redis_down", "not_cacheable", ...)
   std::shared_ptr<const std::string> value;  // kHit: the reply without ReadyForQuery
   std::string key;                           // hex SHA-256
+  std::string role;                          // kMiss: the server role the key was made for
   std::shared_ptr<const Plan> plan;          // kHit, kMiss
   std::uint64_t min_lsn = 0;                 // kMiss: the source must have replayed this far
   std::shared_ptr<Flight> flight;            // kMiss: this client's fill wakes the others waiting

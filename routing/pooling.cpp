@@ -5,6 +5,7 @@
 #include <array>
 #include <cctype>
 #include <cstdio>
+#include <iterator>
 
 #include "protocol/pg/sql.hpp"
 #include "routing/fnv1a.hpp"
@@ -91,6 +92,56 @@ void ServerState::clear_statements() {
   index_.clear();
   lru_.clear();
   sql_prepared.clear();
+}
+
+namespace {
+// Bind carries at most 65535 parameters; a client may have set more settings than that.
+constexpr std::size_t kSettingsPerStatement = 1000;
+
+void add_set_config(std::vector<ParamQuery>& out, const std::string& name,
+                    std::optional<std::string> value) {
+  if (out.empty() || out.back().params.size() >= 2 * kSettingsPerStatement)
+    out.push_back({"SELECT ", {}});
+  auto& q = out.back();
+  auto n = q.params.size();
+  if (n > 0) q.sql += ", ";
+  q.sql += "pg_catalog.set_config($" + std::to_string(n + 1) + ", $" + std::to_string(n + 2) +
+           ", false)";
+  q.params.emplace_back(name);
+  q.params.push_back(std::move(value));
+}
+}  // namespace
+
+std::vector<ParamQuery> settings_sync(const Settings& want, const Settings& have) {
+  std::vector<ParamQuery> out;   // the client_encoding change, if any
+  std::vector<ParamQuery> rest;  // then everything else
+  auto to = [&](const std::string& name) -> std::vector<ParamQuery>& {
+    return name == "client_encoding" ? out : rest;
+  };
+  for (const auto& [name, value] : have) {
+    if (!want.contains(name)) add_set_config(to(name), name, std::nullopt);
+  }
+  for (const auto& [name, value] : want) {
+    auto it = have.find(name);
+    if (it == have.end() || it->second != value) add_set_config(to(name), name, value);
+  }
+  out.insert(out.end(), std::make_move_iterator(rest.begin()), std::make_move_iterator(rest.end()));
+  return out;
+}
+
+std::vector<ParamQuery> settings_capture(const std::set<std::string>& names) {
+  std::vector<ParamQuery> out;
+  for (const auto& n : names) {
+    if (out.empty() || out.back().params.size() >= kSettingsPerStatement) out.push_back({});
+    auto& q = out.back();
+    q.sql += (q.params.empty() ? "" : ", ") + ("$" + std::to_string(q.params.size() + 1));
+    q.params.emplace_back(n);
+  }
+  for (auto& q : out) {
+    q.sql = "SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[" + q.sql +
+            "]::text[]) AS n";
+  }
+  return out;
 }
 
 std::string settings_sync_sql(const Settings& want, const Settings& have) {
@@ -441,6 +492,13 @@ PooledSession::Verdict PooledSession::on_server(const pg::Frame& f, ServerState&
 }
 
 // ---- attach / release ----------------------------------------------------------------------
+
+std::set<std::string> PooledSession::capture_names() const {
+  if (!touched_.contains("client_encoding")) return touched_;
+  std::set<std::string> names = touched_;
+  for (const auto& [name, value] : settings_) names.insert(name);
+  return names;
+}
 
 void PooledSession::apply_capture(const Rows& rows, ServerState& server) {
   for (const auto& row : rows) {

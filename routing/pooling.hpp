@@ -73,10 +73,24 @@ class ServerState {
   std::unordered_map<std::string_view, std::list<StatementPtr>::iterator> index_;
 };
 
-// SQL that turns `have` into `want` on a server ("" when they already agree): set_config() for
-// values that differ, RESET for names only `have` has.
+// One statement sluice runs with text parameters (Parse/Bind/Execute). Names and values travel
+// as parameters, never inside the SQL text: the server converts them from the connection's
+// client_encoding as values, so no encoding whose multibyte characters end in a backslash
+// (SJIS, BIG5, GBK...) can make one break out of quoting and run as SQL.
+struct ParamQuery {
+  std::string sql;
+  std::vector<std::optional<std::string>> params;  // nullopt = NULL
+};
+// Statements that turn `have` into `want` on a server (none when they already agree):
+// set_config(name, value) for values that differ, set_config(name, NULL) = RESET for names only
+// `have` has. A change of client_encoding comes first, alone: the server converts each Bind's
+// parameters with the encoding in effect when it arrives, and the values are in the new one.
+std::vector<ParamQuery> settings_sync(const Settings& want, const Settings& have);
+// Statements whose rows are (name, current_setting(name, true)) for each name.
+std::vector<ParamQuery> settings_capture(const std::set<std::string>& names);
+// The old text-SQL forms (values quoted into the SQL): kept only until server/client_session.cpp
+// calls the two above in a commit; they must not gain callers and go then.
 std::string settings_sync_sql(const Settings& want, const Settings& have);
-// SQL whose rows are (name, current_setting(name, true)) for each name.
 std::string settings_capture_sql(const std::set<std::string>& names);
 // Cheap check before parsing: false only when `sql` cannot change session state or pin.
 bool may_affect_session(std::string_view sql);
@@ -123,7 +137,10 @@ class PooledSession {
   const Settings& settings() const { return settings_; }
   // Names whose values must be read back from the server before it is released.
   const std::set<std::string>& touched() const { return touched_; }
-  // The server's answer to settings_capture_sql(touched()).
+  // What to read back: touched(), and every setting when client_encoding was touched (the
+  // server shows values in the client's encoding; those kept were read in the old one).
+  std::set<std::string> capture_names() const;
+  // The server's answer to settings_capture(capture_names()).
   void apply_capture(const Rows& rows, ServerState& server);
   // SQL-level prepared statements whose creation may have failed: names to check on the server.
   const std::set<std::string>& uncertain() const { return uncertain_; }

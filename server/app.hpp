@@ -35,6 +35,7 @@ class App {
   std::shared_ptr<Runtime> rt_;
   std::vector<std::unique_ptr<asio::io_context>> loops_;  // cleared at the end of run()
   std::optional<tcp::acceptor> acceptor_;
+  asio::ip::address pg_address_;  // the address listen.postgres is bound to
   std::optional<tcp::acceptor> mongo_acceptor_;
   std::unique_ptr<HttpServer> http_;
   std::mutex reload_mu_;

@@ -74,6 +74,7 @@ awaitable<std::variant<std::unique_ptr<ServerConn>, PgError>> ServerConn::connec
 
   std::unique_ptr<ServerConn> conn(new ServerConn(std::move(socket)));
   conn->host_ = login.host;
+  conn->user_ = login.user;
   conn->port_ = login.port;
   auto l = co_await with_timeout(conn->login(login), login.timeout);
   if (!l)
@@ -242,10 +243,33 @@ awaitable<Outcome> ServerConn::run(std::string sql) {
   co_return std::monostate{};
 }
 
+awaitable<Outcome> ServerConn::run(std::vector<routing::ParamQuery> steps) {
+  auto r = co_await query(std::move(steps));
+  if (auto* e = std::get_if<PgError>(&r)) co_return std::move(*e);
+  co_return std::monostate{};
+}
+
 awaitable<std::variant<routing::Rows, PgError>> ServerConn::query(std::string sql) {
   pg::Buffer q;
   pg::encode_query(q, sql);
-  if (auto ec = co_await send(q))
+  co_return co_await exchange(std::move(q));
+}
+
+awaitable<std::variant<routing::Rows, PgError>> ServerConn::query(
+    std::vector<routing::ParamQuery> steps) {
+  pg::Buffer q;
+  for (const auto& step : steps) {
+    // Every parameter is text (OID 25): nothing is left for the server to infer.
+    pg::encode_parse(q, "", step.sql, std::vector<std::uint32_t>(step.params.size(), 25));
+    pg::encode_bind(q, "", "", step.params);
+    pg::encode_execute(q, {"", 0});
+  }
+  pg::encode_sync(q);
+  co_return co_await exchange(std::move(q));
+}
+
+awaitable<std::variant<routing::Rows, PgError>> ServerConn::exchange(pg::Buffer q) {
+  if (auto ec = co_await send(std::move(q)))
     co_return PgError{"08006", "lost the server connection: " + ec.message(), {}, {}};
   routing::Rows rows;
   std::optional<PgError> error;

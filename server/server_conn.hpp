@@ -47,6 +47,10 @@ class ServerConn {
   awaitable<std::variant<std::monostate, PgError>> run(std::string sql);
   // Runs a query string and returns its rows (text format), or the first error.
   awaitable<std::variant<routing::Rows, PgError>> query(std::string sql);
+  // Runs statements with text parameters (Parse/Bind/Execute each, then one Sync): the rows of
+  // all of them, or the first error (the server skips the rest up to the Sync).
+  awaitable<std::variant<routing::Rows, PgError>> query(std::vector<routing::ParamQuery> steps);
+  awaitable<std::variant<std::monostate, PgError>> run(std::vector<routing::ParamQuery> steps);
 
   Stream& stream() { return *stream_; }
   FramedReader& reader() { return reader_; }
@@ -54,6 +58,7 @@ class ServerConn {
   void set_param(std::string_view name, std::string_view value);
   pg::BackendKeyData key() const { return key_; }
   const std::string& host() const { return host_; }
+  const std::string& user() const { return user_; }  // the role it logged in as
   std::uint16_t port() const { return port_; }
   Clock::time_point created() const { return created_; }
   Clock::time_point last_used() const { return last_used_; }
@@ -74,12 +79,15 @@ class ServerConn {
   awaitable<error_code> send(pg::Buffer b) {
     co_return co_await stream_->write_all(asio::buffer(b));
   }
+  // Sends `b` (requests ending in one ReadyForQuery) and collects the rows.
+  awaitable<std::variant<routing::Rows, PgError>> exchange(pg::Buffer b);
 
   std::unique_ptr<Stream> stream_;
   FramedReader reader_{kReadBuffer};
   Params params_;
   pg::BackendKeyData key_{0, 0};
   std::string host_;
+  std::string user_;
   std::uint16_t port_ = 0;
   Clock::time_point created_ = Clock::now();
   Clock::time_point last_used_ = created_;

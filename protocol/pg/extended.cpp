@@ -50,6 +50,22 @@ std::optional<Bind> decode_bind(Span body) {
   return b;
 }
 
+void encode_bind(Buffer& out, std::string_view portal, std::string_view statement,
+                 const std::vector<std::optional<std::string>>& params) {
+  Writer w(out);
+  auto at = w.begin_message('B');
+  w.cstr(portal);
+  w.cstr(statement);
+  w.u16(0);  // every parameter in text format
+  w.u16(static_cast<std::uint16_t>(params.size()));
+  for (const auto& p : params) {
+    w.i32(p ? static_cast<std::int32_t>(p->size()) : -1);
+    if (p) w.raw(std::string_view(*p));
+  }
+  w.u16(0);  // every result column in text format
+  w.end_message(at);
+}
+
 void encode_bind_renamed(Buffer& out, const Bind& bind, std::string_view statement) {
   Writer w(out);
   auto at = w.begin_message('B');
@@ -78,6 +94,14 @@ std::optional<Execute> decode_execute(Span body) {
   Execute e{r.cstr(), r.u32()};
   if (!r.at_end()) return std::nullopt;
   return e;
+}
+
+void encode_execute(Buffer& out, Execute e) {
+  Writer w(out);
+  auto at = w.begin_message('E');
+  w.cstr(e.portal);
+  w.u32(e.max_rows);
+  w.end_message(at);
 }
 
 void encode_sync(Buffer& out) {

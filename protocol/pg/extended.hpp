@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -28,6 +29,9 @@ struct Bind {
   Span rest;  // format codes, parameter values, result formats, exactly as sent
 };
 std::optional<Bind> decode_bind(Span body);
+// A Bind sluice sends itself: text parameters (nullopt = NULL), text results.
+void encode_bind(Buffer& out, std::string_view portal, std::string_view statement,
+                 const std::vector<std::optional<std::string>>& params);
 // Re-encodes a Bind with another statement name (the server-side name of a client statement).
 void encode_bind_renamed(Buffer& out, const Bind& bind, std::string_view statement);
 
@@ -46,6 +50,7 @@ struct Execute {
   std::uint32_t max_rows;
 };
 std::optional<Execute> decode_execute(Span body);
+void encode_execute(Buffer& out, Execute e);
 
 void encode_sync(Buffer& out);
 void encode_flush(Buffer& out);

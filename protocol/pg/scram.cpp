@@ -7,6 +7,7 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <charconv>
 #include <stdexcept>
 
@@ -94,6 +95,16 @@ std::vector<std::uint8_t> random_bytes(std::size_t n) {
   if (RAND_bytes(out.data(), static_cast<int>(n)) != 1)
     throw std::runtime_error("RAND_bytes failed");
   return out;
+}
+
+Verifier mock_verifier(std::span<const std::uint8_t> secret, std::string_view user) {
+  Verifier v;
+  Key salt = hmac(secret.data(), secret.size(), user);
+  v.salt.assign(salt.begin(), salt.begin() + kSaltLength);
+  auto keys = random_bytes(2 * sizeof(Key));
+  std::copy_n(keys.begin(), v.stored_key.size(), v.stored_key.begin());
+  std::copy_n(keys.begin() + sizeof(Key), v.server_key.size(), v.server_key.begin());
+  return v;
 }
 
 std::optional<Verifier> Verifier::parse(std::string_view text) {

@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -13,6 +14,7 @@ namespace sluice::pg::scram {
 inline constexpr std::string_view kMechanism = "SCRAM-SHA-256";
 inline constexpr std::uint32_t kDefaultIterations = 4096;
 inline constexpr std::uint32_t kMaxIterations = 10'000'000;  // refuse servers that ask for more
+inline constexpr std::size_t kSaltLength = 16;  // PostgreSQL's and sluice's own verifiers
 
 using Key = std::array<std::uint8_t, 32>;
 
@@ -30,6 +32,11 @@ struct Verifier {
 };
 
 std::vector<std::uint8_t> random_bytes(std::size_t n);
+
+// For a login name with no usable verifier: one shaped like a real verifier (the default
+// iteration count, a salt of the usual length that stays the same for the name, as a real salt
+// does: HMAC-SHA-256(secret, name) cut to kSaltLength) whose keys no password matches.
+Verifier mock_verifier(std::span<const std::uint8_t> secret, std::string_view user);
 
 // Server side of one exchange. Feed the client's messages; read the replies to send.
 class ServerExchange {

@@ -39,7 +39,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       routing::Rows rows{{std::string("search_path"), std::string("x")}};
       session.apply_capture(rows, server);
       session.apply_present({}, server);
-      (void)routing::settings_sync_sql(session.settings(), server.settings);
+      (void)routing::settings_sync(session.settings(), server.settings);
+      (void)routing::settings_capture(session.capture_names());
       session.attached(server);
       session.trim();
     }

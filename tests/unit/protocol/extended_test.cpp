@@ -82,6 +82,24 @@ TEST_CASE("Bind is renamed without touching its parameters") {
   CHECK_FALSE(decode_bind(truncated));
 }
 
+TEST_CASE("a Bind with text parameters and an Execute round-trip") {
+  Buffer out;
+  encode_bind(out, "", "s", {std::string("a\0'b", 4), std::nullopt});
+  auto f = only_frame(out);
+  CHECK(f.type == 'B');
+  auto b = decode_bind(f.body);
+  REQUIRE(b);
+  CHECK((b->portal.empty() && b->statement == "s"));
+  // 0 formats, 2 values (4 bytes, then -1 = NULL), 0 result formats.
+  const Buffer rest{0, 0, 0, 2, 0, 0, 0, 4, 'a', 0, '\'', 'b', 0xff, 0xff, 0xff, 0xff, 0, 0};
+  CHECK(std::equal(b->rest.begin(), b->rest.end(), rest.begin(), rest.end()));
+  Buffer e;
+  encode_execute(e, {"p", 7});
+  auto x = decode_execute(only_frame(e).body);
+  REQUIRE(x);
+  CHECK((x->portal == "p" && x->max_rows == 7));
+}
+
 TEST_CASE("Describe, Close and Execute round-trip; bad kinds are refused") {
   for (char kind : {'S', 'P'}) {
     Buffer d, c;

@@ -98,3 +98,23 @@ TEST_CASE("md5 matches PostgreSQL's md5 password format") {
   std::string salted = stored.substr(3) + std::string("\x01\x02\x03\x04", 4);
   CHECK(md5::response_from_stored(stored, salt) == "md5" + md5::hex(salted));
 }
+
+TEST_CASE("an unknown user's verifier is shaped like a real one, its salt stable per name") {
+  auto secret = scram::random_bytes(32);
+  auto real = scram::Verifier::from_password("pw", scram::random_bytes(scram::kSaltLength));
+  auto a = scram::mock_verifier(secret, "nobody");
+  CHECK(a.iterations == real.iterations);
+  CHECK(a.iterations == scram::kDefaultIterations);
+  CHECK(a.salt.size() == real.salt.size());
+  CHECK(scram::mock_verifier(secret, "nobody").salt == a.salt);
+  CHECK(scram::mock_verifier(secret, "nobody2").salt != a.salt);
+  CHECK(scram::mock_verifier(scram::random_bytes(32), "nobody").salt != a.salt);
+  // No password answers it: the exchange fails at the proof, like a wrong password.
+  scram::ServerExchange server(a);
+  scram::ClientExchange client("");
+  auto first = server.on_client_first(client.client_first());
+  REQUIRE(first);
+  auto final_msg = client.on_server_first(*first);
+  REQUIRE(final_msg);
+  CHECK_FALSE(server.on_client_final(*final_msg));
+}
