@@ -9,6 +9,7 @@
 
 #include "protocol/common/digest.hpp"
 #include "routing/fnv1a.hpp"
+#include "routing/insights.hpp"
 #include "routing/replicas.hpp"
 
 namespace sluice::cache {
@@ -166,6 +167,12 @@ std::shared_ptr<DbCatalog> load_catalog(void* raw,
   ok = ok && query(kForeignKeysSql, [&](PGresult* r, int i) {
          out->relations.add_foreign_key(u32(r, i, 0), u32(r, i, 1));
        });
+  std::vector<std::uint32_t> rls_beyond_role;  // tables with a policy depending on more
+  ok = ok && query(kPoliciesSql, [&](PGresult* r, int i) {
+         if (PQgetvalue(r, i, 3)[0] == 't' || !policy_role_only(PQgetvalue(r, i, 1)) ||
+             !policy_role_only(PQgetvalue(r, i, 2)))
+           rls_beyond_role.push_back(u32(r, i, 0));
+       });
   ok = ok && query(kSearchPathSql, [&](PGresult* r, int i) {
          std::string role = PQgetvalue(r, i, 0);
          std::string value = PQgetvalue(r, i, 1);
@@ -204,6 +211,13 @@ std::shared_ptr<DbCatalog> load_catalog(void* raw,
     }
   }
   if (!ok) return nullptr;
+  for (auto oid : rls_beyond_role) {
+    if (const auto* rel = out->relations.find(oid)) {
+      Relation copy = *rel;
+      copy.rls_role_only = false;
+      out->relations.add(std::move(copy));
+    }
+  }
   // A view is cached only when its definition calls immutable functions alone.
   for (auto& [oid, def] : views) {
     auto f = cache_facts(def);
@@ -420,7 +434,7 @@ StatementStats* Cache::statement_stats(const std::string& fingerprint, const Pla
     }
     slot = std::make_unique<StatementStats>();
     slot->rule = p.rule;
-    slot->sample = std::string(sql.substr(0, 200));
+    slot->sample = routing::normalized_text(sql).substr(0, 200);  // literals masked
     for (auto oid : p.oids) {
       if (const auto* r = p.catalog->relations.find(oid))
         slot->tables.push_back(db + "/" + r->schema + "." + r->name);
@@ -595,6 +609,7 @@ std::shared_ptr<const Plan> Cache::make_plan(const Request& r, const config::Cac
       if (e->persistence != 'p') return not_cached("temp_or_unlogged");
       if (e->kind == 'f') return not_cached("foreign_table");
       if (e->rls && !cfg.rls_by_role) return not_cached("rls");
+      if (e->rls && !e->rls_role_only) return not_cached("rls_policy");
       if (std::find(p->oids.begin(), p->oids.end(), oid) == p->oids.end()) p->oids.push_back(oid);
     }
   }
@@ -651,6 +666,7 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
   }
   append_field(material, r.material);
   Lookup l = co_await lookup_planned(std::move(plan), std::move(material), r.strict, cfg);
+  l.role = std::move(r.role);
   co_return l;
 }
 

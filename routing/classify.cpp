@@ -219,14 +219,17 @@ ReadFacts read_facts(std::string_view sql) {
   if (stmts == nullptr || !stmts->is_array() || stmts->get_array().empty()) return facts;
   bool all_read = true;
   const auto& list = stmts->get_array();
+  facts.statements = static_cast<std::uint32_t>(list.size());
   for (const auto& raw : list) {
     const auto* stmt = raw.is_object() ? raw.get_object().if_contains("stmt") : nullptr;
     if (stmt == nullptr || !stmt->is_object()) {
       all_read = false;
       continue;
     }
-    if (classify(stmt->get_object(), facts) == Kind::kWrite) all_read = false;
+    const auto kind = classify(stmt->get_object(), facts);
+    if (kind == Kind::kWrite) all_read = false;
     if (list.size() == 1) {
+      facts.plain_select = kind == Kind::kRead && stmt->get_object().contains("SelectStmt");
       const auto* show = stmt->get_object().if_contains("VariableShowStmt");
       if (show && show->is_object() &&
           lower(str_field(show->get_object(), "name")) == "sluice.last_write_lsn")
@@ -235,6 +238,12 @@ ReadFacts read_facts(std::string_view sql) {
   }
   facts.read = all_read;
   return facts;
+}
+
+bool explainable(const ReadFacts& facts, const FunctionCatalog& catalog) {
+  if (!facts.parsed || facts.statements != 1 || !facts.plain_select) return false;
+  return std::none_of(facts.functions.begin(), facts.functions.end(),
+                      [&](const FunctionRef& f) { return catalog.may_write(f); });
 }
 
 void FunctionCatalog::add(std::string schema, std::string name, char volatility, int nargs,

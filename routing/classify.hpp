@@ -41,6 +41,8 @@ struct ReadFacts {
   bool read_write_tx = false;   // ... READ WRITE said explicitly
   bool catalog_change = false;  // CREATE/ALTER/DROP FUNCTION, EXTENSION...: volatility may change
   bool show_last_write_lsn = false;  // exactly "SHOW sluice.last_write_lsn" (answered by sluice)
+  std::uint32_t statements = 0;      // statements in the text
+  bool plain_select = false;         // exactly one statement, a SELECT/VALUES/TABLE that reads
   Hint hint = Hint::kNone;           // /* sluice:primary */ or /* sluice:replica */ leading comment
   std::vector<FunctionRef> functions;  // every function called, each once
 };
@@ -64,6 +66,12 @@ struct ReadFactsKey {
   }
 };
 using ReadFactsCache = TextCache<ReadFacts, read_facts, ReadFactsKey>;
+
+class FunctionCatalog;
+// Whether sluice may EXPLAIN this text on a connection of its own: one plain read (no
+// data-modifying CTE, locking clause or INTO) whose every function is known to be immutable or
+// stable in `catalog`. Anything else is never sent, not even inside a read-only transaction.
+bool explainable(const ReadFacts& facts, const FunctionCatalog& catalog);
 
 // pg_proc.provolatile of every function of one database, as fetched from its primary.
 class FunctionCatalog {

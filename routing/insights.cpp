@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "protocol/pg/extended.hpp"
+#include "routing/classify.hpp"
 #include "routing/fnv1a.hpp"
 
 namespace sluice::routing {
@@ -36,20 +37,17 @@ QueryEntryPtr make_entry(const std::string& text) {
   bool parsed = fp.error == nullptr;
   e->fingerprint = parsed ? fp.fingerprint : fnv1a(text) ^ 0x5a5a5a5a5a5a5a5aULL;
   pg_query_free_fingerprint_result(fp);
-  if (parsed) {
-    PgQueryNormalizeResult n = pg_query_normalize(text.c_str());
-    if (n.error == nullptr && n.normalized_query) e->normalized = n.normalized_query;
-    pg_query_free_normalize_result(n);
-  }
-  if (e->normalized.empty()) e->normalized = text;
-  if (e->normalized.size() > kMaxNormalized) {
-    e->normalized.resize(kMaxNormalized);
-    e->normalized += "...";
-  }
+  e->normalized = normalized_text(text);
   e->id = hex16(e->fingerprint);
-  if (text.size() <= 64 * 1024) e->sample = text;
+  if (parsed) {
+    auto facts = read_facts(text);
+    e->explain_candidate = facts.statements == 1 && facts.plain_select;
+  }
   return e;
 }
+
+constexpr std::size_t kMaxSamples = 8;
+constexpr std::size_t kMaxSampleBytes = 64 * 1024;
 
 void walk_plan(const boost::json::object& node, PlanFacts& facts) {
   auto text = [&](const char* key) -> std::string {
@@ -73,6 +71,27 @@ void walk_plan(const boost::json::object& node, PlanFacts& facts) {
 }
 
 }  // namespace
+
+std::string sample_identity(std::string_view database, std::string_view server_user) {
+  std::string id(database);
+  id += '\0';
+  id += server_user;
+  return id;
+}
+
+std::string normalized_text(std::string_view sql) {
+  std::string out;
+  std::string text(sql);
+  PgQueryNormalizeResult n = pg_query_normalize(text.c_str());
+  if (n.error == nullptr && n.normalized_query) out = n.normalized_query;
+  pg_query_free_normalize_result(n);
+  if (out.empty()) out = masked_text(sql);
+  if (out.size() > kMaxNormalized) {
+    out.resize(kMaxNormalized);
+    out += "...";
+  }
+  return out;
+}
 
 std::optional<PlanFacts> plan_facts(std::string_view explain_json) {
   boost::json::error_code ec;
@@ -112,11 +131,23 @@ double LatencyBuckets::quantile(double q) const {
   return upper_bound(kCount - 1);
 }
 
-QueryEntryPtr Insights::resolve(std::string_view text) {
+QueryEntryPtr Insights::resolve(std::string_view text, std::string_view identity) {
+  auto keep_sample = [&](QueryEntry& e) {  // under mu_
+    if (!e.explain_candidate || identity.empty() || text.size() > kMaxSampleBytes ||
+        e.samples.size() >= kMaxSamples)
+      return;
+    for (const auto& s : e.samples) {
+      if (s.first == identity) return;
+    }
+    e.samples.emplace_back(std::string(identity), std::string(text));
+  };
   auto h = shape_hash(text);
   {
     std::lock_guard lock(mu_);
-    if (auto it = by_text_.find(h); it != by_text_.end()) return it->second;
+    if (auto it = by_text_.find(h); it != by_text_.end()) {
+      keep_sample(*it->second);
+      return it->second;
+    }
   }
   auto fresh = make_entry(std::string(text));  // parse outside the lock
   std::lock_guard lock(mu_);
@@ -128,7 +159,16 @@ QueryEntryPtr Insights::resolve(std::string_view text) {
   }
   QueryEntryPtr entry = it->second;
   by_text_[h] = entry;
+  keep_sample(*entry);
   return entry;
+}
+
+std::optional<std::string> Insights::sample(const QueryEntry& e, std::string_view identity) const {
+  std::lock_guard lock(mu_);
+  for (const auto& s : e.samples) {
+    if (s.first == identity) return s.second;
+  }
+  return std::nullopt;
 }
 
 void Insights::evict() {
@@ -245,7 +285,7 @@ void RequestTracker::on_client(const pg::Frame& f, SteadyClock::time_point now) 
   switch (f.type) {
     case 'Q': {
       auto sql = pg::decode_query(f.body);
-      end_request(now, sql && insights_ ? insights_->resolve(*sql) : nullptr);
+      end_request(now, sql && insights_ ? insights_->resolve(*sql, identity_) : nullptr);
       break;
     }
     case 'P': {
@@ -254,7 +294,7 @@ void RequestTracker::on_client(const pg::Frame& f, SteadyClock::time_point now) 
       if (!p || !insights_) break;
       auto it = names_.find(std::string(p->name));
       if (it == names_.end() && names_.size() >= kMaxNames) break;
-      auto entry = insights_->resolve(p->query);
+      auto entry = insights_->resolve(p->query, identity_);
       if (it == names_.end()) {
         names_.emplace(std::string(p->name), std::move(entry));
       } else {

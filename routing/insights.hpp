@@ -41,8 +41,12 @@ class LatencyBuckets {
 struct QueryEntry {
   std::uint64_t fingerprint = 0;
   std::string id;          // fingerprint as 16 hex digits
-  std::string normalized;  // constants replaced by $n (or the text itself when unparseable)
-  std::string sample;      // the first text seen (for EXPLAIN); empty when over 64 KB
+  std::string normalized;  // constants replaced by $n (literals masked when unparseable)
+  // One plain read (a single SELECT without writes or locks): its texts may be explained.
+  bool explain_candidate = false;
+  // Guarded by Insights' mutex: the first text seen per identity ("database\0server user"), so
+  // a sample only ever runs with the credentials of the client that sent it. At most 8.
+  std::vector<std::pair<std::string, std::string>> samples;
   // Guarded by Insights' mutex:
   std::uint64_t calls = 0;
   std::uint64_t errors = 0;
@@ -73,8 +77,11 @@ class Insights {
   explicit Insights(std::size_t max_fingerprints = 2000, std::size_t max_texts = 20000)
       : max_fingerprints_(max_fingerprints), max_texts_(max_texts) {}
 
-  // The entry of this statement text (parsed once per distinct text, then cached).
-  QueryEntryPtr resolve(std::string_view text);
+  // The entry of this statement text (parsed once per distinct text, then cached); the text is
+  // kept as the entry's sample for `identity` (see sample_identity) when it may be explained.
+  QueryEntryPtr resolve(std::string_view text, std::string_view identity = {});
+  // The sample `identity` sent for this entry, if any.
+  std::optional<std::string> sample(const QueryEntry& e, std::string_view identity) const;
 
   struct Slow {
     std::uint64_t calls_since_last = 0;  // slow calls this line reports (this one included)
@@ -102,6 +109,14 @@ class Insights {
   std::unordered_map<std::uint64_t, QueryEntryPtr> by_fingerprint_;
 };
 
+// Whose credentials a sample may run with: the database and the server user the client's
+// statements ran as.
+std::string sample_identity(std::string_view database, std::string_view server_user);
+
+// Text fit to show (SHOW QUERIES, SHOW CACHE, logs, labels): libpg_query's normalized form, or
+// masked_text when the parser refuses the text. Cut at 2000 characters.
+std::string normalized_text(std::string_view sql);
+
 // One finished request (a Query, or extended messages up to Sync, or a FunctionCall).
 struct Completed {
   QueryEntryPtr entry;  // null when no statement text is known (e.g. Parse-only, FunctionCall)
@@ -117,6 +132,8 @@ struct Completed {
 class RequestTracker {
  public:
   explicit RequestTracker(Insights* insights) : insights_(insights) {}
+  // The identity texts are sampled under (sample_identity); empty: none kept.
+  void set_identity(std::string identity) { identity_ = std::move(identity); }
   void on_client(const pg::Frame& f, SteadyClock::time_point now);
   std::optional<Completed> on_server(const pg::Frame& f, SteadyClock::time_point now);
   bool busy() const { return head_ < queue_.size(); }
@@ -143,6 +160,7 @@ class RequestTracker {
   static constexpr std::size_t kMaxNames = 10000;
 
   Insights* insights_;
+  std::string identity_;
   std::unordered_map<std::string, QueryEntryPtr> names_;  // statement name → entry
   std::vector<Request> queue_;
   std::size_t head_ = 0;

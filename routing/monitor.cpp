@@ -8,19 +8,14 @@
 namespace sluice::routing {
 
 std::string BackendTarget::address() const {
-  if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
-  return host + ":" + std::to_string(port);
+  const auto& h = server.host;
+  if (h.find(':') != std::string::npos) return "[" + h + "]:" + std::to_string(server.port);
+  return h + ":" + std::to_string(server.port);
 }
 
 struct Monitor::Connection {
-  PGconn* conn = nullptr;
-  ~Connection() {
-    if (conn) PQfinish(conn);
-  }
-  void close() {
-    if (conn) PQfinish(conn);
-    conn = nullptr;
-  }
+  PgConnPtr conn{nullptr, PQfinish};
+  void close() { conn.reset(); }
 };
 
 namespace {
@@ -36,23 +31,9 @@ std::string first_line(const char* msg) {
   return s;
 }
 
-// Notices (a replica's "terminating connection due to immediate shutdown") are not printed to
-// stderr: the check that follows reports the failure.
-void ignore_notice(void*, const char*) {}
-
-PGconn* connect(const BackendTarget& t) {
-  auto port = std::to_string(t.port);
-  const char* keys[] = {
-      "host",    "port",    "dbname",           "user", "password", "connect_timeout",
-      "sslmode", "options", "application_name", nullptr};
-  const char* values[] = {
-      t.host.c_str(),     port.c_str(), t.dbname.c_str(), t.user.c_str(),
-      t.password.c_str(), "2",          "prefer",         "-c statement_timeout=2000",
-      "sluice_health",    nullptr};
-  PGconn* conn = PQconnectdbParams(keys, values, 0);
-  PQsetNoticeProcessor(conn, ignore_notice, nullptr);
-  return conn;
-}
+// Health checks give up quickly; a statement_timeout bounds the catalog queries too.
+constexpr LibpqOptions kHealthLogin{"sluice_health", 2, "-c statement_timeout=2000"};
+constexpr LibpqOptions kHealthPing{"sluice_health", 1, nullptr};
 
 std::string ping_error(PGPing r) {
   switch (r) {
@@ -131,7 +112,7 @@ BackendHealth Monitor::check(const BackendTarget& t) {
     h.last_check = std::chrono::system_clock::now();
     h.checked_at = std::chrono::steady_clock::now();
   };
-  if (!t.user.empty()) {
+  if (!t.server.user.empty()) {
     std::shared_ptr<Connection> c;
     for (auto& [target, conn] : conns_) {
       if (target == t) c = conn;
@@ -140,10 +121,10 @@ BackendHealth Monitor::check(const BackendTarget& t) {
       c = std::make_shared<Connection>();
       conns_.emplace_back(t, c);
     }
-    if (c->conn && PQstatus(c->conn) != CONNECTION_OK) c->close();
-    if (!c->conn) c->conn = connect(t);
-    if (PQstatus(c->conn) == CONNECTION_OK) {
-      PGresult* r = PQexec(c->conn, kCheckSql);
+    if (c->conn && PQstatus(c->conn.get()) != CONNECTION_OK) c->close();
+    if (!c->conn) c->conn = libpq_connect(t.server, kHealthLogin);
+    if (PQstatus(c->conn.get()) == CONNECTION_OK) {
+      PGresult* r = PQexec(c->conn.get(), kCheckSql);
       if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
         h.up = h.queried = true;
         h.in_recovery = std::string_view(PQgetvalue(r, 0, 0)) == "t";
@@ -155,17 +136,12 @@ BackendHealth Monitor::check(const BackendTarget& t) {
       h.error = first_line(PQresultErrorMessage(r));
       PQclear(r);
     } else {
-      h.error = first_line(PQerrorMessage(c->conn));
+      h.error = first_line(PQerrorMessage(c->conn.get()));
     }
     c->close();  // reconnect next round
   }
   // No login, or it failed: is the server reachable at all?
-  auto port = std::to_string(t.port);
-  const char* keys[] = {"host",    "port", "dbname", "connect_timeout", "application_name",
-                        "sslmode", nullptr};
-  const char* values[] = {t.host.c_str(),  port.c_str(), t.dbname.c_str(), "1",
-                          "sluice_health", "prefer",     nullptr};
-  PGPing ping = PQpingParams(keys, values, 0);
+  PGPing ping = libpq_ping(t.server, kHealthPing);
   h.up = ping == PQPING_OK;
   if (h.error.empty()) h.error = ping_error(ping);
   finish();
@@ -180,23 +156,14 @@ void Monitor::fetch_catalogs(const std::vector<BackendTarget>& targets) {
   }
   if (!hooks.catalog_wanted || !hooks.catalog_loaded) return;
   for (const auto& t : targets) {
-    if (t.role != "primary" || t.user.empty() || !hooks.catalog_wanted(t.database)) continue;
+    if (t.role != "primary" || t.server.user.empty() || !hooks.catalog_wanted(t.database)) continue;
     PGconn* conn = nullptr;
     for (auto& [target, c] : conns_) {
-      if (target == t) conn = c->conn;
+      if (target == t) conn = c->conn.get();
     }
     if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) continue;
-    PGresult* r = PQexec(conn, std::string(kFunctionCatalogSql).c_str());
-    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
-      auto catalog = std::make_shared<FunctionCatalog>();
-      for (int i = 0; i < PQntuples(r); ++i) {
-        const char* v = PQgetvalue(r, i, 2);
-        catalog->add(PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), v[0], std::atoi(PQgetvalue(r, i, 3)),
-                     std::atoi(PQgetvalue(r, i, 4)), PQgetvalue(r, i, 5)[0] == 't');
-      }
+    if (auto catalog = load_function_catalog(conn))
       hooks.catalog_loaded(t.database, std::move(catalog));
-    }
-    PQclear(r);
     if (hooks.with_primary) hooks.with_primary(t.database, conn);
   }
 }

@@ -17,17 +17,14 @@
 #include <vector>
 
 #include "routing/classify.hpp"
+#include "routing/libpq.hpp"
 
 namespace sluice::routing {
 
 struct BackendTarget {
   std::string database;  // the name clients use
   std::string role;      // "primary" | "replica"
-  std::string host;
-  std::uint16_t port = 5432;
-  std::string dbname;
-  std::string user;  // empty: PQping only
-  std::string password;
+  LibpqTarget server;    // address, login (empty user: PQping only) and TLS
   std::string address() const;
   bool operator==(const BackendTarget&) const = default;
 };

@@ -18,9 +18,10 @@ bool digit(char c) {
 // Calls add(c) for the text with numeric and quoted-string literals replaced by one marker each;
 // false (nothing added) when the text has a backslash (E'' strings), a block comment or a dollar
 // quote, whose lexing is not attempted. Identifiers, "quoted identifiers", -- comments and $n are
-// kept as written.
+// kept as written. An unterminated string is added as written, or with `cut_unterminated` as one
+// '\x03' that ends the text.
 template <typename Add>
-bool mask_literals(std::string_view sql, Add&& add) {
+bool mask_literals(std::string_view sql, Add&& add, bool cut_unterminated = false) {
   for (std::size_t k = 0; k < sql.size(); ++k) {
     const char c = sql[k];
     if (c == '\\' || (c == '/' && k + 1 < sql.size() && sql[k + 1] == '*') ||
@@ -68,6 +69,10 @@ bool mask_literals(std::string_view sql, Add&& add) {
         }
       }
       if (j >= n) {  // unterminated: hash the rest as written
+        if (cut_unterminated) {
+          add('\x03');
+          break;
+        }
         for (; i < n; ++i) add(sql[i]);
         break;
       }
@@ -103,6 +108,38 @@ std::string statement_shape(std::string_view sql) {
   std::string out;
   out.reserve(sql.size());
   if (!mask_literals(sql, [&out](char c) { out += c; })) return std::string(sql);
+  return out;
+}
+
+std::string masked_text(std::string_view sql) {
+  std::string out;
+  out.reserve(sql.size());
+  auto mask = [&out](char c) {
+    if (c == '\x03') {
+      out += "?...";
+    } else {
+      out += c == '\x01' || c == '\x02' || c == '#' ? '?' : c;
+    }
+  };
+  if (!mask_literals(sql, mask, true)) {
+    // Lex only the part before the first construct the masker does not handle (or any quote).
+    std::size_t cut = 0;
+    while (cut < sql.size()) {
+      const char c = sql[cut];
+      const char next = cut + 1 < sql.size() ? sql[cut + 1] : '\0';
+      if (c == '\\' || c == '\'' || (c == '/' && next == '*') ||
+          (c == '$' && (next < '0' || next > '9')))
+        break;
+      ++cut;
+    }
+    mask_literals(sql.substr(0, cut), mask, true);
+    out += "?...";
+  }
+  // A -- comment may hold anything: cut it (in a "quoted identifier" this masks more, not less).
+  for (auto at = out.find("--"); at != std::string::npos; at = out.find("--", at + 3)) {
+    auto end = out.find('\n', at);
+    out.replace(at, end == std::string::npos ? std::string::npos : end - at, "-- ?");
+  }
   return out;
 }
 

@@ -16,5 +16,10 @@ std::string statement_shape(std::string_view sql);
 // The key read/write classification is cached under: the shape, except for EXPLAIN, whose
 // options are literals that decide whether it runs the statement.
 std::string read_facts_key(std::string_view sql);
+// Text safe to show people (SHOW QUERIES, SHOW CACHE, logs, metric labels) of a statement the
+// parser refused: numbers and quoted strings become '?', -- comments are cut; from the first
+// construct the masker does not lex (a backslash, a block comment, a dollar quote) to the end
+// everything becomes "?...". Never shows a literal value.
+std::string masked_text(std::string_view sql);
 
 }  // namespace sluice::routing

@@ -48,6 +48,21 @@ void Runtime::install(std::shared_ptr<const config::Config> cfg) {
 
 namespace {
 
+// auth_type: trust lets anyone who reaches the listener in as any user without a password (the
+// admin console too): fine on loopback, worth a warning at start and reload anywhere else.
+void warn_if_trust_exposed(const config::Config& cfg, const asio::ip::address& at) {
+  if (cfg.auth_type != config::AuthType::kTrust) return;
+  bool loopback = at.is_loopback() ||
+                  (at.is_v6() && at.to_v6().is_v4_mapped() &&
+                   asio::ip::make_address_v4(asio::ip::v4_mapped, at.to_v6()).is_loopback());
+  if (loopback) return;
+  spdlog::warn(
+      "auth_type: trust on {} (listen.postgres), which is not a loopback address: anyone who "
+      "can reach it logs in as any user without a password; use scram-sha-256 or md5, or "
+      "listen on 127.0.0.1",
+      at.to_string());
+}
+
 routing::RoutingPolicy policy_of(const config::Routing& r) {
   routing::RoutingPolicy p;
   p.balance = r.load_balancing;
@@ -101,6 +116,7 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
   error_code ec;
   acceptor_->bind(ep, ec);
   if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
+  if (!ec) pg_address_ = ep.address();
   if (ec)
     throw std::runtime_error("listen.postgres " + cfg->listen_postgres.to_string() + ": " +
                              ec.message() +
@@ -150,16 +166,20 @@ void App::watch_backends() {
         "cache: no user to read the catalog with: nothing is cached; list a user under users: "
         "and set routing.health_user");
   for (const auto& [name, db] : cfg->databases) {
-    std::string user;
-    std::string password;
-    if (login && (rt_->routes.get(name) || rt_->cache)) {
-      user = login->server_user;
-      password = login->server_password;
-    }
-    targets.push_back(
-        {name, "primary", db.primary.host, db.primary.port, db.primary.dbname, user, password});
-    for (const auto& r : db.replicas)
-      targets.push_back({name, "replica", r.host, r.port, r.dbname, user, password});
+    auto target = [&](const char* role, const auto& server) {
+      routing::BackendTarget t{name, role, {}};
+      t.server.host = server.host;
+      t.server.port = server.port;
+      t.server.dbname = server.dbname;
+      if (login && (rt_->routes.get(name) || rt_->cache)) {
+        t.server.user = login->server_user;
+        t.server.password = login->server_password;
+      }
+      routing::apply_server_tls(t.server, cfg->tls);
+      return t;
+    };
+    targets.push_back(target("primary", db.primary));
+    for (const auto& r : db.replicas) targets.push_back(target("replica", r));
   }
   rt_->obs.monitor.set_targets(std::move(targets), cfg->health_check_interval);
 }
@@ -255,6 +275,7 @@ int App::run() {
       version(), ep.address().to_string(), ep.port(), cfg->workers, cfg->databases.size(),
       config::to_string(cfg->auth_type), config::to_string(cfg->pool.mode),
       cfg->tls.cert_file.empty() ? "off" : "on");
+  warn_if_trust_exposed(*cfg, pg_address_);
 
   if (rt_->cache) {
     std::vector<asio::any_io_executor> executors;
@@ -470,6 +491,7 @@ std::string App::reload() {
     rt_->install(cfg);
     ++rt_->generation;  // sessions pick the new limits and backends up at their next checkout
     setup_logging(cfg->log);
+    if (old_cfg->auth_type != config::AuthType::kTrust) warn_if_trust_exposed(*cfg, pg_address_);
     watch_backends();
     auto http = [](const config::Config& c) {
       return c.listen_http ? c.listen_http->to_string() : std::string("off");

@@ -58,6 +58,13 @@ constexpr std::string_view kRetry = "retry";
 constexpr std::string_view kGone = "server gone";
 // What routing returns when sluice answered the request itself.
 constexpr std::string_view kAnswered = "answered";
+
+// The key unknown users' SCRAM salts are derived from: drawn once per process (at the first
+// login), so a name keeps its salt while sluice runs, as a configured user's does.
+const std::vector<std::uint8_t>& mock_auth_secret() {
+  static const auto secret = pg::scram::random_bytes(32);
+  return secret;
+}
 // Routing reads at most this much of a request to classify it (larger: the primary).
 constexpr std::size_t kRouteMaxMessage = 64 * 1024;
 // A read is retried on another node only if the client sent at most this much for it.
@@ -115,7 +122,7 @@ class ClientSession {
   awaitable<bool> read_startup();
   awaitable<bool> authenticate();
   awaitable<bool> authenticate_scram(const config::User* user);
-  awaitable<bool> authenticate_md5(const config::User& user);
+  awaitable<bool> authenticate_md5(const config::User* user);
   awaitable<bool> attach_server();
   std::variant<routing::Settings, PgError> startup_settings() const;
   awaitable<std::string> relay();
@@ -159,6 +166,14 @@ class ClientSession {
   awaitable<std::string> client_message_rejected(const pg::FrameFailure& failure);
   awaitable<std::string> server_read_failed(const error_code& ec);
   void note_pin(routing::Pin pin);
+  // Lexer mismatch (issue 17): the server may read this client's SQL unlike libpg_query.
+  void note_lexer(std::string_view name, std::string_view value) {
+    if (lexer_suspect_ || routing::lexer_agrees(name, value)) return;
+    if (ps_) rt_->obs.count_pin(routing::to_string(routing::Pin::kLexer));
+    lexer_mismatch("the server reports " + std::string(name) + " " + std::string(value));
+  }
+  void lexer_mismatch(const std::string& why);
+  bool changes_lexer(std::string_view sql);
   awaitable<void> wait_killed();
   awaitable<std::optional<PgError>> wait_while_paused();
   void refresh_config();
@@ -324,6 +339,7 @@ class ClientSession {
   bool retried_ = false;         // once per request
   bool server_gone_ = false;     // the server died between requests: detach before the next one
   bool pinned_ = false;          // the client keeps its server connection to the end
+  bool lexer_suspect_ = false;   // its server may lex SQL unlike libpg_query (sticky)
   bool release_wanted_ = false;  // idle, waiting for a write in flight to finish
   bool watchdog_on_ = true;      // any of query/idle_transaction/client_idle timeouts set
   bool parked_ = false;          // idle between transactions, waiting for the client's socket
@@ -614,9 +630,10 @@ awaitable<bool> ClientSession::authenticate() {
       ok = true;
       break;
     case config::AuthType::kMd5:
-      // Like postgres: md5 is answered with SCRAM when only a SCRAM verifier is known.
-      if (user_ && !user_->md5_hash.empty()) {
-        bool md5_ok = co_await authenticate_md5(*user_);
+      // Like postgres: md5 is answered with SCRAM when only a SCRAM verifier is known. Unknown
+      // users are asked for md5, as users with a password or an md5 hash are.
+      if (!user_ || !user_->md5_hash.empty()) {
+        bool md5_ok = co_await authenticate_md5(user_);
         ok = md5_ok;
       } else {
         bool scram_ok = co_await authenticate_scram(user_);
@@ -682,11 +699,10 @@ awaitable<bool> ClientSession::authenticate() {
 }
 
 awaitable<bool> ClientSession::authenticate_scram(const config::User* user) {
-  // Unknown users get a full exchange against a random verifier, so probing reveals nothing.
+  // Unknown users get a full exchange against a verifier shaped like a real one (salt stable per
+  // name, default iteration count), so probing reveals nothing.
   bool usable = user && !user->scram.salt.empty();
-  auto verifier = usable ? user->scram
-                         : pg::scram::Verifier::from_password(std::string_view(),
-                                                              pg::scram::random_bytes(16), 16);
+  auto verifier = usable ? user->scram : pg::scram::mock_verifier(mock_auth_secret(), user_name_);
   pg::scram::ServerExchange scram(std::move(verifier));
   pg::Buffer out;
   pg::encode_auth_sasl(out, {pg::scram::kMechanism});
@@ -727,7 +743,7 @@ awaitable<bool> ClientSession::authenticate_scram(const config::User* user) {
   co_return co_await send(std::move(out));
 }
 
-awaitable<bool> ClientSession::authenticate_md5(const config::User& user) {
+awaitable<bool> ClientSession::authenticate_md5(const config::User* user) {
   auto salt_bytes = pg::scram::random_bytes(4);
   std::array<std::uint8_t, 4> salt{salt_bytes[0], salt_bytes[1], salt_bytes[2], salt_bytes[3]};
   pg::Buffer out;
@@ -736,11 +752,15 @@ awaitable<bool> ClientSession::authenticate_md5(const config::User& user) {
   auto m = co_await read_auth_message();
   if (!m) co_return false;
   auto answer = pg::decode_password_message(m->body);
-  auto expected = pg::md5::response_from_stored(user.md5_hash, salt);
-  bool ok = answer && answer->size() == expected.size() &&
+  // An unknown user is checked against a hash no answer matches, the same work as a known one.
+  auto noise = pg::scram::random_bytes(16);
+  auto stored = user ? user->md5_hash
+                     : pg::md5::stored_hash(std::string(noise.begin(), noise.end()), user_name_);
+  auto expected = pg::md5::response_from_stored(stored, salt);
+  bool ok = user && answer && answer->size() == expected.size() &&
             CRYPTO_memcmp(answer->data(), expected.data(), expected.size()) == 0;
   if (!ok) {
-    log_auth_failure("md5 response does not match");
+    log_auth_failure(user ? "md5 response does not match" : "no such user");
     queue_error(
         {"28P01", "password authentication failed for user \"" + user_name_ + "\"", {}, {}});
     co_await flush();
@@ -764,6 +784,7 @@ awaitable<bool> ClientSession::attach_server() {
   pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
   limits_ = PoolLimits::from(*cfg_, *db_, *user_);
   if (ps_) set_replicas(rt_->routes.get(db_name_));
+  tracker_.set_identity(routing::sample_identity(db_name_, user_->server_user));
   counters_ = rt_->obs.counters(db_name_, user_name_);
   fill_info();
   handle_->state = ClientState::kActive;
@@ -872,10 +893,10 @@ awaitable<bool> ClientSession::checkout() {
       state.set_max_statements(cfg_->pool.max_prepared_statements);
     }
     // Session mode: the reset query left the server at its defaults.
-    auto sql = routing::settings_sync_sql(ps_ ? ps_->settings() : startup_,
-                                          ps_ ? state.settings : routing::Settings{});
-    if (!sql.empty()) {
-      auto synced = co_await server_->run(std::move(sql));
+    auto sync = routing::settings_sync(ps_ ? ps_->settings() : startup_,
+                                       ps_ ? state.settings : routing::Settings{});
+    if (!sync.empty()) {
+      auto synced = co_await server_->run(std::move(sync));
       if (auto* e = std::get_if<PgError>(&synced)) {
         server_.mark_broken();  // some settings may have been applied
         if (node >= 0 && e->sqlstate.starts_with("08")) {
@@ -891,6 +912,15 @@ awaitable<bool> ClientSession::checkout() {
     break;
   }
   if (ps_) ps_->attached(server_->state);
+  // A miss is keyed by the role its lookup saw. A reload since then may have changed
+  // users[].server_user: what this server answers as another role is not stored under that key.
+  if (cached_ && cached_->filling && cached_->fill.role != server_->user()) {
+    if (cached_->fill.plan && cached_->fill.plan->counters)
+      cached_->fill.plan->counters->skipped_fills++;
+    end_fill();
+  }
+  // The client's startup options and the server's defaults, as this server has them now.
+  for (const auto& [name, value] : server_->params()) note_lexer(name, value);
   if (node_ >= 0) {  // a read on a replica: what it needs to run again elsewhere if it breaks
     routed_->ps_saved.emplace(*ps_);
     routed_->tracker_saved.emplace(tracker_);
@@ -925,6 +955,7 @@ ClientSession::Verdict ClientSession::verdict(const routing::ReadFacts& f) {
 // was prepared with; a Bind of the unnamed statement without its Parse, FunctionCall and COPY
 // data cannot be judged and go to the primary.
 ClientSession::Verdict ClientSession::verdict(const pg::Frame& f, bool parse_seen) {
+  if (lexer_suspect_) return {false, true, false};  // its text may be misread
   std::string_view text;
   routing::StatementPtr stmt;
   switch (f.type) {
@@ -1009,8 +1040,13 @@ ClientSession::RouteNeed ClientSession::route_need() {
         }
       }
       v = verdict(*facts);
+      if (changes_lexer(text)) v = Verdict{false, true, v.catalog_change};  // what follows
     } else {
       v = verdict(f, parse_seen);
+      if (type == 'P') {
+        auto p = pg::decode_parse(f.body);
+        if (p && changes_lexer(p->query)) v = Verdict{false, true, v.catalog_change};
+      }
     }
     if (v.catalog_change) {
       replicas_->catalog_changed();  // until it is fetched again, function calls go to the primary
@@ -1265,15 +1301,26 @@ void ClientSession::end_fill() {
 // Notes what a client message may write, for the bump at the end of its transaction.
 void ClientSession::note_writes(const pg::Frame& f) {
   std::shared_ptr<const cache::CacheFacts> facts;
+  // The server may read a backslash where libpg_query does not: the analysis cannot be trusted.
+  auto misread = [this](std::string_view sql) {
+    if (!lexer_suspect_ || sql.find('\\') == std::string_view::npos) return false;
+    cached().writes.unknown = true;
+    return true;
+  };
   switch (f.type) {
     case 'Q': {
       auto body = bytes::as_chars(f.body);
+      if (misread(body)) return;
       facts = rt_->cache->facts(body.substr(0, body.find('\0')));
       break;
     }
     case 'P': {
       auto p = pg::decode_parse(f.body);
       if (!p) return;
+      if (misread(p->query)) {
+        if (cached_) cached_->named.erase(std::string(p->name));  // its Binds: unknown too
+        return;
+      }
       facts = rt_->cache->facts(p->query);
       if (!ps_ && !p->name.empty()) {  // session pooling: remember the client's statements
         auto& named = cached().named;
@@ -1287,7 +1334,7 @@ void ClientSession::note_writes(const pg::Frame& f) {
       if (!b || b->statement.empty()) return;  // the Parse before it was noted
       if (ps_) {
         auto stmt = ps_->statement(b->statement);
-        if (!stmt) return;  // the server will refuse it
+        if (!stmt || misread(stmt->query)) return;  // the server will refuse it, or unknown
         facts = rt_->cache->facts(stmt->query);
         break;
       }
@@ -1471,6 +1518,7 @@ void ClientSession::refresh_config() {
   pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
   limits_ = PoolLimits::from(*cfg_, *db_, *user_);
   if (ps_) set_replicas(rt_->routes.get(db_name_));
+  tracker_.set_identity(routing::sample_identity(db_name_, user_->server_user));
   fill_info();
 }
 
@@ -1508,17 +1556,23 @@ void ClientSession::finish_request(const routing::Completed& c, Clock::time_poin
             ? fmt::format(" ({} slow calls since the last report)", slow->calls_since_last)
             : std::string(),
         c.entry->normalized);
-    if (in.explain && !c.entry->sample.empty() && !user_->server_password.empty() &&
-        rt_->obs.insights.take_explain(*c.entry, now, in.slow_log_interval)) {
-      ExplainJob job;
-      job.entry = c.entry;
-      job.host = db_->primary.host;
-      job.port = db_->primary.port;
-      job.dbname = db_->primary.dbname;
-      job.user = user_->server_user;
-      job.password = user_->server_password;
-      job.seq_scan_rows = in.seq_scan_rows;
-      rt_->obs.explainer.submit(std::move(job));
+    if (in.explain && c.entry->explain_candidate && !user_->server_password.empty()) {
+      // Only a text this client's identity sent runs with its credentials.
+      auto sample = rt_->obs.insights.sample(
+          *c.entry, routing::sample_identity(db_name_, user_->server_user));
+      if (sample && rt_->obs.insights.take_explain(*c.entry, now, in.slow_log_interval)) {
+        ExplainJob job;
+        job.entry = c.entry;
+        job.sample = std::move(*sample);
+        job.server.host = db_->primary.host;
+        job.server.port = db_->primary.port;
+        job.server.dbname = db_->primary.dbname;
+        job.server.user = user_->server_user;
+        job.server.password = user_->server_password;
+        routing::apply_server_tls(job.server, cfg_->tls);
+        job.seq_scan_rows = in.seq_scan_rows;
+        rt_->obs.explainer.submit(std::move(job));
+      }
     }
   }
 }
@@ -1536,7 +1590,7 @@ void ClientSession::note_server_message(const pg::Frame& f, Clock::time_point no
 awaitable<void> ClientSession::release() {
   auto& state = server_->state;
   if (!ps_->touched().empty()) {
-    auto r = co_await server_->query(routing::settings_capture_sql(ps_->touched()));
+    auto r = co_await server_->query(routing::settings_capture(ps_->capture_names()));
     if (auto* rows = std::get_if<routing::Rows>(&r)) {
       ps_->apply_capture(*rows, state);
     } else {
@@ -1718,10 +1772,39 @@ void ClientSession::note_pin(routing::Pin pin) {
                  db_name_, routing::to_string(pin));
     return;
   }
+  if (pin == routing::Pin::kLexer) {
+    lexer_mismatch("it set standard_conforming_strings or client_encoding");
+    return;
+  }
   if (!pinned_)
     spdlog::info("client {} user={} db={}: pinned to its server connection ({})", peer_, user_name_,
                  db_name_, routing::to_string(pin));
   pinned_ = true;
+}
+
+// The server may lex this client's SQL unlike libpg_query (standard_conforming_strings off, a
+// client-only encoding), so sluice's analyses of it may be wrong: from now on it keeps its
+// server connection (no routing, no replays; a pinned client is never cached) and its
+// statements with a backslash count as writing anything. Pinned even with pool.pinning: error
+// when the server reported it: that has happened already. Never lifted for this client.
+void ClientSession::lexer_mismatch(const std::string& why) {
+  if (lexer_suspect_) return;
+  lexer_suspect_ = true;
+  spdlog::info(
+      "client {} user={} db={}: {}: sluice's parser cannot read its SQL as the server "
+      "does; {}",
+      peer_, user_name_, db_name_, why,
+      ps_ ? "pinned to its server connection, never cached"
+          : "its statements with a backslash count as writing anything");
+  if (ps_) pinned_ = true;
+}
+
+// A client message that may make the server lex what follows unlike libpg_query (the message
+// itself is lexed before it runs: its analysis is right).
+bool ClientSession::changes_lexer(std::string_view sql) {
+  if (!routing::may_affect_session(sql)) return false;
+  auto a = rt_->analyses.get(sql);
+  return std::find(a->pins.begin(), a->pins.end(), routing::Pin::kLexer) != a->pins.end();
 }
 
 awaitable<std::optional<std::string>> ClientSession::write_to_server(asio::const_buffer b) {
@@ -1794,6 +1877,15 @@ awaitable<std::string> ClientSession::client_to_server() {
       const auto type = stop.frame.type;
       if (type == 'Q' || type == 'S' || type == 'F') note_request();
       if (rt_->cache && (type == 'Q' || type == 'P' || type == 'B')) note_writes(stop.frame);
+      if (rt_->cache && !lexer_suspect_ && (type == 'Q' || type == 'P')) {
+        std::string_view sql = bytes::as_chars(stop.frame.body);
+        if (type == 'P') {
+          auto p = pg::decode_parse(stop.frame.body);
+          sql = p ? p->query : std::string_view();
+        }
+        if (changes_lexer(sql.substr(0, sql.find('\0'))))  // before the next message is noted
+          lexer_mismatch("it set standard_conforming_strings or client_encoding");
+      }
       tracker_.on_client(stop.frame, now);
       forward += stop.frame.size;
     }
@@ -1836,8 +1928,10 @@ awaitable<std::string> ClientSession::server_to_client() {
         handle_->idle = pending_ == 0 && tx_status_ == 'I';
         hold = writes_pending() && tx_status_ == 'I' && pending_ == 0;
       } else if (stop.frame.type == 'S') {
-        if (auto p = pg::decode_parameter_status(stop.frame.body))
+        if (auto p = pg::decode_parameter_status(stop.frame.body)) {
           server_->set_param(p->name, p->value);
+          note_lexer(p->name, p->value);
+        }
       }
       forward += stop.frame.size;
       if (hold) break;
@@ -2029,7 +2123,10 @@ ClientSession::ServerScan ClientSession::scan_server() {
       break;
     }
     if (f.type == 'S') {
-      if (auto p = pg::decode_parameter_status(f.body)) server_->set_param(p->name, p->value);
+      if (auto p = pg::decode_parameter_status(f.body)) {
+        server_->set_param(p->name, p->value);
+        note_lexer(p->name, p->value);
+      }
     }
     const bool forward = verdict == routing::PooledSession::Verdict::kForward;
     if (forward && (f.type == 'C' || f.type == 'E' || f.type == 'Z')) note_server_message(f, now);

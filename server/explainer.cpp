@@ -12,6 +12,12 @@ namespace sluice::server {
 namespace {
 constexpr std::size_t kMaxQueued = 16;
 using Result = std::unique_ptr<PGresult, decltype(&PQclear)>;
+
+// One statement on `conn`: true when it gave `want`.
+bool exec_ok(PGconn* conn, const char* sql, ExecStatusType want) {
+  Result r(PQexec(conn, sql), PQclear);
+  return PQresultStatus(r.get()) == want;
+}
 }  // namespace
 
 void Explainer::submit(ExplainJob job) {
@@ -45,29 +51,30 @@ void Explainer::loop() {
 }
 
 void Explainer::run(const ExplainJob& job) {
-  auto port = std::to_string(job.port);
-  const char* keys[] = {
-      "host",    "port", "dbname", "user", "password", "connect_timeout", "application_name",
-      "options", nullptr};
   // statement_timeout bounds planning of a pathological statement; EXPLAIN does not execute it.
-  const char* values[] = {job.host.c_str(),
-                          port.c_str(),
-                          job.dbname.c_str(),
-                          job.user.c_str(),
-                          job.password.c_str(),
-                          "5",
-                          "sluice_explain",
-                          "-c statement_timeout=5000",
-                          nullptr};
-  std::unique_ptr<PGconn, decltype(&PQfinish)> conn(PQconnectdbParams(keys, values, 0), PQfinish);
+  auto conn = routing::libpq_connect(
+      job.server, {"sluice_explain", 5, "-c statement_timeout=5000 -c lock_timeout=1000"});
   const auto& e = *job.entry;
   if (PQstatus(conn.get()) != CONNECTION_OK) {
     spdlog::info("insights: cannot connect to EXPLAIN fingerprint {}: {}", e.id,
                  PQerrorMessage(conn.get()));
     return;
   }
-  std::string sql = "EXPLAIN (VERBOSE, FORMAT JSON) " + e.sample;
-  Result res(PQexec(conn.get(), sql.c_str()), PQclear);
+  // The volatility of the functions it calls, as this database has them now.
+  auto catalog = routing::load_function_catalog(conn.get());
+  if (!catalog || !routing::explainable(routing::read_facts(job.sample), *catalog)) {
+    spdlog::debug(
+        "insights: fingerprint {} is not explained (not one plain read, or it calls "
+        "a volatile function)",
+        e.id);
+    return;
+  }
+  // A read-only transaction that is rolled back, and the extended protocol, which runs exactly
+  // one statement: nothing the text holds can write.
+  if (!exec_ok(conn.get(), "BEGIN READ ONLY", PGRES_COMMAND_OK)) return;
+  std::string sql = "EXPLAIN (VERBOSE, FORMAT JSON) " + job.sample;
+  Result res(PQexecParams(conn.get(), sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0),
+             PQclear);
   if (PQresultStatus(res.get()) != PGRES_TUPLES_OK || PQntuples(res.get()) < 1) {
     spdlog::info("insights: EXPLAIN of fingerprint {} failed: {}", e.id,
                  PQresultErrorMessage(res.get()));
@@ -96,6 +103,7 @@ void Explainer::run(const ExplainJob& job) {
         "no sequential scan on a relation over " + std::to_string(job.seq_scan_rows) + " rows";
   summary += facts->indexes.empty() ? "; no index used" : "; indexes:";
   for (const auto& i : facts->indexes) summary += " " + i;
+  exec_ok(conn.get(), "ROLLBACK", PGRES_COMMAND_OK);
   insights_.set_plan(*job.entry, summary);
   spdlog::warn("slow query plan: fingerprint={}: {}: {}", e.id, summary, e.normalized);
 }

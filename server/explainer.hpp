@@ -1,5 +1,7 @@
 // Plans of slow statements: EXPLAIN (FORMAT JSON) — never ANALYZE — on sluice's own libpq
-// connection, on a thread of its own, for a sample of slow parameterless statements.
+// connection, on a thread of its own, for a sample of slow parameterless statements. Only a
+// single plain read calling no volatile function is sent, inside BEGIN READ ONLY ... ROLLBACK,
+// with the credentials of the client that sent that very text.
 #pragma once
 
 #include <condition_variable>
@@ -9,16 +11,14 @@
 #include <thread>
 
 #include "routing/insights.hpp"
+#include "routing/libpq.hpp"
 
 namespace sluice::server {
 
 struct ExplainJob {
   routing::QueryEntryPtr entry;
-  std::string host;
-  std::uint16_t port = 5432;
-  std::string dbname;
-  std::string user;
-  std::string password;
+  std::string sample;           // the text, as the client whose login `server` is sent it
+  routing::LibpqTarget server;  // the client's server, server user and tls.server_tls
   std::uint64_t seq_scan_rows = 10'000;
 };
 

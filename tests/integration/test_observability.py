@@ -47,6 +47,23 @@ def admin(sluice, sql, user="ops", password=OPS_PASSWORD):
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
+# A stable function that takes time: slow statements whose EXPLAIN sluice may take (pg_sleep itself
+# is volatile, and statements calling volatile functions are never explained).
+SLOW_STABLE = ("CREATE OR REPLACE FUNCTION exp_slow(float8) RETURNS int STABLE LANGUAGE sql AS "
+               "$$ SELECT 1 FROM pg_sleep($1) $$")
+
+
+def wait_plans(sluice, word, count, timeout=10):
+    """{normalized query: plan} of SHOW QUERIES rows naming `word` that have a plan, once there
+    are `count` of them (or the timeout passed)."""
+    plans, deadline = {}, time.time() + timeout
+    while len(plans) < count and time.time() < deadline:
+        plans = {r["query"]: r["plan"] for r in admin(sluice, "SHOW QUERIES")
+                 if word in r["query"] and r["plan"]}
+        time.sleep(0.1)
+    return plans
+
+
 def pgbench(port, *args, timeout=300):
     env = dict(os.environ, PGPASSWORD=APP_PASSWORD, PGSSLMODE="disable")
     return subprocess.Popen(["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "app", *args,
@@ -376,27 +393,92 @@ class Insights(unittest.TestCase):
     def test_explain_reports_sequential_scans_and_indexes(self):
         superuser_sql("DROP TABLE IF EXISTS obs_big; CREATE TABLE obs_big (id int PRIMARY KEY, "
                       "v int); INSERT INTO obs_big SELECT g, g % 100 FROM "
-                      "generate_series(1, 50000) g; ANALYZE obs_big; GRANT SELECT ON obs_big TO app")
+                      "generate_series(1, 50000) g; ANALYZE obs_big; GRANT SELECT ON obs_big TO app;"
+                      + SLOW_STABLE)
         tweak = transaction_pool(4, insights={"slow_query_threshold": "200ms", "explain": True})
         try:
             with Sluice(tweak=tweak) as sluice:
                 with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
-                    conn.execute("SELECT pg_sleep(0.3), count(*) FROM obs_big WHERE v = 7")
-                    conn.execute("SELECT pg_sleep(0.3), v FROM obs_big WHERE id = 5")
-                plans, deadline = {}, time.time() + 10
-                while len(plans) < 2 and time.time() < deadline:
-                    plans = {r["query"]: r["plan"] for r in admin(sluice, "SHOW QUERIES")
-                             if "obs_big" in r["query"] and r["plan"]}
-                    time.sleep(0.1)
+                    conn.execute("SELECT exp_slow(0.3), count(*) FROM obs_big WHERE v = 7")
+                    conn.execute("SELECT exp_slow(0.3), v FROM obs_big WHERE id = 5")
+                plans = wait_plans(sluice, "obs_big", 2)
                 print("EXPLAIN summaries:", plans)
-                scan = plans["SELECT pg_sleep($1), count(*) FROM obs_big WHERE v = $2"]
+                scan = plans["SELECT exp_slow($1), count(*) FROM obs_big WHERE v = $2"]
                 self.assertIn("seq scan on public.obs_big (50000 rows)", scan)
-                indexed = plans["SELECT pg_sleep($1), v FROM obs_big WHERE id = $2"]
+                indexed = plans["SELECT exp_slow($1), v FROM obs_big WHERE id = $2"]
                 self.assertIn("no sequential scan", indexed)
                 self.assertIn("indexes: obs_big_pkey", indexed)
                 self.assertIn("slow query plan: fingerprint=", sluice.log())
         finally:
             superuser_sql("DROP TABLE IF EXISTS obs_big")
+
+    def test_explain_never_runs_what_may_write(self):
+        # A multi-statement text, a data-modifying CTE and a volatile function are slow but never
+        # explained; the multi-statement write runs exactly once (EXPLAIN through PQexec used to
+        # run the INSERT a second time, in autocommit, outside the client's transaction).
+        superuser_sql(
+            "DROP TABLE IF EXISTS exp_t; CREATE TABLE exp_t (v text); GRANT SELECT, INSERT ON exp_t "
+            "TO app; CREATE OR REPLACE FUNCTION exp_volatile(float8) RETURNS int VOLATILE "
+            "LANGUAGE sql AS $$ SELECT 1 FROM pg_sleep($1) $$;" + SLOW_STABLE)
+        tweak = transaction_pool(4, insights={"slow_query_threshold": "300ms", "explain": True,
+                                              "slow_log_interval": "100ms"})
+        try:
+            with Sluice(tweak=tweak) as sluice:
+                psql(sluice.dsn(), "SELECT pg_sleep(0.5); INSERT INTO exp_t(v) VALUES ('once')")
+                psql(sluice.dsn(), "WITH w AS (INSERT INTO exp_t(v) VALUES ('cte') RETURNING v) "
+                                   "SELECT exp_slow(0.5), v FROM w")
+                psql(sluice.dsn(), "SELECT exp_volatile(0.5), count(*) FROM exp_t")
+                psql(sluice.dsn(), "BEGIN; SELECT pg_sleep(0.5); INSERT INTO exp_t(v) "
+                                   "VALUES ('rolled back'); ROLLBACK")
+                # A plain read after them: jobs run in order, so once its plan is there every
+                # sample before it was either explained or refused.
+                psql(sluice.dsn(), "SELECT exp_slow(0.5), count(*) FROM exp_t WHERE v = 'x'")
+                plans = wait_plans(sluice, "exp_t", 1)
+                self.assertEqual(list(plans), ["SELECT exp_slow($1), count(*) FROM exp_t WHERE v = $2"],
+                                 plans)
+                queries = {r["query"]: r for r in admin(sluice, "SHOW QUERIES")}
+                for text in ("SELECT pg_sleep($1); INSERT INTO exp_t(v) VALUES ($2)",
+                             "WITH w AS (INSERT INTO exp_t(v) VALUES ($1) RETURNING v) "
+                             "SELECT exp_slow($2), v FROM w",
+                             "SELECT exp_volatile($1), count(*) FROM exp_t"):
+                    self.assertIn(text, queries)
+                    self.assertGreaterEqual(queries[text]["slow_calls"], 1, text)
+                    self.assertIsNone(queries[text]["plan"], text)
+            self.assertEqual(superuser_sql("SELECT v FROM exp_t ORDER BY v"), "cte\nonce")
+        finally:
+            superuser_sql("DROP TABLE IF EXISTS exp_t; DROP FUNCTION IF EXISTS exp_volatile(float8)")
+
+    def test_explain_samples_never_cross_identities(self):
+        # `other` runs a slow statement first; `app` runs the same statement kind with another
+        # value. app's EXPLAIN must run app's own text: the primary's log (log_statement = all
+        # for app alone) never shows other's value in a statement of app's.
+        log = os.path.join(state()["dir"], "primary.log")
+        superuser_sql("DROP TABLE IF EXISTS exp_id; CREATE TABLE exp_id (v text); "
+                      "GRANT SELECT ON exp_id TO app, other; ALTER ROLE app SET log_statement = "
+                      "'all';" + SLOW_STABLE)
+        tweak = transaction_pool(4, insights={"slow_query_threshold": "300ms", "explain": True,
+                                              "slow_log_interval": "100ms"})
+        start = os.path.getsize(log)
+        try:
+            with Sluice(tweak=tweak) as sluice:
+                psql(sluice.dsn("other", "otherpass"),
+                     "SELECT exp_slow(0.5), count(*) FROM exp_id WHERE v = 'secret-of-other'")
+                wait_plans(sluice, "exp_id", 1)
+                time.sleep(0.2)  # past slow_log_interval: the next slow call is explained again
+                psql(sluice.dsn(), "SELECT exp_slow(0.5), count(*) FROM exp_id WHERE v = 'app-value'")
+                deadline = time.time() + 10
+                explained = []
+                while not explained and time.time() < deadline:
+                    with open(log, errors="replace") as f:
+                        f.seek(start)
+                        explained = [l for l in f if "EXPLAIN" in l and "exp_id" in l]
+                    time.sleep(0.1)
+            print("app's EXPLAIN in the primary's log:", explained)
+            self.assertTrue(explained, "app's slow statement was not explained")
+            self.assertTrue(any("app-value" in l for l in explained), explained)
+            self.assertFalse(any("secret-of-other" in l for l in explained), explained)
+        finally:
+            superuser_sql("ALTER ROLE app RESET log_statement; DROP TABLE IF EXISTS exp_id")
 
 
 class ZeroDowntime(unittest.TestCase):

@@ -169,3 +169,34 @@ TEST_CASE("classifications are cached by statement shape: once per shape, not pe
   CHECK(read_facts_key("SELECT nextval('s')") == read_facts_key("SELECT nextval('t')"));
   CHECK(read_facts_key("SELECT f(1)") != read_facts_key("SELECT g(1)"));
 }
+
+TEST_CASE("explainable: one plain read calling only immutable or stable functions") {
+  FunctionCatalog catalog;
+  catalog.add("pg_catalog", "lower", 'i', 1);
+  catalog.add("public", "slow_stable", 's', 1);
+  catalog.add("pg_catalog", "pg_sleep", 'v', 1);
+  catalog.add("pg_catalog", "random", 'v', 0);
+  auto ok = [&](std::string_view sql) { return explainable(read_facts(sql), catalog); };
+  CHECK(ok("SELECT a FROM t WHERE id = 1"));
+  CHECK(ok("SELECT lower(a), slow_stable(0.3) FROM t"));
+  CHECK(ok("VALUES (1)"));
+  CHECK(ok("WITH r AS (SELECT 1) SELECT * FROM r"));
+  // More than one statement: PQexec would run the rest.
+  CHECK_FALSE(ok("SELECT pg_sleep(0.5); INSERT INTO t VALUES (1)"));
+  CHECK_FALSE(ok("SELECT 1; SELECT 2"));
+  // Writes, locks, INTO, data-modifying CTEs.
+  CHECK_FALSE(ok("WITH w AS (INSERT INTO t VALUES (1) RETURNING 1) SELECT * FROM w"));
+  CHECK_FALSE(ok("SELECT * FROM t FOR UPDATE"));
+  CHECK_FALSE(ok("SELECT * INTO t2 FROM t"));
+  CHECK_FALSE(ok("INSERT INTO t VALUES (1)"));
+  // Volatile or unknown functions.
+  CHECK_FALSE(ok("SELECT pg_sleep(0.5)"));
+  CHECK_FALSE(ok("SELECT random()"));
+  CHECK_FALSE(ok("SELECT not_in_the_catalog(1)"));
+  // Not a SELECT at all, or unparseable.
+  CHECK_FALSE(ok("SHOW search_path"));
+  CHECK_FALSE(ok("EXPLAIN SELECT 1"));
+  CHECK_FALSE(ok("SET search_path = x"));
+  CHECK_FALSE(ok("SELEC 1"));
+  CHECK_FALSE(ok(""));
+}

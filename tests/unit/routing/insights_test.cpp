@@ -260,8 +260,33 @@ TEST_CASE("statement shapes: constants masked, everything else as written") {
   CHECK(shape_hash("SELECT 1") != shape_hash("SELECT 1 "));  // whitespace counts
   // Same shape, same entry, parsed once.
   Insights insights;
-  auto a = insights.resolve("SELECT abalance FROM pgbench_accounts WHERE aid = 17;");
-  auto b = insights.resolve("SELECT abalance FROM pgbench_accounts WHERE aid = 99123;");
+  auto a = insights.resolve("SELECT abalance FROM pgbench_accounts WHERE aid = 17;",
+                            sample_identity("db", "u1"));
+  auto b = insights.resolve("SELECT abalance FROM pgbench_accounts WHERE aid = 99123;",
+                            sample_identity("db", "u2"));
   CHECK(a == b);
-  CHECK(a->sample == "SELECT abalance FROM pgbench_accounts WHERE aid = 17;");
+  // Samples are kept per identity: a text never runs with another identity's credentials.
+  CHECK(insights.sample(*a, sample_identity("db", "u1")) ==
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 17;");
+  CHECK(insights.sample(*a, sample_identity("db", "u2")) ==
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 99123;");
+  CHECK_FALSE(insights.sample(*a, sample_identity("db", "u3")));
+  // Only a single plain read is ever sampled.
+  auto multi = insights.resolve("SELECT 1; INSERT INTO t VALUES (1)", sample_identity("db", "u1"));
+  CHECK_FALSE(multi->explain_candidate);
+  CHECK_FALSE(insights.sample(*multi, sample_identity("db", "u1")));
+}
+
+TEST_CASE("texts shown to people never carry a literal") {
+  CHECK(normalized_text("SELECT * FROM t WHERE a = 'secret' AND b = 42") ==
+        "SELECT * FROM t WHERE a = $1 AND b = $2");
+  // Unparseable: masked by the fallback lexer.
+  CHECK(masked_text("SELEC * FROM t WHERE a = 'secret' AND b = 42") ==
+        "SELEC * FROM t WHERE a = ? AND b = ?");
+  CHECK(normalized_text("SELEC 'secret'") == "SELEC ?");
+  CHECK(masked_text("SELEC E'sec\\'ret' x") == "SELEC E?...");
+  CHECK(masked_text("SELEC 'unterminated secret") == "SELEC ?...");
+  CHECK(masked_text("SELEC $$secret$$") == "SELEC ?...");
+  CHECK(masked_text("SELEC /* secret */ 1") == "SELEC ?...");
+  CHECK(masked_text("SELEC 1 -- secret\n, 2") == "SELEC ? -- ?\n, ?");
 }

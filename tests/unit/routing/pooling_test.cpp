@@ -241,26 +241,34 @@ TEST_CASE("redefining a name is refused by the server, as without sluice") {
 }
 
 TEST_CASE("settings are captured, synced with a diff, and reset when another client set them") {
+  using Params = std::vector<std::optional<std::string>>;
   AnalysisCache cache;
   PooledSession s(cache, {{"application_name", "app"}}, {});
   ServerState server;
-  CHECK(settings_sync_sql(s.settings(), server.settings) ==
-        "SELECT pg_catalog.set_config('application_name', 'app', false)");
+  auto sync = settings_sync(s.settings(), server.settings);
+  REQUIRE(sync.size() == 1);
+  CHECK(sync[0].sql == "SELECT pg_catalog.set_config($1, $2, false)");
+  CHECK(sync[0].params == Params{"application_name", "app"});
   s.attached(server);
-  CHECK(settings_sync_sql(s.settings(), server.settings).empty());
+  CHECK(settings_sync(s.settings(), server.settings).empty());
 
   send(s, server, query("SET search_path TO myschema, public"));
   CHECK(s.touched() == std::set<std::string>{"search_path"});
-  CHECK(settings_capture_sql(s.touched()).find("'search_path'") != std::string::npos);
+  CHECK(s.capture_names() == s.touched());
+  auto capture = settings_capture(s.touched());
+  REQUIRE(capture.size() == 1);
+  CHECK(capture[0].sql.find("ARRAY[$1]::text[]") != std::string::npos);
+  CHECK(capture[0].params == Params{"search_path"});
   s.apply_capture({{std::string("search_path"), std::string("myschema, public")}}, server);
   CHECK(s.touched().empty());
   CHECK(s.settings().at("search_path") == "myschema, public");
 
   ServerState other;
   other.settings = {{"timezone", "Asia/Tokyo"}};
-  auto sql = settings_sync_sql(s.settings(), other.settings);
-  CHECK(sql.starts_with("RESET \"timezone\"; SELECT "));
-  CHECK(sql.find("'search_path', 'myschema, public'") != std::string::npos);
+  sync = settings_sync(s.settings(), other.settings);
+  REQUIRE(sync.size() == 1);
+  CHECK(sync[0].params == Params{"timezone", std::nullopt, "application_name", "app", "search_path",
+                                 "myschema, public"});
 
   send(s, server, query("SELECT set_config('statement_timeout', '5s', false)"));
   CHECK(s.touched().contains("statement_timeout"));
@@ -268,6 +276,38 @@ TEST_CASE("settings are captured, synced with a diff, and reset when another cli
   CHECK(!s.touched().contains("work_mem"));  // ends with the transaction anyway
   s.apply_capture({{std::string("statement_timeout"), std::nullopt}}, server);
   CHECK(!s.settings().contains("statement_timeout"));
+}
+
+TEST_CASE("setting values never enter SQL text; client_encoding is synced first, alone") {
+  using Params = std::vector<std::optional<std::string>>;
+  // U+8868 in Shift JIS is 0x95 0x5C: its second byte is a backslash. Quoted into the SQL text
+  // byte by byte, E'...' would end early on the server, which decodes the character whole.
+  const std::string value = "\x95\x5c', false); CREATE TABLE injected (); --";
+  Settings want{{"client_encoding", "SJIS"}, {"app.v", value}, {"a.first", "1"}};
+  auto sync = settings_sync(want, {{"zz.old", "x"}});
+  REQUIRE(sync.size() == 2);
+  CHECK(sync[0].params == Params{"client_encoding", "SJIS"});
+  CHECK(sync[1].params == Params{"zz.old", std::nullopt, "a.first", "1", "app.v", value});
+  for (const auto& q : sync) {
+    CHECK(q.sql.find("injected") == std::string::npos);
+    CHECK(q.sql.find('\'') == std::string::npos);
+  }
+  // Without an encoding change everything is one statement.
+  CHECK(settings_sync(want, {{"client_encoding", "SJIS"}}).size() == 1);
+  // Large sets are split below Bind's 65535-parameter limit.
+  Settings many;
+  for (int i = 0; i < 2500; ++i) many["x.s" + std::to_string(i)] = "v";
+  auto big = settings_sync(many, {});
+  REQUIRE(big.size() == 3);
+  CHECK(big[0].params.size() == 2000);
+  CHECK(settings_capture({"a", "b"}).at(0).params == Params{"a", "b"});
+
+  // Changing client_encoding reads every setting back (the server shows them in the new one).
+  AnalysisCache cache;
+  PooledSession s(cache, {{"app.v", "x"}}, {});
+  ServerState server;
+  send(s, server, query("SET client_encoding = 'LATIN1'"));  // SJIS would pin (lexer)
+  CHECK(s.capture_names() == std::set<std::string>{"app.v", "client_encoding"});
 }
 
 TEST_CASE("the cheap check lets ordinary statements skip the parser") {
@@ -341,6 +381,22 @@ TEST_CASE("features that cannot be pooled pin, or are refused in order with pinn
   auto sql = std::string_view(reinterpret_cast<const char*>(sent[0].body.data()));
   CHECK(sql.starts_with("DO $sluice$"));
   CHECK(sql.find("'0A000'") != std::string_view::npos);
+}
+
+TEST_CASE("SQL PREPARE text with a backslash pins instead of being remembered for replay") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState one;
+  PooledSession::ClientOutcome o;
+  send(s, one, query("PREPARE p AS SELECT 'x\\''; UPDATE t SET n = n + 1; --'"), &o);
+  REQUIRE(o.pin);
+  CHECK(*o.pin == Pin::kPrepareText);
+  reply(s, one, rfq('I'));
+  // Had it been remembered, another server would get it again (with that server's lexer).
+  ServerState two;
+  auto sent = send(s, two, query("EXECUTE p"));
+  REQUIRE(sent.size() == 1);
+  CHECK(std::string_view(reinterpret_cast<const char*>(sent[0].body.data())) == "EXECUTE p");
 }
 
 TEST_CASE("replies that match nothing sent are a desync, never forwarded") {
