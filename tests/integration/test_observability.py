@@ -438,8 +438,8 @@ class Insights(unittest.TestCase):
                                  plans)
                 queries = {r["query"]: r for r in admin(sluice, "SHOW QUERIES")}
                 for text in ("SELECT pg_sleep($1); INSERT INTO exp_t(v) VALUES ($2)",
-                             "WITH w AS (INSERT INTO exp_t(v) VALUES ($1) RETURNING v) "
-                             "SELECT exp_slow($2), v FROM w",
+                             "WITH w AS (INSERT INTO exp_t(v) VALUES ($2) RETURNING v) "
+                             "SELECT exp_slow($1), v FROM w",
                              "SELECT exp_volatile($1), count(*) FROM exp_t"):
                     self.assertIn(text, queries)
                     self.assertGreaterEqual(queries[text]["slow_calls"], 1, text)

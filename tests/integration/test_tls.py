@@ -1,10 +1,13 @@
 """TLS: clients can require SSL with the test certificate (and verify it), plaintext still works,
 and sluice can use TLS to the server (require and verify-full)."""
+import os
+import re
+import time
 import unittest
 
 import psycopg
 
-from harness import Sluice, SharedSluice, state
+from harness import Sluice, SharedSluice, state, superuser_sql
 
 
 def ssl_in_use(conn):
@@ -63,6 +66,60 @@ class ServerTls(unittest.TestCase):
             with self.assertRaises(psycopg.OperationalError) as ctx:
                 psycopg.connect(sl.dsn())
             self.assertIn("TLS handshake failed", str(ctx.exception))
+
+    def side_connections(self, **tls):
+        """application_name -> {SSL in use} of every login sluice made as app, from the
+        primary's log (log_connections for app), with read routing on (the health monitor logs
+        in and fetches the catalog) and a slow statement explained."""
+        def tweak(c):
+            c["tls"].update(**tls)
+            c["routing"] = {"enabled": True}
+            c["pool"] = {"mode": "transaction", "size": 4}
+            c["insights"] = {"slow_query_threshold": "100ms", "explain": True}
+        log = os.path.join(state()["dir"], "primary.log")
+        superuser_sql("ALTER SYSTEM SET log_connections = on")
+        superuser_sql("SELECT pg_reload_conf()")
+        time.sleep(0.2)
+        start = os.path.getsize(log)
+        seen = {}
+        try:
+            with Sluice(tweak=tweak) as sl:
+                try:
+                    with psycopg.connect(sl.dsn(), autocommit=True) as conn:
+                        conn.execute("SELECT count(*) FROM generate_series(1, 3000000)")
+                except psycopg.OperationalError:
+                    pass  # the data path refuses a wrong CA itself
+                deadline = time.time() + 5
+                while time.time() < deadline and "sluice_explain" not in seen:
+                    with open(log, errors="replace") as f:
+                        f.seek(start)
+                        for line in f:
+                            m = re.search(r"connection authorized: user=app .*"
+                                          r"application_name=(sluice\w*)", line)
+                            if m:
+                                seen.setdefault(m.group(1), set()).add("SSL enabled" in line)
+                    time.sleep(0.1)
+        finally:
+            superuser_sql("ALTER SYSTEM RESET log_connections")
+            superuser_sql("SELECT pg_reload_conf()")
+        return seen
+
+    def test_verify_full_covers_every_side_connection(self):
+        seen = self.side_connections(server_tls="verify-full",
+                                     server_ca=f"{state()['certs']}/ca.crt")
+        print("connections sluice opened:", seen)
+        self.assertIn("sluice_health", seen)
+        self.assertIn("sluice_explain", seen)
+        for name, ssl in seen.items():
+            self.assertEqual(ssl, {True}, f"{name} is not encrypted")
+
+    def test_side_connections_verify_the_ca_too(self):
+        # A CA that did not sign the server: no side connection may log in (libpq's default
+        # sslmode=prefer would have, unverified).
+        seen = self.side_connections(server_tls="verify-full",
+                                     server_ca=f"{state()['certs']}/server.crt")
+        print("connections sluice opened with a wrong CA:", seen)
+        self.assertEqual(seen, {})
 
     def test_disable_uses_plaintext(self):
         with Sluice() as sl:
