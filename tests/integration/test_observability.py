@@ -412,6 +412,23 @@ class Insights(unittest.TestCase):
         finally:
             superuser_sql("DROP TABLE IF EXISTS obs_big")
 
+    def test_texts_shown_never_carry_values(self):
+        # A statement the parser refuses keeps its literals out of SHOW QUERIES and the slow log
+        # (it used to be shown as sent, values and all).
+        tweak = transaction_pool(4, insights={"slow_query_threshold": "100ms"})
+        with Sluice(tweak=tweak) as sluice:
+            with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                conn.execute("SELECT pg_sleep(0.2), 'parsed-secret'")
+                with self.assertRaises(psycopg.errors.SyntaxError):
+                    conn.execute("SELEC 'unparsed-secret', 4242 -- note-secret", prepare=False)
+            queries = [r["query"] for r in admin(sluice, "SHOW QUERIES")]
+            print("SHOW QUERIES:", queries)
+            self.assertIn("SELECT pg_sleep($1), $2", queries)
+            self.assertIn("SELEC ?, ? -- ?", queries)
+            shown = " ".join(queries) + sluice.log()
+            for secret in ("parsed-secret", "unparsed-secret", "4242", "note-secret"):
+                self.assertNotIn(secret, shown)
+
     def test_explain_never_runs_what_may_write(self):
         # A multi-statement text, a data-modifying CTE and a volatile function are slow but never
         # explained; the multi-statement write runs exactly once (EXPLAIN through PQexec used to
