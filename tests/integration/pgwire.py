@@ -118,7 +118,12 @@ class Wire:
 
     def query(self, sql):
         """Simple query; returns (rows as lists of str/None, error fields or None)."""
-        self.send_msg(b"Q", sql.encode() + b"\0")
+        rows, err = self.query_bytes(sql.encode())
+        return [[None if v is None else v.decode() for v in row] for row in rows], err
+
+    def query_bytes(self, sql):
+        """Simple query with raw bytes: (rows of bytes/None, error fields or None)."""
+        self.send_msg(b"Q", sql + b"\0")
         rows, err = [], None
         while True:
             typ, body = self.read()
@@ -128,11 +133,8 @@ class Wire:
                 for _ in range(n):
                     (ln,) = struct.unpack("!i", body[pos:pos + 4])
                     pos += 4
-                    if ln < 0:
-                        row.append(None)
-                    else:
-                        row.append(body[pos:pos + ln].decode())
-                        pos += ln
+                    row.append(None if ln < 0 else body[pos:pos + ln])
+                    pos += max(ln, 0)
                 rows.append(row)
             elif typ == b"E":
                 err = self.fields(body)

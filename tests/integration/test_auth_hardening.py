@@ -51,30 +51,9 @@ def scram_wrong_proof(w, attrs):
     return Wire.fields(body)
 
 
-def query_bytes(w, sql):
-    """Simple query with raw bytes: (rows of bytes/None, error fields or None)."""
-    w.send_msg(b"Q", sql + b"\0")
-    rows, err = [], None
-    while True:
-        typ, body = w.read()
-        if typ == b"D":
-            (n,) = struct.unpack("!H", body[:2])
-            pos, row = 2, []
-            for _ in range(n):
-                (ln,) = struct.unpack("!i", body[pos:pos + 4])
-                pos += 4
-                row.append(None if ln < 0 else body[pos:pos + ln])
-                pos += max(ln, 0)
-            rows.append(row)
-        elif typ == b"E":
-            err = Wire.fields(body)
-        elif typ == b"Z":
-            return rows, err
-
-
 def one(w, sql):
     """The first row of a statement that must succeed (None when it returns no rows)."""
-    rows, err = query_bytes(w, sql)
+    rows, err = w.query_bytes(sql)
     assert err is None, err
     return rows[0] if rows else None
 
