@@ -165,7 +165,9 @@ void App::watch_backends() {
     spdlog::warn(
         "cache: no user to read the catalog with: nothing is cached; list a user under users: "
         "and set routing.health_user");
-  for (const auto& [name, db] : cfg->databases) {
+  for (const auto& entry : cfg->databases) {
+    const auto& name = entry.first;  // not a structured binding: lambdas capture it (clang)
+    const auto& db = entry.second;
     auto target = [&](const char* role, const auto& server) {
       routing::BackendTarget t{name, role, {}};
       t.server.host = server.host;
