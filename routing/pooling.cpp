@@ -144,29 +144,6 @@ std::vector<ParamQuery> settings_capture(const std::set<std::string>& names) {
   return out;
 }
 
-std::string settings_sync_sql(const Settings& want, const Settings& have) {
-  std::string resets;
-  std::string sets;
-  for (const auto& [name, value] : have) {
-    if (!want.contains(name)) resets += "RESET " + pg::sql::quote_ident(name) + "; ";
-  }
-  for (const auto& [name, value] : want) {
-    auto it = have.find(name);
-    if (it != have.end() && it->second == value) continue;
-    sets += sets.empty() ? "SELECT " : ", ";
-    sets += "pg_catalog.set_config(" + pg::sql::quote_literal(name) + ", " +
-            pg::sql::quote_literal(value) + ", false)";
-  }
-  return resets + sets;
-}
-
-std::string settings_capture_sql(const std::set<std::string>& names) {
-  std::string list;
-  for (const auto& n : names) list += (list.empty() ? "" : ", ") + pg::sql::quote_literal(n);
-  return "SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[" + list +
-         "]::text[]) AS n";
-}
-
 bool may_affect_session(std::string_view sql) {
   // Anywhere in the text: functions and clauses that change or pin the session.
   for (auto w : {"set_config", "advisory", "temp", "execute"}) {

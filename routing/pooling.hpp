@@ -88,10 +88,6 @@ struct ParamQuery {
 std::vector<ParamQuery> settings_sync(const Settings& want, const Settings& have);
 // Statements whose rows are (name, current_setting(name, true)) for each name.
 std::vector<ParamQuery> settings_capture(const std::set<std::string>& names);
-// The old text-SQL forms (values quoted into the SQL): kept only until server/client_session.cpp
-// calls the two above in a commit; they must not gain callers and go then.
-std::string settings_sync_sql(const Settings& want, const Settings& have);
-std::string settings_capture_sql(const std::set<std::string>& names);
 // Cheap check before parsing: false only when `sql` cannot change session state or pin.
 bool may_affect_session(std::string_view sql);
 
