@@ -111,6 +111,22 @@ def counter(metrics, name, **labels):
 
 # --- raw wire helpers ----------------------------------------------------------------------
 
+class SharedMongoSluice(unittest.TestCase):
+    """A test class whose cases share one sluice with the default Mongo config (`s`, and `addr`
+    of its Mongo listener); it must exit 0."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = MongoSluice().start()
+        cls.s.wait_ready()
+        cls.addr = ("127.0.0.1", int(cls.s.config["listen"]["mongo"].rsplit(":", 1)[1]))
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.s.stop()
+        assert code == 0, cls.s.log()
+
+
 class Int64(int):
     """A BSON int64 (cursor ids, txnNumber)."""
 
@@ -219,18 +235,8 @@ def closed(sock, timeout=5):
         return False
 
 
-class Drivers(unittest.TestCase):
+class Drivers(SharedMongoSluice):
     """The Node driver and libmongoc through a plain mongodb://127.0.0.1:PORT/ URI."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.s = MongoSluice().start()
-        cls.s.wait_ready()
-
-    @classmethod
-    def tearDownClass(cls):
-        code = cls.s.stop()
-        assert code == 0, cls.s.log()
 
     def test_node_driver(self):
         out = node("mongo_driver.js", self.s.mongo_uri(), "nodeshop")
@@ -476,20 +482,9 @@ class Pool(unittest.TestCase):
             link.close()
 
 
-class Access(unittest.TestCase):
+class Access(SharedMongoSluice):
     """Issue 17 item 3: the listener authenticates nobody, so it opens only what drivers need,
     and a cursor or session belongs to the client that opened it."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.s = MongoSluice().start()
-        cls.s.wait_ready()
-        cls.addr = ("127.0.0.1", int(cls.s.config["listen"]["mongo"].rsplit(":", 1)[1]))
-
-    @classmethod
-    def tearDownClass(cls):
-        code = cls.s.stop()
-        assert code == 0, cls.s.log()
 
     def test_administration_from_a_driver_is_refused_with_13(self):
         out = node("mongo_scenarios.js", "refused", self.s.mongo_uri())
@@ -665,18 +660,7 @@ class Cache(unittest.TestCase):
             self.assertGreater(out["stale"], 0)
 
 
-class Malformed(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.s = MongoSluice().start()
-        cls.s.wait_ready()
-        cls.addr = ("127.0.0.1", int(cls.s.config["listen"]["mongo"].rsplit(":", 1)[1]))
-
-    @classmethod
-    def tearDownClass(cls):
-        code = cls.s.stop()
-        assert code == 0, cls.s.log()
-
+class Malformed(SharedMongoSluice):
     def assert_others_unaffected(self, bystander):
         bystander.sendall(op_msg({"ping": 1, "$db": "admin"}, request_id=99))
         header, body = read_reply(bystander)
