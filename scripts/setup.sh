@@ -16,6 +16,7 @@ TEST_PKGS=(
   clang clang-format libclang-rt-14-dev
   postgresql-15 postgresql-client-15 redis-server prometheus pgbouncer pgpool2
   python3-psycopg python3-yaml docker-compose openssl procps iproute2 ca-certificates
+  systemd  # systemd-analyze verifies the packaged unit (test_deploy)
 )
 build_only=""
 if [ "${1:-}" = "--build-only" ]; then build_only=1; fi

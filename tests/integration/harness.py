@@ -85,20 +85,46 @@ class Sluice:
             json.dump(self.config, f, indent=2)
 
     def start(self):
-        self.write_config()
-        self.log_file = open(self.log_path, "w")
-        self.proc = subprocess.Popen([SLUICE, "--config", self.config_path],
-                                     stdout=self.log_file, stderr=subprocess.STDOUT)
-        deadline = time.time() + 15
+        """Starts sluice and returns once THIS process listens on its ports: the log says so
+        (anything else answering on the port does not count). A port another process took
+        between free_port() and the bind is replaced and sluice started again."""
+        for attempt in range(5):
+            self.write_config()
+            self.log_file = open(self.log_path, "w")
+            self.proc = subprocess.Popen([SLUICE, "--config", self.config_path],
+                                         stdout=self.log_file, stderr=subprocess.STDOUT)
+            if self._wait_listening():
+                return self
+            log = self.log()
+            self.log_file.close()
+            if "already in use" not in log.lower() or attempt == 4:
+                raise RuntimeError(f"sluice exited early:\n{log}")
+            self._move_ports()
+        raise AssertionError("unreachable")
+
+    def _wait_listening(self, timeout=30):
+        """True once the log says sluice listens on self.port; False if it exited first."""
+        mark = f"listening on 127.0.0.1:{self.port} (postgres)"
+        deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sluice exited early:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("sluice did not start listening")
+                return False
+            if mark in self.log():
+                return True
+            time.sleep(0.05)
+        self.proc.kill()
+        self.proc.wait()
+        raise RuntimeError(f"sluice did not start listening within {timeout} s:\n{self.log()}")
+
+    def _move_ports(self):
+        """Gives every loopback listener of the config a fresh port (another process took one)."""
+        listen = self.config.get("listen", {})
+        for key, value in listen.items():
+            if isinstance(value, str) and value.startswith("127.0.0.1:"):
+                listen[key] = f"127.0.0.1:{free_port()}"
+        pg = listen.get("postgres", "")
+        if pg.startswith("127.0.0.1:"):
+            self.port = int(pg.rsplit(":", 1)[1])
 
     def dsn(self, user="app", password=APP_PASSWORD, db="appdb", **params):
         return make_dsn(self.port, user, password, db, **params)
@@ -112,14 +138,22 @@ class Sluice:
     def http_port(self):
         return int(self.config["listen"]["http"].rsplit(":", 1)[1])
 
-    def http(self, path, method="GET"):
-        """(status, body text) of a request to sluice's HTTP endpoint."""
+    def http(self, path, method="GET", attempts=20):
+        """(status, body text) of a request to sluice's HTTP endpoint. A refused connection is
+        retried for a few seconds (the listener may come up a moment after the Postgres one)."""
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port()}{path}", method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        for attempt in range(attempts):
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+            except urllib.error.URLError as e:
+                refused = isinstance(e.reason, ConnectionRefusedError)
+                if not refused or attempt == attempts - 1:
+                    raise
+                time.sleep(0.25)
+        raise AssertionError("unreachable")
 
     def metrics(self):
         """Samples of /metrics: {'name{labels}': value} (labels as written by sluice)."""
@@ -180,6 +214,29 @@ class SharedSluice(unittest.TestCase):
     def tearDownClass(cls):
         code = cls.sluice.stop()
         assert code == 0, f"sluice exited with {code}"
+
+
+IN_CI = os.environ.get("SLUICE_CI") == "1"
+
+
+def skip_or_fail(why):
+    """Skips a test whose tool is missing on a developer's machine; under SLUICE_CI=1 (.ci/run
+    sets it, and installs every tool) a missing tool is a failure, never a silent skip."""
+    if IN_CI:
+        raise AssertionError(f"SLUICE_CI=1 and a test would be skipped: {why}")
+    raise unittest.SkipTest(why)
+
+
+def wait_for(condition, timeout=15, interval=0.05, what="condition"):
+    """Polls condition() until it returns a true value (returned), or fails after timeout."""
+    deadline = time.time() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def psql(dsn, sql=None, file=None, stdin=None, timeout=120, check=True, extra=()):

@@ -19,7 +19,7 @@ import unittest
 
 import yaml
 
-from harness import ROOT, SLUICE, free_port
+from harness import ROOT, SLUICE, free_port, skip_or_fail
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cluster  # noqa: E402  (the unprivileged server user and PostgreSQL's binaries)
@@ -479,7 +479,7 @@ class Kubernetes(unittest.TestCase):
         Operator's CRDs), from npm's kubernetes-models: kubeconform is in neither Debian nor npm."""
         node_dir = os.path.join(os.path.dirname(__file__), "node")
         if not shutil.which("node"):
-            raise unittest.SkipTest("node not found: the schema check needs npm's kubernetes-models")
+            skip_or_fail("node not found: the schema check needs npm's kubernetes-models")
         self.assertTrue(os.path.isdir(os.path.join(node_dir, "node_modules", "kubernetes-models")),
                         "npm packages missing: run scripts/setup.sh")
         docs = [d for path in K8S for d in self.load(path)]
@@ -553,12 +553,11 @@ class Install(unittest.TestCase):
             self.assertNotIn("@", text.replace("@system-service", "").replace("@privileged", "")
                              .replace("@resources", ""), "an unfilled @VAR@")
             analyze = shutil.which("systemd-analyze")
-            if analyze:
-                v = subprocess.run([analyze, "verify", unit], capture_output=True, text=True)
-                self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
-                self.assertNotIn("sluice.service", v.stderr, v.stderr)
-            else:
-                print("systemd-analyze not found: the unit's syntax was not verified")
+            if not analyze:
+                skip_or_fail("systemd-analyze not found: the unit's syntax cannot be verified")
+            v = subprocess.run([analyze, "verify", unit], capture_output=True, text=True)
+            self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+            self.assertNotIn("sluice.service", v.stderr, v.stderr)
             # An edited config survives a reinstall; the packaged one stays in share/.
             with open(conf, "a") as f:
                 f.write("# edited\n")
@@ -593,7 +592,7 @@ class Install(unittest.TestCase):
 
     def test_version_is_the_git_version(self):
         if not os.path.isdir(os.path.join(ROOT, ".git")):
-            self.skipTest("not a git checkout")
+            skip_or_fail("not a git checkout")
         sha = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=10", "HEAD"],
                              capture_output=True, text=True, check=True).stdout.strip()
         out = subprocess.run([SLUICE, "--version"], capture_output=True, text=True).stdout

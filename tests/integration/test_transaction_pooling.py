@@ -12,7 +12,7 @@ import unittest
 import psycopg
 from psycopg import errors
 
-from harness import ROOT, Sluice, superuser_sql
+from harness import ROOT, Sluice, skip_or_fail, superuser_sql
 
 NODE_DIR = os.path.join(ROOT, "tests", "integration", "node")
 
@@ -233,7 +233,7 @@ class TransactionPooling(unittest.TestCase):
 
     def test_node_postgres(self):
         if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "pg")):
-            raise unittest.SkipTest("npm packages not installed (scripts/setup.sh installs them)")
+            skip_or_fail("npm packages not installed (scripts/setup.sh installs them)")
         cfg = {"host": "127.0.0.1", "port": self.sluice.port, "user": "app",
                "password": "secret", "database": "appdb"}
         r = subprocess.run(["node", "--no-deprecation", os.path.join(NODE_DIR, "tx_pooling.js"),
