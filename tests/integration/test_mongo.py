@@ -13,7 +13,7 @@ import time
 import unittest
 
 import cluster
-from harness import ROOT, Sluice, default_config, free_port, psql, state
+from harness import ROOT, Sluice, default_config, free_port, psql, state, wait_for
 
 NODE_DIR = os.path.join(ROOT, "tests", "integration", "node")
 JONGODB = os.path.join(NODE_DIR, "node_modules", "@jongodb", "memory-server-bin-linux-x64-gnu",
@@ -430,6 +430,145 @@ class SlowLink:
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+class LastWriteRelay:
+    """A relay to a real jongodb server that adds `lastWrite.lastWriteDate` to its hello replies,
+    `lag` seconds behind the wall clock. jongodb has no replication and its hello carries no
+    lastWrite (a standalone mongod's does not either), and Debian has no mongod: without this a
+    secondary's lag is unknown to sluice, and a secondary of unknown lag is never eligible under
+    a bound. The lag sluice computes is still its own measurement (primary's lastWriteDate minus
+    the secondary's, from hellos every heartbeat_interval); only the dates come from here.
+    Every other message passes through unchanged."""
+
+    def __init__(self, target_port, lag=0.0):
+        import asyncio
+        import threading
+        self.port = free_port()
+        self.lag = lag
+        self.hellos = 0
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def read_message(reader):
+            header = await reader.readexactly(16)
+            return header + await reader.readexactly(struct.unpack("<i", header[:4])[0] - 16)
+
+        async def pipe(reader, writer, annotate):
+            try:
+                while True:
+                    msg = await read_message(reader)
+                    writer.write(self._annotate(msg) if annotate else msg)
+                    await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(client_r, client_w):
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
+            await asyncio.gather(pipe(client_r, server_w, False), pipe(server_r, client_w, True),
+                                 return_exceptions=True)
+
+        async def serve():
+            self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+            ready.set()
+
+        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(serve()),
+                                                       self.loop.run_forever()), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _annotate(self, msg):
+        """An OP_MSG hello reply (one kind-0 section, no checksum) with lastWrite appended."""
+        length, request_id, response_to, op_code = struct.unpack("<iiii", msg[:16])
+        flags = struct.unpack("<I", msg[16:20])[0]
+        if op_code != 2013 or flags & 1 or msg[20] != 0:
+            return msg
+        doc = msg[21:]
+        if struct.unpack("<i", doc[:4])[0] != len(doc) or b"\x08isWritablePrimary\0" not in doc:
+            return msg
+        date = int((time.time() - self.lag) * 1000)
+        inner = b"\x09lastWriteDate\0" + struct.pack("<q", date)
+        inner = struct.pack("<i", len(inner) + 5) + inner + b"\0"
+        doc = doc[:-1] + b"\x03lastWrite\0" + inner + b"\0"
+        doc = struct.pack("<i", len(doc)) + doc[4:]
+        self.hellos += 1
+        body = msg[16:21] + doc
+        return struct.pack("<iiii", 16 + len(body), request_id, response_to, op_code) + body
+
+    def close(self):
+        import asyncio
+
+        async def shutdown():
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class Staleness(unittest.TestCase):
+    LAG = 20.0
+
+    def test_max_staleness_against_the_lag_sluice_measures(self):
+        # The two servers hold different documents, so a read's answer says where it ran.
+        for name in ("primary", "secondary"):
+            with socket.create_connection(("127.0.0.1", SERVERS[name][0])) as c:
+                command(c, {"delete": "who", "deletes": [{"q": {}, "limit": 0}],
+                            "$db": "staleness"})
+                reply = command(c, {"insert": "who", "documents": [{"_id": 1, "on": name}],
+                                    "$db": "staleness"}, request_id=2)
+                self.assertEqual(reply["n"], 1, reply)
+        primary = LastWriteRelay(SERVERS["primary"][0])
+        self.addCleanup(primary.close)
+        secondary = LastWriteRelay(SERVERS["secondary"][0], lag=self.LAG)
+        self.addCleanup(secondary.close)
+        servers = [{"host": "127.0.0.1", "port": primary.port, "role": "primary"},
+                   {"host": "127.0.0.1", "port": secondary.port, "role": "secondary"}]
+        with MongoSluice(servers=servers) as s:
+            s.wait_ready()
+            addr = ("127.0.0.1", int(s.config["listen"]["mongo"].rsplit(":", 1)[1]))
+            lag_key = f'sluice_mongo_server_lag_seconds{{server="127.0.0.1:{secondary.port}"}}'
+
+            def measured_lag():
+                return s.metrics().get(lag_key)
+
+            def read(mode, max_staleness=None):
+                pref = {"mode": mode}
+                if max_staleness is not None:
+                    pref["maxStalenessSeconds"] = max_staleness
+                with socket.create_connection(addr) as c:
+                    r = command(c, {"find": "who", "$db": "staleness", "$readPreference": pref})
+                if r.get("ok") != 1.0:
+                    return r.get("code"), r.get("errmsg")
+                return r["cursor"]["firstBatch"][0]["on"]
+
+            # Control: sluice measures the lag (about LAG; the two hellos are up to one
+            # heartbeat_interval apart).
+            lag = wait_for(lambda: (v := measured_lag()) is not None and abs(v - self.LAG) < 1
+                           and v, timeout=10, what=f"a measured lag near {self.LAG} s")
+            self.assertGreater(primary.hellos, 0)
+            self.assertEqual(read("secondaryPreferred"), "secondary")  # no bound: the secondary
+            below, above = int(self.LAG) - 2, int(self.LAG) + 2
+            self.assertEqual(read("secondaryPreferred", below), "primary")
+            self.assertEqual(read("secondaryPreferred", above), "secondary")
+            self.assertEqual(read("nearest", below), "primary")
+            code, why = read("secondary", below)
+            self.assertEqual(code, 133, why)  # FailedToSatisfyReadPreference
+            self.assertIn("staleness bound", why)
+            self.assertEqual(read("secondary", above), "secondary")
+            # The secondary catches up: the same bound now lets reads go to it.
+            secondary.lag = 0
+            wait_for(lambda: (v := measured_lag()) is not None and v < 1, timeout=10,
+                     what="the measured lag to drop under 1 s")
+            self.assertEqual(read("secondaryPreferred", below), "secondary")
+            print(f"measured lag {lag:.2f}s: maxStalenessSeconds {below:.0f} -> primary, "
+                  f"{above:.0f} -> secondary; after catching up {below:.0f} -> secondary")
 
 
 class Pool(unittest.TestCase):

@@ -20,8 +20,8 @@ import urllib.request
 import psycopg
 from psycopg import errors
 
-from harness import (APP_PASSWORD, ROOT, OPS_PASSWORD, Sluice, free_port, psql, state,
-                     superuser_sql)
+from harness import (APP_PASSWORD, ROOT, OPS_PASSWORD, Sluice, free_port, psql, skip_or_fail,
+                     state, superuser_sql, wait_for)
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SECONDS = int(os.environ.get("SLUICE_PGBENCH_SECONDS", "30"))
@@ -225,6 +225,78 @@ class Metrics(unittest.TestCase):
         self.assertIn("pools", doc)
         self.assertEqual(self.sluice.http("/nothing")[0], 404)
         self.assertEqual(self.sluice.http("/metrics", method="POST")[0], 405)
+
+
+class ThreadStall:
+    """Stops ONE thread of a running process from outside, as a debugger does (ptrace SEIZE +
+    INTERRUPT of that thread id; gdb in non-stop mode does the same): the rest of the process
+    runs on. Used as a context manager; leaving it (or this test process dying) detaches, and the
+    thread resumes. No hook in sluice: its event loop really does not run meanwhile."""
+
+    PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT, WALL = 17, 0x4206, 0x4207, 0x40000000
+
+    def __init__(self, tid):
+        import ctypes
+        self.tid = tid
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.restype = ctypes.c_long
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                                     ctypes.c_void_p]
+        self.attached = False
+
+    def _ptrace(self, request):
+        import ctypes
+        if self.libc.ptrace(request, self.tid, None, None) == -1:
+            err = ctypes.get_errno()
+            raise OSError(err, f"ptrace({request:#x}, {self.tid}): {os.strerror(err)}")
+
+    def __enter__(self):
+        try:
+            self._ptrace(self.PTRACE_SEIZE)
+        except OSError as e:
+            skip_or_fail(f"cannot ptrace sluice to stall one of its threads: {e}")
+        self.attached = True
+        self._ptrace(self.PTRACE_INTERRUPT)
+        _, status = os.waitpid(self.tid, self.WALL)  # returns once the thread has stopped
+        assert os.WIFSTOPPED(status), f"thread {self.tid} did not stop: status {status:#x}"
+        return self
+
+    def __exit__(self, *exc):
+        if self.attached:
+            self._ptrace(self.PTRACE_DETACH)
+            self.attached = False
+
+
+class Liveness(unittest.TestCase):
+    def test_healthz_fails_while_one_event_loop_stalls_and_recovers(self):
+        # Two loops: loop 0 runs on the main thread (its id is sluice's pid), loop 1 on a thread
+        # of its own; the HTTP endpoint has its own thread too, so it answers throughout.
+        with Sluice(tweak=lambda c: c.update(workers=2)) as sluice:
+            pid = sluice.proc.pid
+            self.assertEqual(sluice.http("/healthz"), (200, '{"alive":true,"reason":"alive"}'))
+            with ThreadStall(pid):
+                stalled = time.time()
+                with open(f"/proc/{pid}/task/{pid}/stat") as f:
+                    self.assertEqual(f.read().split(") ")[1][0], "t", "loop 0 is not stopped")
+
+                def failing():
+                    status, body = sluice.http("/healthz")
+                    return (status, body) if status != 200 else None
+                # The 5 s without a heartbeat are what /healthz waits for: polled, not slept.
+                status, body = wait_for(failing, timeout=12, interval=0.1,
+                                        what="/healthz to fail while loop 0 is stopped")
+                took = time.time() - stalled
+            self.assertEqual(status, 503, body)
+            self.assertEqual(json.loads(body), {
+                "alive": False, "reason": "event loop 0 has not run for over 5 s"})
+            # Not sooner than the 5 s (minus the up to 250 ms since the last heartbeat).
+            self.assertGreaterEqual(took, 4.5)
+            wait_for(lambda: sluice.http("/healthz")[0] == 200, timeout=5, interval=0.05,
+                     what="/healthz to answer 200 once loop 0 runs again")
+            self.assertEqual(json.loads(sluice.http("/healthz")[1])["alive"], True)
+            r = psql(sluice.dsn(), "SELECT 42")  # and the stalled loop serves clients again
+            self.assertIn(b"42", r.stdout)
+            print(f"/healthz: 503 {took:.2f}s after loop 0 stopped, 200 again after it resumed")
 
 
 class Readiness(unittest.TestCase):
