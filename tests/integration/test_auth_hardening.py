@@ -8,12 +8,12 @@ import json
 import os
 import struct
 import threading
-import time
 import unittest
 
 import psycopg
 
-from harness import Sluice, APP_PASSWORD, OPS_PASSWORD, psql, state, superuser_sql
+from harness import (Sluice, APP_PASSWORD, OPS_PASSWORD, psql, state, superuser_sql,
+                     wait_for)
 from pgwire import Wire
 
 
@@ -64,15 +64,6 @@ def admin(sl, sql):
 
 def metric(sl, name):
     return sum(v for k, v in sl.metrics().items() if k == name or k.startswith(name + "{"))
-
-
-def wait_for(pred, timeout=15, step=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 # ---- item 7: no user enumeration -------------------------------------------------------------
@@ -231,12 +222,29 @@ class LogEscaping(unittest.TestCase):
         self.assertTrue(any("evil\n2099" in line["msg"] for line in lines))
 
 
+class AnyHostSluice(Sluice):
+    """harness.Sluice.start() waits for 'listening on 127.0.0.1:PORT'; this one waits for the
+    host its config names (0.0.0.0 here)."""
+
+    def _wait_listening(self, timeout=30):
+        host = self.config["listen"]["postgres"].rsplit(":", 1)[0]
+        mark = f"listening on {host}:{self.port} (postgres)"
+        try:
+            wait_for(lambda: mark in self.log() or self.proc.poll() is not None,
+                     timeout=timeout, what=f"'{mark}' in sluice's log")
+        except AssertionError:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        return self.proc.poll() is None
+
+
 class TrustWarning(unittest.TestCase):
     def start_trust(self, host):
         def tweak(c):
             c["auth_type"] = "trust"
             c["listen"]["postgres"] = c["listen"]["postgres"].replace("127.0.0.1", host)
-        with Sluice(tweak=tweak) as sl:
+        with AnyHostSluice(tweak=tweak) as sl:
             with psycopg.connect(sl.dsn(password="anything")) as conn:  # via 127.0.0.1
                 self.assertEqual(conn.execute("SELECT current_user").fetchone()[0], "app")
         return [line for line in sl.log().splitlines() if "trust" in line and " warn" in line]

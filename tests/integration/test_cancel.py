@@ -10,19 +10,40 @@ import unittest
 
 import psycopg
 
-from harness import SharedSluice
+from harness import SharedSluice, superuser_sql, wait_for
 from pgwire import Wire
+
+
+def running(text):
+    """True once a backend of the primary is running exactly `text`."""
+    sql = ("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '" +
+           text.replace("'", "''") + "'")
+    return superuser_sql(sql, db="postgres") != "0"
+
+
+def when_running(text, action):
+    """A started thread that runs action() once `text` runs on the primary; its time is
+    appended to the returned list."""
+    at = []
+
+    def run():
+        wait_for(lambda: running(text), timeout=10, interval=0.02, what=f"'{text}' to run")
+        at.append(time.time())
+        action()
+    t = threading.Thread(target=run)
+    t.start()
+    return t, at
 
 
 class Cancel(SharedSluice):
     def test_libpq_cancel_ends_the_query_with_57014(self):
         with psycopg.connect(self.sluice.dsn(), autocommit=True) as conn:
-            timer = threading.Timer(0.5, conn.cancel)
-            timer.start()
-            started = time.time()
+            query = "SELECT pg_sleep(30) /* libpq cancel */"
+            thread, at = when_running(query, conn.cancel)
             with self.assertRaises(psycopg.errors.QueryCanceled) as ctx:
-                conn.execute("SELECT pg_sleep(30)")
-            elapsed = time.time() - started - 0.5
+                conn.execute(query)
+            elapsed = time.time() - at[0]
+            thread.join()
             self.assertEqual(ctx.exception.sqlstate, "57014")
             self.assertLess(elapsed, 1.0, f"cancel took {elapsed:.3f}s")
             # The session is still usable after the cancel.
@@ -30,9 +51,11 @@ class Cancel(SharedSluice):
             print(f"cancel latency via sluice: {elapsed * 1000:.0f} ms")
 
     def test_psql_ctrl_c_ends_the_query(self):
-        proc = subprocess.Popen(["psql", "-X", "-d", self.sluice.dsn(), "-c", "SELECT pg_sleep(30)"],
+        query = "SELECT pg_sleep(30) /* psql ctrl-c */"
+        proc = subprocess.Popen(["psql", "-X", "-d", self.sluice.dsn(), "-c", query],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(1.0)  # let psql log in and send the query
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+        wait_for(lambda: running(query), what="psql's query to run on the primary")
         started = time.time()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
@@ -49,10 +72,10 @@ class Cancel(SharedSluice):
             s = socket.create_connection(("127.0.0.1", self.sluice.port))
             s.sendall(struct.pack("!IIII", 16, 80877102, pid, secret ^ 1))
             s.close()
-        timer = threading.Timer(0.2, wrong_cancel)
-        timer.start()
+        thread, at = when_running("SELECT pg_sleep(0.8), 1", wrong_cancel)
         rows, err = w.query("SELECT pg_sleep(0.8), 1")
-        timer.join()
+        thread.join()
+        self.assertEqual(len(at), 1, "the wrong cancel was never sent while the query ran")
         self.assertIsNone(err)
         self.assertEqual(rows, [["", "1"]])
         w.close()

@@ -7,7 +7,7 @@ import unittest
 
 import psycopg
 
-from harness import Sluice, SharedSluice
+from harness import Sluice, SharedSluice, wait_for
 from pgwire import Wire
 
 
@@ -92,7 +92,10 @@ class LoginErrors(SharedSluice):
                 self.assertEqual(w.login("app", "secret", "appdb")[0], "ok")
                 w.send(b"Q" + struct.pack("!I", 1000) + b"SELECT pg_sleep(")
             w.close()
-        time.sleep(0.2)
+        # sluice has let go of both cut clients (their sockets closed mid-message).
+        wait_for(lambda: sum(v for k, v in self.sluice.metrics().items()
+                             if k.startswith("sluice_client_connections{") and "admin" not in k)
+                 == 0, timeout=5, what="sluice to drop the cut clients")
         self.assertTrue(self.sluice.alive())
         self.assert_still_serving()
 
@@ -120,7 +123,8 @@ class ClientLimit(unittest.TestCase):
             self.assertIn("max_client_conn", err.get("H", ""))
             self.assertTrue(w.closed_by_peer())
             held.pop().close()
-            time.sleep(0.1)
+            wait_for(lambda: sl.metrics()['sluice_client_connections{state="active"}'] == 1,
+                     timeout=5, what="sluice to see the client leave")
             with psycopg.connect(sl.dsn()) as conn:  # room again
                 self.assertEqual(conn.execute("SELECT 1").fetchone()[0], 1)
             for c in held:

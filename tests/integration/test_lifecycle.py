@@ -2,6 +2,7 @@
 clients (nothing leaks), startup parameters are honoured, md5/trust auth, several workers,
 SIGTERM drains in-flight transactions and exits 0, SIGHUP reloads users and pool sizes."""
 import json
+import select
 import signal
 import threading
 import time
@@ -9,13 +10,21 @@ import unittest
 
 import psycopg
 
-from harness import Sluice, superuser_sql
+from harness import Sluice, superuser_sql, wait_for
 from pgwire import Wire
 
 
 def sluice_backends():
     return int(superuser_sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
                              "AND backend_type = 'client backend'", db="postgres"))
+
+
+def idle_servers(sl):
+    return sl.metrics()['sluice_server_connections{database="appdb",user="app",state="idle"}']
+
+
+def wait_log(sl, text, timeout=10):
+    wait_for(lambda: text in sl.log(), timeout=timeout, what=f"'{text}' in sluice's log")
 
 
 class SessionPool(unittest.TestCase):
@@ -26,7 +35,8 @@ class SessionPool(unittest.TestCase):
                 c1.execute("SET search_path = leaked_schema")
                 c1.execute("PREPARE leaked AS SELECT 1")
                 c1.execute("CREATE TEMP TABLE leaked_tmp (x int)")
-            time.sleep(0.2)  # the reset runs after the client leaves
+            # The reset runs after the client leaves; then the connection is idle in the pool.
+            wait_for(lambda: idle_servers(sl) == 1, what="the reset server connection back idle")
             with psycopg.connect(sl.dsn(), autocommit=True) as c2:
                 pid2 = c2.execute("SELECT pg_backend_pid()").fetchone()[0]
                 self.assertEqual(pid1, pid2, "the idle server connection was not reused")
@@ -94,12 +104,12 @@ class SessionPool(unittest.TestCase):
             c["users"] = [{"name": "app", "password": "secret"}]
         before = sluice_backends()
         with Sluice(tweak=tweak) as sl:
-            deadline = time.time() + 5
-            while time.time() < deadline and sluice_backends() < before + 3:
-                time.sleep(0.1)
+            wait_for(lambda: sluice_backends() >= before + 3, timeout=5, what="3 prewarmed")
             self.assertEqual(sluice_backends(), before + 3)  # before any client connected
             with psycopg.connect(sl.dsn()) as conn:
                 self.assertEqual(conn.execute("SELECT 1").fetchone()[0], 1)
+            # Nothing to wait for: this checks that nothing happens (no connection opened above
+            # the minimum) over a few of sluice's 1 s maintenance rounds.
             time.sleep(1.5)
             self.assertEqual(sluice_backends(), before + 3)  # still 3, never above min when idle
 
@@ -192,13 +202,18 @@ class Signals(unittest.TestCase):
 
     def test_sigterm_lets_the_transaction_finish_then_exits_0(self):
         sl = self.make().start()
+        self.addCleanup(sl.stop)
         conn = psycopg.connect(sl.dsn())
+        self.addCleanup(conn.close)
         idle = psycopg.connect(sl.dsn())
+        self.addCleanup(idle.close)
         conn.execute("CREATE TABLE IF NOT EXISTS drain_t (x int)")
         conn.commit()
         conn.execute("INSERT INTO drain_t VALUES (1)")  # a transaction is now open
         sl.signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_log(sl, "no new clients; waiting up to")
+        # sluice tells the idle client (57P01) and closes it: its socket turns readable.
+        wait_for(lambda: select.select([idle.fileno()], [], [], 0)[0], what="the idle client told")
         # New clients are refused; the idle client was closed with 57P01.
         with self.assertRaises(psycopg.OperationalError):
             psycopg.connect(sl.dsn(), connect_timeout=2)
@@ -217,7 +232,9 @@ class Signals(unittest.TestCase):
         def tweak(c):
             c["shutdown_timeout"] = "1s"
         sl = self.make(tweak).start()
+        self.addCleanup(sl.stop)
         conn = psycopg.connect(sl.dsn())
+        self.addCleanup(conn.close)
         conn.execute("SELECT 1")  # opens a transaction and leaves it open
         started = time.time()
         sl.signal(signal.SIGTERM)
@@ -236,16 +253,14 @@ class Signals(unittest.TestCase):
             sl.config["pool"]["size"] = 1
             sl.write_config()
             sl.signal(signal.SIGHUP)
-            time.sleep(0.5)
-            self.assertIn("reloaded", sl.log())
+            wait_log(sl, "reloaded")
             with psycopg.connect(sl.dsn(user="other", password="otherpass")) as conn:
                 self.assertEqual(conn.execute("SELECT current_user").fetchone()[0], "other")
             # A broken file keeps the running config.
             with open(sl.config_path, "w") as f:
                 f.write("pool:\n  sise: 1\n")
             sl.signal(signal.SIGHUP)
-            time.sleep(0.5)
-            self.assertIn("reload failed", sl.log())
+            wait_log(sl, "reload failed")
             self.assertTrue(sl.alive())
             with psycopg.connect(sl.dsn()) as conn:
                 self.assertEqual(conn.execute("SELECT 1").fetchone()[0], 1)

@@ -82,13 +82,8 @@ class MongoSluice(Sluice):
             assert code == 0, f"sluice exited {code}:\n{self.log()[-3000:]}"
 
     def wait_ready(self, timeout=15):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            status, body = self.http("/readyz")
-            if status == 200:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"/readyz not 200: {body}")
+        wait_for(lambda: self.http("/readyz")[0] == 200, timeout=timeout, interval=0.1,
+                 what="/readyz to answer 200")
 
 
 def node(*args, timeout=300):
@@ -333,22 +328,14 @@ class Routing(unittest.TestCase):
             self.assertEqual(route_of_next_find(), "secondary")
             _, proc = SERVERS.pop("flaky")
             cluster.stop_process(proc, timeout=10)
-            deadline = time.time() + 5
-            while time.time() < deadline:
-                m = s.metrics()
-                if m.get(f'sluice_mongo_server_up{{server="127.0.0.1:{port}",role="secondary"}}') == 0:
-                    break
-                time.sleep(0.1)
-            self.assertEqual(m[f'sluice_mongo_server_up{{server="127.0.0.1:{port}",role="secondary"}}'], 0)
+            up_key = f'sluice_mongo_server_up{{server="127.0.0.1:{port}",role="secondary"}}'
+            wait_for(lambda: s.metrics().get(up_key) == 0, timeout=5, what="the secondary down")
             self.assertEqual(route_of_next_find(), "primary")  # secondaryPreferred falls back
             self.assertEqual(s.http("/readyz")[0], 200)  # the primary is what readiness needs
             self.assertIn("secondary 127.0.0.1:%d is down" % port, s.log())
             # Back on the same port: checked up again, and reads return to it.
             start_server("flaky", port=port)
-            deadline = time.time() + 5
-            while time.time() < deadline and s.metrics().get(
-                    f'sluice_mongo_server_up{{server="127.0.0.1:{port}",role="secondary"}}') != 1:
-                time.sleep(0.1)
+            wait_for(lambda: s.metrics().get(up_key) == 1, timeout=5, what="the secondary up")
             self.assertEqual(route_of_next_find(), "secondary")
             # Up at the first check and again now.
             self.assertEqual(s.log().count("secondary 127.0.0.1:%d is up" % port), 2)
@@ -357,8 +344,10 @@ class Routing(unittest.TestCase):
         dead = free_port()
         servers = [{"host": "127.0.0.1", "port": dead, "role": "primary"}]
         with MongoSluice(servers=servers) as s:
-            time.sleep(1)
-            status, body = s.http("/readyz")
+            def checked():  # the first check of the dead primary has failed
+                status, body = s.http("/readyz")
+                return (status, body) if "unreachable" in body else None
+            status, body = wait_for(checked, timeout=10, what="/readyz to name the primary")
             self.assertEqual(status, 503)
             self.assertIn(f"mongo primary 127.0.0.1:{dead} unreachable", body)
             port = int(s.config["listen"]["mongo"].rsplit(":", 1)[1])
@@ -596,7 +585,7 @@ class Pool(unittest.TestCase):
                 s.config["mongo"].update({"pool_size": 1, "wait_timeout": "3s"})
                 s.write_config()
                 s.signal(signal.SIGHUP)  # pool_size and wait_timeout apply on reload
-                time.sleep(0.5)
+                wait_for(lambda: s.log().count("reloaded") == 1, what="the first reload")
                 s.wait_ready()
                 addr = ("127.0.0.1", int(s.config["listen"]["mongo"].rsplit(":", 1)[1]))
                 # One connection, three requests of ~0.4 s: they queue and all succeed.
@@ -612,7 +601,7 @@ class Pool(unittest.TestCase):
                 s.config["mongo"]["wait_timeout"] = "100ms"
                 s.write_config()
                 s.signal(signal.SIGHUP)
-                time.sleep(0.5)
+                wait_for(lambda: s.log().count("reloaded") == 2, what="the second reload")
                 replies = self.exchange_concurrently(addr, 2)
                 self.assertEqual(sorted(b"NetworkInterfaceExceededTimeLimit" in r for r in replies),
                                  [False, True], replies)
@@ -653,9 +642,8 @@ class Access(SharedMongoSluice):
                 s.config["mongo"]["allow_commands"] = ["$currentOp"]
                 s.write_config()
                 s.signal(signal.SIGHUP)
-                deadline = time.time() + 5
-                while time.time() < deadline and command(c, pipeline).get("code") == 13:
-                    time.sleep(0.1)
+                wait_for(lambda: command(c, pipeline).get("code") != 13, timeout=5,
+                         what="the reload to open $currentOp")
                 # Forwarded now: what the server says of it (this test server has no $currentOp).
                 self.assertNotEqual(command(c, pipeline).get("code"), 13)
                 self.assertEqual(command(c, {"shutdown": 1, "$db": "admin"})["code"], 13)
@@ -724,6 +712,8 @@ class Access(SharedMongoSluice):
                     before = len(tap.sent)
                     reply = command(b, {"endSessions": [{"id": lsid}], "$db": "admin"})
                     self.assertEqual(reply["ok"], 1)  # as a server answers unknown sessions
+                    # Nothing to wait for: this checks that nothing reaches the server in
+                    # the time sluice would take to pass it on.
                     time.sleep(0.2)
                     self.assertNotIn(b"endSessions", bytes(tap.sent[before:]))  # not told
                     self.assertEqual(s.metrics()["sluice_mongo_transactions_open"], 1)
@@ -735,8 +725,8 @@ class Access(SharedMongoSluice):
                     before = len(tap.sent)
                     self.assertEqual(command(a, {"endSessions": [{"id": lsid}],
                                                  "$db": "admin"})["ok"], 1)
-                    time.sleep(0.2)
-                    self.assertIn(b"endSessions", bytes(tap.sent[before:]))
+                    wait_for(lambda: b"endSessions" in bytes(tap.sent[before:]), timeout=5,
+                             what="endSessions to reach the server")
         finally:
             tap.close()
 

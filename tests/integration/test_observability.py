@@ -64,6 +64,12 @@ def wait_plans(sluice, word, count, timeout=10):
     return plans
 
 
+def connected_clients(sluice):
+    """Clients logged in to sluice's databases (admin consoles not counted)."""
+    m = sluice.metrics()
+    return sum(m[f'sluice_client_connections{{state="{s}"}}'] for s in ("active", "waiting"))
+
+
 def pgbench(port, *args, timeout=300):
     env = dict(os.environ, PGPASSWORD=APP_PASSWORD, PGSSLMODE="disable")
     return subprocess.Popen(["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "app", *args,
@@ -142,7 +148,10 @@ class Metrics(unittest.TestCase):
     def test_promtool_accepts_a_scrape_taken_under_load(self):
         ensure_pgbench_tables(self.sluice)
         bench = pgbench(self.sluice.port, "-c", "16", "-j", "2", "-T", "6", "-S")
-        time.sleep(3)
+        # Scraped while the 16 clients are connected and running (-T 6 starts once they are).
+        wait_for(lambda: connected_clients(self.sluice) >= 16 or bench.poll() is not None,
+                 timeout=15, what="pgbench's 16 clients")
+        self.assertIsNone(bench.poll(), "pgbench ended before the scrape")
         status, body = self.sluice.http("/metrics")
         active = self.sluice.metrics()
         code, out, processed, failed, tps = pgbench_result(bench)
@@ -409,6 +418,9 @@ class AdminConsole(unittest.TestCase):
         victim = psycopg.connect(self.sluice.dsn(), autocommit=True)
         victim.execute("SELECT 1")
         admin(self.sluice, "KILL appdb")
+        # KILL pauses the database: resumed whatever happens (the sluice is shared).
+        resumed = []
+        self.addCleanup(lambda: resumed or admin(self.sluice, "RESUME appdb"))
         with self.assertRaises(psycopg.OperationalError):
             victim.execute("SELECT 1")
         victim.close()
@@ -417,9 +429,11 @@ class AdminConsole(unittest.TestCase):
         t = threading.Thread(target=lambda: done.append(
             psql(self.sluice.dsn(), "SELECT 'after resume'").stdout))
         t.start()
-        time.sleep(0.5)
+        wait_for(lambda: self.sluice.metrics()['sluice_client_connections{state="waiting"}'] >= 1,
+                 what="the new client to wait for the paused database")
         self.assertEqual(done, [])
         admin(self.sluice, "RESUME appdb")
+        resumed.append(True)
         t.join(10)
         self.assertIn(b"after resume", done[0])
 
@@ -542,13 +556,13 @@ class Insights(unittest.TestCase):
         # value. app's EXPLAIN must run app's own text: the primary's log (log_statement = all
         # for app alone) never shows other's value in a statement of app's.
         log = os.path.join(state()["dir"], "primary.log")
-        superuser_sql("DROP TABLE IF EXISTS exp_id; CREATE TABLE exp_id (v text); "
-                      "GRANT SELECT ON exp_id TO app, other; ALTER ROLE app SET log_statement = "
-                      "'all';" + SLOW_STABLE)
         tweak = transaction_pool(4, insights={"slow_query_threshold": "300ms", "explain": True,
                                               "slow_log_interval": "100ms"})
         start = os.path.getsize(log)
         try:
+            superuser_sql("DROP TABLE IF EXISTS exp_id; CREATE TABLE exp_id (v text); "
+                          "GRANT SELECT ON exp_id TO app, other; ALTER ROLE app SET "
+                          "log_statement = 'all';" + SLOW_STABLE)
             with Sluice(tweak=tweak) as sluice:
                 psql(sluice.dsn("other", "otherpass"),
                      "SELECT exp_slow(0.5), count(*) FROM exp_id WHERE v = 'secret-of-other'")
@@ -579,7 +593,9 @@ class ZeroDowntime(unittest.TestCase):
         with Sluice(tweak=tweak) as sluice:
             ensure_pgbench_tables(sluice)
             bench = pgbench(sluice.port, "-c", "64", "-j", "4", "-T", str(seconds))
-            time.sleep(2)
+            wait_for(lambda: connected_clients(sluice) >= 64 or bench.poll() is not None,
+                     timeout=15, what="pgbench's 64 clients")
+            self.assertIsNone(bench.poll(), "pgbench ended early")
             with self.assertRaises(psycopg.OperationalError):
                 psycopg.connect(sluice.dsn("other", "otherpass")).close()
             peak_before = max(admin(sluice, "SHOW POOLS")[0]["sv_active"] for _ in range(3))
@@ -588,7 +604,7 @@ class ZeroDowntime(unittest.TestCase):
             sluice.config["users"].append({"name": "other", "password": "otherpass"})
             sluice.write_config()
             sluice.signal(signal.SIGHUP)
-            time.sleep(1)
+            wait_for(lambda: "reloaded" in sluice.log(), what="the reload")
             with psycopg.connect(sluice.dsn("other", "otherpass"), autocommit=True) as conn:
                 self.assertEqual(conn.execute("SELECT current_user").fetchone()[0], "other")
             peak_after = 0
@@ -603,10 +619,10 @@ class ZeroDowntime(unittest.TestCase):
             pools = admin(sluice, "SHOW POOLS")
             self.assertEqual(sum(p["sv_active"] for p in pools), 0, pools)
             held = sum(p["cl_waiting"] for p in pools)
-            time.sleep(1)
+            time.sleep(1)  # the point: 64 clients held for 1 s by PAUSE, none of them failing
             admin(sluice, "RESUME")
             code, out, processed, failed, tps = pgbench_result(bench)
-            print(f"pgbench -c 64 -T {seconds} over pool 10->20 (SIGHUP at 2s, +user other), "
+            print(f"pgbench -c 64 -T {seconds} over pool 10->20 (SIGHUP once all connected, +user other), "
                   f"PAUSE took {paused_in * 1000:.0f} ms holding {held} clients, 1 s paused: "
                   f"{processed} transactions, {failed} failed, tps {tps}; server connections "
                   f"peak {peak_before} before / {peak_after} after the reload")

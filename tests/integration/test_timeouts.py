@@ -1,12 +1,13 @@
 """pool.query_timeout, idle_transaction_timeout and client_idle_timeout close the client with the
 SQLSTATE postgres uses for the same situation, and leave nothing running on the server."""
+import select
 import socket
 import time
 import unittest
 
 import psycopg
 
-from harness import Sluice, superuser_sql
+from harness import Sluice, superuser_sql, wait_for
 
 
 def backends_running(query_prefix):
@@ -27,8 +28,8 @@ class Timeouts(unittest.TestCase):
             elapsed = time.time() - started
             self.assertIn("query_timeout", str(ctx.exception))
             self.assertLess(elapsed, 3.0)
-            time.sleep(0.3)
-            self.assertEqual(backends_running("SELECT pg_sleep(20) /* timeout-test */"), 0)
+            wait_for(lambda: backends_running("SELECT pg_sleep(20) /* timeout-test */") == 0,
+                     timeout=5, what="the timed-out query to end on the server")
             self.assertIn("query timeout", sl.log())
             with psycopg.connect(sl.dsn()) as again:  # others are served
                 self.assertEqual(again.execute("SELECT 2").fetchone()[0], 2)
@@ -41,14 +42,19 @@ class Timeouts(unittest.TestCase):
         with Sluice(tweak=tweak) as sl:
             conn = psycopg.connect(sl.dsn())
             conn.execute("INSERT INTO idle_tx_t VALUES (1)")  # transaction left open
-            time.sleep(1.5)
+            idle_since = time.time()
+            # sluice ends the session (an error, then it closes): the client's socket turns
+            # readable. Not sooner than the timeout.
+            wait_for(lambda: select.select([conn.fileno()], [], [], 0)[0], timeout=5,
+                     what="sluice to end the idle transaction")
+            self.assertGreaterEqual(time.time() - idle_since, 0.45)
             with self.assertRaises(psycopg.OperationalError) as ctx:
                 conn.execute("SELECT 1")
             self.assertIn("idle-in-transaction timeout", str(ctx.exception))
             self.assertEqual(superuser_sql("SELECT count(*) FROM idle_tx_t"), "0")
             # Outside a transaction the same idleness is fine.
             with psycopg.connect(sl.dsn(), autocommit=True) as ok:
-                time.sleep(1.0)
+                time.sleep(1.0)  # the point: idle twice the timeout, outside a transaction
                 self.assertEqual(ok.execute("SELECT 3").fetchone()[0], 3)
         superuser_sql("DROP TABLE idle_tx_t")
 
@@ -57,10 +63,13 @@ class Timeouts(unittest.TestCase):
             c["pool"]["client_idle_timeout"] = "500ms"
         with Sluice(tweak=tweak) as sl:
             conn = psycopg.connect(sl.dsn(), autocommit=True)
-            for _ in range(4):  # activity keeps it alive
-                conn.execute("SELECT 1")
+            for _ in range(4):  # activity keeps it alive: 0.8 s in all, gaps under the 500 ms
                 time.sleep(0.2)
-            time.sleep(1.5)
+                conn.execute("SELECT 1")
+            idle_since = time.time()
+            wait_for(lambda: select.select([conn.fileno()], [], [], 0)[0], timeout=5,
+                     what="sluice to close the idle client")
+            self.assertGreaterEqual(time.time() - idle_since, 0.45)
             with self.assertRaises(psycopg.OperationalError) as ctx:
                 conn.execute("SELECT 1")
             self.assertIn("idle-session timeout", str(ctx.exception))
@@ -84,7 +93,7 @@ class Timeouts(unittest.TestCase):
         with Sluice() as sl:
             with psycopg.connect(sl.dsn()) as conn:
                 conn.execute("SELECT 1")
-                time.sleep(1.2)
+                time.sleep(1.2)  # the point: idle longer than the timeouts above, none is on
                 self.assertEqual(conn.execute("SELECT pg_sleep(1.2), 4").fetchone()[1], 4)
 
 

@@ -7,7 +7,7 @@ import unittest
 
 import psycopg
 
-from harness import Sluice, SharedSluice, state, superuser_sql
+from harness import Sluice, SharedSluice, state, superuser_sql, wait_for
 
 
 def ssl_in_use(conn):
@@ -77,12 +77,14 @@ class ServerTls(unittest.TestCase):
             c["pool"] = {"mode": "transaction", "size": 4}
             c["insights"] = {"slow_query_threshold": "100ms", "explain": True}
         log = os.path.join(state()["dir"], "primary.log")
-        superuser_sql("ALTER SYSTEM SET log_connections = on")
-        superuser_sql("SELECT pg_reload_conf()")
-        time.sleep(0.2)
-        start = os.path.getsize(log)
         seen = {}
         try:
+            superuser_sql("ALTER SYSTEM SET log_connections = on")
+            superuser_sql("SELECT pg_reload_conf()")
+            # Applied once a new backend sees it (the postmaster reloads asynchronously).
+            wait_for(lambda: superuser_sql("SHOW log_connections") == "on", timeout=10,
+                     what="log_connections on")
+            start = os.path.getsize(log)
             with Sluice(tweak=tweak) as sl:
                 try:
                     with psycopg.connect(sl.dsn(), autocommit=True) as conn:
