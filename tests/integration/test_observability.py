@@ -622,7 +622,8 @@ class ZeroDowntime(unittest.TestCase):
             time.sleep(1)  # the point: 64 clients held for 1 s by PAUSE, none of them failing
             admin(sluice, "RESUME")
             code, out, processed, failed, tps = pgbench_result(bench)
-            print(f"pgbench -c 64 -T {seconds} over pool 10->20 (SIGHUP once all connected, +user other), "
+            print(f"pgbench -c 64 -T {seconds} over pool 10->20 (SIGHUP once all connected, "
+                  "+user other), "
                   f"PAUSE took {paused_in * 1000:.0f} ms holding {held} clients, 1 s paused: "
                   f"{processed} transactions, {failed} failed, tps {tps}; server connections "
                   f"peak {peak_before} before / {peak_after} after the reload")
