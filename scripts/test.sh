@@ -25,14 +25,26 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 
 fuzz_seconds=${SLUICE_FUZZ_SECONDS:-30}
 if [ "$fuzz_seconds" != 0 ]; then
-  echo "== libFuzzer (${fuzz_seconds}s per target)"
+  echo "== libFuzzer (${fuzz_seconds}s per target, from the checked-in corpus)"
   cmake --preset fuzz -G Ninja >/dev/null
   cmake --build --preset fuzz -j "$jobs"
+  declare -A fuzz_dict=([fuzz_pg_frontend]=pg [fuzz_pg_backend]=pg [fuzz_pg_pooling]=pg
+    [fuzz_insights]=pg [fuzz_sql_classifier]=sql [fuzz_cache]=cache [fuzz_mongo_wire]=mongo)
   for target in fuzz_pg_frontend fuzz_pg_backend fuzz_sql_classifier fuzz_pg_pooling fuzz_insights \
       fuzz_cache fuzz_mongo_wire; do
+    # A scratch copy of the seeds: new inputs found here are not written into the source tree.
     corpus=$(mktemp -d)
-    build/fuzz/tests/fuzz/$target -max_total_time="$fuzz_seconds" -max_len=4096 "$corpus" 2>&1 | tail -n 1
-    rm -rf "$corpus"
+    cp tests/fuzz/corpus/$target/* "$corpus"/
+    log=$(mktemp)
+    if ! build/fuzz/tests/fuzz/$target -max_total_time="$fuzz_seconds" -timeout=10 -max_len=4096 \
+        -dict=tests/fuzz/${fuzz_dict[$target]}.dict -artifact_prefix=build/fuzz/$target- \
+        "$corpus" >"$log" 2>&1; then
+      tail -n 60 "$log"
+      echo "$target: FAILED (input saved as build/fuzz/$target-crash-* or -timeout-*)"
+      exit 1
+    fi
+    echo "$target: $(grep -E '^#[0-9]+' "$log" | grep 'cov:' | tail -n 1)"
+    rm -rf "$corpus" "$log"
   done
 fi
 echo "== all tests passed"
