@@ -77,8 +77,15 @@ def start_line(clients, together):
     """A barrier that connected clients wait at, so their transactions interleave (a client does
     not finish before the last one has logged in); a no-op when not `together` (session mode
     cannot hold more clients than connections)."""
-    barrier = threading.Barrier(clients, timeout=60) if together else None
-    return barrier.wait if barrier else lambda: None
+    barrier = threading.Barrier(clients, timeout=20) if together else None
+
+    def wait():
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            raise AssertionError(f"{clients} clients could not all be logged in at once: each "
+                                 "holds a server connection (pinned?)") from None
+    return wait if barrier else lambda: None
 
 
 def settings_workload(dsn, clients=6, rounds=40, together=True):
@@ -169,7 +176,8 @@ def sluice_backends():
 class TransactionPooling(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.sluice = Sluice(tweak=pooled()).start()
+        # A client kept waiting for a server connection fails in 20 s, not 120 s.
+        cls.sluice = Sluice(tweak=pooled(query_wait_timeout="20s")).start()
 
     @classmethod
     def tearDownClass(cls):
