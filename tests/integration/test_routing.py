@@ -1,9 +1,12 @@
 """Read/write routing against the real primary + streaming replica: reads land on the replica and
 everything that may write on the primary (counted by pg_stat_statements on each server), volatility
 decided from pg_proc, read-your-writes with a delayed replica, a replica killed under a 64-client
-read-only pgbench, and lag bans."""
+read-only pgbench, lag bans, and reads with every replica banned (routing.all_replicas_banned).
+Every fault a test makes (a stopped replica, a replay delay) is undone in `finally`, and the test
+waits until the replica streams and has caught up again, so a failure does not break the next test.
+Waits are on conditions (the first health check done, a read running on the replica, a ban seen),
+not fixed sleeps."""
 import os
-import re
 import subprocess
 import threading
 import time
@@ -11,7 +14,7 @@ import unittest
 
 import psycopg
 
-from harness import Sluice, APP_PASSWORD, state, superuser_sql, psql
+from harness import Sluice, APP_PASSWORD, free_port, state, superuser_sql, psql, wait_for
 from pgwire import Wire
 from test_pgbench import pgbench, check_run
 
@@ -35,20 +38,87 @@ def replica_sql(sql):
     return superuser_sql(sql, port=st["replica_port"])
 
 
+def replica_conninfo():
+    st = state()
+    return (f"host={st['sock_dir']} port={st['replica_port']} dbname=appdb "
+            f"user={st['superuser']}")
+
+
 def set_apply_delay(delay):
+    """Sets the replica's recovery_min_apply_delay and waits until the reload is applied (a new
+    session sees the value)."""
     replica_sql(f"ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'")
     replica_sql("SELECT pg_reload_conf()")
+    want = replica_sql(f"SELECT extract(epoch FROM interval '{delay}') * 1000")
+    wait_for(lambda: float(replica_sql("SELECT setting FROM pg_settings "
+                                       "WHERE name = 'recovery_min_apply_delay'")) == float(want),
+             what=f"recovery_min_apply_delay {delay} to be applied")
+
+
+def pg_ctl(*args):
+    st = state()
+    as_user = ["runuser", "-u", st["os_user"], "--"] if os.geteuid() == 0 else []
+    return subprocess.run(as_user + [f"{PG_BIN}/pg_ctl", "-D", st["replica_dir"], *args],
+                          capture_output=True, text=True)
+
+
+def stop_replica():
+    r = pg_ctl("-m", "immediate", "-w", "stop")
+    assert r.returncode == 0, r.stderr
+
+
+def start_replica():
+    r = pg_ctl("-l", f"{state()['dir']}/replica.log", "-w", "start")
+    assert r.returncode == 0, r.stderr
+
+
+def replica_accepting():
+    try:
+        return replica_sql("SELECT 1") == "1"
+    except subprocess.CalledProcessError:
+        return False
+
+
+def replica_streaming():
+    """True once the replica accepts connections and its WAL receiver streams from the primary."""
+    try:
+        return replica_sql("SELECT status FROM pg_stat_wal_receiver") == "streaming"
+    except subprocess.CalledProcessError:
+        return False
+
+
+def restore_replica():
+    """Undoes a stopped replica: starts it if it is down, then waits until it streams from the
+    primary again and has replayed everything the primary wrote."""
+    if pg_ctl("status").returncode != 0:
+        start_replica()
+    wait_for(replica_streaming, timeout=60, what="the replica to stream from the primary")
+    wait_replayed()
+
+
+def replica_restartpoint():
+    """A restartpoint on the replica, so a restart does not replay all WAL since the base backup
+    (several seconds after the earlier tests)."""
+    superuser_sql("CHECKPOINT")
+    wait_replayed()
+    replica_sql("CHECKPOINT")
+
+
+def wait_running_on_replica(marker, timeout=15):
+    """Until a statement containing `marker` runs on the replica (pg_stat_activity)."""
+    with psycopg.connect(replica_conninfo(), autocommit=True) as c:
+        wait_for(lambda: c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+            "AND pid <> pg_backend_pid() AND position(%s in query) > 0",
+            (marker,)).fetchone()[0], timeout=timeout, interval=0.01,
+            what=f"{marker!r} to run on the replica")
 
 
 def wait_replayed():
     """Until the replica has replayed everything the primary wrote so far."""
     lsn = superuser_sql("SELECT pg_current_wal_insert_lsn()")
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if replica_sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t":
-            return
-        time.sleep(0.05)
-    raise AssertionError("the replica did not catch up")
+    wait_for(lambda: replica_sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t",
+             timeout=30, what=f"the replica to replay up to {lsn}")
 
 
 def calls(port_sql, pattern):
@@ -57,13 +127,40 @@ def calls(port_sql, pattern):
                         f"WHERE query LIKE '{pattern}'"))
 
 
+REPLICA_COLUMNS = ("database", "address", "weight", "banned", "reason", "banned_for_s", "bans",
+                   "in_recovery", "replay_lsn", "lag_bytes", "lag_s", "outstanding", "reads")
+
+
 def replica_status(sluice):
+    """SHOW REPLICAS' first row as {column: text}."""
     r = psql(sluice.admin_dsn(), "SHOW REPLICAS", extra=("-At", "-F", "|"))
     rows = [l.split("|") for l in r.stdout.decode().splitlines() if l]
-    return rows[0] if rows else None
+    assert rows, "SHOW REPLICAS lists no replica"
+    return dict(zip(REPLICA_COLUMNS, rows[0]))
+
+
+def wait_checked(sluice):
+    """Until sluice's first health check has passed the replica: an unchecked replica counts as
+    banned, so reads go to the primary until then."""
+    wait_for(lambda: replica_status(sluice)["banned"] == "no", timeout=20,
+             what="the first health check to pass the replica")
+
+
+def wait_seen_past(sluice, lsn):
+    """Until sluice's last health check saw the replica replay past `lsn`."""
+    def past():
+        seen = replica_status(sluice)["replay_lsn"]
+        return seen and superuser_sql(f"SELECT '{seen}'::pg_lsn >= '{lsn}'::pg_lsn") == "t"
+    wait_for(past, timeout=30, what=f"sluice to see the replica replay past {lsn}")
+
+
+def primary_queries(sluice):
+    return sum(v for k, v in sluice.metrics().items()
+               if k.startswith("sluice_queries_total") and 'route="primary"' in k)
 
 
 def wait_until(pred, timeout, step=0.02):
+    """Seconds until pred() held (None after timeout): for waits whose length is measured."""
     start = time.time()
     while time.time() - start < timeout:
         if pred():
@@ -72,16 +169,18 @@ def wait_until(pred, timeout, step=0.02):
     return None
 
 
+def setUpModule():
+    restore_replica()  # in case an interrupted run left it down
+    set_apply_delay("0")
+    superuser_sql("DROP TABLE IF EXISTS rt_items; "
+                  "CREATE TABLE rt_items (id int PRIMARY KEY, v text); "
+                  "INSERT INTO rt_items SELECT g, 'v' || g FROM generate_series(1, 1000) g; "
+                  "DROP SEQUENCE IF EXISTS rt_seq; CREATE SEQUENCE rt_seq; "
+                  "GRANT ALL ON rt_items, rt_seq TO app")
+    wait_replayed()
+
+
 class Routing(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        set_apply_delay("0")
-        superuser_sql("DROP TABLE IF EXISTS rt_items; "
-                      "CREATE TABLE rt_items (id int PRIMARY KEY, v text); "
-                      "INSERT INTO rt_items SELECT g, 'v' || g FROM generate_series(1, 1000) g; "
-                      "DROP SEQUENCE IF EXISTS rt_seq; CREATE SEQUENCE rt_seq; "
-                      "GRANT ALL ON rt_items, rt_seq TO app")
-        wait_replayed()
 
     def test_reads_on_replica_writes_on_primary(self):
         st = state()
@@ -158,7 +257,8 @@ class Routing(unittest.TestCase):
                     for _ in range(3):
                         cur.execute(sql)
                 cur.execute("SELECT 1")
-            time.sleep(1.2)  # read-your-writes: the next read may go to the replica again
+            # Read-your-writes: the next reads go to the replica once sluice saw it past the writes.
+            wait_seen_past(sluice, superuser_sql("SELECT pg_current_wal_insert_lsn()"))
             with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
                 conn.execute(immutable_read).fetchone()
                 conn.execute("BEGIN READ ONLY")
@@ -195,7 +295,7 @@ class Routing(unittest.TestCase):
     def test_hints_and_session_route(self):
         st = state()
         with Sluice(tweak=routed_config()) as sluice:
-            time.sleep(0.5)
+            wait_checked(sluice)
             with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
                 port = lambda sql: conn.execute(sql).fetchone()[0]
                 self.assertEqual(port("SELECT inet_server_port()"), st["replica_port"])
@@ -221,7 +321,7 @@ class Routing(unittest.TestCase):
             routed_config(include)(c)
             c["databases"]["appdb"]["replicas"][0]["weight"] = 3
         with Sluice(tweak=weights) as sluice:
-            time.sleep(0.5)
+            wait_checked(sluice)
             ports = {}
             with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
                 for _ in range(400):
@@ -242,7 +342,7 @@ class Routing(unittest.TestCase):
                     r["read_your_writes"] = mode
                     r["read_your_writes_window"] = "1s"
                 with Sluice(tweak=routed_config(rw)) as sluice:
-                    time.sleep(0.5)
+                    wait_checked(sluice)
                     base = int(superuser_sql("SELECT coalesce(max(id), 0) FROM rt_items")) + 10000
                     misses = 0
                     with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
@@ -275,43 +375,42 @@ class Routing(unittest.TestCase):
 
     def test_read_in_flight_when_the_replica_dies_is_retried(self):
         st = state()
-        as_user = ["runuser", "-u", st["os_user"], "--"] if os.geteuid() == 0 else []
-        pg_ctl = lambda *a: subprocess.run(as_user + [f"{PG_BIN}/pg_ctl", "-D", st["replica_dir"],
-                                                      *a], check=True, capture_output=True)
+        replica_restartpoint()
         with Sluice(tweak=routed_config()) as sluice:
-            time.sleep(0.5)
+            wait_checked(sluice)
             result = {}
 
             def slow_read():
                 with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+                    # 20M rows of a join: a second or two of CPU, no temporary file.
                     result["row"] = conn.execute(
-                        "SELECT inet_server_port(), count(*) FROM generate_series(1, 20000000)"
-                    ).fetchone()
+                        "SELECT inet_server_port(), count(*) FROM generate_series(1, 5000) a, "
+                        "generate_series(1, 4000) b").fetchone()
             t = threading.Thread(target=slow_read)
             t.start()
-            time.sleep(0.5)  # the read runs on the replica now
-            pg_ctl("-m", "immediate", "-w", "stop")
             try:
+                wait_running_on_replica("generate_series(1, 5000) a")
+                stop_replica()
                 t.join(60)
                 print(f"a 20M-row count on the replica, replica stopped -m immediate under it: "
                       f"{result.get('row')}")
                 self.assertEqual(result.get("row"), (st["primary_port"], 20000000))
                 self.assertIn("retrying the read on another node", sluice.log())
             finally:
-                pg_ctl("-l", f"{st['dir']}/replica.log", "-w", "start")
-                wait_replayed()
+                t.join(60)
+                restore_replica()
 
     def test_write_pipelined_behind_a_read_moves_to_the_primary(self):
         st = state()
         with Sluice(tweak=routed_config(concurrent=True)) as sluice:
-            time.sleep(0.5)
+            wait_checked(sluice)
             w = Wire(sluice.port)
             w.login("app", APP_PASSWORD, "appdb")
-            slow_read = ("SELECT inet_server_port(), count(*) FROM generate_series(1, 3000000)")
+            slow_read = ("SELECT inet_server_port(), count(*) FROM generate_series(1, 10000000)")
             write = ("INSERT INTO rt_items VALUES (7001, 'pipelined') ON CONFLICT (id) "
                      "DO UPDATE SET v = 'again' RETURNING inet_server_port()")
             w.send_msg(b"Q", slow_read.encode() + b"\0")
-            time.sleep(0.1)  # the read runs on the replica; the write arrives behind it
+            wait_running_on_replica("generate_series(1, 10000000)")  # the write comes behind it
             w.send_msg(b"Q", write.encode() + b"\0")
             w.send_msg(b"Q", b"SELECT inet_server_port()\0")
             results = []
@@ -342,44 +441,37 @@ class Routing(unittest.TestCase):
 
     def replica_killed_under_pgbench(self, clients, seconds, concurrent):
         st = state()
-        pgbench_env_port = st["primary_port"]
-        r = pgbench(pgbench_env_port, "-i", "-s", "2", "-q")
+        r = pgbench(st["primary_port"], "-i", "-s", "2", "-q")
         self.assertEqual(r.returncode, 0, r.stderr)
-        wait_replayed()
-        # A restartpoint on the replica, so its restart does not replay all WAL since the base
-        # backup (several seconds after the earlier tests).
-        superuser_sql("CHECKPOINT")
-        wait_replayed()
-        replica_sql("CHECKPOINT")
+        replica_restartpoint()
         with Sluice(tweak=routed_config(concurrent=concurrent)) as sluice:
-            time.sleep(0.5)
+            wait_checked(sluice)
             result = {}
             bench = threading.Thread(target=lambda: result.update(r=pgbench(
                 sluice.port, "-n", "-S", "-c", str(clients), "-j", "4", "-T", str(seconds))))
             bench.start()
-            time.sleep(4)
-            stop_at = time.time()
-            as_user = ["runuser", "-u", st["os_user"], "--"] if os.geteuid() == 0 else []
-            subprocess.run(as_user + [f"{PG_BIN}/pg_ctl", "-D", st["replica_dir"], "-m",
-                                      "immediate", "-w", "stop"], check=True, capture_output=True)
-            banned_after = wait_until(lambda: replica_status(sluice)[3] == "yes", 10)
-            self.assertIsNotNone(banned_after, "replica never banned")
-            banned_after = time.time() - stop_at
-            time.sleep(3)
-            reads_before = int(replica_status(sluice)[12])
-            subprocess.run(as_user + [f"{PG_BIN}/pg_ctl", "-D", st["replica_dir"], "-l",
-                                      f"{st['dir']}/replica.log", "-w", "start"], check=True,
-                           capture_output=True)
-            def accepting():
-                try:
-                    return replica_sql("SELECT 1") == "1"
-                except subprocess.CalledProcessError:
-                    return False
-            ready_after = wait_until(accepting, 20, step=0.05)
-            self.assertIsNotNone(ready_after, "the replica did not come back")
-            back_after = wait_until(lambda: int(replica_status(sluice)[12]) > reads_before + 100,
-                                    15)
-            bench.join()
+            try:
+                # Under load: the clients are connected and reads flow to the replica.
+                wait_for(lambda: int(replica_status(sluice)["reads"]) >= 1000, timeout=20,
+                         what="pgbench reads on the replica")
+                stop_at = time.time()
+                stop_replica()
+                banned_after = wait_until(lambda: replica_status(sluice)["banned"] == "yes", 10)
+                self.assertIsNotNone(banned_after, "replica never banned")
+                banned_after = time.time() - stop_at
+                # The replica stays down while the primary serves a good many of the reads.
+                on_primary = primary_queries(sluice)
+                wait_for(lambda: primary_queries(sluice) >= on_primary + 1000, timeout=15,
+                         what="reads on the primary with the replica down")
+                reads_before = int(replica_status(sluice)["reads"])
+                start_replica()
+                ready_after = wait_until(replica_accepting, 20, step=0.05)
+                self.assertIsNotNone(ready_after, "the replica did not come back")
+                back_after = wait_until(
+                    lambda: int(replica_status(sluice)["reads"]) > reads_before + 100, 15)
+            finally:
+                bench.join()
+                restore_replica()
             check_run(self, result["r"], f"pgbench -S -c {clients} with the replica killed "
                       f"({'concurrent' if concurrent else 'sequential'} relay)")
             self.assertIsNotNone(back_after, "reads did not come back to the replica")
@@ -405,9 +497,9 @@ class Routing(unittest.TestCase):
                                  f"dbname=appdb user={st['superuser']}", autocommit=True) as c:
                 while not stop.is_set():
                     c.execute("UPDATE rt_items SET v = v WHERE id = 1")
-                    time.sleep(0.05)
+                    stop.wait(0.05)  # a write every 50 ms: the primary's WAL keeps moving
         with Sluice(tweak=routed_config(lag)) as sluice:
-            time.sleep(0.5)
+            wait_checked(sluice)
             port = lambda: psql(sluice.dsn(), "SELECT inet_server_port()",
                                 extra=("-At",)).stdout.decode().strip()
             self.assertEqual(port(), str(st["replica_port"]))
@@ -415,14 +507,15 @@ class Routing(unittest.TestCase):
             t.start()
             try:
                 set_apply_delay("5s")
-                banned = wait_until(lambda: replica_status(sluice)[3] == "yes", 15)
+                banned = wait_until(lambda: replica_status(sluice)["banned"] == "yes", 15)
                 self.assertIsNotNone(banned)
                 status = replica_status(sluice)
-                print(f"recovery_min_apply_delay 5s: banned after {banned:.1f} s: {status[4]}")
-                self.assertIn("max_replica_lag_seconds", status[4])
+                print(f"recovery_min_apply_delay 5s: banned after {banned:.1f} s: "
+                      f"{status['reason']}")
+                self.assertIn("max_replica_lag_seconds", status["reason"])
                 self.assertEqual(port(), str(st["primary_port"]))
                 set_apply_delay("0")
-                unbanned = wait_until(lambda: replica_status(sluice)[3] == "no", 20)
+                unbanned = wait_until(lambda: replica_status(sluice)["banned"] == "no", 20)
                 self.assertIsNotNone(unbanned)
                 print(f"delay lifted: unbanned after {unbanned:.1f} s")
                 self.assertEqual(port(), str(st["replica_port"]))
@@ -430,7 +523,64 @@ class Routing(unittest.TestCase):
                 stop.set()
                 t.join()
                 set_apply_delay("0")
+                wait_replayed()
 
+
+class AllReplicasBanned(unittest.TestCase):
+    """routing.all_replicas_banned with the only replica down (its address refuses connections):
+    `error` refuses a read with 57P03 and a hint that says what to do; the default, `primary`,
+    runs the same read on the primary."""
+
+    def banned_sluice(self, policy):
+        def tweak(c):
+            routed_config(lambda r: r.update(all_replicas_banned=policy))(c)
+            # Nothing listens there: every health check fails, the replica stays banned.
+            c["databases"]["appdb"]["replicas"] = [{"host": "127.0.0.1", "port": free_port()}]
+        sluice = Sluice(tweak=tweak).start()
+        self.addCleanup(sluice.stop)
+        # A health check ran and failed (an unchecked replica is banned too, but untested).
+        wait_for(lambda: int(replica_status(sluice)["bans"]) >= 1, what="the replica's ban")
+        status = replica_status(sluice)
+        self.assertEqual(status["banned"], "yes")
+        return sluice, status
+
+    def test_error_refuses_the_read_with_57P03(self):
+        st = state()
+        sluice, status = self.banned_sluice("error")
+        print(f"\nreplica down, all_replicas_banned: error; SHOW REPLICAS: {status['reason']}")
+        with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+            # Writes never needed a replica.
+            self.assertEqual(conn.execute("INSERT INTO rt_items VALUES (6001, 'w') ON CONFLICT "
+                                          "(id) DO UPDATE SET v = 'w' RETURNING "
+                                          "inet_server_port()").fetchone()[0], st["primary_port"])
+        # On the wire: psycopg does not show the SQLSTATE of an error the connection closes after.
+        w = Wire(sluice.port)
+        self.assertEqual(w.login("app", APP_PASSWORD, "appdb")[0], "ok")
+        w.send_msg(b"Q", b"SELECT v FROM rt_items WHERE id = 1\0")
+        replies = []
+        try:
+            while not replies or replies[-1][0] != b"Z":
+                replies.append(w.read())
+        except (EOFError, ConnectionError):
+            replies.append((b"EOF", b""))
+        w.close()
+        print(f"read: {[(t, Wire.fields(b) if t == b'E' else b) for t, b in replies]}")
+        self.assertNotIn(b"D", [t for t, _ in replies], "the read was answered")
+        errors_sent = [Wire.fields(b) for t, b in replies if t == b"E"]
+        self.assertEqual(len(errors_sent), 1, replies)
+        e = errors_sent[0]
+        self.assertEqual(e["C"], "57P03")
+        self.assertEqual(e["M"], 'no replica of database "appdb" can serve reads now')
+        # What to do: where to look, and which settings let the primary take the reads.
+        self.assertIn("SHOW REPLICAS", e.get("H", ""))
+        self.assertIn("routing.all_replicas_banned", e.get("H", ""))
+
+    def test_primary_default_serves_the_read_on_the_primary(self):
+        st = state()
+        sluice, _ = self.banned_sluice("primary")
+        with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
+            row = conn.execute("SELECT v, inet_server_port() FROM rt_items WHERE id = 1")
+            self.assertEqual(row.fetchone(), ("v1", st["primary_port"]))
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
