@@ -17,7 +17,7 @@ import unittest
 
 import psycopg
 
-from harness import Sluice, APP_PASSWORD, state, superuser_sql, psql, free_port, wait_for
+from harness import Sluice, state, superuser_sql, psql, free_port, wait_for
 from test_pgbench import pgbench, check_run
 from test_routing import set_apply_delay, wait_replayed, calls
 
