@@ -107,16 +107,16 @@ void frames(Span in) {
   }
 }
 
-// The largest iteration count the input may ask the client to compute (PBKDF2 per input).
+// Whether every iteration count the input asks the client to compute (PBKDF2, per input) is small:
+// at most 4096, leading zeros allowed.
 bool cheap_iterations(std::string_view server_first) {
   for (std::size_t at = server_first.find("i="); at != std::string_view::npos;
        at = server_first.find("i=", at + 1)) {
-    std::size_t digits = 0;
-    while (at + 2 + digits < server_first.size() && server_first[at + 2 + digits] >= '0' &&
-           server_first[at + 2 + digits] <= '9')
-      ++digits;
-    if (digits > 0 && std::stoull(std::string(
-                          server_first.substr(at + 2, std::min<std::size_t>(digits, 12)))) > 4096)
+    std::size_t p = at + 2;
+    while (p < server_first.size() && server_first[p] == '0') ++p;
+    std::size_t end = p;
+    while (end < server_first.size() && server_first[end] >= '0' && server_first[end] <= '9') ++end;
+    if (end - p > 4 || (end > p && std::stoul(std::string(server_first.substr(p, end - p))) > 4096))
       return false;
   }
   return true;
