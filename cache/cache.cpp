@@ -305,7 +305,8 @@ void Cache::start(const std::vector<asio::any_io_executor>& loops) {
 
 bool Cache::catalog_wanted(const std::string& db, Steady::time_point now,
                            std::chrono::milliseconds refresh) {
-  if (!configured() || !cfg_.enabled) return false;
+  // Also with cache.enabled: false: the writes it relays still bump versions, keyed by it.
+  if (!configured()) return false;
   std::lock_guard lock(mu_);
   auto& e = catalogs_[db];
   const bool wanted = !e.catalog || e.stale || now - e.loaded >= refresh;
@@ -839,7 +840,7 @@ void Cache::note_writes(const std::string& db, const CacheFacts& facts, const st
   for (const auto& name : facts.writes) {
     const Relation* rel =
         (name.schema.empty() && !path_text) ? nullptr : catalog->relations.resolve(name, path);
-    if (!rel || rel->user_triggers) {  // unknown, or a trigger may write anywhere
+    if (!rel) {  // unknown
       w.unknown = true;
       return;
     }
@@ -848,6 +849,15 @@ void Cache::note_writes(const std::string& db, const CacheFacts& facts, const st
     std::vector<std::uint32_t> more;
     for (auto oid : changed) catalog->relations.cascades(oid, more);
     changed.insert(changed.end(), more.begin(), more.end());
+    // A trigger on any of them (the view's base table, the partition a row lands in, a table a
+    // cascade reaches) may write anywhere.
+    if (std::any_of(changed.begin(), changed.end(), [&](std::uint32_t oid) {
+          const auto* r = catalog->relations.find(oid);
+          return r && r->user_triggers;
+        })) {
+      w.unknown = true;
+      return;
+    }
     for (auto oid : changed) {
       if (std::find(w.oids.begin(), w.oids.end(), oid) == w.oids.end()) w.oids.push_back(oid);
     }

@@ -288,3 +288,52 @@ TEST_CASE("a catalog fetched from before a DDL does not end the staleness the DD
   cache.set_catalog("db", catalog);
   CHECK(cache.catalog("db") == catalog);
 }
+
+TEST_CASE("a trigger on any relation a write reaches flushes the database") {
+  sluice::config::Cache cfg;
+  cfg.redis = "redis://127.0.0.1:1";
+  Cache cache(cfg);
+  auto catalog = std::make_shared<DbCatalog>();
+  catalog->functions = std::make_shared<sluice::routing::FunctionCatalog>();
+  catalog->ns = "1/db";
+  auto& r = catalog->relations;
+  auto add = [&](std::uint32_t oid, const char* name, char kind, bool triggers) {
+    Relation rel{oid, "public", name, kind};
+    rel.user_triggers = triggers;
+    r.add(rel);
+  };
+  add(1, "base", 'r', true);  // a view's base table with a trigger
+  add(2, "v", 'v', false);
+  r.add_dependency(2, 1);
+  add(3, "parent", 'p', false);  // a partition with a trigger of its own
+  add(4, "part", 'r', true);
+  r.add_dependency(3, 4);
+  add(5, "referenced", 'r', false);  // a cascade reaching a table with a trigger
+  add(6, "referencing", 'r', true);
+  r.add_foreign_key(5, 6);
+  add(7, "plain", 'r', false);
+  add(8, "plain_child", 'r', false);
+  r.add_foreign_key(7, 8);
+  cache.set_catalog("db", catalog);
+  const std::optional<std::string> path;
+  for (const char* sql : {"UPDATE v SET a = 1", "INSERT INTO parent VALUES (1)",
+                          "DELETE FROM referenced", "UPDATE base SET a = 1"}) {
+    INFO(sql);
+    Writes w;
+    cache.note_writes("db", *cache.facts(sql), "app", path, w);
+    CHECK(w.unknown);
+  }
+  Writes w;  // control: no trigger on the way, the relations themselves
+  cache.note_writes("db", *cache.facts("DELETE FROM plain"), "app", path, w);
+  CHECK_FALSE(w.unknown);
+  std::sort(w.oids.begin(), w.oids.end());
+  CHECK(w.oids == std::vector<std::uint32_t>{7, 8});
+}
+
+TEST_CASE("a disabled cache still loads catalogs: its writes bump the versions") {
+  sluice::config::Cache cfg;
+  cfg.redis = "redis://127.0.0.1:1";
+  cfg.enabled = false;
+  Cache cache(cfg);
+  CHECK(cache.catalog_wanted("db", std::chrono::steady_clock::now(), std::chrono::seconds(60)));
+}
