@@ -63,15 +63,15 @@ bool ServerState::has(const PreparedStatement& s) {
   return true;
 }
 
-std::vector<std::string> ServerState::add(StatementPtr s) {
-  std::vector<std::string> close;
+std::vector<StatementPtr> ServerState::add(StatementPtr s) {
+  std::vector<StatementPtr> close;
   if (auto it = index_.find(s->server_name); it != index_.end()) {  // a hash collision
-    close.push_back(s->server_name);
+    close.push_back(*it->second);
     lru_.erase(it->second);
     index_.erase(it);
   }
   while (lru_.size() >= max_statements_) {
-    close.push_back(lru_.back()->server_name);
+    close.push_back(lru_.back());
     index_.erase(lru_.back()->server_name);
     lru_.pop_back();
   }
@@ -86,6 +86,12 @@ void ServerState::forget(std::string_view server_name) {
     index_.erase(it);
     lru_.erase(pos);
   }
+}
+
+void ServerState::restore(StatementPtr s) {
+  if (index_.contains(s->server_name)) return;
+  lru_.push_back(std::move(s));  // least recently used: the next to go
+  index_.emplace(lru_.back()->server_name, std::prev(lru_.end()));
 }
 
 void ServerState::clear_statements() {
@@ -180,12 +186,17 @@ void PooledSession::inject_query(std::string sql, pg::Buffer& out) {
 // Prepares `s` on this server under its server name unless it is there already.
 void PooledSession::ensure_prepared(const StatementPtr& s, ServerState& server, pg::Buffer& out) {
   if (server.has(*s)) return;
-  for (const auto& name : server.add(s)) {
-    pg::encode_close(out, {'S', name});
-    push({Expect::kReply, true});
-  }
+  for (auto& evicted : server.add(s)) close_on_server(std::move(evicted), out);
   pg::encode_parse(out, s->server_name, s->query, s->param_types);
   push({Expect::kReply, true, s});
+}
+
+// Closes the server's copy of `s` (sluice's own request: its reply goes nowhere).
+void PooledSession::close_on_server(StatementPtr s, pg::Buffer& out) {
+  pg::encode_close(out, {'S', s->server_name});
+  Expect e{Expect::kReply, true};
+  e.evicted = std::move(s);
+  push(std::move(e));
 }
 
 // Gives the server this client's SQL-level prepared statement `name` (same text).
@@ -296,6 +307,12 @@ PooledSession::ClientOutcome PooledSession::on_query(std::string_view sql, Serve
 PooledSession::ClientOutcome PooledSession::on_client(const pg::Frame& f, ServerState& server,
                                                       pg::Buffer& out) {
   ClientOutcome r;
+  if (skipping_ && f.type != 'S') {
+    // The server discards everything up to the client's Sync after an error in an
+    // extended-query pipeline: no reply will come, and nothing of it takes effect.
+    append(out, whole(f));
+    return r;
+  }
   switch (f.type) {
     case 'Q': {
       auto sql = pg::decode_query(f.body);
@@ -340,13 +357,9 @@ PooledSession::ClientOutcome PooledSession::on_client(const pg::Frame& f, Server
       if (server.has(*s)) {
         // Prepared already (by another client): parse it again so the client gets its own
         // ParseComplete, in order, and any error the server now finds in it.
-        pg::encode_close(out, {'S', s->server_name});
-        push({Expect::kReply, true});
+        close_on_server(s, out);
       } else {
-        for (const auto& evicted : server.add(s)) {
-          pg::encode_close(out, {'S', evicted});
-          push({Expect::kReply, true});
-        }
+        for (auto& evicted : server.add(s)) close_on_server(std::move(evicted), out);
       }
       pg::encode_parse(out, s->server_name, s->query, s->param_types);
       push({Expect::kReply, false, s, name});
@@ -389,15 +402,24 @@ PooledSession::ClientOutcome PooledSession::on_client(const pg::Frame& f, Server
       unsynced_ = true;
       if (t->kind == 'S' && !t->name.empty()) {
         // Other clients may share the server's copy; it stays until evicted.
-        statements_.erase(std::string(t->name));
+        std::string name(t->name);
+        StatementPtr closed;
+        if (auto it = statements_.find(name); it != statements_.end()) {
+          closed = std::move(it->second);
+          statements_.erase(it);
+        }
         pg::encode_close(out, {'S', kNoSuchStatement});
+        Expect e{Expect::kReply, false, nullptr, std::move(name)};
+        e.closed = std::move(closed);  // back if the server skips this Close
+        push(std::move(e));
       } else {
         append(out, whole(f));
+        push({Expect::kReply});
       }
-      push({Expect::kReply});
       return r;
     }
     case 'S':
+      skipping_ = false;
       unsynced_ = false;
       append(out, whole(f));
       push({Expect::kSync});
@@ -413,12 +435,17 @@ PooledSession::ClientOutcome PooledSession::on_client(const pg::Frame& f, Server
 }
 
 void PooledSession::on_client_passed(char type) {
-  if (type == 'E' || type == 'H') unsynced_ = true;
+  // A Flush alone asks nothing of the server: a pipeline that starts with one may still move
+  // (e.g. off a replica, for the write that follows).
+  if (type == 'E') unsynced_ = true;
 }
 
 // ---- PooledSession: server → client --------------------------------------------------------
 
+// Undoes what sluice recorded for a request the server skipped (an error came before it).
 void PooledSession::drop_reply(const Expect& e, ServerState& server) {
+  if (e.closed) statements_.try_emplace(e.client_name, e.closed);  // the Close did not happen
+  if (e.evicted) server.restore(e.evicted);
   if (!e.prepared) return;
   server.forget(e.prepared->server_name);
   if (e.client_name.empty()) return;
@@ -443,11 +470,18 @@ PooledSession::Verdict PooledSession::on_server(const pg::Frame& f, ServerState&
         return Verdict::kDrop;
       }
       // The server skips to the next Sync: the replies before it will not come.
-      while (!expect_empty() && front().kind == Expect::kReply) {
-        drop_reply(front(), server);
-        pop_front();
+      const bool extended = !expect_empty() && front().kind == Expect::kReply;
+      std::size_t skipped = head_;
+      while (skipped < expect_.size() && expect_[skipped].kind == Expect::kReply) ++skipped;
+      // Newest first: a Parse skipped after its Close leaves the Close's statement in place.
+      for (std::size_t i = skipped; i > head_; --i) drop_reply(expect_[i - 1], server);
+      for (std::size_t n = skipped - head_; n > 0; --n) pop_front();
+      if (!expect_empty()) {
+        front().failed = true;
+      } else if (extended || unsynced_) {
+        // The client's Sync has not come yet: what it sends until then is discarded too.
+        skipping_ = true;
       }
-      if (!expect_empty()) front().failed = true;
       return Verdict::kForward;
     }
     case 'Z': {

@@ -57,8 +57,10 @@ class ServerState {
   bool has(const PreparedStatement& s);
   // Records that `s` is being prepared here. Returns server names to Close first: the least
   // recently used beyond the bound, and a different statement under the same name.
-  std::vector<std::string> add(StatementPtr s);
+  std::vector<StatementPtr> add(StatementPtr s);
   void forget(std::string_view server_name);
+  // A Close of `s` sent to this server was skipped (an error before it): the server keeps it.
+  void restore(StatementPtr s);
   std::size_t statement_count() const { return lru_.size(); }
   void set_max_statements(std::size_t n) { max_statements_ = std::max<std::size_t>(n, 1); }
   // DEALLOCATE ALL ran: no prepared statement of either kind is left.
@@ -167,6 +169,8 @@ class PooledSession {
     StatementPtr prepared;    // a Parse: the server has it only if this succeeds
     std::string client_name;  // a client's named Parse: it exists only if this succeeds
     std::string sql_name;     // an injected PREPARE: the server has it only if this succeeds
+    StatementPtr closed;      // a client's Close of `client_name`: it stays if the server skips it
+    StatementPtr evicted;     // sluice's Close of a server copy: it stays if the server skips it
   };
   void push(Expect e);
   // The queue of expected replies: a vector and a head index (a deque allocates ~600 bytes up
@@ -187,6 +191,7 @@ class PooledSession {
                                bool simple_query);
   void ensure_sql_prepared(const std::string& name, ServerState& server, pg::Buffer& out);
   void drop_reply(const Expect& e, ServerState& server);
+  void close_on_server(StatementPtr s, pg::Buffer& out);
 
   AnalysisCache& analyses_;
   Settings startup_;
@@ -199,6 +204,9 @@ class PooledSession {
   std::vector<Expect> expect_;
   std::size_t head_ = 0;
   bool unsynced_ = false;
+  // An extended-query message failed and the client's Sync is still to come: the server
+  // discards everything until then.
+  bool skipping_ = false;
   char tx_status_ = 'I';
   int pending_ = 0;
 };

@@ -1003,6 +1003,10 @@ ClientSession::RouteNeed ClientSession::route_need() {
   bool any = false;
   bool replica = true;
   bool parse_seen = false;
+  // Extended-query messages since the last Sync: they run in one implicit transaction that
+  // cannot move to another server later, so the route waits for the whole of it.
+  bool open = false, flushed = false;
+  std::size_t missing = pg::kHeaderSize;  // of the next message, when it is incomplete
   while (data.size() - pos >= pg::kHeaderSize) {
     const char type = static_cast<char>(data[pos]);
     bytes::Reader header(data.subspan(pos + 1, 4));
@@ -1019,8 +1023,12 @@ ClientSession::RouteNeed ClientSession::route_need() {
         n.need = size - (data.size() - pos);
         return n;
       }
+      missing = pos + size > kRouteMaxMessage ? 0 : size - (data.size() - pos);
       break;
     }
+    if (type == 'S') open = flushed = false;
+    if (type == 'P' || type == 'B' || type == 'D' || type == 'C' || type == 'E') open = true;
+    if (type == 'H') flushed = open;
     pg::Frame f{type, data.subspan(pos + pg::kHeaderSize, len - 4), size};
     Verdict v;
     if (type == 'Q') {
@@ -1058,7 +1066,16 @@ ClientSession::RouteNeed ClientSession::route_need() {
     any = true;
     pos += size;
   }
-  n.replica = any && replica;
+  if (open && !flushed && missing > 0 && data.size() < kRouteMaxMessage) {
+    // No Sync or Flush yet: the client still sends (it waits for nothing before either).
+    n.kind = RouteNeed::kNeedMore;
+    n.need = data.size() - pos >= pg::kHeaderSize ? missing : pg::kHeaderSize - (data.size() - pos);
+    n.write = n.replica = false;
+    return n;
+  }
+  // A segment left open (the client waits at a Flush): what it sends next joins that implicit
+  // transaction, writes included, so it starts on the primary.
+  n.replica = any && replica && !open;
   n.judged = pos;
   return n;
 }
@@ -1375,8 +1392,11 @@ awaitable<void> ClientSession::bump_writes() {
   // versions only once they have replayed this far. Unknown (the server is busy with pipelined
   // requests, or session pooling): no replica fills those relations' entries.
   routing::Lsn lsn = ~routing::Lsn{0};
-  const bool quiet = ps_ && ps_->pending() == 0 && server_->reader().pending().empty() &&
-                     !server_writing_ && (sequential_ || reader_.pending().empty());
+  // Quiet: nothing of the client's is on the server connection or on its way (a pipelined
+  // request already forwarded, even in part, would take this query's reply as its own).
+  const bool quiet = ps_ && ps_->idle() && !to_server_.mid_message() &&
+                     server_->reader().pending().empty() && !server_writing_ &&
+                     (sequential_ || reader_.pending().empty());
   if (node_ < 0 && quiet) {
     auto& c = cached();
     if (!sequential_) {

@@ -428,6 +428,10 @@ TEST_CASE("a transaction keeps the server; unsynced extended messages keep it to
   send(s, server, empty('S'));
   reply(s, server, rfq('I'));
   CHECK(s.idle());
+  s.on_client_passed('H');  // a Flush alone leaves nothing on the server
+  CHECK(s.idle());
+  s.on_client_passed('E');
+  CHECK(!s.idle());
 }
 
 TEST_CASE("SQL DEALLOCATE of a protocol-level statement succeeds, as in Postgres") {
@@ -440,4 +444,67 @@ TEST_CASE("SQL DEALLOCATE of a protocol-level statement succeeds, as in Postgres
   CHECK(std::string_view(reinterpret_cast<const char*>(sent[0].body.data())) ==
         "PREPARE \"proto\" AS SELECT NULL");
   CHECK(s.statement_count() == 0);
+}
+
+TEST_CASE("messages that arrive after an extended-query error are skipped like the server does") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, parse("", "SELECT 1/0"));
+  CHECK(reply(s, server, error()) == Verdict::kForward);  // before the rest arrived
+  // The server discards these until Sync: no reply is expected and none of them take effect.
+  send(s, server, parse("late", "SELECT 1"));
+  send(s, server, bind("late"));
+  CHECK(s.statement_count() == 0);
+  CHECK(server.statement_count() == 0);
+  send(s, server, empty('S'));
+  CHECK(reply(s, server, rfq('I')) == Verdict::kForward);  // not a desync
+  CHECK(s.idle());
+  // After the Sync, messages count again.
+  send(s, server, parse("late", "SELECT 1"));
+  CHECK(reply(s, server, empty('1')) == Verdict::kForward);
+  CHECK(s.statement_count() == 1);
+}
+
+TEST_CASE("a Close the server skipped leaves the statement in place") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, parse("keep", "SELECT 1"));
+  send(s, server, empty('S'));
+  CHECK(reply(s, server, empty('1')) == Verdict::kForward);
+  CHECK(reply(s, server, rfq('I')) == Verdict::kForward);
+  send(s, server, bind(""));  // fails
+  pg::Buffer close;
+  pg::encode_close(close, {'S', "keep"});
+  send(s, server, close);
+  send(s, server, parse("keep", "SELECT 2"));  // skipped too: no redefinition error
+  send(s, server, empty('S'));
+  CHECK(reply(s, server, error()) == Verdict::kForward);
+  CHECK(reply(s, server, rfq('I')) == Verdict::kForward);
+  REQUIRE(s.statement("keep"));
+  CHECK(s.statement("keep")->query == "SELECT 1");
+  CHECK(server.statement_count() == 1);
+}
+
+TEST_CASE("a re-parse of a shared statement that the server skipped keeps the server's copy") {
+  AnalysisCache cache;
+  PooledSession a(cache, {}, {});
+  PooledSession b(cache, {}, {});
+  ServerState server;
+  send(a, server, parse("x", "SELECT 1"));
+  send(a, server, empty('S'));
+  CHECK(reply(a, server, empty('1')) == Verdict::kForward);
+  CHECK(reply(a, server, rfq('I')) == Verdict::kForward);
+  // Another client prepares the same text: sluice closes and parses the server's copy again,
+  // but an error before them makes the server skip both.
+  send(b, server, bind(""));
+  auto sent = send(b, server, parse("y", "SELECT 1"));
+  CHECK(sent.size() == 2);  // Close + Parse
+  send(b, server, empty('S'));
+  CHECK(reply(b, server, error()) == Verdict::kForward);
+  CHECK(reply(b, server, rfq('I')) == Verdict::kForward);
+  CHECK(server.statement_count() == 1);  // still there: the next Bind needs no Parse
+  sent = send(a, server, bind("x"));
+  CHECK(sent.size() == 1);
 }
