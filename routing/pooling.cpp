@@ -185,10 +185,27 @@ void PooledSession::inject_query(std::string sql, pg::Buffer& out) {
 
 // Prepares `s` on this server under its server name unless it is there already.
 void PooledSession::ensure_prepared(const StatementPtr& s, ServerState& server, pg::Buffer& out) {
-  if (server.has(*s)) return;
-  for (auto& evicted : server.add(s)) close_on_server(std::move(evicted), out);
+  if (server.has(*s)) {
+    if (!parse_unsettled(*s)) return;
+    // Its Parse is still unanswered in an earlier pipeline segment: an error before it may
+    // make the server skip it, and that segment's Sync ends the skipping before this message.
+    // Parse it again here (a Close first, in case the first one did happen).
+    close_on_server(s, out);
+  } else {
+    for (auto& evicted : server.add(s)) close_on_server(std::move(evicted), out);
+  }
   pg::encode_parse(out, s->server_name, s->query, s->param_types);
   push({Expect::kReply, true, s});
+}
+
+bool PooledSession::parse_unsettled(const PreparedStatement& s) const {
+  bool synced_after = false;  // walking back from the newest request
+  for (std::size_t i = expect_.size(); i > head_; --i) {
+    const auto& e = expect_[i - 1];
+    if (e.kind == Expect::kSync) synced_after = true;
+    if (e.prepared && e.prepared->server_name == s.server_name) return synced_after;
+  }
+  return false;
 }
 
 // Closes the server's copy of `s` (sluice's own request: its reply goes nowhere).
@@ -461,6 +478,7 @@ PooledSession::Verdict PooledSession::on_server(const pg::Frame& f, ServerState&
     case '3': {
       if (expect_empty() || front().kind != Expect::kReply) return Verdict::kDesync;
       bool injected = front().injected;
+      if (f.type == '1' && front().prepared) server.restore(front().prepared);  // it is there
       pop_front();
       return injected ? Verdict::kDrop : Verdict::kForward;
     }

@@ -192,6 +192,8 @@ class PooledSession {
   void ensure_sql_prepared(const std::string& name, ServerState& server, pg::Buffer& out);
   void drop_reply(const Expect& e, ServerState& server);
   void close_on_server(StatementPtr s, pg::Buffer& out);
+  // A Parse of `s` waits for its reply behind a Sync sent since: the server may still skip it.
+  bool parse_unsettled(const PreparedStatement& s) const;
 
   AnalysisCache& analyses_;
   Settings startup_;

@@ -508,3 +508,26 @@ TEST_CASE("a re-parse of a shared statement that the server skipped keeps the se
   sent = send(a, server, bind("x"));
   CHECK(sent.size() == 1);
 }
+
+TEST_CASE("a statement whose Parse may be skipped is parsed again after the Sync that follows") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, parse("q", "SELECT 1"));  // stands for any message that fails first
+  send(s, server, bind("q"));
+  send(s, server, empty('S'));
+  auto sent = send(s, server, bind("q"));  // a later segment: the first Parse is unsettled
+  REQUIRE(sent.size() == 3);               // Close, Parse, Bind
+  CHECK(sent[0].type == 'C');
+  CHECK(sent[1].type == 'P');
+  send(s, server, empty('S'));
+  CHECK(reply(s, server, error()) == Verdict::kForward);  // the first segment failed
+  CHECK(reply(s, server, rfq('I')) == Verdict::kForward);
+  CHECK(reply(s, server, empty('3')) == Verdict::kDrop);  // sluice's own Close and Parse
+  CHECK(reply(s, server, empty('1')) == Verdict::kDrop);
+  CHECK(server.statement_count() == 1);  // the reply confirmed it
+  CHECK(reply(s, server, empty('2')) == Verdict::kForward);
+  CHECK(reply(s, server, rfq('I')) == Verdict::kForward);
+  sent = send(s, server, bind("q"));  // settled now: no Parse
+  CHECK(sent.size() == 1);
+}
