@@ -104,7 +104,8 @@ class Sluice:
 
     def _wait_listening(self, timeout=30):
         """True once the log says sluice listens on self.port; False if it exited first."""
-        mark = f"listening on 127.0.0.1:{self.port} (postgres)"
+        host = self.config.get("listen", {}).get("postgres", "127.0.0.1:0").rsplit(":", 1)[0]
+        mark = f"listening on {host.strip('[]')}:{self.port} (postgres)"
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
