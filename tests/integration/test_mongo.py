@@ -364,38 +364,21 @@ class Routing(unittest.TestCase):
             self.assertTrue(s.alive())
 
 
-class SlowLink:
-    """A TCP relay to a real server that delays every server-to-client chunk: a slow network, so
-    requests hold their pooled connection long enough to make others wait. `sent` records what
-    reached the server."""
+class Relay:
+    """A TCP relay to a real server on its own asyncio thread; subclasses say what each
+    direction does with the bytes (`pipe`)."""
 
-    def __init__(self, target_port, delay):
+    def __init__(self, target_port):
         import asyncio
         import threading
         self.port = free_port()
-        self.delay = delay
-        self.sent = bytearray()
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
-        async def pipe(reader, writer, slow):
-            try:
-                while data := await reader.read(65536):
-                    if slow:
-                        await asyncio.sleep(self.delay)
-                    else:
-                        self.sent += data
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, asyncio.CancelledError):
-                pass
-            finally:
-                writer.close()
-
         async def handle(client_r, client_w):
             server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
-            await asyncio.gather(pipe(client_r, server_w, False), pipe(server_r, client_w, True),
-                                 return_exceptions=True)
+            await asyncio.gather(self.pipe(client_r, server_w, False),
+                                 self.pipe(server_r, client_w, True), return_exceptions=True)
 
         async def serve():
             self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
@@ -405,6 +388,9 @@ class SlowLink:
                                                        self.loop.run_forever()), daemon=True)
         self.thread.start()
         ready.wait(10)
+
+    async def pipe(self, reader, writer, from_server):
+        raise NotImplementedError
 
     def close(self):
         import asyncio
@@ -421,7 +407,32 @@ class SlowLink:
         self.thread.join(10)
 
 
-class LastWriteRelay:
+class SlowLink(Relay):
+    """A relay that delays every server-to-client chunk: a slow network, so requests hold their
+    pooled connection long enough to make others wait. `sent` records what reached the server."""
+
+    def __init__(self, target_port, delay):
+        self.delay = delay
+        self.sent = bytearray()
+        super().__init__(target_port)
+
+    async def pipe(self, reader, writer, slow):
+        import asyncio
+        try:
+            while data := await reader.read(65536):
+                if slow:
+                    await asyncio.sleep(self.delay)
+                else:
+                    self.sent += data
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+class LastWriteRelay(Relay):
     """A relay to a real jongodb server that adds `lastWrite.lastWriteDate` to its hello replies,
     `lag` seconds behind the wall clock. jongodb has no replication and its hello carries no
     lastWrite (a standalone mongod's does not either), and Debian has no mongod: without this a
@@ -431,42 +442,22 @@ class LastWriteRelay:
     Every other message passes through unchanged."""
 
     def __init__(self, target_port, lag=0.0):
-        import asyncio
-        import threading
-        self.port = free_port()
         self.lag = lag
         self.hellos = 0
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
+        super().__init__(target_port)
 
-        async def read_message(reader):
-            header = await reader.readexactly(16)
-            return header + await reader.readexactly(struct.unpack("<i", header[:4])[0] - 16)
-
-        async def pipe(reader, writer, annotate):
-            try:
-                while True:
-                    msg = await read_message(reader)
-                    writer.write(self._annotate(msg) if annotate else msg)
-                    await writer.drain()
-            except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-                pass
-            finally:
-                writer.close()
-
-        async def handle(client_r, client_w):
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
-            await asyncio.gather(pipe(client_r, server_w, False), pipe(server_r, client_w, True),
-                                 return_exceptions=True)
-
-        async def serve():
-            self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
-            ready.set()
-
-        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(serve()),
-                                                       self.loop.run_forever()), daemon=True)
-        self.thread.start()
-        ready.wait(10)
+    async def pipe(self, reader, writer, annotate):
+        import asyncio
+        try:
+            while True:
+                header = await reader.readexactly(16)
+                msg = header + await reader.readexactly(struct.unpack("<i", header[:4])[0] - 16)
+                writer.write(self._annotate(msg) if annotate else msg)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
 
     def _annotate(self, msg):
         """An OP_MSG hello reply (one kind-0 section, no checksum) with lastWrite appended."""
@@ -485,20 +476,6 @@ class LastWriteRelay:
         self.hellos += 1
         body = msg[16:21] + doc
         return struct.pack("<iiii", 16 + len(body), request_id, response_to, op_code) + body
-
-    def close(self):
-        import asyncio
-
-        async def shutdown():
-            self.server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 class Staleness(unittest.TestCase):
