@@ -392,6 +392,12 @@ PooledSession::ClientOutcome PooledSession::on_client(const pg::Frame& f, Server
         append(out, whole(f));  // unnamed, or unknown: the server reports 26000 itself
       } else {
         auto s = it->second;  // ensure_prepared may not invalidate it
+        if (may_affect_session(s->query)) {
+          // A prepared SET runs at each Bind, maybe long after its Parse (whose settings were
+          // read back at a release since): what it changes is read back after this run too.
+          auto pin = note_text(*analyses_.get(s->query), server, out, false);
+          if (pin && !options_.pin_is_error) r.pin = pin;
+        }
         ensure_prepared(s, server, out);
         pg::encode_bind_renamed(out, *b, s->server_name);
       }

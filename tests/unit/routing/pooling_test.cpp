@@ -531,3 +531,17 @@ TEST_CASE("a statement whose Parse may be skipped is parsed again after the Sync
   sent = send(s, server, bind("q"));  // settled now: no Parse
   CHECK(sent.size() == 1);
 }
+
+TEST_CASE("a prepared SET marks its setting at every Bind, not only at its Parse") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, parse("set", "SET search_path TO a, public"));
+  send(s, server, empty('S'));
+  reply(s, server, empty('1'));
+  reply(s, server, rfq('I'));
+  s.apply_capture({}, server);  // the release read the settings back: nothing touched now
+  CHECK(s.touched().empty());
+  send(s, server, bind("set"));  // the SET runs now
+  CHECK(s.touched().contains("search_path"));
+}
