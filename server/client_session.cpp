@@ -130,6 +130,10 @@ class ClientSession {
   awaitable<std::string> wait_detached();
   awaitable<std::string> wait_for_client();
   awaitable<bool> checkout();
+  // A read refused for want of a replica (all_replicas_banned: error), in pooled mode: the
+  // error answers that request alone and the session goes on.
+  awaitable<bool> refuse_request(const PgError& e);
+  std::optional<PgError> refused_;
   awaitable<void> release();
   awaitable<std::string> client_to_server();
   awaitable<std::string> server_to_client();
@@ -843,12 +847,17 @@ awaitable<bool> ClientSession::checkout() {
     const int node = attempt <= (replicas_ ? replicas_->size() : 0) ? choose_node()
                                                                     : routing::ReplicaSet::kPrimary;
     if (node == kRefused) {
-      queue_error({"57P03",
-                   "no replica of database \"" + db_name_ + "\" can serve reads now",
-                   {},
-                   "every replica is banned (SHOW REPLICAS on the admin console says why); "
-                   "routing.primary_reads / routing.all_replicas_banned decide whether the "
-                   "primary takes reads then"});
+      PgError e{"57P03",
+                "no replica of database \"" + db_name_ + "\" can serve reads now",
+                {},
+                "every replica is banned (SHOW REPLICAS on the admin console says why); "
+                "routing.primary_reads / routing.all_replicas_banned decide whether the "
+                "primary takes reads then"};
+      if (ps_) {
+        refused_ = std::move(e);  // relay() answers the request and goes on
+        co_return false;
+      }
+      queue_error(e);
       co_await flush();
       co_return false;
     }
@@ -1710,7 +1719,13 @@ awaitable<std::string> ClientSession::relay() {
         if (routed == kAnswered) continue;
         if (!routed.empty()) co_return routed;
       }
-      if (!co_await checkout()) co_return "no server connection";
+      if (!co_await checkout()) {
+        if (!refused_) co_return "no server connection";
+        auto refused = std::move(*refused_);
+        refused_.reset();
+        if (!co_await refuse_request(refused)) co_return "client write failed";
+        continue;
+      }
     }
     std::string reason(kConcurrent);
     if (ps_ && !watchdog_on_ && !pinned_) {
@@ -1731,6 +1746,28 @@ awaitable<std::string> ClientSession::relay() {
     if (reason != kReleased) co_return reason;
     co_await release();
   }
+}
+
+// Drops the client's first request (a Query, or extended messages through their Sync; routing
+// judged it whole) and answers it with `e` and ReadyForQuery.
+awaitable<bool> ClientSession::refuse_request(const PgError& e) {
+  auto data = reader_.pending();
+  std::size_t pos = 0;
+  while (data.size() - pos >= pg::kHeaderSize) {
+    const char type = static_cast<char>(data[pos]);
+    bytes::Reader header(data.subspan(pos + 1, 4));
+    const std::size_t size = 1 + static_cast<std::size_t>(header.u32());
+    if (size < pg::kHeaderSize || size > data.size() - pos) break;
+    pos += size;
+    if (type == 'Q' || type == 'S') break;
+  }
+  reader_.consume(pos);
+  route_ = RouteNeed{};
+  rt_->obs.count_error(e.sqlstate);
+  pg::Buffer out;
+  pg::encode_error_response(out, {"ERROR", e.sqlstate, e.message, e.detail, e.hint});
+  pg::encode_ready_for_query(out, 'I');
+  co_return co_await send(std::move(out));
 }
 
 // Between transactions: "" once the client sent something, else why the session ends.

@@ -7,6 +7,7 @@ waits until the replica streams and has caught up again, so a failure does not b
 Waits are on conditions (the first health check done, a read running on the replica, a ban seen),
 not fixed sleeps."""
 import os
+import struct
 import subprocess
 import threading
 import time
@@ -553,23 +554,29 @@ class AllReplicasBanned(unittest.TestCase):
             self.assertEqual(conn.execute("INSERT INTO rt_items VALUES (6001, 'w') ON CONFLICT "
                                           "(id) DO UPDATE SET v = 'w' RETURNING "
                                           "inet_server_port()").fetchone()[0], st["primary_port"])
-        # On the wire: psycopg does not show the SQLSTATE of an error the connection closes after.
+            # The refused read is an ERROR of that statement, not the end of the session.
+            with self.assertRaises(psycopg.errors.CannotConnectNow):
+                conn.execute("SELECT v FROM rt_items WHERE id = 1")
+            self.assertEqual(conn.execute("INSERT INTO rt_items VALUES (6001, 'w') ON CONFLICT "
+                                          "(id) DO UPDATE SET v = 'w2' RETURNING v").fetchone()[0],
+                             "w2")
+        # On the wire, in the extended protocol too: ErrorResponse, then ReadyForQuery.
         w = Wire(sluice.port)
         self.assertEqual(w.login("app", APP_PASSWORD, "appdb")[0], "ok")
-        w.send_msg(b"Q", b"SELECT v FROM rt_items WHERE id = 1\0")
+        sql = b"SELECT v FROM rt_items WHERE id = 1\0"
+        w.send(b"P" + struct.pack("!I", 4 + len(sql) + 3) + b"\0" + sql + b"\0\0" +
+               b"B" + struct.pack("!I", 12) + b"\0\0" + b"\0\0\0\0\0\0" +
+               b"E" + struct.pack("!I", 9) + b"\0\0\0\0\0" + b"S" + struct.pack("!I", 4))
         replies = []
-        try:
-            while not replies or replies[-1][0] != b"Z":
-                replies.append(w.read())
-        except (EOFError, ConnectionError):
-            replies.append((b"EOF", b""))
-        w.close()
+        while not replies or replies[-1][0] != b"Z":
+            replies.append(w.read())
         print(f"read: {[(t, Wire.fields(b) if t == b'E' else b) for t, b in replies]}")
-        self.assertNotIn(b"D", [t for t, _ in replies], "the read was answered")
-        errors_sent = [Wire.fields(b) for t, b in replies if t == b"E"]
-        self.assertEqual(len(errors_sent), 1, replies)
-        e = errors_sent[0]
-        self.assertEqual(e["C"], "57P03")
+        self.assertEqual([t for t, _ in replies], [b"E", b"Z"])
+        rows, err = w.query("UPDATE rt_items SET v = 'w3' WHERE id = 6001 RETURNING v")
+        self.assertEqual((rows, err), ([["w3"]], None))  # the session goes on
+        w.close()
+        e = Wire.fields(replies[0][1])
+        self.assertEqual((e["S"], e["C"]), ("ERROR", "57P03"))
         self.assertEqual(e["M"], 'no replica of database "appdb" can serve reads now')
         # What to do: where to look, and which settings let the primary take the reads.
         self.assertIn("SHOW REPLICAS", e.get("H", ""))
