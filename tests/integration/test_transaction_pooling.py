@@ -539,9 +539,10 @@ class ManyClients(unittest.TestCase):
             watcher = threading.Thread(target=watch)
             watcher.start()
             try:
-                # pgbench's -T includes opening the 2000 connections (SCRAM each): allow 10 s.
+                # pgbench's -T includes opening the 2000 connections (SCRAM each, about 15 s
+                # under ASan on 2 cores): at least 30 s in all, so every client gets to run.
                 r = subprocess.run(["pgbench", "-n", "-S", "-c", "2000", "-j", "2", "-T",
-                                    str(self.SECONDS + 10), "-h", "127.0.0.1", "-p",
+                                    str(max(self.SECONDS + 10, 30)), "-h", "127.0.0.1", "-p",
                                     str(sluice.port),
                                     "-U", "app", "appdb"], env=st_env, capture_output=True,
                                    text=True, timeout=self.SECONDS + 240)
