@@ -281,6 +281,24 @@ void RequestTracker::end_request(SteadyClock::time_point now, QueryEntryPtr entr
   open_entry_.reset();
 }
 
+void RequestTracker::on_answered(const pg::Frame& f) {
+  if (f.type == 'C') {
+    auto t = pg::decode_target(f.body);
+    if (t && t->kind == 'S') names_.erase(std::string(t->name));
+    return;
+  }
+  auto p = pg::decode_parse(f.body);
+  if (f.type != 'P' || !p || !insights_) return;
+  auto it = names_.find(std::string(p->name));
+  if (it == names_.end() && names_.size() >= kMaxNames) return;
+  auto entry = insights_->resolve(p->query, identity_);
+  if (it == names_.end()) {
+    names_.emplace(std::string(p->name), std::move(entry));
+  } else {
+    it->second = std::move(entry);
+  }
+}
+
 void RequestTracker::on_client(const pg::Frame& f, SteadyClock::time_point now) {
   switch (f.type) {
     case 'Q': {
@@ -288,20 +306,10 @@ void RequestTracker::on_client(const pg::Frame& f, SteadyClock::time_point now) 
       end_request(now, sql && insights_ ? insights_->resolve(*sql, identity_) : nullptr);
       break;
     }
-    case 'P': {
+    case 'P':
       begin(now);
-      auto p = pg::decode_parse(f.body);
-      if (!p || !insights_) break;
-      auto it = names_.find(std::string(p->name));
-      if (it == names_.end() && names_.size() >= kMaxNames) break;
-      auto entry = insights_->resolve(p->query, identity_);
-      if (it == names_.end()) {
-        names_.emplace(std::string(p->name), std::move(entry));
-      } else {
-        it->second = std::move(entry);
-      }
+      on_answered(f);
       break;
-    }
     case 'B': {
       begin(now);
       auto b = pg::decode_bind(f.body);
@@ -310,12 +318,10 @@ void RequestTracker::on_client(const pg::Frame& f, SteadyClock::time_point now) 
         open_entry_ = it->second;
       break;
     }
-    case 'C': {
+    case 'C':
       begin(now);
-      auto t = pg::decode_target(f.body);
-      if (t && t->kind == 'S') names_.erase(std::string(t->name));
+      on_answered(f);
       break;
-    }
     case 'S':
       end_request(now, std::move(open_entry_));
       break;

@@ -135,6 +135,8 @@ class RequestTracker {
   // The identity texts are sampled under (sample_identity); empty: none kept.
   void set_identity(std::string identity) { identity_ = std::move(identity); }
   void on_client(const pg::Frame& f, SteadyClock::time_point now);
+  // A Parse or Close sluice answered itself: the names it defines, no request to time.
+  void on_answered(const pg::Frame& f);
   std::optional<Completed> on_server(const pg::Frame& f, SteadyClock::time_point now);
   bool busy() const { return head_ < queue_.size(); }
   void trim() {

@@ -150,25 +150,38 @@ std::vector<ParamQuery> settings_capture(const std::set<std::string>& names) {
   return out;
 }
 
-bool may_affect_session(std::string_view sql) {
-  // Anywhere in the text: functions and clauses that change or pin the session.
-  for (auto w : {"set_config", "advisory", "temp", "execute"}) {
-    if (contains(sql, w)) return true;
-  }
-  // At the start of any statement (every ';' is taken as a possible start; strings too).
-  constexpr std::array<std::string_view, 8> leading = {"set",     "reset",  "prepare", "deallocate",
-                                                       "discard", "listen", "declare", "load"};
+namespace {
+// True when some statement of `sql` may start with one of `words` (every ';' is taken as a
+// possible start, strings too; a comment at a start counts as a match: not worth skipping).
+template <std::size_t N>
+bool may_start_with(std::string_view sql, const std::array<std::string_view, N>& words) {
   std::size_t at = 0;
   for (;;) {
     while (at < sql.size() && std::isspace(static_cast<unsigned char>(sql[at]))) ++at;
-    if (word_at(sql, at, "/*") || word_at(sql, at, "--")) return true;  // not worth skipping
-    for (auto w : leading) {
+    if (word_at(sql, at, "/*") || word_at(sql, at, "--")) return true;
+    for (auto w : words) {
       if (word_at(sql, at, w)) return true;
     }
     at = sql.find(';', at);
     if (at == std::string_view::npos) return false;
     ++at;
   }
+}
+}  // namespace
+
+bool may_affect_session(std::string_view sql) {
+  // Anywhere in the text: functions and clauses that change or pin the session.
+  for (auto w : {"set_config", "advisory", "temp", "execute"}) {
+    if (contains(sql, w)) return true;
+  }
+  constexpr std::array<std::string_view, 8> leading = {"set",     "reset",  "prepare", "deallocate",
+                                                       "discard", "listen", "declare", "load"};
+  return may_start_with(sql, leading);
+}
+
+bool may_break_statements(std::string_view sql) {
+  constexpr std::array<std::string_view, 2> leading = {"drop", "alter"};
+  return may_start_with(sql, leading);
 }
 
 // ---- PooledSession: client → server --------------------------------------------------------
@@ -303,6 +316,7 @@ std::optional<Pin> PooledSession::note_text(const Analysis& a, ServerState& serv
 PooledSession::ClientOutcome PooledSession::on_query(std::string_view sql, ServerState& server,
                                                      pg::Buffer& out) {
   ClientOutcome r;
+  if (options_.known && may_break_statements(sql)) options_.known->clear();
   if (may_affect_session(sql)) {
     auto analysis = analyses_.get(sql);
     r.pin = note_text(*analysis, server, out, true);
@@ -339,7 +353,11 @@ PooledSession::ClientOutcome PooledSession::on_client(const pg::Frame& f, Server
     case 'P': {
       auto p = pg::decode_parse(f.body);
       if (!p) return {true, {}};
+      // First in its request, outside a transaction: its success says it parses for any client
+      // of this pool with the same settings (not only in the light of what this request did).
+      const bool first = options_.known && at_rest();
       unsynced_ = true;
+      if (options_.known && may_break_statements(p->query)) options_.known->clear();
       std::string query(p->query);
       if (may_affect_session(query)) {
         r.pin = note_text(*analyses_.get(query), server, out, false);
@@ -379,7 +397,9 @@ PooledSession::ClientOutcome PooledSession::on_client(const pg::Frame& f, Server
         for (auto& evicted : server.add(s)) close_on_server(std::move(evicted), out);
       }
       pg::encode_parse(out, s->server_name, s->query, s->param_types);
-      push({Expect::kReply, false, s, name});
+      Expect e{Expect::kReply, false, s, name};
+      if (first && !r.pin) e.known_key = known_key(*s);
+      push(std::move(e));
       return r;
     }
     case 'B': {
@@ -485,6 +505,8 @@ PooledSession::Verdict PooledSession::on_server(const pg::Frame& f, ServerState&
       if (expect_empty() || front().kind != Expect::kReply) return Verdict::kDesync;
       bool injected = front().injected;
       if (f.type == '1' && front().prepared) server.restore(front().prepared);  // it is there
+      if (f.type == '1' && !front().known_key.empty())
+        options_.known->add(std::move(front().known_key));
       pop_front();
       return injected ? Verdict::kDrop : Verdict::kForward;
     }
@@ -524,6 +546,82 @@ PooledSession::Verdict PooledSession::on_server(const pg::Frame& f, ServerState&
     default:
       return swallowing() ? Verdict::kDrop : Verdict::kForward;
   }
+}
+
+// ---- a client that holds no server connection -------------------------------------------
+
+std::string PooledSession::known_key(const PreparedStatement& s) const {
+  std::string key = options_.scope;
+  key += '\0';
+  for (const auto& [name, value] : settings_) {
+    key += name;
+    key += '=';
+    key += value;
+    key += '\0';
+  }
+  key += '\0';
+  for (auto t : s.param_types) {
+    key += std::to_string(t);
+    key += ',';
+  }
+  key += '\0';
+  key += s.query;
+  return key;
+}
+
+PooledSession::LocalAnswer PooledSession::answer_detached(pg::Span data, pg::Buffer& out) {
+  constexpr std::size_t kMaxRequest = 64 * 1024;
+  LocalAnswer r;
+  if (!options_.known || !at_rest()) return r;
+  // First pass: the request must be whole and every message answerable.
+  std::vector<pg::Frame> frames;
+  std::size_t pos = 0;
+  for (;;) {
+    auto next = pg::next_frame(data.subspan(pos), kMaxRequest);
+    if (auto* more = std::get_if<pg::NeedMore>(&next)) {
+      if (frames.empty() || pos + more->bytes > kMaxRequest) return r;
+      r.kind = LocalAnswer::kNeedMore;
+      r.need = more->bytes;
+      return r;
+    }
+    auto* f = std::get_if<pg::Frame>(&next);
+    if (!f) return r;  // malformed: the relay reports it
+    pos += f->size;
+    if (f->type == 'S') break;
+    if (f->type == 'P') {
+      auto p = pg::decode_parse(f->body);
+      if (!p || p->name.empty() || statements_.contains(std::string(p->name)) ||
+          may_affect_session(p->query))
+        return r;
+      for (const auto& earlier : frames) {  // a name parsed twice: the server says 42P05
+        if (earlier.type == 'P' && pg::decode_parse(earlier.body)->name == p->name) return r;
+      }
+      const PreparedStatement probe{std::string(p->query), p->param_types, {}};
+      if (!options_.known->contains(known_key(probe))) return r;
+    } else if (f->type == 'C') {
+      auto t = pg::decode_target(f->body);
+      if (!t || (t->kind != 'S' && t->kind != 'P')) return r;
+    } else {
+      return r;
+    }
+    frames.push_back(*f);
+  }
+  // Second pass: what the server would have done for this client.
+  for (const auto& f : frames) {
+    if (f.type == 'P') {
+      auto p = pg::decode_parse(f.body);
+      statements_[std::string(p->name)] = make_statement(p->query, std::move(p->param_types));
+      pg::encode_parse_complete(out);
+    } else {
+      auto t = pg::decode_target(f.body);
+      if (t->kind == 'S') statements_.erase(std::string(t->name));  // a portal: none is open
+      pg::encode_close_complete(out);
+    }
+  }
+  pg::encode_ready_for_query(out, 'I');
+  r.kind = LocalAnswer::kAnswered;
+  r.consumed = pos;
+  return r;
 }
 
 // ---- attach / release ----------------------------------------------------------------------

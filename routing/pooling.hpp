@@ -22,6 +22,7 @@
 
 #include "protocol/pg/extended.hpp"
 #include "protocol/pg/messages.hpp"
+#include "routing/known_statements.hpp"
 #include "routing/session_statements.hpp"
 
 namespace sluice::routing {
@@ -92,11 +93,18 @@ std::vector<ParamQuery> settings_sync(const Settings& want, const Settings& have
 std::vector<ParamQuery> settings_capture(const std::set<std::string>& names);
 // Cheap check before parsing: false only when `sql` cannot change session state or pin.
 bool may_affect_session(std::string_view sql);
+// Cheap check: false only when no statement of `sql` is a DROP or ALTER (which may make a
+// statement that parsed before fail to parse now).
+bool may_break_statements(std::string_view sql);
 
 class PooledSession {
  public:
   struct Options {
     bool pin_is_error = false;  // pool.pinning: error
+    // Statements known to parse, shared by the clients of one pool (null: no local answers),
+    // and what keys them to that pool (database and user).
+    KnownStatements* known = nullptr;
+    std::string scope;
   };
   PooledSession(AnalysisCache& analyses, Settings startup, Options options)
       : analyses_(analyses), startup_(startup), settings_(std::move(startup)), options_(options) {}
@@ -111,6 +119,18 @@ class PooledSession {
   ClientOutcome on_client(const pg::Frame& f, ServerState& server, pg::Buffer& out);
   // A client message passed through unchanged (Execute, Flush, CopyData...).
   void on_client_passed(char type);
+
+  // ---- a client that holds no server connection ----
+  struct LocalAnswer {
+    enum Kind { kNo, kNeedMore, kAnswered } kind = kNo;
+    std::size_t need = 0;      // kNeedMore: at least this many more bytes
+    std::size_t consumed = 0;  // kAnswered: bytes of `data` answered, through the Sync
+  };
+  // The first request in `data`, when sluice answers it without a server: named Parses of new
+  // names whose statements are known to parse under this client's settings, Closes, then Sync.
+  // On kAnswered the statements exist for the client (prepared on a server at their first
+  // Bind) and `out` holds ParseComplete/CloseComplete and ReadyForQuery.
+  LocalAnswer answer_detached(pg::Span data, pg::Buffer& out);
 
   // ---- server → client ----
   enum class Verdict { kForward, kDrop, kDesync };
@@ -171,6 +191,8 @@ class PooledSession {
     std::string sql_name;     // an injected PREPARE: the server has it only if this succeeds
     StatementPtr closed;      // a client's Close of `client_name`: it stays if the server skips it
     StatementPtr evicted;     // sluice's Close of a server copy: it stays if the server skips it
+    std::string known_key;    // a Parse first in its request, outside a transaction: on success
+                              // its statement is known to parse under the client's settings
   };
   void push(Expect e);
   // The queue of expected replies: a vector and a head index (a deque allocates ~600 bytes up
@@ -185,6 +207,12 @@ class PooledSession {
     }
   }
   void ensure_prepared(const StatementPtr& s, ServerState& server, pg::Buffer& out);
+  // Names `s` under this client's pool and settings in options_.known.
+  std::string known_key(const PreparedStatement& s) const;
+  // Nothing is in flight or unsynced, outside a transaction, settings all read back.
+  bool at_rest() const {
+    return expect_empty() && !unsynced_ && !skipping_ && tx_status_ == 'I' && touched_.empty();
+  }
   void inject_query(std::string sql, pg::Buffer& out);
   ClientOutcome on_query(std::string_view sql, ServerState& server, pg::Buffer& out);
   std::optional<Pin> note_text(const Analysis& a, ServerState& server, pg::Buffer& out,

@@ -128,6 +128,7 @@ class ClientSession {
   awaitable<std::string> relay();
   awaitable<std::string> relay_attached();
   awaitable<std::string> wait_detached();
+  awaitable<std::string> answer_detached();
   awaitable<std::string> wait_for_client();
   awaitable<bool> checkout();
   // A read refused for want of a replica (all_replicas_banned: error), in pooled mode: the
@@ -782,7 +783,9 @@ awaitable<bool> ClientSession::attach_server() {
   startup_ = std::get<routing::Settings>(std::move(settings));
   auto mode = cfg_->pool_mode_for(*db_, *user_);
   if (mode != config::PoolMode::kSession) {
-    ps_.emplace(rt_->analyses, startup_, routing::PooledSession::Options{cfg_->pool.pin_is_error});
+    routing::PooledSession::Options options{cfg_->pool.pin_is_error, &rt_->known_statements,
+                                            db_name_ + '\0' + user_->server_user};
+    ps_.emplace(rt_->analyses, startup_, std::move(options));
     statement_mode_ = mode == config::PoolMode::kStatement;
   }
   pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
@@ -1709,6 +1712,11 @@ awaitable<std::string> ClientSession::relay() {
     if (!server_) {
       auto why = co_await wait_detached();
       if (!why.empty()) co_return why;
+      if (ps_ && !pinned_) {
+        auto local = co_await answer_detached();
+        if (local == kAnswered) continue;
+        if (!local.empty()) co_return local;
+      }
       if (ps_ && !pinned_ && cache_on()) {
         auto cached = co_await try_cache();
         if (cached == kAnswered) continue;
@@ -1745,6 +1753,31 @@ awaitable<std::string> ClientSession::relay() {
     if (reason == kGone) reason = kReleased;  // sequential: nothing was read from the client
     if (reason != kReleased) co_return reason;
     co_await release();
+  }
+}
+
+// Without a server: answers a request of Parses of statements known to parse (and Closes), so a
+// client blocked in a synchronous prepare never waits for servers other clients of its thread
+// hold. "" when a server must answer, kAnswered, or why the session ends.
+awaitable<std::string> ClientSession::answer_detached() {
+  for (;;) {
+    pg::Buffer out;
+    auto data = reader_.pending();
+    auto a = ps_->answer_detached(data, out);
+    if (a.kind == routing::PooledSession::LocalAnswer::kNo) co_return std::string();
+    if (a.kind == routing::PooledSession::LocalAnswer::kNeedMore) {
+      if (auto end = co_await read_client(a.need)) co_return *end;
+      continue;
+    }
+    for (std::size_t pos = 0; pos < a.consumed;) {
+      auto f = std::get<pg::Frame>(pg::next_frame(data.subspan(pos)));
+      tracker_.on_answered(f);
+      pos += f.size;
+    }
+    reader_.consume(a.consumed);
+    counters_->sent_bytes->inc(out.size());
+    if (!co_await send(std::move(out))) co_return "client write failed";
+    co_return std::string(kAnswered);
   }
 }
 

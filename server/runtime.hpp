@@ -11,6 +11,7 @@
 
 #include "cache/cache.hpp"
 #include "config/config.hpp"
+#include "routing/known_statements.hpp"
 #include "routing/replicas.hpp"
 #include "routing/session_statements.hpp"
 #include "server/cancel_registry.hpp"
@@ -174,7 +175,8 @@ class Runtime {
   std::array<std::atomic<Clock::rep>, 64> heartbeats{};
   std::atomic<std::uint32_t> loops{0};
   std::chrono::system_clock::time_point started = std::chrono::system_clock::now();
-  routing::AnalysisCache analyses;  // session-state analysis of statement texts, shared
+  routing::AnalysisCache analyses;            // session-state analysis of statement texts, shared
+  routing::KnownStatements known_statements;  // parse without error (pooled clients' Parses)
   std::atomic<std::uint32_t> clients{0};
   std::atomic<bool> stopping{false};
 

@@ -11,7 +11,9 @@ using namespace sluice::pg;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static routing::AnalysisCache analyses(64);
-  routing::PooledSession session(analyses, {{"application_name", "fuzz"}}, {(size & 1) != 0});
+  static routing::KnownStatements known(64);
+  routing::PooledSession session(analyses, {{"application_name", "fuzz"}},
+                                 {(size & 1) != 0, &known, "fuzz"});
   routing::ServerState servers[2] = {routing::ServerState(3), routing::ServerState(3)};
   Span in(data, size);
   for (int guard = 0; guard < 2000 && !in.empty(); ++guard) {
@@ -34,6 +36,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
     } else {
       (void)session.on_server(*f, server);
+    }
+    if ((selector & 0xf0) == 0xe0) {
+      // A detached client's request answered by sluice: whole frames, never past the input.
+      Buffer out;
+      auto a = session.answer_detached(in, out);
+      if (a.consumed > in.size()) __builtin_trap();
+      for (Span written(out); !written.empty();) {
+        auto* wf = std::get_if<Frame>(&(r = next_frame(written, kMaxMessageLength)));
+        if (wf == nullptr) __builtin_trap();
+        written = written.subspan(wf->size);
+      }
+      if (a.kind == routing::PooledSession::LocalAnswer::kAnswered) {
+        in = in.subspan(a.consumed);
+        continue;
+      }
     }
     if ((selector & 0xf0) == 0xf0) {
       routing::Rows rows{{std::string("search_path"), std::string("x")}};

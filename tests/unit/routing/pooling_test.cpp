@@ -9,6 +9,7 @@
 using namespace sluice;
 using namespace sluice::routing;
 using Verdict = PooledSession::Verdict;
+using namespace std::string_literals;
 
 namespace {
 
@@ -374,7 +375,7 @@ TEST_CASE("features that cannot be pooled pin, or are refused in order with pinn
   send(s, server, query("SELECT pg_advisory_xact_lock(1)"), &o);
   CHECK(!o.pin);
 
-  PooledSession strict(cache, {}, {true});
+  PooledSession strict(cache, {}, {true, nullptr, {}});
   auto sent = send(strict, server, query("SELECT pg_advisory_lock(7)"), &o);
   REQUIRE(o.pin);
   REQUIRE(sent.size() == 1);
@@ -544,4 +545,133 @@ TEST_CASE("a prepared SET marks its setting at every Bind, not only at its Parse
   CHECK(s.touched().empty());
   send(s, server, bind("set"));  // the SET runs now
   CHECK(s.touched().contains("search_path"));
+}
+
+namespace {
+pg::Buffer concat(std::initializer_list<pg::Buffer> parts) {
+  pg::Buffer out;
+  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+// A client prepares `name` as pgbench's PQprepare does (Parse + Sync) on `server`, answered.
+void prepare_on_server(PooledSession& s, ServerState& server, std::string_view name,
+                       std::string_view sql) {
+  send(s, server, parse(name, sql));
+  send(s, server, empty('S'));
+  REQUIRE(reply(s, server, empty('1')) == Verdict::kForward);
+  REQUIRE(reply(s, server, rfq('I')) == Verdict::kForward);
+}
+}  // namespace
+
+TEST_CASE("a detached client's Parse of a statement known to parse is answered without a server") {
+  AnalysisCache cache;
+  KnownStatements known;
+  const PooledSession::Options options{false, &known, "appdb\0app"s};
+  PooledSession first(cache, {}, options);
+  PooledSession second(cache, {}, options);
+  const auto request = concat({parse("p1", "SELECT abalance FROM a WHERE aid = $1"), empty('S')});
+  pg::Buffer out;
+
+  // Nobody parsed it yet: a server must answer.
+  CHECK(second.answer_detached(request, out).kind == PooledSession::LocalAnswer::kNo);
+  ServerState server;
+  prepare_on_server(first, server, "p1", "SELECT abalance FROM a WHERE aid = $1");
+  CHECK(known.size() == 1);
+
+  // Now another client's prepare is answered by sluice: ParseComplete, ReadyForQuery idle.
+  auto a = second.answer_detached(request, out);
+  REQUIRE(a.kind == PooledSession::LocalAnswer::kAnswered);
+  CHECK(a.consumed == request.size());
+  auto replies = frames(out);
+  REQUIRE(replies.size() == 2);
+  CHECK(replies[0].type == '1');
+  CHECK(replies[1].type == 'Z');
+  CHECK(replies[1].body == pg::Buffer{'I'});
+  REQUIRE(second.statement("p1"));
+
+  // Its first Bind, on a server that never saw it, prepares it there first.
+  ServerState other;
+  auto sent = send(second, other, bind("p1"));
+  REQUIRE(sent.size() == 2);
+  CHECK(sent[0].type == 'P');
+  CHECK(sent[1].type == 'B');
+
+  // The same name again would be 42P05 from the server: not answered locally.
+  out.clear();
+  CHECK(second.answer_detached(request, out).kind == PooledSession::LocalAnswer::kNo);
+  CHECK(out.empty());
+}
+
+TEST_CASE("local answers need the same pool, settings and a whole request of Parses and Closes") {
+  AnalysisCache cache;
+  KnownStatements known;
+  PooledSession first(cache, {}, {false, &known, "db\0a"s});
+  ServerState server;
+  prepare_on_server(first, server, "p", "SELECT 1");
+  pg::Buffer out;
+  const auto request = concat({parse("q", "SELECT 1"), empty('S')});
+
+  PooledSession other_pool(cache, {}, {false, &known, "db\0b"s});
+  CHECK(other_pool.answer_detached(request, out).kind == PooledSession::LocalAnswer::kNo);
+  PooledSession other_settings(cache, {{"search_path", "elsewhere"}}, {false, &known, "db\0a"s});
+  CHECK(other_settings.answer_detached(request, out).kind == PooledSession::LocalAnswer::kNo);
+
+  PooledSession same(cache, {}, {false, &known, "db\0a"s});
+  auto half = parse("q", "SELECT 1");
+  auto a = same.answer_detached(half, out);
+  CHECK(a.kind == PooledSession::LocalAnswer::kNeedMore);  // the Sync is still to come
+  CHECK(a.need == pg::kHeaderSize);
+  // A Flush instead of Sync, or a Bind in the request: a server answers.
+  CHECK(same.answer_detached(concat({half, empty('H')}), out).kind ==
+        PooledSession::LocalAnswer::kNo);
+  CHECK(same.answer_detached(concat({half, bind("q"), empty('S')}), out).kind ==
+        PooledSession::LocalAnswer::kNo);
+  CHECK(out.empty());
+
+  // Parse, Close of another name, Sync: both answered, the closed name forgotten.
+  prepare_on_server(same, server, "old", "SELECT 2");
+  pg::Buffer close;
+  pg::encode_close(close, {'S', "old"});
+  a = same.answer_detached(concat({half, close, empty('S')}), out);
+  REQUIRE(a.kind == PooledSession::LocalAnswer::kAnswered);
+  auto replies = frames(out);
+  REQUIRE(replies.size() == 3);
+  CHECK(replies[1].type == '3');
+  CHECK(!same.statement("old"));
+  CHECK(same.statement("q"));
+}
+
+TEST_CASE("only a Parse first in its request, outside a transaction, makes a statement known") {
+  AnalysisCache cache;
+  KnownStatements known;
+  PooledSession s(cache, {}, {false, &known, "db"});
+  ServerState server;
+  // Inside a transaction: it may name what this transaction created.
+  send(s, server, query("BEGIN"));
+  reply(s, server, rfq('T'));
+  send(s, server, parse("in_tx", "SELECT * FROM made_here"));
+  send(s, server, empty('S'));
+  reply(s, server, empty('1'));
+  reply(s, server, rfq('T'));
+  // After another message of the same request: likewise.
+  send(s, server, query("COMMIT"));
+  reply(s, server, rfq('I'));
+  send(s, server, parse("", "CREATE TABLE t2 (i int)"));
+  send(s, server, parse("after", "SELECT * FROM t2"));
+  send(s, server, empty('S'));
+  reply(s, server, empty('1'));
+  reply(s, server, empty('1'));
+  reply(s, server, rfq('I'));
+  CHECK(known.size() == 0);
+
+  // A failed Parse makes nothing known; a good one does, and a DROP forgets everything.
+  send(s, server, parse("bad", "SELECT * FROM missing"));
+  send(s, server, empty('S'));
+  reply(s, server, error());
+  reply(s, server, rfq('I'));
+  CHECK(known.size() == 0);
+  prepare_on_server(s, server, "good", "SELECT 1");
+  CHECK(known.size() == 1);
+  send(s, server, query("DROP TABLE t2"));
+  CHECK(known.size() == 0);
 }
