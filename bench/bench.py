@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """sluice vs PgBouncer vs direct PostgreSQL, in one run, on this machine.
 
-    bench/run.sh [--seconds 10] [--repeat 3] [--clients 16,256] [--idle 5000] [--out FILE]
+    bench/run.sh [--seconds 10] [--repeat 3] [--clients 16,256] [--idle 10000] [--out FILE]
 
 Starts its own PostgreSQL 15 (tests/integration/cluster.py), PgBouncer (Debian's 1.18, transaction
 mode) and sluice (transaction mode), both with a server pool of --pool (20), clients
@@ -12,14 +12,15 @@ sluice/PgBouncer and sluice/direct. Then --idle idle clients are connected to Pg
 sluice and each one's RSS growth per client is reported. Everything listens on 127.0.0.1 only and
 stops by itself.
 
-pgbench -M prepared runs TPC-B with one thread per client when clients exceed the pool: pgbench
-prepares synchronously (PQprepare), so a thread waiting for a server would stall its other
-clients, which hold servers inside their transactions; with any transaction pooler that
-deadlocks until query_wait_timeout."""
+pgbench -M prepared runs at -j 1 and -j 2: pgbench prepares synchronously (PQprepare), so a
+thread whose client waits for a server stalls its other clients, which may hold every server
+inside their transactions. sluice answers the Parse of a statement it knows to parse without a
+server; a pooler that does not deadlocks (a run that does not end is shown as hung)."""
 import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -33,8 +34,11 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import cluster  # noqa: E402
 
 PASSWORD = "secret"
-WORKLOADS = [("select-only", ["-S"], "simple"), ("select-only", ["-S"], "prepared"),
-             ("tpc-b", [], "simple"), ("tpc-b", [], "prepared")]
+# (name, pgbench flags, -M, -j): -j None = min(clients, 2). Prepared runs at -j 1 (pgbench's
+# default) and -j 2: a thread blocked in PQprepare stalls its other clients (see above).
+WORKLOADS = [("select-only", ["-S"], "simple", None), ("select-only", ["-S"], "prepared", 1),
+             ("select-only", ["-S"], "prepared", 2), ("tpc-b", [], "simple", None),
+             ("tpc-b", [], "prepared", 1), ("tpc-b", [], "prepared", 2)]
 
 
 wait_port = cluster.wait_port  # cache_bench.py imports it from here
@@ -122,12 +126,14 @@ def pgbench(port, args, timeout):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def run_cell(target, flags, mode, clients, seconds, pool):
-    threads = min(clients, 2)
-    if mode == "prepared" and "-S" not in flags and clients > pool:
-        threads = clients  # see the module docstring
-    r = pgbench(target.port, ["-n", *flags, "-M", mode, "-c", str(clients), "-j", str(threads),
-                              "-T", str(seconds)], timeout=seconds + 180)
+def run_cell(target, flags, mode, clients, seconds, threads):
+    threads = min(clients, threads or 2)
+    try:
+        r = pgbench(target.port, ["-n", *flags, "-M", mode, "-c", str(clients), "-j",
+                                  str(threads), "-T", str(seconds)], timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        return {"tps": None, "lat": None, "error": f"hung (no end {seconds + 60} s after start)",
+                "out": ""}
     return pgbench_result(r)
 
 
@@ -193,12 +199,17 @@ def main():
     ap.add_argument("--clients", default="16,256")
     ap.add_argument("--pool", type=int, default=20, help="server pool of PgBouncer and sluice")
     ap.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
-    ap.add_argument("--idle", type=int, default=5000, help="idle clients for the memory figure")
+    ap.add_argument("--idle", type=int, default=10000, help="idle clients for the memory figure")
     ap.add_argument("--binary", default=os.path.join(ROOT, "build", "release", "sluice"))
     ap.add_argument("--out", help="also write the tables (markdown) here")
     ap.add_argument("--memory-only", action="store_true", help="skip the pgbench table")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
+    # Descriptors for the idle clients, here and in sluice (a child inherits the limit).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = args.idle + 2000
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
 
     work = tempfile.mkdtemp(prefix="sluice-bench-")
     os.chmod(work, 0o755)
@@ -225,7 +236,7 @@ def main():
         emit("| workload | -M | clients | direct tps | PgBouncer tps | sluice tps | "
              "sluice/PgBouncer | sluice/direct | latency ms direct / PgB / sluice |")
         emit("|---|---|---:|---:|---:|---:|---:|---:|---|")
-        for name, flags, mode in ([] if args.memory_only else WORKLOADS):
+        for name, flags, mode, threads in ([] if args.memory_only else WORKLOADS):
             for c in clients:
                 if name == "tpc-b":
                     reinit(pg_port, args.scale)
@@ -234,7 +245,7 @@ def main():
                 runs = {t.name: [] for t in targets}
                 for _ in range(args.repeat):
                     for t in targets:  # interleaved, so drift hits all three alike
-                        runs[t.name].append(run_cell(t, flags, mode, c, args.seconds, args.pool))
+                        runs[t.name].append(run_cell(t, flags, mode, c, args.seconds, threads))
                 med = {}
                 for t in targets:
                     ok = [r for r in runs[t.name] if r["tps"] is not None]
@@ -247,7 +258,8 @@ def main():
                                        "failed": sum(r["failed"] for r in ok)}
                 d, b, s = med["direct"], med["pgbouncer"], med["sluice"]
                 ratio = lambda x, y: f"{x['tps'] / y['tps']:.2f}" if x["tps"] and y["tps"] else "—"
-                emit(f"| {name} | {mode} | {c} | {fmt(d['tps'])} | "
+                label = f"{mode} -j {threads}" if threads else mode
+                emit(f"| {name} | {label} | {c} | {fmt(d['tps'])} | "
                      f"{fmt(b['tps']) if b['tps'] else 'fails'} | {fmt(s['tps'])} | "
                      f"{ratio(s, b)} | {ratio(s, d)} | {fmt(d['lat'], 2)} / {fmt(b['lat'], 2)} / "
                      f"{fmt(s['lat'], 2)} |")

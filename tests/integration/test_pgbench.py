@@ -1,6 +1,7 @@
 """pgbench through sluice: -i, then runs with -M simple, extended and prepared at -c 32 -j 2 in
-session pooling, and at -c 64 over a pool of 20 in transaction pooling, each with 0 failed
-transactions. Run length: SLUICE_PGBENCH_SECONDS (default 30)."""
+session pooling, and at -c 64 over a pool of 20 in transaction pooling (prepared at -j 1 and -j 2,
+TPC-B and select-only, with and without a replica), each with 0 failed transactions and none
+hanging. Run length: SLUICE_PGBENCH_SECONDS (default 30)."""
 import os
 import re
 import subprocess
@@ -43,21 +44,39 @@ class Pgbench(SharedSluice):
 
 class PgbenchTransactionPooling(unittest.TestCase):
     """64 clients over 20 server connections, named prepared statements included. pgbench
-    prepares synchronously (PQprepare), so -M prepared runs one thread per client: a thread
-    blocked waiting for a server would stall its other clients, which hold servers inside their
-    transactions (a deadlock for any transaction pooler, PgBouncer too)."""
+    prepares synchronously (PQprepare): a thread blocked in a prepare stalls its other clients,
+    which may hold every server connection inside their transactions. With -j 1 (pgbench's
+    default) or -j 2 that hung until sluice answered a known statement's Parse without a server;
+    each run must end on time with 0 failures, also with a replica configured."""
 
-    def test_prepared_and_simple_over_a_pool_of_20(self):
-        tweak = lambda c: c.update(pool={"mode": "transaction", "size": 20})  # noqa: E731
+    RUNS = (("prepared", "1", "tpcb-like"), ("prepared", "2", "select-only"),
+            ("extended", "1", "tpcb-like"), ("simple", "2", "tpcb-like"))
+    ROUTED_RUNS = (("prepared", "1", "select-only"), ("prepared", "2", "tpcb-like"))
+
+    def run_matrix(self, runs, routing):
+        def tweak(c):
+            c.update(pool={"mode": "transaction", "size": 20})
+            c["routing"] = {"enabled": routing}
         with Sluice(tweak=tweak) as sluice:
             r = pgbench(sluice.port, "-i", "-s", "2", "-q")
             self.assertEqual(r.returncode, 0, r.stderr)
-            for mode, threads in (("prepared", "64"), ("simple", "2"), ("extended", "2")):
-                with self.subTest(mode=mode):
-                    r = pgbench(sluice.port, "-M", mode, "-c", "64", "-j", threads, "-T",
-                                str(SECONDS))
-                    check_run(self, r, f"transaction pooling, pgbench -M {mode} -c 64 -j "
-                                       f"{threads} -T {SECONDS}, pool 20")
+            for mode, threads, script in runs:
+                with self.subTest(mode=mode, threads=threads, script=script, routing=routing):
+                    try:
+                        r = pgbench(sluice.port, "-M", mode, "-c", "64", "-j", threads, "-b",
+                                    script, "-T", str(SECONDS))
+                    except subprocess.TimeoutExpired:
+                        self.fail(f"pgbench -M {mode} -c 64 -j {threads} -b {script} -T {SECONDS}"
+                                  " did not end: hung")
+                    check_run(self, r, f"transaction pooling{', replica' if routing else ''}, "
+                                       f"pgbench -M {mode} -c 64 -j {threads} -b {script} "
+                                       f"-T {SECONDS}, pool 20")
+
+    def test_prepared_and_simple_over_a_pool_of_20(self):
+        self.run_matrix(self.RUNS, routing=False)
+
+    def test_prepared_with_a_replica_configured(self):
+        self.run_matrix(self.ROUTED_RUNS, routing=True)
 
 
 if __name__ == "__main__":
