@@ -42,6 +42,50 @@ std::optional<CancelTarget> CancelRegistry::find(pg::BackendKeyData client) {
   return it->second.target;
 }
 
+awaitable<void> CancelRegistry::forward(pg::BackendKeyData client) {
+  std::optional<CancelTarget> target;
+  {
+    // One critical section: a session that releases its server clears its target under this
+    // lock first, so a cancel read before that is counted before the server can be reused.
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(client.pid);
+    if (it == entries_.end() || !it->second.target ||
+        CRYPTO_memcmp(&it->second.secret, &client.secret, sizeof client.secret) != 0)
+      co_return;
+    target = it->second.target;
+    ++in_flight_[id_of(*target)];
+    in_flight_total_.fetch_add(1, std::memory_order_relaxed);
+  }
+  struct Settle {  // however send_cancel ends, its frame destroyed included
+    CancelRegistry* registry;
+    BackendId id;
+    ~Settle() { registry->settled(id); }
+  } settle{this, id_of(*target)};
+  co_await send_cancel(*target);
+}
+
+awaitable<void> CancelRegistry::wait_settled(CancelTarget backend, const bool* stop) {
+  if (in_flight_total_.load(std::memory_order_relaxed) == 0) co_return;
+  const auto id = id_of(backend);
+  const auto deadline = Clock::now() + std::chrono::seconds(10);  // send_cancel's own limits: 7 s
+  auto cs = co_await asio::this_coro::cancellation_state;
+  while (in_flight(id) && !*stop && Clock::now() < deadline &&
+         cs.cancelled() == asio::cancellation_type::none)
+    co_await sleep_for(std::chrono::milliseconds(2));
+}
+
+bool CancelRegistry::in_flight(const BackendId& id) {
+  std::lock_guard lock(mu_);
+  return in_flight_.contains(id);
+}
+
+void CancelRegistry::settled(const BackendId& id) {
+  std::lock_guard lock(mu_);
+  if (auto it = in_flight_.find(id); it != in_flight_.end() && --it->second == 0)
+    in_flight_.erase(it);
+  in_flight_total_.fetch_sub(1, std::memory_order_relaxed);
+}
+
 awaitable<void> send_cancel(CancelTarget target) {
   using namespace asio::experimental::awaitable_operators;
   auto ex = co_await asio::this_coro::executor;

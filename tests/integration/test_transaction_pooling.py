@@ -8,6 +8,8 @@ move."""
 import contextlib
 import json
 import os
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -16,7 +18,8 @@ import unittest
 import psycopg
 from psycopg import errors
 
-from harness import ROOT, Sluice, skip_or_fail, superuser_sql
+from harness import ROOT, Sluice, skip_or_fail, state, superuser_sql, wait_for
+from pgwire import Wire
 
 NODE_DIR = os.path.join(ROOT, "tests", "integration", "node")
 
@@ -563,6 +566,121 @@ class ManyClients(unittest.TestCase):
             print(f"\n2000 clients / pool 20: pgbench -T {self.SECONDS + 10} (connecting took "
                   f"{connect} ms): {processed} transactions, 0 failed, tps {tps}, peak server "
                   f"connections {peak[0]}")
+
+
+class SlowCancels:
+    """A TCP relay in front of the primary that holds every CancelRequest `delay` seconds before
+    passing it on (a server slow to accept a connection, as under load); other connections pass
+    at once. `forwarded` has the time.monotonic() each cancel reached the server."""
+
+    def __init__(self, target_port, delay):
+        self.target_port, self.delay, self.forwarded = target_port, delay, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        head = b""
+        while len(head) < 8 and (chunk := conn.recv(8 - len(head))):
+            head += chunk
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        if head == struct.pack("!II", 16, 80877102):
+            time.sleep(self.delay)
+            self.forwarded.append(time.monotonic())
+        upstream.sendall(head)
+        back = threading.Thread(target=self.pipe, args=(upstream, conn), daemon=True)
+        back.start()
+        self.pipe(conn, upstream)
+        back.join(30)
+        conn.close()
+        upstream.close()
+
+    @staticmethod
+    def pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        self.listener.close()
+
+
+class LateCancel(unittest.TestCase):
+    """A cancel sluice forwards late, once the query it was sent for has ended, must not cancel
+    the next query on that server connection: another client's, or the same client's. PostgreSQL
+    ignores a cancel that reaches an idle backend, so sluice gives the connection its next query
+    only once the server has taken the cancel (closed its connection). A pool of 1: the next
+    query runs on the same backend. (PostgreSQL 15 itself signals the backend twice per cancel,
+    kill(pid) then kill(-pid); the second signal, late under load, is the same race.)"""
+    DELAY = 0.8
+
+    def setUp(self):
+        self.relay = SlowCancels(state()["primary_port"], self.DELAY)
+        self.addCleanup(self.relay.close)
+
+        def tweak(c):
+            c["pool"] = {"mode": "transaction", "size": 1}
+            c["databases"]["appdb"]["primary"]["port"] = self.relay.port
+        self.sluice = Sluice(tweak=tweak).start()
+
+    def tearDown(self):
+        self.assertEqual(self.sluice.stop(), 0)
+
+    def login(self):
+        w = Wire(self.sluice.port)
+        self.addCleanup(w.close)
+        self.assertEqual(w.login("app", "secret", "appdb")[0], "ok")
+        return w
+
+    def cancelled_too_late(self, victim, next_client):
+        first, second = "SELECT pg_sleep(0.3), 'first'", "SELECT pg_sleep(1.5), 'next'"
+        pid, secret = victim.key
+
+        def cancel():  # sent while `first` runs; the relay passes it on DELAY s later
+            running = ("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+                       "query = '" + first.replace("'", "''") + "'")
+            wait_for(lambda: superuser_sql(running, db="postgres") != "0", timeout=10,
+                     interval=0.02, what="the first query to run")
+            with socket.create_connection(("127.0.0.1", self.sluice.port)) as s:
+                s.sendall(struct.pack("!IIII", 16, 80877102, pid, secret))
+                s.settimeout(10)
+                s.recv(1)  # sluice closes it once the server has closed its own
+        thread = threading.Thread(target=cancel)
+        thread.start()
+        rows, err = victim.query(first)
+        self.assertIsNone(err, "the cancel reached the first query: the relay did not hold it")
+        sent_next = time.monotonic()
+        rows2, err2 = next_client.query(second)
+        thread.join(15)
+        self.assertEqual(len(self.relay.forwarded), 1, "the cancel never reached the server")
+        self.assertLess(sent_next, self.relay.forwarded[0],
+                        "the next query was sent after the cancel reached the server: the race "
+                        "this test is about did not happen")
+        self.assertIsNone(err2, f"a cancel sent for the previous query cancelled {second}")
+        self.assertEqual(rows2, [["", "next"]])
+        self.assertEqual(victim.query("SELECT 1")[0], [["1"]])
+
+    def test_a_late_cancel_spares_the_next_query_of_the_same_client(self):
+        w = self.login()
+        self.cancelled_too_late(w, w)
+
+    def test_a_late_cancel_spares_the_query_of_another_client(self):
+        self.cancelled_too_late(self.login(), self.login())
 
 
 if __name__ == "__main__":
