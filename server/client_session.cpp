@@ -566,8 +566,8 @@ awaitable<bool> ClientSession::read_startup() {
       continue;
     }
     if (auto* cancel = std::get_if<pg::CancelRequest>(&packet)) {
-      if (auto target = rt_->cancels.find({cancel->pid, cancel->secret}))
-        co_await send_cancel(*target);
+      pg::BackendKeyData client_key{cancel->pid, cancel->secret};  // named: g++ 12, co_await
+      co_await rt_->cancels.forward(client_key);
       co_return false;  // the protocol closes cancel connections without a reply
     }
     auto& startup = std::get<pg::StartupMessage>(packet);
@@ -899,6 +899,9 @@ awaitable<bool> ClientSession::checkout() {
       }
       server_ = std::move(std::get<Lease>(got));
     }
+    // A cancel still on its way to this backend (any client's) lands before it runs anything.
+    CancelTarget settling{server_->host(), server_->port(), server_->key()};
+    co_await rt_->cancels.wait_settled(std::move(settling), &killed_);
     auto& state = server_->state;
     if (ps_) {
       server_.skip_reset();  // the pooled session's state is tracked instead
