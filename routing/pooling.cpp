@@ -486,11 +486,11 @@ void PooledSession::on_client_passed(char type) {
 // ---- PooledSession: server → client --------------------------------------------------------
 
 // Undoes what sluice recorded for a request the server skipped (an error came before it).
-void PooledSession::drop_reply(const Expect& e, ServerState& server) {
+void PooledSession::drop_reply(const Expect& e, ServerState& server, bool on_server) {
   if (e.closed) statements_.try_emplace(e.client_name, e.closed);  // the Close did not happen
   if (e.evicted) server.restore(e.evicted);
   if (!e.prepared) return;
-  server.forget(e.prepared->server_name);
+  if (on_server) server.forget(e.prepared->server_name);
   if (e.client_name.empty()) return;
   if (auto it = statements_.find(e.client_name);
       it != statements_.end() && it->second == e.prepared)
@@ -520,7 +520,21 @@ PooledSession::Verdict PooledSession::on_server(const pg::Frame& f, ServerState&
       std::size_t skipped = head_;
       while (skipped < expect_.size() && expect_[skipped].kind == Expect::kReply) ++skipped;
       // Newest first: a Parse skipped after its Close leaves the Close's statement in place.
-      for (std::size_t i = skipped; i > head_; --i) drop_reply(expect_[i - 1], server);
+      for (std::size_t i = skipped; i > head_; --i) {
+        auto& e = expect_[i - 1];
+        if (e.prepared && i - 1 > head_) {
+          // A re-parse (Close + Parse of one statement) skipped whole changed nothing on the
+          // server: whether its copy exists is what sluice knows now (a reply before this error
+          // settled an earlier Parse of it either way).
+          auto& close = expect_[i - 2];
+          if (close.evicted && close.evicted->server_name == e.prepared->server_name) {
+            close.evicted.reset();
+            drop_reply(e, server, false);
+            continue;
+          }
+        }
+        drop_reply(e, server);
+      }
       for (std::size_t n = skipped - head_; n > 0; --n) pop_front();
       if (!expect_empty()) {
         front().failed = true;

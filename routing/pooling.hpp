@@ -218,7 +218,9 @@ class PooledSession {
   std::optional<Pin> note_text(const Analysis& a, ServerState& server, pg::Buffer& out,
                                bool simple_query);
   void ensure_sql_prepared(const std::string& name, ServerState& server, pg::Buffer& out);
-  void drop_reply(const Expect& e, ServerState& server);
+  // Undoes what sluice recorded for a reply the server skipped; `on_server` false: only the
+  // client's side (the server's copy is known otherwise).
+  void drop_reply(const Expect& e, ServerState& server, bool on_server = true);
   void close_on_server(StatementPtr s, pg::Buffer& out);
   // A Parse of `s` waits for its reply behind a Sync sent since: the server may still skip it.
   bool parse_unsettled(const PreparedStatement& s) const;

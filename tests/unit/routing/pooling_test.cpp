@@ -533,6 +533,58 @@ TEST_CASE("a statement whose Parse may be skipped is parsed again after the Sync
   CHECK(sent.size() == 1);
 }
 
+TEST_CASE("a re-parse skipped after its first Parse was skipped leaves the statement absent") {
+  // Seen with test_pipeline_stress (statement pooling, seed 1796406277): both segments fail
+  // before the statement's Parses; the skipped Close of the re-parse must not bring back a
+  // server copy that never existed, or the next Bind goes out without a Parse (26000).
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, parse("q", "SELECT 1"));  // defines q for the client, parsed here
+  send(s, server, empty('S'));
+  reply(s, server, empty('1'));
+  reply(s, server, rfq('I'));
+  ServerState other;  // the next request runs on a server that never saw q
+  pg::Buffer describe;
+  pg::encode_describe(describe, {'S', "missing"});
+  send(s, other, describe);               // fails: the server skips to the Sync
+  auto sent = send(s, other, bind("q"));  // Parse injected before the Bind
+  REQUIRE(sent.size() == 2);
+  send(s, other, empty('S'));
+  send(s, other, bind("missing"));   // the second segment fails too
+  sent = send(s, other, bind("q"));  // the first Parse is unsettled: Close + Parse + Bind
+  REQUIRE(sent.size() == 3);
+  send(s, other, empty('S'));
+  CHECK(reply(s, other, error()) == Verdict::kForward);
+  CHECK(reply(s, other, rfq('I')) == Verdict::kForward);
+  CHECK(reply(s, other, error()) == Verdict::kForward);
+  CHECK(reply(s, other, rfq('I')) == Verdict::kForward);
+  CHECK(other.statement_count() == 0);
+  sent = send(s, other, bind("q"));  // still absent: prepared again first
+  REQUIRE(sent.size() == 2);
+  CHECK(sent[0].type == 'P');
+}
+
+TEST_CASE("a re-parse skipped after its first Parse succeeded leaves the statement present") {
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  send(s, server, parse("q", "SELECT 1"));
+  send(s, server, bind("q"));
+  send(s, server, empty('S'));
+  send(s, server, bind("missing"));  // the second segment fails
+  auto sent = send(s, server, bind("q"));
+  REQUIRE(sent.size() == 3);
+  send(s, server, empty('S'));
+  CHECK(reply(s, server, empty('1')) == Verdict::kForward);
+  CHECK(reply(s, server, empty('2')) == Verdict::kForward);
+  CHECK(reply(s, server, rfq('I')) == Verdict::kForward);
+  CHECK(reply(s, server, error()) == Verdict::kForward);
+  CHECK(reply(s, server, rfq('I')) == Verdict::kForward);
+  CHECK(server.statement_count() == 1);
+  CHECK(send(s, server, bind("q")).size() == 1);  // no Parse: the server has it
+}
+
 TEST_CASE("a prepared SET marks its setting at every Bind, not only at its Parse") {
   AnalysisCache cache;
   PooledSession s(cache, {}, {});
