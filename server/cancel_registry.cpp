@@ -33,15 +33,6 @@ void CancelRegistry::remove(pg::BackendKeyData client) {
   entries_.erase(client.pid);
 }
 
-std::optional<CancelTarget> CancelRegistry::find(pg::BackendKeyData client) {
-  std::lock_guard lock(mu_);
-  auto it = entries_.find(client.pid);
-  if (it == entries_.end()) return std::nullopt;
-  if (CRYPTO_memcmp(&it->second.secret, &client.secret, sizeof client.secret) != 0)
-    return std::nullopt;
-  return it->second.target;
-}
-
 awaitable<void> CancelRegistry::forward(pg::BackendKeyData client) {
   std::optional<CancelTarget> target;
   {

@@ -26,8 +26,6 @@ class CancelRegistry {
   pg::BackendKeyData add_client();
   void set_target(pg::BackendKeyData client, std::optional<CancelTarget> target);
   void remove(pg::BackendKeyData client);
-  // The target for a CancelRequest, only when both pid and secret match.
-  std::optional<CancelTarget> find(pg::BackendKeyData client);
   // Forwards a client's CancelRequest to the backend running its query now (when pid and secret
   // match). Until that server has taken the request (closed the cancel connection) the backend
   // counts as being cancelled: PostgreSQL ignores a cancel that lands while a backend is idle,

@@ -47,6 +47,8 @@ constexpr pg::WantTable kEveryMessage = [] {
   t.fill(pg::Want::kWhole);
   return t;
 }();
+// What the relay returns when the client idles without a server and is parked (see serve()).
+constexpr std::string_view kParked = "parked";
 // What the relay returns when the server connection went back to the pool between transactions.
 constexpr std::string_view kReleased = "released";
 // What the sequential relay returns when both directions must be relayed at once.
@@ -115,9 +117,12 @@ class ClientSession {
   ClientSession& operator=(const ClientSession&) = delete;
   ~ClientSession();
 
-  awaitable<void> run();
+  awaitable<std::optional<std::string>> start();
+  static awaitable<void> serve(std::shared_ptr<ClientSession> self);
 
  private:
+  static void park(std::shared_ptr<ClientSession> self);
+  awaitable<void> finish(std::string reason);
   awaitable<bool> startup_and_auth();
   awaitable<bool> read_startup();
   awaitable<bool> authenticate();
@@ -130,11 +135,17 @@ class ClientSession {
   awaitable<std::string> wait_detached();
   awaitable<std::string> answer_detached();
   awaitable<std::string> wait_for_client();
+  // Gives back what only a request in flight needs (buffers, reply queues).
+  void trim_idle();
+  // Between requests without a server, no TLS and no idle timer: the client may park.
+  bool parkable() const {
+    return ps_ && !killed_ && !client_->tls() && cfg_->pool.client_idle_timeout.count() == 0;
+  }
   awaitable<bool> checkout();
   // A read refused for want of a replica (all_replicas_banned: error), in pooled mode: the
   // error answers that request alone and the session goes on.
   awaitable<bool> refuse_request(const PgError& e);
-  std::optional<PgError> refused_;
+  std::unique_ptr<PgError> refused_;  // (pointers: an idle session stays small)
   awaitable<void> release();
   awaitable<std::string> client_to_server();
   awaitable<std::string> server_to_client();
@@ -225,7 +236,7 @@ class ClientSession {
   std::string user_name_;
   std::string db_name_;
   std::vector<std::pair<std::string, std::string>> startup_params_;
-  config::User trust_user_;
+  std::unique_ptr<config::User> trust_user_;  // auth_type trust, a user not in the config
   const config::User* user_ = nullptr;
   const config::Database* db_ = nullptr;
   pg::BackendKeyData key_{0, 0};
@@ -348,6 +359,8 @@ class ClientSession {
   bool release_wanted_ = false;  // idle, waiting for a write in flight to finish
   bool watchdog_on_ = true;      // any of query/idle_transaction/client_idle timeouts set
   bool parked_ = false;          // idle between transactions, waiting for the client's socket
+  bool woke_ = false;            // serve() runs again: the client's socket became readable
+  bool logged_in_ = false;       // the relay started (the session's end is logged)
   std::function<void()> cancel_wait_;  // set while waiting in the pool
   bool attached_light_ = false;        // relaying without a wait_killed() coroutine
   bool sequential_ = false;            // in relay_sequential(): one direction at a time
@@ -363,12 +376,14 @@ class ClientSession {
   int pending_ = 0;  // requests sent (Query, Sync, FunctionCall) not yet answered by ReadyForQuery
   Clock::time_point request_started_{};             // when pending_ last rose from 0
   Clock::time_point last_activity_ = Clock::now();  // last client bytes or ReadyForQuery
-  std::optional<PgError> close_error_;              // why the watchdog ended the session
+  std::unique_ptr<PgError> close_error_;            // why the watchdog ended the session
   bool cancel_server_ = false;                      // stop the server's work before closing
   char tx_status_ = 'I';                            // from the last ReadyForQuery
 };
 
-awaitable<void> ClientSession::run() {
+// Login, then the admin console or the first attach: nullopt when the relay is to start, else
+// why the session ended.
+awaitable<std::optional<std::string>> ClientSession::start() {
   auto ex = co_await asio::this_coro::executor;
   kill_timer_.emplace(ex, Clock::time_point::max());
   handle_ = std::make_shared<SessionHandle>(ex);
@@ -399,19 +414,48 @@ awaitable<void> ClientSession::run() {
     logged_in = attached;
   }
   if (logged_in && !killed_) {
+    logged_in_ = true;
     spdlog::info("client {} user={} db={}{}: logged in", peer_, user_name_, db_name_,
                  client_->tls() ? " tls" : "");
-    auto relay_reason = co_await relay();
-    reason = std::move(relay_reason);
-    if (close_error_ && !to_client_.mid_message()) {
-      queue_error(*close_error_);
-      co_await flush();
-    }
-    if (cancel_server_ && server_) {
-      CancelTarget target{server_->host(), server_->port(), server_->key()};  // own statement:
-      co_await send_cancel(std::move(target));  // no braced temporary in a co_await (g++ 12)
-    }
+    co_return std::nullopt;
   }
+  co_await finish(std::move(reason));
+  co_return std::string();
+}
+
+// Relays until the session ends, or parks it: an idle client then holds no coroutine frame,
+// only this object and a wait for its socket to become readable, which runs serve() again.
+awaitable<void> ClientSession::serve(std::shared_ptr<ClientSession> self) {
+  auto reason = co_await self->relay();
+  if (reason == kParked) {
+    park(std::move(self));
+    co_return;
+  }
+  if (self->close_error_ && !self->to_client_.mid_message()) {
+    self->queue_error(*self->close_error_);
+    co_await self->flush();
+  }
+  if (self->cancel_server_ && self->server_) {
+    CancelTarget target{self->server_->host(), self->server_->port(), self->server_->key()};
+    co_await send_cancel(std::move(target));  // no braced temporary in a co_await (g++ 12)
+  }
+  co_await self->finish(std::move(reason));
+}
+
+void ClientSession::park(std::shared_ptr<ClientSession> self) {
+  auto& socket = self->client_->socket();
+  self->parked_ = true;  // kill() cancels this wait
+  socket.async_wait(tcp::socket::wait_read, [self = std::move(self)](error_code) mutable {
+    // A failed wait shows again at the read (or killed_ says why): serve() tells the client.
+    self->parked_ = false;
+    self->woke_ = true;
+    auto ex = self->client_->socket().get_executor();
+    asio::co_spawn(ex, serve(std::move(self)), log_exceptions("client session"));
+  });
+}
+
+// The end of a session: what a shutdown or KILL tells the client, and the log line.
+awaitable<void> ClientSession::finish(std::string reason) {
   if (killed_) {
     reason = handle_->admin_kill ? "KILL" : "shutdown";
     if (!to_client_.mid_message()) {
@@ -426,7 +470,7 @@ awaitable<void> ClientSession::run() {
       co_await flush();
     }
   }
-  if (logged_in)
+  if (logged_in_)
     spdlog::info("client {} user={} db={}: closed ({})", peer_, user_name_, db_name_, reason);
 }
 
@@ -629,8 +673,9 @@ awaitable<bool> ClientSession::authenticate() {
   switch (cfg_->auth_type) {
     case config::AuthType::kTrust:
       if (!user_) {
-        trust_user_.name = trust_user_.server_user = user_name_;
-        user_ = &trust_user_;
+        trust_user_ = std::make_unique<config::User>();
+        trust_user_->name = trust_user_->server_user = user_name_;
+        user_ = trust_user_.get();
       }
       ok = true;
       break;
@@ -857,7 +902,7 @@ awaitable<bool> ClientSession::checkout() {
                 "routing.primary_reads / routing.all_replicas_banned decide whether the "
                 "primary takes reads then"};
       if (ps_) {
-        refused_ = std::move(e);  // relay() answers the request and goes on
+        refused_ = std::make_unique<PgError>(std::move(e));  // relay() answers it and goes on
         co_return false;
       }
       queue_error(e);
@@ -1545,7 +1590,7 @@ void ClientSession::refresh_config() {
   generation_ = rt_->generation.load();
   auto cfg = rt_->config();
   const auto* db = cfg->database(db_name_);
-  const auto* user = user_ == &trust_user_ ? &trust_user_ : cfg->user(user_name_);
+  const auto* user = trust_user_ ? trust_user_.get() : cfg->user(user_name_);
   if (!db || !user) return;
   cfg_ = std::move(cfg);
   db_ = db;
@@ -1684,16 +1729,21 @@ awaitable<void> ClientSession::release() {
 
 // Waits, without a server connection, until the client sends something. A plain-TCP client
 // holds no read buffer while it waits: thousands of idle clients cost little memory.
+void ClientSession::trim_idle() {
+  reader_.release();
+  to_server_buf_ = pg::Buffer();
+  if (ps_) ps_->trim();
+  tracker_.trim();
+}
+
 awaitable<std::string> ClientSession::wait_for_client() {
   for (;;) {
     auto data = reader_.pending();
     if (data.size() >= pg::kHeaderSize && data[0] == 'X') co_return "client terminated";
     if (!data.empty()) co_return std::string();
-    if (!client_->tls()) {
-      reader_.release();
-      to_server_buf_ = pg::Buffer();
-      if (ps_) ps_->trim();
-      tracker_.trim();
+    // Woken from park(): the socket is readable now (a second wait would need another edge).
+    if (!client_->tls() && !std::exchange(woke_, false)) {
+      trim_idle();
       parked_ = true;  // kill() cancels this wait
       auto [wec] = co_await client_->socket().async_wait(tcp::socket::wait_read, use_nothrow);
       parked_ = false;
@@ -1713,6 +1763,10 @@ awaitable<std::string> ClientSession::wait_for_client() {
 awaitable<std::string> ClientSession::relay() {
   for (;;) {
     if (!server_) {
+      if (!woke_ && parkable() && reader_.pending().empty()) {
+        trim_idle();
+        co_return std::string(kParked);
+      }
       auto why = co_await wait_detached();
       if (!why.empty()) co_return why;
       if (ps_ && !pinned_) {
@@ -1732,7 +1786,7 @@ awaitable<std::string> ClientSession::relay() {
       }
       if (!co_await checkout()) {
         if (!refused_) co_return "no server connection";
-        auto refused = std::move(*refused_);
+        auto refused = std::move(*refused_);  // named: no temporary inside a co_await (g++ 12)
         refused_.reset();
         if (!co_await refuse_request(refused)) co_return "client write failed";
         continue;
@@ -2470,27 +2524,29 @@ awaitable<std::string> ClientSession::watchdog() {
     if (pending() > 0 && expired(p.query_timeout, request_started_)) {
       server_failed_ = true;  // mid-request: the server connection is never reused
       cancel_server_ = true;  // after the relay stops, so no reply overtakes our error
-      close_error_ = PgError{"57014",
-                             "canceling statement due to query_timeout",
-                             {},
-                             "the request ran longer than pool.query_timeout"};
+      close_error_ =
+          std::make_unique<PgError>(PgError{"57014",
+                                            "canceling statement due to query_timeout",
+                                            {},
+                                            "the request ran longer than pool.query_timeout"});
       co_return "query timeout";
     }
     if (pending() == 0 && tx_status() != 'I' &&
         expired(p.idle_transaction_timeout, last_activity_)) {
       server_failed_ = true;  // closing it rolls the transaction back on the server
-      close_error_ =
+      close_error_ = std::make_unique<PgError>(
           PgError{"25P03",
                   "terminating connection due to idle-in-transaction timeout",
                   {},
-                  "transactions idle longer than pool.idle_transaction_timeout are ended"};
+                  "transactions idle longer than pool.idle_transaction_timeout are ended"});
       co_return "idle transaction timeout";
     }
     if (pending() == 0 && tx_status() == 'I' && expired(p.client_idle_timeout, last_activity_)) {
-      close_error_ = PgError{"57P05",
-                             "terminating connection due to idle-session timeout",
-                             {},
-                             "clients idle longer than pool.client_idle_timeout are closed"};
+      close_error_ = std::make_unique<PgError>(
+          PgError{"57P05",
+                  "terminating connection due to idle-session timeout",
+                  {},
+                  "clients idle longer than pool.client_idle_timeout are closed"});
       co_return "client idle timeout";
     }
   }
@@ -2501,8 +2557,9 @@ awaitable<std::string> ClientSession::watchdog() {
 awaitable<void> run_client_session(tcp::socket socket, std::shared_ptr<Runtime> rt) {
   error_code ec;
   socket.set_option(tcp::no_delay(true), ec);
-  ClientSession session(std::move(socket), std::move(rt));
-  co_await session.run();
+  auto session = std::make_shared<ClientSession>(std::move(socket), std::move(rt));
+  auto ended = co_await session->start();
+  if (!ended) co_await ClientSession::serve(std::move(session));
 }
 
 }  // namespace sluice::server
