@@ -1,0 +1,359 @@
+// The byte relay between a client and its server connection (concurrent and sequential).
+#include "server/pg/session.hpp"
+
+namespace sluice::server::pgsession {
+
+awaitable<std::string> ClientSession::relay() {
+  for (;;) {
+    if (!server_) {
+      if (!woke_ && parkable() && reader_.pending().empty()) {
+        trim_idle();
+        co_return std::string(kParked);
+      }
+      auto why = co_await wait_detached();
+      if (!why.empty()) co_return why;
+      if (ps_ && !pinned_) {
+        auto local = co_await answer_detached();
+        if (local == kAnswered) continue;
+        if (!local.empty()) co_return local;
+      }
+      if (ps_ && !pinned_ && cache_on()) {
+        auto cached = co_await try_cache();
+        if (cached == kAnswered) continue;
+        if (!cached.empty()) co_return cached;
+      }
+      if (replicas_) {
+        auto routed = co_await prepare_route();
+        if (routed == kAnswered) continue;
+        if (!routed.empty()) co_return routed;
+      }
+      if (!co_await checkout()) {
+        if (!refused_) co_return "no server connection";
+        auto refused = std::move(*refused_);  // named: no temporary inside a co_await (g++ 12)
+        refused_.reset();
+        if (!co_await refuse_request(refused)) co_return "client write failed";
+        continue;
+      }
+    }
+    std::string reason(kConcurrent);
+    if (ps_ && !watchdog_on_ && !pinned_) {
+      attached_light_ = true;  // kill() cancels the pending read
+      auto sequential = co_await relay_sequential();
+      attached_light_ = false;
+      reason = killed_ ? std::string("shutdown") : std::move(sequential);
+    }
+    if (reason == kConcurrent) {
+      auto concurrent = co_await relay_attached();
+      reason = std::move(concurrent);
+    }
+    if (reason == kRetry) {
+      retry_elsewhere();
+      continue;
+    }
+    if (reason == kGone) reason = kReleased;  // sequential: nothing was read from the client
+    if (reason != kReleased) co_return reason;
+    co_await release();
+  }
+}
+
+// Relays while a server connection is attached; kReleased when it went back to the pool.
+// Each result is initialised from its co_await in its own statement: g++ 12 miscompiles
+// `r = co_await ...` assignments and `c ? co_await a : co_await b` (double free).
+awaitable<std::string> ClientSession::relay_attached() {
+  auto reason = [](auto& r) {
+    return std::visit(
+        [](auto& v) -> std::string {
+          if constexpr (std::is_same_v<std::decay_t<decltype(v)>, std::monostate>) {
+            return "shutdown";  // wait_killed
+          } else {
+            return v;
+          }
+        },
+        r);
+  };
+  if (ps_ && !watchdog_on_) {
+    // kill() cancels both sockets' operations instead of a third coroutine per transaction.
+    attached_light_ = true;
+    auto r = co_await (client_to_server_pooled() || server_to_client_pooled());
+    attached_light_ = false;
+    if (killed_) co_return "shutdown";
+    co_return reason(r);
+  }
+  if (ps_) {
+    auto r = co_await (client_to_server_pooled() || server_to_client_pooled() || watchdog() ||
+                       wait_killed());
+    co_return reason(r);
+  }
+  auto r = co_await (client_to_server() || server_to_client() || watchdog() || wait_killed());
+  co_return reason(r);
+}
+
+awaitable<std::optional<std::string>> ClientSession::write_to_server(asio::const_buffer b) {
+  server_writing_ = true;
+  auto [ec, written] = co_await server_->stream().write(b);
+  server_writing_ = false;
+  if (ec == asio::error::operation_aborted) {  // the server side ended mid-write
+    server_failed_ = true;
+    co_return "cancelled";
+  }
+  if (ec && can_retry()) {
+    server_failed_ = true;
+    routed_->retry_why = "write failed: " + ec.message();
+    co_return std::string(kRetry);
+  }
+  if (ec) {
+    server_failed_ = true;
+    ban_replica("write failed: " + ec.message());
+    queue_error({"08006", "lost the connection to the server: " + ec.message(), {}, {}});
+    co_await flush();
+    co_return "server write failed";
+  }
+  co_return std::nullopt;
+}
+
+awaitable<std::string> ClientSession::client_message_rejected(const pg::FrameFailure& failure) {
+  spdlog::warn("client {}: message length {} rejected: {} (limits.max_message_size={})", peer_,
+               failure.declared_length, pg::describe(failure.error), cfg_->max_message_size);
+  queue_error({"08P01",
+               "invalid message length from client",
+               {},
+               "messages are capped by limits.max_message_size"});
+  co_await flush();
+  co_return "protocol violation";
+}
+
+awaitable<std::string> ClientSession::server_read_failed(const error_code& ec) {
+  if (ec == asio::error::operation_aborted) co_return "cancelled";  // the other direction ended
+  server_failed_ = true;
+  if (can_retry()) {
+    routed_->retry_why = "connection lost: " + ec.message();
+    co_return std::string(kRetry);
+  }
+  ban_replica("connection lost: " + ec.message());
+  if (ps_ && ps_->pending() == 0 && ps_->idle() && !to_client_.mid_message()) {
+    server_gone_ = true;  // between requests: the next one gets another server
+    co_return std::string(kGone);
+  }
+  if (!to_client_.mid_message()) {
+    queue_error({"08006",
+                 "server closed the connection unexpectedly",
+                 {},
+                 "the server may have been restarted or terminated this backend"});
+    co_await flush();
+  }
+  co_return "server disconnected";
+}
+
+// Session pooling: bytes pass through; only request boundaries are counted.
+awaitable<std::string> ClientSession::client_to_server() {
+  for (;;) {
+    auto data = reader_.pending();
+    std::size_t forward = 0;
+    pg::MessageScanner::Stop stop{};
+    const auto now = Clock::now();
+    for (;;) {  // inspected messages are noted and forwarded in the same write
+      stop = to_server_.scan(data.subspan(forward), kFromClient, [](const pg::Header&) {});
+      forward += stop.offset;
+      if (stop.kind != pg::MessageScanner::Stop::kInspect || stop.frame.type == 'X') break;
+      const auto type = stop.frame.type;
+      if (type == 'Q' || type == 'S' || type == 'F') note_request();
+      if (rt_->cache && (type == 'Q' || type == 'P' || type == 'B')) note_writes(stop.frame);
+      if (rt_->cache && !lexer_suspect_ && (type == 'Q' || type == 'P')) {
+        std::string_view sql = bytes::as_chars(stop.frame.body);
+        if (type == 'P') {
+          auto p = pg::decode_parse(stop.frame.body);
+          sql = p ? p->query : std::string_view();
+        }
+        if (changes_lexer(sql.substr(0, sql.find('\0'))))  // before the next message is noted
+          lexer_mismatch("it set standard_conforming_strings or client_encoding");
+      }
+      tracker_.on_client(stop.frame, now);
+      forward += stop.frame.size;
+    }
+    if (forward > 0) {
+      if (auto failed = co_await write_to_server(asio::buffer(data.data(), forward)))
+        co_return *failed;
+      reader_.consume(forward);
+    }
+    if (stop.kind == pg::MessageScanner::Stop::kInspect) co_return "client terminated";  // 'X'
+    if (stop.kind == pg::MessageScanner::Stop::kError) {
+      auto reason = co_await client_message_rejected(stop.failure);
+      co_return reason;
+    }
+    reader_.shrink(kClientBuffer);
+    auto [ec, n] = co_await client_->read_some(reader_.prepare(stop.need));
+    reader_.commit(n);
+    if (ec) co_return "client disconnected";
+    counters_->received_bytes->inc(n);
+    last_activity_ = Clock::now();
+  }
+}
+
+awaitable<std::string> ClientSession::server_to_client() {
+  auto& in = server_->reader();
+  for (;;) {
+    auto data = in.pending();
+    std::size_t forward = 0;
+    pg::MessageScanner::Stop stop{};
+    const auto now = Clock::now();
+    bool hold = false;  // the ReadyForQuery ending a transaction that wrote waits for the bump
+    for (;;) {          // consume inspected messages in place; forward everything in one write
+      stop = to_client_.scan(data.subspan(forward), kFromServer, [](const pg::Header&) {});
+      forward += stop.offset;
+      if (stop.kind != pg::MessageScanner::Stop::kInspect) break;
+      if (stop.frame.type != 'S') note_server_message(stop.frame, now);
+      if (stop.frame.type == 'Z') {
+        tx_status_ = pg::decode_ready_for_query(stop.frame.body).value_or('E');
+        if (pending_ > 0) --pending_;
+        last_activity_ = Clock::now();
+        handle_->idle = pending_ == 0 && tx_status_ == 'I';
+        hold = writes_pending() && tx_status_ == 'I' && pending_ == 0;
+      } else if (stop.frame.type == 'S') {
+        if (auto p = pg::decode_parameter_status(stop.frame.body)) {
+          server_->set_param(p->name, p->value);
+          note_lexer(p->name, p->value);
+        }
+      }
+      forward += stop.frame.size;
+      if (hold) break;
+    }
+    std::array<char, 6> ready{};
+    if (hold) std::memcpy(ready.data(), data.data() + forward - ready.size(), ready.size());
+    if (const std::size_t n = forward - (hold ? ready.size() : 0); n > 0) {
+      auto [ec, written] = co_await client_->write(asio::buffer(data.data(), n));
+      if (ec) co_return "client write failed";
+      counters_->sent_bytes->inc(written);
+    }
+    in.consume(forward);
+    if (hold) {
+      co_await bump_writes();
+      auto [ec, written] = co_await client_->write(asio::buffer(ready));
+      if (ec) co_return "client write failed";
+      counters_->sent_bytes->inc(written);
+      continue;
+    }
+    if (stop.kind == pg::MessageScanner::Stop::kError) {
+      server_failed_ = true;
+      queue_error({"08P01", "server sent an invalid message length", {}, {}});
+      co_await flush();
+      co_return "server protocol violation";
+    }
+    in.shrink(ServerConn::kReadBuffer);
+    auto [ec, n] = co_await server_->stream().read_some(in.prepare(stop.need));
+    in.commit(n);
+    if (ec) {
+      auto reason = co_await server_read_failed(ec);
+      co_return reason;
+    }
+  }
+}
+
+// Transaction pooling, the common shape without coroutines spawned per transaction: forward
+// the client's requests, then relay the replies until they are all answered, then the client's
+// next requests. Returns kConcurrent for what needs both directions at once (COPY FROM STDIN,
+// Flush-driven batches, large pipelines, pinned sessions), kReleased at the end of a
+// transaction.
+awaitable<std::string> ClientSession::relay_sequential() {
+  sequential_ = true;
+  auto result = co_await relay_sequential_steps();
+  sequential_ = false;
+  co_return result;
+}
+
+awaitable<std::string> ClientSession::relay_sequential_steps() {
+  for (;;) {
+    auto scan = scan_client();
+    bool large = to_server_buf_.size() > kSequentialBatch;
+    if (scan.kind == ClientScan::kNeedMore &&
+        (large || pinned_ || ps_->unsynced() || to_server_.mid_message()))
+      co_return kConcurrent;  // it writes what scan_client() buffered first
+    const bool sent = !to_server_buf_.empty();
+    if (auto end = co_await forward_client(scan)) co_return *end;
+    while (ps_->pending() > 0) {
+      auto answer = scan_server();
+      if (auto end = co_await forward_server(answer)) co_return *end;
+      if (answer.copy_in) co_return kConcurrent;  // the client sends data now
+      if (answer.stop.kind == pg::MessageScanner::Stop::kInspect) continue;  // more buffered
+      if (ps_->pending() == 0) break;
+      if (auto end = co_await read_server(answer.stop.need)) co_return *end;
+    }
+    if (scan.kind == ClientScan::kReroute) {
+      if (ps_->idle() && can_release()) co_return std::string(kReleased);  // the next checkout
+      reroute_allowed_ = true;  // the replica is inside a transaction: it keeps the request
+      continue;
+    }
+    // Nothing sent (a partial message so far): read on rather than release and re-acquire.
+    if (sent && want_release(ps_->idle())) co_return kReleased;
+    if (!server_->reader().pending().empty()) co_return kConcurrent;  // unexpected extra bytes
+    if (sent && !reader_.pending().empty()) continue;  // the client pipelined more: scan it
+    if (auto end = co_await read_client(scan.need)) co_return *end;
+  }
+}
+
+// Transaction pooling, client → server, concurrently with server_to_client_pooled().
+awaitable<std::string> ClientSession::client_to_server_pooled() {
+  for (;;) {
+    if (server_gone_) co_return std::string(kReleased);  // the next request goes elsewhere
+    while (cached_ && cached_->server_reserved) {        // sluice's own query is on the server
+      auto& timer = *cached_->reserve_timer;
+      timer.expires_at(asio::steady_timer::time_point::max());
+      co_await timer.async_wait(use_nothrow);
+      if (killed_) co_return "shutdown";
+    }
+    auto scan = scan_client();
+    if (auto end = co_await forward_client(scan)) co_return *end;
+    if (want_release(false)) co_return std::string(kReleased);
+    if (scan.kind == ClientScan::kReroute) {
+      if (ps_->pending() == 0) {  // the replica answered everything already
+        if (ps_->idle() && can_release()) co_return std::string(kReleased);
+        reroute_allowed_ = true;
+        reroute_ = false;
+        continue;
+      }
+      // server_to_client_pooled() wakes this once the replica has answered.
+      if (!routed_->reroute_timer) {
+        auto ex = co_await asio::this_coro::executor;
+        routed_->reroute_timer.emplace(ex);
+      }
+      routed_->reroute_timer->expires_at(asio::steady_timer::time_point::max());
+      co_await routed_->reroute_timer->async_wait(use_nothrow);
+      if (killed_) co_return "shutdown";
+      continue;
+    }
+    if (auto end = co_await read_client(scan.need)) co_return *end;
+  }
+}
+
+// Transaction pooling, server → client: at ReadyForQuery outside a transaction the server
+// connection is released.
+awaitable<std::string> ClientSession::server_to_client_pooled() {
+  for (;;) {
+    auto scan = scan_server();
+    if (auto end = co_await forward_server(scan)) {
+      if (*end == kGone) break;
+      co_return *end;
+    }
+    if (want_release(scan.idle_now)) co_return std::string(kReleased);
+    if (reroute_ && ps_->pending() == 0) {  // a request waits to move off this replica
+      if (ps_->idle() && can_release()) co_return std::string(kReleased);
+      reroute_allowed_ = true;
+      reroute_ = false;
+      if (routed_->reroute_timer) routed_->reroute_timer->cancel();
+    }
+    if (scan.stop.kind == pg::MessageScanner::Stop::kInspect &&
+        !server_->reader().pending().empty())
+      continue;
+    if (auto end = co_await read_server(scan.stop.need)) {
+      if (*end == kGone) break;
+      co_return *end;
+    }
+  }
+  // The server went away between requests: the client side detaches before the client's next
+  // request (it must not be cut short while it may hold bytes it read from the client).
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer parked(ex, asio::steady_timer::time_point::max());
+  co_await parked.async_wait(use_nothrow);
+  co_return "cancelled";
+}
+
+}  // namespace sluice::server::pgsession

@@ -1,0 +1,261 @@
+// Read routing glue: the verdict per request, the node chosen, retries on another replica.
+#include "server/pg/session.hpp"
+
+namespace sluice::server::pgsession {
+
+// Where one statement string may run, from its classification, the session's settings and hints.
+ClientSession::Verdict ClientSession::verdict(const routing::ReadFacts& f) {
+  Verdict v;
+  const bool read_only_tx = f.read_only_tx || setting("default_transaction_read_only") == "on";
+  v.replica = f.parsed && f.read && !(f.begins && (!read_only_tx || f.read_write_tx)) &&
+              !replicas_->may_write(f.functions);
+  v.write = !v.replica;
+  v.catalog_change = f.catalog_change;
+  if (f.hint == routing::Hint::kPrimary) v.replica = false;
+  if (f.hint == routing::Hint::kReplica) v.replica = true;
+  if (f.hint == routing::Hint::kNone) {
+    auto route = setting("sluice.route");
+    if (route == "primary") v.replica = false;
+    if (route == "replica") v.replica = true;
+  }
+  return v;
+}
+
+// One client message: Query and Parse by their text, Bind of a named statement by the text it
+// was prepared with; a Bind of the unnamed statement without its Parse, FunctionCall and COPY
+// data cannot be judged and go to the primary.
+ClientSession::Verdict ClientSession::verdict(const pg::Frame& f, bool parse_seen) {
+  if (lexer_suspect_) return {false, true, false};  // its text may be misread
+  std::string_view text;
+  routing::StatementPtr stmt;
+  switch (f.type) {
+    case 'Q': {
+      auto body = bytes::as_chars(f.body);
+      text = body.substr(0, body.find('\0'));
+      break;
+    }
+    case 'P': {
+      auto p = pg::decode_parse(f.body);
+      if (!p) return {false, true, false};
+      text = p->query;
+      break;
+    }
+    case 'B': {
+      auto b = pg::decode_bind(f.body);
+      if (!b) return {false, true, false};
+      if (b->statement.empty()) {
+        if (parse_seen) return {true, false, false};  // judged at its Parse
+        return {false, true, false};
+      }
+      stmt = ps_->statement(b->statement);
+      if (!stmt) return {false, true, false};  // the server will say it does not exist
+      text = stmt->query;
+      break;
+    }
+    case 'D':
+    case 'E':
+    case 'S':
+    case 'H':
+    case 'C':
+      return {true, false, false};
+    default:
+      return {false, true, false};
+  }
+  auto facts = rt_->reads.get(text);
+  return verdict(*facts);
+}
+
+// The buffered requests a checkout must place: all reads → a replica may take them.
+ClientSession::RouteNeed ClientSession::route_need() {
+  RouteNeed n;
+  auto data = reader_.pending();
+  std::size_t pos = 0;
+  bool any = false;
+  bool replica = true;
+  bool parse_seen = false;
+  // Extended-query messages since the last Sync: they run in one implicit transaction that
+  // cannot move to another server later, so the route waits for the whole of it.
+  bool open = false, flushed = false;
+  std::size_t missing = pg::kHeaderSize;  // of the next message, when it is incomplete
+  while (data.size() - pos >= pg::kHeaderSize) {
+    const char type = static_cast<char>(data[pos]);
+    bytes::Reader header(data.subspan(pos + 1, 4));
+    const std::uint32_t len = header.u32();
+    if (len < 4) return n;  // malformed: primary; the relay reports it
+    const std::size_t size = 1 + static_cast<std::size_t>(len);
+    if (size > data.size() - pos) {
+      if (!any) {
+        if (size > kRouteMaxMessage) {  // too large to classify: the primary, as a write
+          n.write = true;
+          return n;
+        }
+        n.kind = RouteNeed::kNeedMore;
+        n.need = size - (data.size() - pos);
+        return n;
+      }
+      missing = pos + size > kRouteMaxMessage ? 0 : size - (data.size() - pos);
+      break;
+    }
+    if (type == 'S') open = flushed = false;
+    if (type == 'P' || type == 'B' || type == 'D' || type == 'C' || type == 'E') open = true;
+    if (type == 'H') flushed = open;
+    pg::Frame f{type, data.subspan(pos + pg::kHeaderSize, len - 4), size};
+    Verdict v;
+    if (type == 'Q') {
+      auto body = bytes::as_chars(f.body);
+      auto text = body.substr(0, body.find('\0'));
+      auto facts = rt_->reads.get(text);
+      if (!any && size == data.size()) {  // a lone Query sluice may answer or rewrite
+        if (facts->show_last_write_lsn) {
+          n.kind = RouteNeed::kShowLsn;
+          n.size = size;
+          return n;
+        }
+        if (routing::is_set_route_primary(text)) {
+          n.kind = RouteNeed::kSetRoutePrimary;
+          n.size = size;
+          return n;
+        }
+      }
+      v = verdict(*facts);
+      if (changes_lexer(text)) v = Verdict{false, true, v.catalog_change};  // what follows
+    } else {
+      v = verdict(f, parse_seen);
+      if (type == 'P') {
+        auto p = pg::decode_parse(f.body);
+        if (p && changes_lexer(p->query)) v = Verdict{false, true, v.catalog_change};
+      }
+    }
+    if (v.catalog_change) {
+      replicas_->catalog_changed();  // until it is fetched again, function calls go to the primary
+      catalog_changed_ = true;
+    }
+    if (type == 'P') parse_seen = true;
+    replica = replica && v.replica;
+    n.write = n.write || v.write;
+    any = true;
+    pos += size;
+  }
+  if (open && !flushed && missing > 0 && data.size() < kRouteMaxMessage) {
+    // No Sync or Flush yet: the client still sends (it waits for nothing before either).
+    n.kind = RouteNeed::kNeedMore;
+    n.need = data.size() - pos >= pg::kHeaderSize ? missing : pg::kHeaderSize - (data.size() - pos);
+    n.write = n.replica = false;
+    return n;
+  }
+  // A segment left open (the client waits at a Flush): what it sends next joins that implicit
+  // transaction, writes included, so it starts on the primary.
+  n.replica = any && replica && !open;
+  n.judged = pos;
+  return n;
+}
+
+// Before a checkout: makes sure the first request is whole, answers what sluice answers itself.
+// "" to check out, kAnswered, or why the session ends.
+awaitable<std::string> ClientSession::prepare_route() {
+  for (;;) {
+    route_ = route_need();
+    if (route_.kind == RouteNeed::kNeedMore) {
+      if (auto end = co_await read_client(route_.need)) co_return *end;
+      continue;
+    }
+    if (route_.kind == RouteNeed::kSetRoutePrimary) {
+      // PRIMARY is a reserved word: the server would refuse it unquoted.
+      reader_.consume(route_.size);
+      pg::Buffer q;
+      pg::encode_query(q, "SET sluice.route = 'primary'");
+      reader_.unread(q);
+      continue;
+    }
+    if (route_.kind == RouteNeed::kShowLsn) {  // SHOW sluice.last_write_lsn
+      reader_.consume(route_.size);
+      route_ = RouteNeed{};
+      pg::Buffer out;
+      pg::Column col;
+      col.name = "last_write_lsn";
+      col.type_oid = 25;  // text
+      col.type_len = -1;
+      std::vector<pg::Column> cols{col};
+      pg::encode_row_description(out, cols);
+      const auto lsn = routing::format_lsn(last_write_lsn_);
+      std::vector<std::optional<std::string_view>> row{lsn};
+      pg::encode_data_row(out, row);
+      pg::encode_command_complete(out, "SHOW");
+      pg::encode_ready_for_query(out, 'I');
+      if (!co_await send(std::move(out))) co_return "client write failed";
+      co_return std::string(kAnswered);
+    }
+    co_return std::string();
+  }
+}
+
+// The node for the next checkout: a replica when the request only reads and one is fresh enough.
+int ClientSession::choose_node() {
+  if (!replicas_ || pinned_ || !route_.replica) {
+    if (route_.write) wrote_ = true;
+    return routing::ReplicaSet::kPrimary;
+  }
+  const auto& r = cfg_->routing;
+  if (r.read_your_writes == config::Routing::ReadYourWrites::kWindow &&
+      last_write_at_ != Clock::time_point{} &&
+      Clock::now() - last_write_at_ < r.read_your_writes_window)
+    return routing::ReplicaSet::kPrimary;
+  auto pick =
+      replicas_->pick(min_lsn(), std::chrono::steady_clock::now(),
+                      static_cast<std::uint64_t>(key_.pid) +
+                          static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
+  if (pick.refused) return kRefused;
+  picked_ = true;
+  return pick.node;
+}
+
+// This client must not read anything older than its own last write, nor than the causal token
+// it set (SET sluice.min_lsn).
+routing::Lsn ClientSession::min_lsn() const {
+  routing::Lsn lsn = 0;
+  if (cfg_->routing.read_your_writes == config::Routing::ReadYourWrites::kLsn)
+    lsn = last_write_lsn_;
+  if (auto token = routing::parse_lsn(setting("sluice.min_lsn"))) lsn = std::max(lsn, *token);
+  // A cache miss is stored under versions whose writes its source must have replayed.
+  if (cached_ && cached_->filling) lsn = std::max(lsn, cached_->fill.min_lsn);
+  return lsn;
+}
+
+std::shared_ptr<Pool> ClientSession::replica_pool(int node) {
+  auto i = static_cast<std::size_t>(node);
+  if (routed_->pools.size() <= i) routed_->pools.resize(db_->replicas.size());
+  auto& pool = routed_->pools.at(i);
+  if (!pool) pool = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls(), &db_->replicas.at(i));
+  return pool;
+}
+
+// The read's replica connection broke before the client saw a byte: ban the replica, put the
+// client's messages back, and let routing choose again.
+void ClientSession::retry_elsewhere() {
+  const auto address = replicas_->address(node_);
+  spdlog::warn(
+      "client {} user={} db={}: replica {} failed during a read ({}): banned, retrying "
+      "the read on another node",
+      peer_, user_name_, db_name_, address, routed_->retry_why);
+  ban_replica(routed_->retry_why);
+  end_pick();
+  server_.mark_broken();
+  server_.give_back();
+  server_failed_ = false;
+  if (key_.pid != 0) rt_->cancels.set_target(key_, std::nullopt);
+  ps_.emplace(*routed_->ps_saved);
+  tracker_ = *routed_->tracker_saved;
+  to_server_ = pg::MessageScanner(cfg_->max_message_size);
+  to_client_ = pg::MessageScanner(pg::kMaxMessageLength);
+  reader_.unread(routed_->replay);
+  routed_->replay.clear();
+  retried_ = true;
+  release_wanted_ = false;
+}
+
+void ClientSession::end_pick() {
+  if (picked_ && replicas_) replicas_->finished(node_);
+  picked_ = false;
+}
+
+}  // namespace sluice::server::pgsession

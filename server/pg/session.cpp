@@ -1,0 +1,238 @@
+// A client session's lifecycle: start, serve, park between requests, finish, kill.
+#include "server/pg/session.hpp"
+
+namespace sluice::server::pgsession {
+
+// Login, then the admin console or the first attach: nullopt when the relay is to start, else
+// why the session ended.
+awaitable<std::optional<std::string>> ClientSession::start() {
+  auto ex = co_await asio::this_coro::executor;
+  kill_timer_.emplace(ex, Clock::time_point::max());
+  handle_ = std::make_shared<SessionHandle>(ex);
+  handle_->kill = [this] { kill(); };
+  fill_info();
+  rt_->add_session(handle_);
+
+  std::string reason = "client disconnected during login";
+  auto login =
+      co_await (startup_and_auth() || sleep_for(cfg_->pool.client_login_timeout) || wait_killed());
+  bool logged_in = login.index() == 0 && std::get<0>(login);
+  if (login.index() == 1) {
+    queue_error({"08P01", "timeout during startup and authentication", {}, {}});
+    co_await flush();
+  } else if (logged_in && admin_ && !killed_) {
+    fill_info();
+    handle_->state = ClientState::kActive;
+    spdlog::info("client {} user={}: on the admin console", peer_, user_name_);
+    AdminClient who;  // named: no braced temporary inside a co_await (g++ 12)
+    who.user = user_name_;
+    who.full = cfg_->is_admin(user_name_);
+    auto r = co_await (run_admin_console(*client_, reader_, rt_, std::move(who)) || wait_killed());
+    reason = r.index() == 0 ? std::get<0>(r) : std::string("shutdown");
+    logged_in = false;  // logged as an admin session
+    spdlog::info("client {} user={}: left the admin console ({})", peer_, user_name_, reason);
+  } else if (logged_in && !killed_) {
+    bool attached = co_await attach_server();
+    logged_in = attached;
+  }
+  if (logged_in && !killed_) {
+    logged_in_ = true;
+    spdlog::info("client {} user={} db={}{}: logged in", peer_, user_name_, db_name_,
+                 client_->tls() ? " tls" : "");
+    co_return std::nullopt;
+  }
+  co_await finish(std::move(reason));
+  co_return std::string();
+}
+
+// Relays until the session ends, or parks it: an idle client then holds no coroutine frame,
+// only this object and a wait for its socket to become readable, which runs serve() again.
+awaitable<void> ClientSession::serve(std::shared_ptr<ClientSession> self) {
+  auto reason = co_await self->relay();
+  if (reason == kParked) {
+    park(std::move(self));
+    co_return;
+  }
+  if (self->close_error_ && !self->to_client_.mid_message()) {
+    self->queue_error(*self->close_error_);
+    co_await self->flush();
+  }
+  if (self->cancel_server_ && self->server_) {
+    CancelTarget target{self->server_->host(), self->server_->port(), self->server_->key()};
+    co_await send_cancel(std::move(target));  // no braced temporary in a co_await (g++ 12)
+  }
+  co_await self->finish(std::move(reason));
+}
+
+void ClientSession::park(std::shared_ptr<ClientSession> self) {
+  auto& socket = self->client_->socket();
+  self->parked_ = true;  // kill() cancels this wait
+  socket.async_wait(tcp::socket::wait_read, [self = std::move(self)](error_code) mutable {
+    // A failed wait shows again at the read (or killed_ says why): serve() tells the client.
+    self->parked_ = false;
+    self->woke_ = true;
+    auto ex = self->client_->socket().get_executor();
+    asio::co_spawn(ex, serve(std::move(self)), log_exceptions("client session"));
+  });
+}
+
+// The end of a session: what a shutdown or KILL tells the client, and the log line.
+awaitable<void> ClientSession::finish(std::string reason) {
+  if (killed_) {
+    reason = handle_->admin_kill ? "KILL" : "shutdown";
+    if (!to_client_.mid_message()) {
+      if (handle_->admin_kill) {
+        queue_error({"57P01",
+                     "terminating connection due to administrator command (KILL " + db_name_ + ")",
+                     {},
+                     "the database is paused until an operator runs RESUME on the admin console"});
+      } else {
+        queue_error({"57P01", "terminating connection because sluice is shutting down", {}, {}});
+      }
+      co_await flush();
+    }
+  }
+  if (logged_in_)
+    spdlog::info("client {} user={} db={}: closed ({})", peer_, user_name_, db_name_, reason);
+}
+
+// The one exit path: runs however run() ends, an exception included.
+ClientSession::~ClientSession() {
+  if (handle_) {
+    handle_->kill = nullptr;
+    rt_->remove_session(handle_);
+  }
+  --rt_->clients;
+  if (key_.pid != 0) rt_->cancels.remove(key_);
+  end_pick();
+  end_fill();
+  // A pinned server holds LISTENs, locks or temp tables of this client: it is closed, not reused.
+  if (server_ && (server_failed_ || pinned_ || !server_reusable())) server_.mark_broken();
+  server_.give_back();
+  client_->close();
+}
+
+void ClientSession::kill() {
+  killed_ = true;
+  kill_timer_->cancel();
+  // Without a wait_killed() coroutine, the pending reads are cancelled and the loops see
+  // killed_ before their next read. A write in flight finishes (cancelling it could leave half a
+  // message on the socket).
+  if (cancel_wait_) cancel_wait_();  // waiting for a server connection
+  error_code ec;
+  if (parked_ || (attached_light_ && !client_writing_)) client_->socket().cancel(ec);
+  if (attached_light_ && server_ && !server_writing_) server_->stream().socket().cancel(ec);
+}
+
+awaitable<void> ClientSession::wait_killed() {
+  if (!killed_) co_await kill_timer_->async_wait(use_nothrow);
+}
+
+awaitable<bool> ClientSession::send(pg::Buffer b) {
+  auto ec = co_await client_->write_all(asio::buffer(b));
+  co_return !ec;
+}
+
+void ClientSession::queue_error(const PgError& e) {
+  rt_->obs.count_error(e.sqlstate);
+  pg::encode_error_response(outbox_, {"FATAL", e.sqlstate, e.message, e.detail, e.hint});
+}
+
+// What SHOW CLIENTS shows of this client; called as login reveals more.
+void ClientSession::fill_info() {
+  std::lock_guard lock(handle_->mu);
+  auto& i = handle_->info;
+  error_code ec;
+  if (i.addr.empty()) {
+    auto remote = client_->socket().remote_endpoint(ec);
+    if (!ec) {
+      i.addr = remote.address().to_string();
+      i.port = remote.port();
+    }
+    auto local = client_->socket().local_endpoint(ec);
+    if (!ec) {
+      i.local_addr = local.address().to_string();
+      i.local_port = local.port();
+    }
+  }
+  i.user = user_name_;
+  i.database = db_name_;
+  i.tls = client_->tls();
+  i.admin = admin_;
+  for (const auto& [k, v] : startup_params_) {
+    if (k == "application_name") i.application_name = v;
+  }
+}
+
+awaitable<bool> ClientSession::flush() {
+  if (outbox_.empty()) co_return true;
+  pg::Buffer out = std::move(outbox_);
+  outbox_.clear();
+  bool ok = co_await send(std::move(out));
+  co_return ok;
+}
+
+// PAUSE / KILL: holds the client until RESUME, at most pool.query_wait_timeout (then 53300).
+awaitable<std::optional<PgError>> ClientSession::wait_while_paused() {
+  if (!rt_->control.paused(db_name_)) co_return std::nullopt;
+  auto ex = co_await asio::this_coro::executor;
+  const auto from = Clock::now();
+  handle_->wait_since = from.time_since_epoch().count();
+  handle_->state = ClientState::kWaiting;
+  asio::steady_timer timer(ex);
+  cancel_wait_ = [&timer] { timer.cancel(); };
+  std::optional<PgError> refused;
+  while (!killed_ && rt_->control.paused(db_name_)) {
+    if (Clock::now() - from >= cfg_->pool.query_wait_timeout) {
+      refused = PgError{"53300",
+                        "database \"" + db_name_ + "\" stayed paused longer than " +
+                            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                               cfg_->pool.query_wait_timeout)
+                                               .count()) +
+                            "s",
+                        {},
+                        "an operator ran PAUSE on the admin console; RESUME releases waiting "
+                        "clients (pool.query_wait_timeout bounds the wait)"};
+      break;
+    }
+    timer.expires_after(std::chrono::milliseconds(10));
+    co_await timer.async_wait(use_nothrow);
+  }
+  cancel_wait_ = nullptr;
+  handle_->state = ClientState::kActive;
+  counters_->wait_us->inc(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - from).count()));
+  co_return refused;
+}
+
+// After a reload: the next transaction uses the new pool size, limits and backend, as long as
+// the client's database and user still exist (otherwise it keeps the old ones until it leaves).
+void ClientSession::refresh_config() {
+  generation_ = rt_->generation.load();
+  auto cfg = rt_->config();
+  const auto* db = cfg->database(db_name_);
+  const auto* user = trust_user_ ? trust_user_.get() : cfg->user(user_name_);
+  if (!db || !user) return;
+  cfg_ = std::move(cfg);
+  db_ = db;
+  user_ = user;
+  pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
+  limits_ = PoolLimits::from(*cfg_, *db_, *user_);
+  if (ps_) set_replicas(rt_->routes.get(db_name_));
+  tracker_.set_identity(routing::sample_identity(db_name_, user_->server_user));
+  fill_info();
+}
+
+}  // namespace sluice::server::pgsession
+
+namespace sluice::server {
+
+awaitable<void> run_client_session(tcp::socket socket, std::shared_ptr<Runtime> rt) {
+  error_code ec;
+  socket.set_option(tcp::no_delay(true), ec);
+  auto session = std::make_shared<pgsession::ClientSession>(std::move(socket), std::move(rt));
+  auto ended = co_await session->start();
+  if (!ended) co_await pgsession::ClientSession::serve(std::move(session));
+}
+
+}  // namespace sluice::server
