@@ -544,8 +544,9 @@ class ManyClients(unittest.TestCase):
             try:
                 # pgbench's -T includes opening the 2000 connections (SCRAM each, about 15 s
                 # under ASan on 2 cores): at least 30 s in all, so every client gets to run.
+                run_for = max(self.SECONDS + 10, 30)
                 r = subprocess.run(["pgbench", "-n", "-S", "-c", "2000", "-j", "2", "-T",
-                                    str(max(self.SECONDS + 10, 30)), "-h", "127.0.0.1", "-p",
+                                    str(run_for), "-h", "127.0.0.1", "-p",
                                     str(sluice.port),
                                     "-U", "app", "appdb"], env=st_env, capture_output=True,
                                    text=True, timeout=self.SECONDS + 240)
@@ -563,7 +564,7 @@ class ManyClients(unittest.TestCase):
             tps = out.split("tps = ")[1].split()[0] if "tps = " in out else "?"
             marker = "initial connection time = "
             connect = out.split(marker)[1].split()[0] if marker in out else "?"
-            print(f"\n2000 clients / pool 20: pgbench -T {self.SECONDS + 10} (connecting took "
+            print(f"\n2000 clients / pool 20: pgbench -T {run_for} (connecting took "
                   f"{connect} ms): {processed} transactions, 0 failed, tps {tps}, peak server "
                   f"connections {peak[0]}")
 
