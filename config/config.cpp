@@ -625,7 +625,7 @@ class Loader {
                 "max_client_conn", "client_login_timeout", "reset_query", "query_wait_timeout",
                 "server_connect_timeout", "server_idle_timeout", "server_lifetime", "query_timeout",
                 "idle_transaction_timeout", "client_idle_timeout", "pinning",
-                "max_prepared_statements", "max_db_connections"});
+                "max_prepared_statements", "max_db_connections", "park_idle_above"});
     if (p["mode"]) pool.mode = pool_mode(p["mode"], "pool.mode");
     if (p["pinning"])
       pool.pin_is_error =
@@ -637,6 +637,9 @@ class Loader {
       pool.max_db_connections = static_cast<std::uint32_t>(
           uint(p["max_db_connections"], "pool.max_db_connections", 0, 100000));
     if (p["size"]) pool.size = static_cast<std::uint32_t>(uint(p["size"], "pool.size", 1, 10000));
+    if (p["park_idle_above"])
+      pool.park_idle_above = static_cast<std::uint32_t>(
+          uint(p["park_idle_above"], "pool.park_idle_above", 0, 1'000'000));
     if (p["min_pool_size"])
       pool.min_pool_size =
           static_cast<std::uint32_t>(uint(p["min_pool_size"], "pool.min_pool_size", 0, 10000));

@@ -30,7 +30,9 @@ COLUMNS = os.path.join(ROOT, "tests", "integration", "pgbouncer_1_18_columns.jso
 
 def transaction_pool(size=10, **extra):
     def tweak(c):
-        c["pool"] = {"mode": "transaction", "size": size}
+        # Idle clients park (no coroutine between requests), so KILL, PAUSE and reloads reach
+        # parked clients too.
+        c["pool"] = {"mode": "transaction", "size": size, "park_idle_above": 0}
         c.update(extra)
     return tweak
 

@@ -149,8 +149,10 @@ TEST_CASE("transaction pooling settings: pinning, statement cache, database cap"
   auto c = load_string(
       "auth_type: trust\ndatabases:\n  d:\n    primary: {host: h}\n"
       "    pool: {max_db_connections: 4}\n  e:\n    primary: {host: h}\n"
-      "pool:\n  pinning: error\n  max_prepared_statements: 50\n  max_db_connections: 9\n");
+      "pool:\n  pinning: error\n  max_prepared_statements: 50\n  max_db_connections: 9\n"
+      "  park_idle_above: 0\n");
   CHECK(c->pool.pin_is_error);
+  CHECK(c->pool.park_idle_above == 0u);
   CHECK(c->pool.max_prepared_statements == 50u);
   CHECK(c->max_db_connections_for(*c->database("d")) == 4u);
   CHECK(c->max_db_connections_for(*c->database("e")) == 9u);
@@ -158,6 +160,7 @@ TEST_CASE("transaction pooling settings: pinning, statement cache, database cap"
   CHECK(!defaults->pool.pin_is_error);
   CHECK(defaults->pool.mode == PoolMode::kTransaction);
   CHECK(defaults->max_db_connections_for(*defaults->database("d")) == 0u);
+  CHECK(defaults->pool.park_idle_above == 256u);
   CHECK_THAT(error_of("auth_type: trust\ndatabases:\n  d:\n    primary: {host: h}\n"
                       "pool:\n  pinning: maybe\n"),
              Contains("test.yaml:6") && Contains("pool.pinning") && Contains("pin | error"));
