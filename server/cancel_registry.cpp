@@ -56,7 +56,7 @@ awaitable<void> CancelRegistry::forward(pg::BackendKeyData client) {
 }
 
 awaitable<void> CancelRegistry::wait_settled(CancelTarget backend, const bool* stop) {
-  if (in_flight_total_.load(std::memory_order_relaxed) == 0) co_return;
+  if (!any_in_flight()) co_return;
   const auto id = id_of(backend);
   const auto deadline = Clock::now() + std::chrono::seconds(10);  // send_cancel's own limits: 7 s
   auto cs = co_await asio::this_coro::cancellation_state;

@@ -34,6 +34,9 @@ class CancelRegistry {
   // Returns once no cancel forwarded to `backend` is in flight: before a server connection runs
   // anything for its next client. Gives up when *stop is set or after 10 s.
   awaitable<void> wait_settled(CancelTarget backend, const bool* stop);
+  // Some cancel is in flight: only then is wait_settled() worth its coroutine (every checkout
+  // asks).
+  bool any_in_flight() const { return in_flight_total_.load(std::memory_order_relaxed) != 0; }
 
  private:
   struct Entry {

@@ -72,8 +72,10 @@ awaitable<bool> ClientSession::checkout() {
       server_ = std::move(std::get<Lease>(got));
     }
     // A cancel still on its way to this backend (any client's) lands before it runs anything.
-    CancelTarget settling{server_->host(), server_->port(), server_->key()};
-    co_await rt_->cancels.wait_settled(std::move(settling), &killed_);
+    if (rt_->cancels.any_in_flight()) {
+      CancelTarget settling{server_->host(), server_->port(), server_->key()};
+      co_await rt_->cancels.wait_settled(std::move(settling), &killed_);
+    }
     auto& state = server_->state;
     if (ps_) {
       server_.skip_reset();  // the pooled session's state is tracked instead
