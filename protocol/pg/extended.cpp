@@ -19,6 +19,14 @@ void target_message(Buffer& out, char type, Target t) {
 }
 }  // namespace
 
+std::optional<std::string_view> query_text(const Frame& f) {
+  if (f.type == 'Q') return decode_query(f.body);
+  if (f.type != 'P') return std::nullopt;
+  auto p = decode_parse(f.body);
+  if (!p) return std::nullopt;
+  return p->query;
+}
+
 std::optional<Parse> decode_parse(Span body) {
   Reader r(body);
   Parse p{r.cstr(), r.cstr(), {}};

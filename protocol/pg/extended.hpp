@@ -19,6 +19,9 @@ struct Parse {
   std::vector<std::uint32_t> param_types;
 };
 std::optional<Parse> decode_parse(Span body);
+// The SQL text of a Query or a Parse: the one place the session's scans take it from (nullopt
+// for other messages and malformed ones).
+std::optional<std::string_view> query_text(const Frame& f);
 void encode_parse(Buffer& out, std::string_view name, std::string_view query,
                   const std::vector<std::uint32_t>& param_types);
 

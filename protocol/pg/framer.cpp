@@ -39,4 +39,22 @@ FrameResult next_frame(Span buf, std::uint32_t max_len) {
   return Frame{header.type, buf.subspan(kHeaderSize, header.length - 4), header.total()};
 }
 
+std::optional<Frame> FrameCursor::next() {
+  if (failure_) return std::nullopt;
+  auto r = next_frame(buf_.subspan(pos_), max_len_);
+  if (auto* f = std::get_if<Frame>(&r)) {
+    pos_ += f->size;
+    return *f;
+  }
+  if (auto* bad = std::get_if<FrameFailure>(&r)) {
+    failure_ = *bad;
+    need_ = partial_ = 0;
+    return std::nullopt;
+  }
+  need_ = std::get<NeedMore>(r).bytes;
+  const std::size_t have = buf_.size() - pos_;
+  partial_ = have >= kHeaderSize ? have + need_ : 0;
+  return std::nullopt;
+}
+
 }  // namespace sluice::pg

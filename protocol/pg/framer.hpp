@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <variant>
 
@@ -55,5 +56,34 @@ struct Header {
 };
 // Requires buf.size() >= kHeaderSize. Returns FrameFailure for a bad length.
 std::variant<Header, FrameFailure> peek_header(Span buf, std::uint32_t max_len);
+
+// Walks the whole typed messages at the front of a buffer, without copying; the one loop the
+// session's request scans (routing, cache, refusals, fill capture) share:
+//   FrameCursor c(data);
+//   while (auto f = c.next()) { ... }   // c.offset(): where f ends
+//   then c.failure() (a bad length), else c.need() more bytes complete the next message.
+class FrameCursor {
+ public:
+  explicit FrameCursor(Span buf, std::uint32_t max_len = kMaxMessageLength)
+      : buf_(buf), max_len_(max_len) {}
+  // The next whole message; nullopt at the first incomplete or malformed one (or the end).
+  std::optional<Frame> next();
+  // Bytes of the whole messages returned so far.
+  std::size_t offset() const { return pos_; }
+  // After next() returned nullopt: bytes missing of the next message (a whole header's worth
+  // when the buffer ended on a message boundary).
+  std::size_t need() const { return need_; }
+  // ... and the next message's declared size when its header is whole (0 otherwise).
+  std::size_t partial_size() const { return partial_; }
+  const std::optional<FrameFailure>& failure() const { return failure_; }
+
+ private:
+  Span buf_;
+  std::uint32_t max_len_;
+  std::size_t pos_ = 0;
+  std::size_t need_ = 0;
+  std::size_t partial_ = 0;
+  std::optional<FrameFailure> failure_;
+};
 
 }  // namespace sluice::pg

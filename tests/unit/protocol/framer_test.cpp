@@ -102,3 +102,58 @@ TEST_CASE("scanner reports a bad length without consuming it") {
   CHECK(stop.kind == MessageScanner::Stop::kError);
   CHECK(stop.offset == good);
 }
+
+TEST_CASE("frame cursor walks whole messages and says what the next one lacks, at every cut") {
+  Buffer stream;
+  encode_query(stream, "SELECT 1");   // 14 bytes
+  encode_empty_message(stream, 'S');  // 5 bytes
+  encode_query(stream, "SELECT 22");  // 15 bytes
+  for (std::size_t cut = 0; cut <= stream.size(); ++cut) {
+    INFO("cut at " << cut);
+    FrameCursor c(Span(stream.data(), cut));
+    std::string types;
+    while (auto f = c.next()) types.push_back(f->type);
+    const std::size_t ends[] = {14, 19, 34};
+    std::size_t whole = 0;
+    for (auto e : ends) whole += cut >= e ? 1 : 0;
+    CHECK(types == std::string("QSQ").substr(0, whole));
+    const std::size_t offset = whole == 0 ? 0 : ends[whole - 1];
+    CHECK(c.offset() == offset);
+    CHECK_FALSE(c.failure().has_value());
+    const std::size_t have = cut - offset;
+    if (whole == 3) {
+      CHECK(c.need() == kHeaderSize);  // on a boundary: a header's worth
+      CHECK(c.partial_size() == 0);
+    } else if (have < kHeaderSize) {
+      CHECK(c.need() == kHeaderSize - have);
+      CHECK(c.partial_size() == 0);
+    } else {
+      const std::size_t size = (whole == 0 ? 14 : whole == 1 ? 5 : 15);
+      CHECK(c.partial_size() == size);
+      CHECK(c.need() == size - have);
+    }
+  }
+}
+
+TEST_CASE("frame cursor stops at a bad length and reports it") {
+  Buffer stream;
+  encode_empty_message(stream, 'S');
+  const std::uint8_t bad[] = {'Q', 0, 0, 0, 3};  // a length below 4
+  stream.insert(stream.end(), std::begin(bad), std::end(bad));
+  FrameCursor c(stream);
+  auto first = c.next();
+  REQUIRE(first);
+  CHECK(first->type == 'S');
+  CHECK_FALSE(c.next());
+  REQUIRE(c.failure());
+  CHECK(c.failure()->error == FrameError::kLengthTooSmall);
+  CHECK(c.failure()->declared_length == 3);
+  CHECK(c.offset() == 5);
+  CHECK_FALSE(c.next());  // stays stopped
+  Buffer big;
+  encode_query(big, std::string(200, 'x'));
+  FrameCursor too_large(big, 100);
+  CHECK_FALSE(too_large.next());
+  REQUIRE(too_large.failure());
+  CHECK(too_large.failure()->error == FrameError::kLengthTooLarge);
+}
