@@ -149,101 +149,9 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
   };
 }
 
-// What the monitor checks: every database's primary and replicas.
-void App::watch_backends() {
-  auto cfg = rt_->config();
-  std::vector<routing::BackendTarget> targets;
-  // Read routing needs recovery state and WAL positions, the cache the catalog: those checks
-  // log in as the health user.
-  const auto* login = cfg->health_user();
-  if (!login && !rt_->routes.all().empty())
-    spdlog::warn(
-        "routing: no user to check replicas with (recovery state, lag): replicas stay "
-        "banned and reads go to the primary; list a user under users: and set "
-        "routing.health_user");
-  if (!login && rt_->cache)
-    spdlog::warn(
-        "cache: no user to read the catalog with: nothing is cached; list a user under users: "
-        "and set routing.health_user");
-  for (const auto& entry : cfg->databases) {
-    const auto& name = entry.first;  // not a structured binding: lambdas capture it (clang)
-    const auto& db = entry.second;
-    auto target = [&](const char* role, const auto& server) {
-      routing::BackendTarget t{name, role, {}};
-      t.server.host = server.host;
-      t.server.port = server.port;
-      t.server.dbname = server.dbname;
-      if (login && (rt_->routes.get(name) || rt_->cache)) {
-        t.server.user = login->server_user;
-        t.server.password = login->server_password;
-      }
-      routing::apply_server_tls(t.server, cfg->tls);
-      return t;
-    };
-    targets.push_back(target("primary", db.primary));
-    for (const auto& r : db.replicas) targets.push_back(target("replica", r));
-  }
-  rt_->obs.monitor.set_targets(std::move(targets), cfg->health_check_interval);
-}
-
-// The monitor's findings go to each database's read routing.
-void App::feed_routes() {
-  routing::Monitor::Hooks hooks;
-  // The monitor is part of the Runtime and stops (joins its thread) before the Runtime goes:
-  // a plain pointer, so the hooks make no reference cycle.
-  Runtime* rt = rt_.get();
-  hooks.round_done = [rt](const std::vector<routing::BackendHealth>& results) {
-    for (const auto& h : results) {  // primaries first: lag is measured against them
-      if (h.target.role != "primary") continue;
-      if (auto set = rt->routes.get(h.target.database))
-        set->primary_sample(h.checked_at, h.queried ? h.lsn : std::nullopt);
-    }
-    for (const auto& h : results) {
-      if (h.target.role != "replica") continue;
-      auto set = rt->routes.get(h.target.database);
-      if (!set) continue;
-      routing::ReplicaCheck c;
-      c.ok = h.queried;
-      c.error = h.error;
-      c.in_recovery = h.in_recovery;
-      c.replay_lsn = h.lsn;
-      set->replica_checked(h.target.address(), h.checked_at, c);
-    }
-  };
-  hooks.catalog_wanted = [rt](const std::string& db) {
-    const auto now = std::chrono::steady_clock::now();
-    const auto refresh = rt->config()->routing.catalog_refresh;
-    auto set = rt->routes.get(db);
-    return (set && set->catalog_wanted(now, refresh)) ||
-           (rt->cache && rt->cache->catalog_wanted(db, now, refresh));
-  };
-  hooks.catalog_loaded = [rt](const std::string& db,
-                              std::shared_ptr<const routing::FunctionCatalog> catalog) {
-    spdlog::debug("{} functions of database {} loaded from its primary", catalog->size(), db);
-    if (rt->cache) rt->cache->set_functions(db, catalog);
-    if (auto set = rt->routes.get(db)) set->set_catalog(std::move(catalog));
-  };
-  hooks.with_primary = [rt](const std::string& db, void* conn) {
-    if (!rt->cache) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (!rt->cache->catalog_wanted(db, now, rt->config()->routing.catalog_refresh)) return;
-    std::string why;
-    auto catalog = cache::load_catalog(conn, rt->cache->functions(db), &why);
-    if (!catalog) {
-      spdlog::warn("cache: cannot load the relations of database {}: {}", db, why);
-      return;
-    }
-    spdlog::debug("cache: {} relations of database {} loaded (namespace {})",
-                  catalog->relations.size(), db, catalog->ns);
-    rt->cache->set_catalog(db, std::move(catalog));
-  };
-  if (rt_->cache) rt_->cache->on_catalog_stale([rt] { rt->obs.monitor.wake(); });
-  rt_->obs.monitor.set_hooks(std::move(hooks));
-}
-
-int App::run() {
-  auto cfg = rt_->config();
-  std::signal(SIGPIPE, SIG_IGN);
+// The coroutines of loop 0 (listeners, signals, maintenance), every loop's heartbeat, the health
+// monitor and the HTTP endpoint.
+void App::start_services(const config::Config& cfg) {
   auto& main_loop = *loops_.front();
   asio::co_spawn(main_loop, accept_loop(), log_exceptions("listener"));
   if (rt_->mongo) {
@@ -251,8 +159,8 @@ int App::run() {
     asio::co_spawn(main_loop, accept_mongo(), log_exceptions("mongo listener"));
     auto mep = mongo_acceptor_->local_endpoint();
     spdlog::info("mongo listener on {}:{}: {} server(s){}", mep.address().to_string(), mep.port(),
-                 cfg->mongo->uri.empty() ? cfg->mongo->servers.size() : 0,
-                 cfg->mongo->uri.empty() ? " (static roles)" : " (discovered from mongo.uri)");
+                 cfg.mongo->uri.empty() ? cfg.mongo->servers.size() : 0,
+                 cfg.mongo->uri.empty() ? " (static roles)" : " (discovered from mongo.uri)");
   }
   asio::co_spawn(main_loop, signal_loop(), log_exceptions("signal handler"));
   asio::co_spawn(main_loop, maintenance_loop(), log_exceptions("maintenance"));
@@ -269,7 +177,40 @@ int App::run() {
     spdlog::info("http endpoint on {}:{}: /metrics /healthz /readyz /status",
                  hep.address().to_string(), hep.port());
   }
+}
 
+// The query cache's connections, one set per loop.
+void App::start_cache(const config::Config& cfg) {
+  if (!rt_->cache) return;
+  std::vector<asio::any_io_executor> executors;
+  for (auto& l : loops_) executors.push_back(l->get_executor());
+  rt_->cache->start(executors);
+  spdlog::info(
+      "cache: redis {}, default_ttl {} ms, max_entry_bytes {}, l1_bytes {}{}",
+      cache::parse_redis_url(cfg.cache.redis, nullptr).value_or(cache::RedisEndpoint{}).display(),
+      cfg.cache.default_ttl.count(), cfg.cache.max_entry_bytes, cfg.cache.l1_bytes,
+      cfg.cache.enabled ? "" : " (cache.enabled: false)");
+}
+
+// After the loops ran out: everything that holds sockets or threads, while the loops still exist.
+void App::stop_services() {
+  if (http_) http_->stop();
+  if (rt_->mongo) {
+    rt_->mongo->stop();
+    rt_->mongo->close_for_exit();
+  }
+  rt_->obs.monitor.stop();
+  rt_->obs.explainer.stop();
+  // Tear down while every loop object still exists: idle server connections first, then the
+  // loops, whose destruction frees the remaining session frames (their leases close inline).
+  rt_->pools.close_for_exit();
+  if (rt_->cache) rt_->cache->close_for_exit();  // its sockets must not outlive the loops
+}
+
+int App::run() {
+  auto cfg = rt_->config();
+  std::signal(SIGPIPE, SIG_IGN);
+  start_services(*cfg);
   auto ep = acceptor_->local_endpoint();
   spdlog::info(
       "sluice {} listening on {}:{} (postgres): {} worker(s), {} database(s), auth={}, "
@@ -278,18 +219,8 @@ int App::run() {
       config::to_string(cfg->auth_type), config::to_string(cfg->pool.mode),
       cfg->tls.cert_file.empty() ? "off" : "on");
   warn_if_trust_exposed(*cfg, pg_address_);
+  start_cache(*cfg);
 
-  if (rt_->cache) {
-    std::vector<asio::any_io_executor> executors;
-    for (auto& l : loops_) executors.push_back(l->get_executor());
-    rt_->cache->start(executors);
-    spdlog::info("cache: redis {}, default_ttl {} ms, max_entry_bytes {}, l1_bytes {}{}",
-                 cache::parse_redis_url(cfg->cache.redis, nullptr)
-                     .value_or(cache::RedisEndpoint{})
-                     .display(),
-                 cfg->cache.default_ttl.count(), cfg->cache.max_entry_bytes, cfg->cache.l1_bytes,
-                 cfg->cache.enabled ? "" : " (cache.enabled: false)");
-  }
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto& l : loops_) guards.push_back(asio::make_work_guard(*l));
   std::vector<std::thread> threads;
@@ -303,20 +234,10 @@ int App::run() {
   if (!notify_service_manager(fmt::format("READY=1\nMAINPID={}\nSTATUS=accepting clients on {}:{}",
                                           ::getpid(), ep.address().to_string(), ep.port())))
     spdlog::warn("could not tell the service manager that sluice is ready ($NOTIFY_SOCKET)");
-  main_loop.run();  // returns when drain() stops it
+  loops_.front()->run();  // returns when drain() stops it
   for (auto& l : loops_) l->stop();
   for (auto& t : threads) t.join();
-  if (http_) http_->stop();
-  if (rt_->mongo) {
-    rt_->mongo->stop();
-    rt_->mongo->close_for_exit();
-  }
-  rt_->obs.monitor.stop();
-  rt_->obs.explainer.stop();
-  // Tear down while every loop object still exists: idle server connections first, then the
-  // loops, whose destruction frees the remaining session frames (their leases close inline).
-  rt_->pools.close_for_exit();
-  if (rt_->cache) rt_->cache->close_for_exit();  // its sockets must not outlive the loops
+  stop_services();
   guards.clear();
   acceptor_.reset();
   mongo_acceptor_.reset();

@@ -28,6 +28,11 @@ class App {
   void begin_stop(StopMode mode);
   // Loads the config file again; "" when applied, else why not.
   std::string reload();
+  // The steps of run(): before the loops run, and after they stopped.
+  void start_services(const config::Config& cfg);
+  void start_cache(const config::Config& cfg);
+  void stop_services();
+  // The health monitor's targets and hooks (app_monitor.cpp).
   void watch_backends();
   void feed_routes();
 

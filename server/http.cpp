@@ -121,15 +121,9 @@ awaitable<void> HttpServer::accept_loop() {
   }
 }
 
-std::string status_json(Runtime& rt) {
-  auto cfg = rt.config();
-  json::object doc;
-  doc["version"] = version();
-  doc["started"] = iso_time(rt.started);
-  auto ready = readiness(rt);
-  doc["ready"] = ready.ok;
-  doc["reason"] = ready.reason;
+namespace {
 
+json::array pools_json(Runtime& rt) {
   json::array pools;
   for (const auto& p : rt.pools.all()) {
     auto s = p->snapshot(false);
@@ -145,8 +139,10 @@ std::string status_json(Runtime& rt) {
     o["max_wait_seconds"] = std::chrono::duration<double>(s.max_wait).count();
     pools.push_back(std::move(o));
   }
-  doc["pools"] = std::move(pools);
+  return pools;
+}
 
+json::object clients_json(Runtime& rt, const config::Config& cfg) {
   json::object clients;
   std::uint64_t total = 0, waiting = 0;
   for (const auto& h : rt.sessions()) {
@@ -155,9 +151,11 @@ std::string status_json(Runtime& rt) {
   }
   clients["connected"] = total;
   clients["waiting"] = waiting;
-  clients["max"] = cfg->pool.max_client_conn;
-  doc["clients"] = std::move(clients);
+  clients["max"] = cfg.pool.max_client_conn;
+  return clients;
+}
 
+json::array backends_json(Runtime& rt) {
   json::array backends;
   for (const auto& h : rt.obs.monitor.snapshot()) {
     json::object o;
@@ -173,7 +171,11 @@ std::string status_json(Runtime& rt) {
     if (h.checked) o["last_check"] = iso_time(h.last_check);
     backends.push_back(std::move(o));
   }
-  doc["backends"] = std::move(backends);
+  return backends;
+}
+
+// The replicas read routing keeps reads off.
+json::array bans_json(Runtime& rt) {
   json::array bans;
   const auto now = std::chrono::steady_clock::now();
   for (const auto& [db, set] : rt.routes.all()) {
@@ -189,8 +191,54 @@ std::string status_json(Runtime& rt) {
       bans.push_back(std::move(b));
     }
   }
-  doc["bans"] = std::move(bans);
+  return bans;
+}
 
+json::object cache_json(Runtime& rt, const config::Config& cfg) {
+  json::object cache;
+  cache["configured"] = !cfg.cache.redis.empty();
+  cache["enabled"] = cfg.cache.enabled;
+  cache["redis_up"] = rt.cache && rt.cache->redis_up();
+  cache["serving"] = rt.cache && rt.cache->redis_up() && cfg.cache.enabled;
+  if (rt.cache) cache["unbumped_databases"] = rt.cache->unbumped();
+  return cache;
+}
+
+json::object mongo_json(MongoProxy& proxy) {
+  json::object mongo;
+  json::array servers;
+  for (const auto& s : proxy.topology()->servers) {
+    json::object o;
+    o["address"] = s.address;
+    o["role"] = s.primary ? "primary" : "secondary";
+    o["up"] = s.up;
+    o["checked"] = s.checked;
+    o["error"] = s.error;
+    o["rtt_seconds"] = s.rtt_ms / 1000.0;
+    if (s.lag_seconds) o["lag_seconds"] = *s.lag_seconds;
+    servers.push_back(std::move(o));
+  }
+  mongo["servers"] = std::move(servers);
+  auto counts = proxy.open_counts();
+  mongo["cursors_open"] = counts.first;
+  mongo["transactions_open"] = counts.second;
+  return mongo;
+}
+
+}  // namespace
+
+std::string status_json(Runtime& rt) {
+  auto cfg = rt.config();
+  json::object doc;
+  doc["version"] = version();
+  doc["started"] = iso_time(rt.started);
+  auto ready = readiness(rt);
+  doc["ready"] = ready.ok;
+  doc["reason"] = ready.reason;
+  doc["pools"] = pools_json(rt);
+  doc["clients"] = clients_json(rt, *cfg);
+  doc["backends"] = backends_json(rt);
+  doc["bans"] = bans_json(rt);
   json::array paused, disabled;
   for (const auto& [name, db] : cfg->databases) {
     if (rt.control.paused(name)) paused.push_back(json::string(name));
@@ -198,35 +246,8 @@ std::string status_json(Runtime& rt) {
   }
   doc["paused"] = std::move(paused);
   doc["disabled"] = std::move(disabled);
-
-  json::object cache;
-  cache["configured"] = !cfg->cache.redis.empty();
-  cache["enabled"] = cfg->cache.enabled;
-  cache["redis_up"] = rt.cache && rt.cache->redis_up();
-  cache["serving"] = rt.cache && rt.cache->redis_up() && cfg->cache.enabled;
-  if (rt.cache) cache["unbumped_databases"] = rt.cache->unbumped();
-  doc["cache"] = std::move(cache);
-
-  if (rt.mongo) {
-    json::object mongo;
-    json::array servers;
-    for (const auto& s : rt.mongo->topology()->servers) {
-      json::object o;
-      o["address"] = s.address;
-      o["role"] = s.primary ? "primary" : "secondary";
-      o["up"] = s.up;
-      o["checked"] = s.checked;
-      o["error"] = s.error;
-      o["rtt_seconds"] = s.rtt_ms / 1000.0;
-      if (s.lag_seconds) o["lag_seconds"] = *s.lag_seconds;
-      servers.push_back(std::move(o));
-    }
-    mongo["servers"] = std::move(servers);
-    auto counts = rt.mongo->open_counts();
-    mongo["cursors_open"] = counts.first;
-    mongo["transactions_open"] = counts.second;
-    doc["mongo"] = std::move(mongo);
-  }
+  doc["cache"] = cache_json(rt, *cfg);
+  if (rt.mongo) doc["mongo"] = mongo_json(*rt.mongo);
   return json::serialize(doc);
 }
 

@@ -226,206 +226,232 @@ Probe liveness(Runtime& rt) {
   return {true, "alive"};
 }
 
+namespace {
+
+// The query cache: Redis, per-rule counters, bypasses, the in-process tier, bumps.
+void collect_cache(Runtime& rt, metrics::Writer& w) {
+  if (!rt.cache) return;
+  const auto& c = *rt.cache;
+  w.family("sluice_redis_up", "gauge", "1 when sluice's Redis connections are up.");
+  w.sample("sluice_redis_up", c.redis_up() ? 1 : 0);
+  auto per_rule = c.all_counters();
+  auto rule_family = [&](std::string_view name, std::string_view help, auto field) {
+    w.family(name, "counter", help);
+    for (const auto& [rule, k] : per_rule)
+      w.sample(name, {"rule"}, {rule}, static_cast<double>((k->*field).load()));
+  };
+  rule_family("sluice_cache_hits_total", "Requests answered from the cache, by rule.",
+              &cache::CacheCounters::hits);
+  rule_family("sluice_cache_misses_total",
+              "Cacheable requests not in the cache (run on a server, then filled), by rule.",
+              &cache::CacheCounters::misses);
+  rule_family("sluice_cache_fills_total", "Replies stored in the cache, by rule.",
+              &cache::CacheCounters::fills);
+  rule_family("sluice_cache_fills_skipped_total",
+              "Misses whose reply was not stored (larger than cache.max_entry_bytes, an "
+              "error, or not seen whole), by rule.",
+              &cache::CacheCounters::skipped_fills);
+  rule_family("sluice_cache_hit_bytes_total", "Reply bytes served from the cache, by rule.",
+              &cache::CacheCounters::hit_bytes);
+  rule_family("sluice_cache_fill_bytes_total", "Reply bytes stored in the cache, by rule.",
+              &cache::CacheCounters::fill_bytes);
+  w.family("sluice_cache_bypass_total", "counter",
+           "Requests the cache did not look up, by reason (redis_down and unbumped mean the "
+           "cache cannot serve; the others are statements it must not cache).");
+  for (const auto& [reason, n] : c.bypasses())
+    w.sample("sluice_cache_bypass_total", {"reason"}, {reason}, static_cast<double>(n));
+  w.family("sluice_cache_evictions_total", "counter",
+           "Entries evicted from the in-process cache to stay within cache.l1_bytes.");
+  w.sample("sluice_cache_evictions_total", {"tier"}, {"l1"},
+           static_cast<double>(c.l1().evictions()));
+  w.family("sluice_cache_bytes", "gauge", "Bytes held by the in-process cache.");
+  w.sample("sluice_cache_bytes", {"tier"}, {"l1"}, static_cast<double>(c.l1().bytes()));
+  w.family("sluice_cache_entries", "gauge", "Entries held by the in-process cache.");
+  w.sample("sluice_cache_entries", {"tier"}, {"l1"}, static_cast<double>(c.l1().size()));
+  w.family("sluice_cache_bumps_total", "counter",
+           "Version bumps of written relations sent to Redis, by result.");
+  w.sample("sluice_cache_bumps_total", {"result"}, {"ok"}, static_cast<double>(c.bumps(true)));
+  w.sample("sluice_cache_bumps_total", {"result"}, {"failed"}, static_cast<double>(c.bumps(false)));
+  w.family("sluice_cache_unbumped", "gauge",
+           "Databases with writes whose bump has not reached Redis yet (no hits on them here).");
+  w.sample("sluice_cache_unbumped", static_cast<double>(c.unbumped()));
+  w.family("sluice_cache_invalidations_received_total", "counter",
+           "Invalidation messages received on the Redis channel (from every sluice).");
+  w.sample("sluice_cache_invalidations_received_total",
+           static_cast<double>(c.invalidations_received()));
+}
+
+// The version, readiness and clients by state.
+void collect_info_and_clients(Runtime& rt, const config::Config& cfg, metrics::Writer& w) {
+  w.family("sluice_info", "gauge", "Version of the running sluice (always 1).");
+  w.sample("sluice_info", {"version"}, {std::string(version())}, 1);
+  w.family("sluice_ready", "gauge", "1 when /readyz answers 200.");
+  w.sample("sluice_ready", readiness(rt).ok ? 1 : 0);
+
+  std::map<std::string, double> by_state{{"login", 0}, {"active", 0}, {"waiting", 0}, {"admin", 0}};
+  for (const auto& h : rt.sessions()) {
+    auto info = h->snapshot();
+    auto st = h->state.load();
+    if (info.admin) {
+      by_state["admin"] += 1;
+    } else if (st == ClientState::kLogin) {
+      by_state["login"] += 1;
+    } else if (st == ClientState::kWaiting) {
+      by_state["waiting"] += 1;
+    } else {
+      by_state["active"] += 1;
+    }
+  }
+  w.family("sluice_client_connections", "gauge",
+           "Client connections by state: login (authenticating), active (logged in), waiting "
+           "(for a server connection), admin (on the admin console).");
+  for (const auto& [state, n] : by_state)
+    w.sample("sluice_client_connections", {"state"}, {state}, n);
+  w.family("sluice_client_connections_max", "gauge", "pool.max_client_conn.");
+  w.sample("sluice_client_connections_max", cfg.pool.max_client_conn);
+}
+
+// Server connections by pool and state; pools of one (database, user) from before a reload add
+// up.
+void collect_pools(Runtime& rt, metrics::Writer& w) {
+  auto pools = rt.pools.by_user();
+  auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+  w.family("sluice_server_connections", "gauge",
+           "Server connections by pool and state (active: linked to a client; idle; used; "
+           "tested: running the reset query; login: being opened).");
+  for (const auto& [key, s] : pools) {
+    for (auto [state, v] :
+         {std::pair{"active", s.active}, std::pair{"idle", s.idle}, std::pair{"used", 0u},
+          std::pair{"tested", s.tested}, std::pair{"login", s.login}})
+      w.sample("sluice_server_connections", {"database", "user", "state"},
+               {key.first, key.second, state}, v);
+  }
+  w.family("sluice_clients_waiting", "gauge", "Clients waiting for a server connection.");
+  for (const auto& [key, s] : pools)
+    w.sample("sluice_clients_waiting", kPoolLabels, {key.first, key.second}, s.waiting);
+  w.family("sluice_client_max_wait_seconds", "gauge",
+           "How long the longest-waiting client has waited for a server connection.");
+  for (const auto& [key, s] : pools)
+    w.sample("sluice_client_max_wait_seconds", kPoolLabels, {key.first, key.second},
+             seconds(s.max_wait));
+  w.family("sluice_server_prepared_statements", "gauge",
+           "Prepared statements sluice keeps on the pool's server connections (transaction "
+           "pooling; per connection at most pool.max_prepared_statements).");
+  for (const auto& [key, s] : pools)
+    w.sample("sluice_server_prepared_statements", kPoolLabels, {key.first, key.second},
+             static_cast<double>(s.prepared));
+}
+
+// Configured pool sizes and the databases' PAUSE/DISABLE state.
+void collect_databases(Runtime& rt, const config::Config& cfg, metrics::Writer& w) {
+  w.family("sluice_pool_size", "gauge", "Configured server connections per (database, user).");
+  for (const auto& [dn, db] : cfg.databases) {
+    for (const auto& [un, u] : cfg.users)
+      w.sample("sluice_pool_size", kPoolLabels, {dn, un}, cfg.pool_size_for(db, u));
+  }
+  w.family("sluice_database_paused", "gauge", "1 while the database is PAUSEd or KILLed.");
+  w.family("sluice_database_disabled", "gauge", "1 while the database is DISABLEd.");
+  for (const auto& [dn, db] : cfg.databases) {
+    w.sample("sluice_database_paused", {"database"}, {dn}, rt.control.paused(dn) ? 1 : 0);
+    w.sample("sluice_database_disabled", {"database"}, {dn}, rt.control.disabled(dn) ? 1 : 0);
+  }
+}
+
+// The health checks of every backend.
+void collect_backends(Runtime& rt, metrics::Writer& w) {
+  auto health = rt.obs.monitor.snapshot();
+  w.family("sluice_backend_up", "gauge",
+           "1 when the backend answered the last health check (libpq PQping).");
+  for (const auto& h : health)
+    w.sample("sluice_backend_up", {"database", "role", "address"},
+             {h.target.database, h.target.role, h.target.address()}, h.up ? 1 : 0);
+  w.family("sluice_backend_check_duration_seconds", "gauge", "Duration of the last health check.");
+  for (const auto& h : health)
+    w.sample("sluice_backend_check_duration_seconds", {"database", "role", "address"},
+             {h.target.database, h.target.role, h.target.address()}, h.rtt_seconds);
+}
+
+// Read routing: replica bans and lag.
+void collect_replicas(Runtime& rt, metrics::Writer& w) {
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<std::pair<std::string, routing::ReplicaStatus>> replicas;
+  for (const auto& [db, set] : rt.routes.all()) {
+    for (auto& s : set->status(now)) replicas.emplace_back(db, std::move(s));
+  }
+  const std::vector<std::string> da{"database", "address"};
+  w.family("sluice_replica_banned", "gauge",
+           "1 while read routing keeps reads off the replica (unreachable, failing, not in "
+           "recovery, or lagging).");
+  for (const auto& [db, s] : replicas)
+    w.sample("sluice_replica_banned", da, {db, s.address}, s.banned ? 1 : 0);
+  w.family("sluice_replica_lag_seconds", "gauge",
+           "Age of the oldest primary WAL the replica has not replayed (0 when caught up).");
+  for (const auto& [db, s] : replicas)
+    w.sample("sluice_replica_lag_seconds", da, {db, s.address}, s.lag_seconds);
+  w.family("sluice_replica_lag_bytes", "gauge",
+           "Primary WAL position minus the replica's replay position.");
+  for (const auto& [db, s] : replicas)
+    w.sample("sluice_replica_lag_bytes", da, {db, s.address}, static_cast<double>(s.lag_bytes));
+  w.family("sluice_replica_bans_total", "counter", "Times the replica was banned.");
+  for (const auto& [db, s] : replicas)
+    w.sample("sluice_replica_bans_total", da, {db, s.address}, static_cast<double>(s.bans));
+  w.family("sluice_replica_reads_total", "counter", "Transactions routed to the replica.");
+  for (const auto& [db, s] : replicas)
+    w.sample("sluice_replica_reads_total", da, {db, s.address}, static_cast<double>(s.reads));
+}
+
+// Query insights: the top fingerprints by total time (bounded cardinality).
+void collect_top_queries(Runtime& rt, const config::Config& cfg, metrics::Writer& w) {
+  auto top = rt.obs.insights.top(cfg.insights.top_n);
+  const std::vector<std::string> q{"fingerprint", "query"};
+  auto label = [](const routing::QuerySnapshot& s) {
+    return s.normalized.size() > 120 ? s.normalized.substr(0, 117) + "..." : s.normalized;
+  };
+  w.family("sluice_top_query_calls_total", "counter",
+           "Calls of the statement fingerprints with the most total time (insights.top_n).");
+  for (const auto& s : top)
+    w.sample("sluice_top_query_calls_total", q, {s.id, label(s)}, static_cast<double>(s.calls));
+  w.family("sluice_top_query_seconds_total", "counter", "Total time of those fingerprints.");
+  for (const auto& s : top)
+    w.sample("sluice_top_query_seconds_total", q, {s.id, label(s)}, s.total_seconds);
+  w.family("sluice_top_query_p99_seconds", "gauge",
+           "99th percentile duration of those fingerprints (bucket upper bound).");
+  for (const auto& s : top)
+    w.sample("sluice_top_query_p99_seconds", q, {s.id, label(s)}, s.p99_seconds);
+  w.family("sluice_query_fingerprints", "gauge", "Statement fingerprints tracked by insights.");
+  w.sample("sluice_query_fingerprints", static_cast<double>(rt.obs.insights.size()));
+}
+
+// The process: CPU, memory, file descriptors, start time.
+void collect_process(Runtime& rt, metrics::Writer& w) {
+  auto p = process_stats();
+  w.family("process_cpu_seconds_total", "counter", "User and system CPU time of sluice.");
+  w.sample("process_cpu_seconds_total", p.cpu_seconds);
+  w.family("process_resident_memory_bytes", "gauge", "Resident memory of sluice.");
+  w.sample("process_resident_memory_bytes", p.rss_bytes);
+  w.family("process_virtual_memory_bytes", "gauge", "Virtual memory of sluice.");
+  w.sample("process_virtual_memory_bytes", p.vsize_bytes);
+  w.family("process_open_fds", "gauge", "Open file descriptors.");
+  w.sample("process_open_fds", p.open_fds);
+  w.family("process_max_fds", "gauge", "File descriptor limit.");
+  w.sample("process_max_fds", p.max_fds);
+  w.family("process_start_time_seconds", "gauge", "Start time of sluice, seconds since the epoch.");
+  w.sample("process_start_time_seconds", seconds_since_epoch(rt.started));
+}
+
+}  // namespace
+
 void Observability::add_runtime_collectors(Runtime& rt) {
-  registry.add_collector([&rt](metrics::Writer& w) {
-    if (!rt.cache) return;
-    const auto& c = *rt.cache;
-    w.family("sluice_redis_up", "gauge", "1 when sluice's Redis connections are up.");
-    w.sample("sluice_redis_up", c.redis_up() ? 1 : 0);
-    auto per_rule = c.all_counters();
-    auto rule_family = [&](std::string_view name, std::string_view help, auto field) {
-      w.family(name, "counter", help);
-      for (const auto& [rule, k] : per_rule)
-        w.sample(name, {"rule"}, {rule}, static_cast<double>((k->*field).load()));
-    };
-    rule_family("sluice_cache_hits_total", "Requests answered from the cache, by rule.",
-                &cache::CacheCounters::hits);
-    rule_family("sluice_cache_misses_total",
-                "Cacheable requests not in the cache (run on a server, then filled), by rule.",
-                &cache::CacheCounters::misses);
-    rule_family("sluice_cache_fills_total", "Replies stored in the cache, by rule.",
-                &cache::CacheCounters::fills);
-    rule_family("sluice_cache_fills_skipped_total",
-                "Misses whose reply was not stored (larger than cache.max_entry_bytes, an "
-                "error, or not seen whole), by rule.",
-                &cache::CacheCounters::skipped_fills);
-    rule_family("sluice_cache_hit_bytes_total", "Reply bytes served from the cache, by rule.",
-                &cache::CacheCounters::hit_bytes);
-    rule_family("sluice_cache_fill_bytes_total", "Reply bytes stored in the cache, by rule.",
-                &cache::CacheCounters::fill_bytes);
-    w.family("sluice_cache_bypass_total", "counter",
-             "Requests the cache did not look up, by reason (redis_down and unbumped mean the "
-             "cache cannot serve; the others are statements it must not cache).");
-    for (const auto& [reason, n] : c.bypasses())
-      w.sample("sluice_cache_bypass_total", {"reason"}, {reason}, static_cast<double>(n));
-    w.family("sluice_cache_evictions_total", "counter",
-             "Entries evicted from the in-process cache to stay within cache.l1_bytes.");
-    w.sample("sluice_cache_evictions_total", {"tier"}, {"l1"},
-             static_cast<double>(c.l1().evictions()));
-    w.family("sluice_cache_bytes", "gauge", "Bytes held by the in-process cache.");
-    w.sample("sluice_cache_bytes", {"tier"}, {"l1"}, static_cast<double>(c.l1().bytes()));
-    w.family("sluice_cache_entries", "gauge", "Entries held by the in-process cache.");
-    w.sample("sluice_cache_entries", {"tier"}, {"l1"}, static_cast<double>(c.l1().size()));
-    w.family("sluice_cache_bumps_total", "counter",
-             "Version bumps of written relations sent to Redis, by result.");
-    w.sample("sluice_cache_bumps_total", {"result"}, {"ok"}, static_cast<double>(c.bumps(true)));
-    w.sample("sluice_cache_bumps_total", {"result"}, {"failed"},
-             static_cast<double>(c.bumps(false)));
-    w.family("sluice_cache_unbumped", "gauge",
-             "Databases with writes whose bump has not reached Redis yet (no hits on them here).");
-    w.sample("sluice_cache_unbumped", static_cast<double>(c.unbumped()));
-    w.family("sluice_cache_invalidations_received_total", "counter",
-             "Invalidation messages received on the Redis channel (from every sluice).");
-    w.sample("sluice_cache_invalidations_received_total",
-             static_cast<double>(c.invalidations_received()));
-  });
+  registry.add_collector([&rt](metrics::Writer& w) { collect_cache(rt, w); });
   registry.add_collector([&rt](metrics::Writer& w) {
     auto cfg = rt.config();
-    w.family("sluice_info", "gauge", "Version of the running sluice (always 1).");
-    w.sample("sluice_info", {"version"}, {std::string(version())}, 1);
-    w.family("sluice_ready", "gauge", "1 when /readyz answers 200.");
-    w.sample("sluice_ready", readiness(rt).ok ? 1 : 0);
-
-    // Clients by state.
-    std::map<std::string, double> by_state{
-        {"login", 0}, {"active", 0}, {"waiting", 0}, {"admin", 0}};
-    std::map<std::pair<const Pool*, int>, double> per_pool;
-    for (const auto& h : rt.sessions()) {
-      auto info = h->snapshot();
-      auto st = h->state.load();
-      if (info.admin) {
-        by_state["admin"] += 1;
-      } else if (st == ClientState::kLogin) {
-        by_state["login"] += 1;
-      } else if (st == ClientState::kWaiting) {
-        by_state["waiting"] += 1;
-      } else {
-        by_state["active"] += 1;
-      }
-    }
-    w.family("sluice_client_connections", "gauge",
-             "Client connections by state: login (authenticating), active (logged in), waiting "
-             "(for a server connection), admin (on the admin console).");
-    for (const auto& [state, n] : by_state)
-      w.sample("sluice_client_connections", {"state"}, {state}, n);
-    w.family("sluice_client_connections_max", "gauge", "pool.max_client_conn.");
-    w.sample("sluice_client_connections_max", cfg->pool.max_client_conn);
-
-    // Server connections by pool and state; pools of one (database, user) from before a reload
-    // add up.
-    auto pools = rt.pools.by_user();
-    auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
-    w.family("sluice_server_connections", "gauge",
-             "Server connections by pool and state (active: linked to a client; idle; used; "
-             "tested: running the reset query; login: being opened).");
-    for (const auto& [key, s] : pools) {
-      for (auto [state, v] :
-           {std::pair{"active", s.active}, std::pair{"idle", s.idle}, std::pair{"used", 0u},
-            std::pair{"tested", s.tested}, std::pair{"login", s.login}})
-        w.sample("sluice_server_connections", {"database", "user", "state"},
-                 {key.first, key.second, state}, v);
-    }
-    w.family("sluice_clients_waiting", "gauge", "Clients waiting for a server connection.");
-    for (const auto& [key, s] : pools)
-      w.sample("sluice_clients_waiting", kPoolLabels, {key.first, key.second}, s.waiting);
-    w.family("sluice_client_max_wait_seconds", "gauge",
-             "How long the longest-waiting client has waited for a server connection.");
-    for (const auto& [key, s] : pools)
-      w.sample("sluice_client_max_wait_seconds", kPoolLabels, {key.first, key.second},
-               seconds(s.max_wait));
-    w.family("sluice_server_prepared_statements", "gauge",
-             "Prepared statements sluice keeps on the pool's server connections (transaction "
-             "pooling; per connection at most pool.max_prepared_statements).");
-    for (const auto& [key, s] : pools)
-      w.sample("sluice_server_prepared_statements", kPoolLabels, {key.first, key.second},
-               static_cast<double>(s.prepared));
-    w.family("sluice_pool_size", "gauge", "Configured server connections per (database, user).");
-    for (const auto& [dn, db] : cfg->databases) {
-      for (const auto& [un, u] : cfg->users)
-        w.sample("sluice_pool_size", kPoolLabels, {dn, un}, cfg->pool_size_for(db, u));
-    }
-    w.family("sluice_database_paused", "gauge", "1 while the database is PAUSEd or KILLed.");
-    w.family("sluice_database_disabled", "gauge", "1 while the database is DISABLEd.");
-    for (const auto& [dn, db] : cfg->databases) {
-      w.sample("sluice_database_paused", {"database"}, {dn}, rt.control.paused(dn) ? 1 : 0);
-      w.sample("sluice_database_disabled", {"database"}, {dn}, rt.control.disabled(dn) ? 1 : 0);
-    }
-
-    // Backends.
-    auto health = rt.obs.monitor.snapshot();
-    w.family("sluice_backend_up", "gauge",
-             "1 when the backend answered the last health check (libpq PQping).");
-    for (const auto& h : health)
-      w.sample("sluice_backend_up", {"database", "role", "address"},
-               {h.target.database, h.target.role, h.target.address()}, h.up ? 1 : 0);
-    w.family("sluice_backend_check_duration_seconds", "gauge",
-             "Duration of the last health check.");
-    for (const auto& h : health)
-      w.sample("sluice_backend_check_duration_seconds", {"database", "role", "address"},
-               {h.target.database, h.target.role, h.target.address()}, h.rtt_seconds);
-
-    // Read routing: replica bans and lag.
-    const auto now = std::chrono::steady_clock::now();
-    std::vector<std::pair<std::string, routing::ReplicaStatus>> replicas;
-    for (const auto& [db, set] : rt.routes.all()) {
-      for (auto& s : set->status(now)) replicas.emplace_back(db, std::move(s));
-    }
-    const std::vector<std::string> da{"database", "address"};
-    w.family("sluice_replica_banned", "gauge",
-             "1 while read routing keeps reads off the replica (unreachable, failing, not in "
-             "recovery, or lagging).");
-    for (const auto& [db, s] : replicas)
-      w.sample("sluice_replica_banned", da, {db, s.address}, s.banned ? 1 : 0);
-    w.family("sluice_replica_lag_seconds", "gauge",
-             "Age of the oldest primary WAL the replica has not replayed (0 when caught up).");
-    for (const auto& [db, s] : replicas)
-      w.sample("sluice_replica_lag_seconds", da, {db, s.address}, s.lag_seconds);
-    w.family("sluice_replica_lag_bytes", "gauge",
-             "Primary WAL position minus the replica's replay position.");
-    for (const auto& [db, s] : replicas)
-      w.sample("sluice_replica_lag_bytes", da, {db, s.address}, static_cast<double>(s.lag_bytes));
-    w.family("sluice_replica_bans_total", "counter", "Times the replica was banned.");
-    for (const auto& [db, s] : replicas)
-      w.sample("sluice_replica_bans_total", da, {db, s.address}, static_cast<double>(s.bans));
-    w.family("sluice_replica_reads_total", "counter", "Transactions routed to the replica.");
-    for (const auto& [db, s] : replicas)
-      w.sample("sluice_replica_reads_total", da, {db, s.address}, static_cast<double>(s.reads));
-
-    // Query insights: the top fingerprints by total time (bounded cardinality).
-    auto top = rt.obs.insights.top(cfg->insights.top_n);
-    const std::vector<std::string> q{"fingerprint", "query"};
-    auto label = [](const routing::QuerySnapshot& s) {
-      return s.normalized.size() > 120 ? s.normalized.substr(0, 117) + "..." : s.normalized;
-    };
-    w.family("sluice_top_query_calls_total", "counter",
-             "Calls of the statement fingerprints with the most total time (insights.top_n).");
-    for (const auto& s : top)
-      w.sample("sluice_top_query_calls_total", q, {s.id, label(s)}, static_cast<double>(s.calls));
-    w.family("sluice_top_query_seconds_total", "counter", "Total time of those fingerprints.");
-    for (const auto& s : top)
-      w.sample("sluice_top_query_seconds_total", q, {s.id, label(s)}, s.total_seconds);
-    w.family("sluice_top_query_p99_seconds", "gauge",
-             "99th percentile duration of those fingerprints (bucket upper bound).");
-    for (const auto& s : top)
-      w.sample("sluice_top_query_p99_seconds", q, {s.id, label(s)}, s.p99_seconds);
-    w.family("sluice_query_fingerprints", "gauge", "Statement fingerprints tracked by insights.");
-    w.sample("sluice_query_fingerprints", static_cast<double>(rt.obs.insights.size()));
-
-    // The process.
-    auto p = process_stats();
-    w.family("process_cpu_seconds_total", "counter", "User and system CPU time of sluice.");
-    w.sample("process_cpu_seconds_total", p.cpu_seconds);
-    w.family("process_resident_memory_bytes", "gauge", "Resident memory of sluice.");
-    w.sample("process_resident_memory_bytes", p.rss_bytes);
-    w.family("process_virtual_memory_bytes", "gauge", "Virtual memory of sluice.");
-    w.sample("process_virtual_memory_bytes", p.vsize_bytes);
-    w.family("process_open_fds", "gauge", "Open file descriptors.");
-    w.sample("process_open_fds", p.open_fds);
-    w.family("process_max_fds", "gauge", "File descriptor limit.");
-    w.sample("process_max_fds", p.max_fds);
-    w.family("process_start_time_seconds", "gauge",
-             "Start time of sluice, seconds since the epoch.");
-    w.sample("process_start_time_seconds", seconds_since_epoch(rt.started));
+    collect_info_and_clients(rt, *cfg, w);
+    collect_pools(rt, w);
+    collect_databases(rt, *cfg, w);
+    collect_backends(rt, w);
+    collect_replicas(rt, w);
+    collect_top_queries(rt, *cfg, w);
+    collect_process(rt, w);
   });
 }
 
