@@ -16,6 +16,7 @@
 #include "routing/session_statements.hpp"
 #include "server/cancel_registry.hpp"
 #include "server/observability.hpp"
+#include "server/pg/phase.hpp"
 #include "server/pool.hpp"
 
 namespace sluice::server {
@@ -33,8 +34,6 @@ struct ClientInfo {
   bool admin = false;  // on the admin console
   std::chrono::system_clock::time_point connect_time = std::chrono::system_clock::now();
 };
-
-enum class ClientState : std::uint8_t { kLogin, kActive, kWaiting };
 
 // What the shutdown path and the admin console need of a live session, safe from any thread.
 struct SessionHandle {

@@ -6,7 +6,6 @@ namespace sluice::server::pgsession {
 // Gets a server connection from the pool of the node routing chose (the primary unless the
 // request only reads and a replica may serve it) and gives it this client's settings.
 awaitable<bool> ClientSession::checkout() {
-  auto ex = co_await asio::this_coro::executor;
   if (rt_->control.any_paused()) {
     auto refused = co_await wait_while_paused();
     if (killed_) co_return false;
@@ -22,84 +21,116 @@ awaitable<bool> ClientSession::checkout() {
     const int node = attempt <= (replicas_ ? replicas_->size() : 0) ? choose_node()
                                                                     : routing::ReplicaSet::kPrimary;
     if (node == kRefused) {
-      PgError e{"57P03",
-                "no replica of database \"" + db_name_ + "\" can serve reads now",
-                {},
-                "every replica is banned (SHOW REPLICAS on the admin console says why); "
-                "routing.primary_reads / routing.all_replicas_banned decide whether the "
-                "primary takes reads then"};
-      if (ps_) {
-        refused_ = std::make_unique<PgError>(std::move(e));  // relay() answers it and goes on
-        co_return false;
-      }
-      queue_error(e);
-      co_await flush();
-      co_return false;
+      auto refused = co_await refuse_read();
+      co_return refused;
     }
     node_ = node;
-    auto pool = node < 0 ? pool_ : replica_pool(node);
-    auto fail_replica = [&](const std::string& why) {
-      spdlog::warn("client {} user={} db={}: replica {} failed ({}): banned, read goes elsewhere",
-                   peer_, user_name_, db_name_, replicas_->address(node), why);
-      ban_replica(why);
-      end_pick();
-    };
-    if (auto idle = pool->try_acquire(*limits_, ex)) {
-      server_ = std::move(*idle);  // the common case: no waiting, no coroutines
-    } else {
-      // kill() ends the wait through cancel_wait_ (no wait_killed() coroutine per checkout).
-      const auto wait_from = Clock::now();
-      handle_->wait_since = wait_from.time_since_epoch().count();
-      handle_->state = ClientState::kWaiting;
-      auto got = co_await pool->acquire(*limits_, &cancel_wait_);
-      handle_->state = ClientState::kActive;
-      counters_->waits->inc();
-      counters_->wait_us->inc(static_cast<std::uint64_t>(
-          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - wait_from).count()));
-      if (auto* lease = std::get_if<Lease>(&got); lease && ps_) lease->skip_reset();
-      if (killed_) co_return false;  // a connection goes straight back, untouched
-      if (auto* e = std::get_if<PgError>(&got)) {
-        if (node >= 0 && e->sqlstate != "53300") {
-          fail_replica(e->message);
-          continue;
-        }
-        spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_,
-                     db_name_, e->message);
-        queue_error(std::move(*e));
-        co_await flush();
-        co_return false;
-      }
-      server_ = std::move(std::get<Lease>(got));
-    }
-    // A cancel still on its way to this backend (any client's) lands before it runs anything.
-    if (rt_->cancels.any_in_flight()) {
-      CancelTarget settling{server_->host(), server_->port(), server_->key()};
-      co_await rt_->cancels.wait_settled(std::move(settling), &killed_);
-    }
-    auto& state = server_->state;
-    if (ps_) {
-      server_.skip_reset();  // the pooled session's state is tracked instead
-      state.set_max_statements(cfg_->pool.max_prepared_statements);
-    }
-    // Session mode: the reset query left the server at its defaults.
-    auto sync = routing::settings_sync(ps_ ? ps_->settings() : startup_,
-                                       ps_ ? state.settings : routing::Settings{});
-    if (!sync.empty()) {
-      auto synced = co_await server_->run(std::move(sync));
-      if (auto* e = std::get_if<PgError>(&synced)) {
-        server_.mark_broken();  // some settings may have been applied
-        if (node >= 0 && e->sqlstate.starts_with("08")) {
-          server_.give_back();
-          fail_replica(e->message);
-          continue;
-        }
-        queue_error(std::move(*e));
-        co_await flush();
-        co_return false;
-      }
-    }
+    auto got = co_await acquire(node);
+    if (got == Attach::kNextNode) continue;
+    if (got == Attach::kFailed) co_return false;
+    auto synced = co_await prepare_server(node);
+    if (synced == Attach::kNextNode) continue;
+    if (synced == Attach::kFailed) co_return false;
     break;
   }
+  enter(Phase::kRelaying);
+  on_attached();
+  co_return true;
+}
+
+// Every replica banned, and reads may not go to the primary: pooled clients get the error for
+// this request alone (relay() answers it); a session-mode client's session ends. False.
+awaitable<bool> ClientSession::refuse_read() {
+  PgError e{"57P03",
+            "no replica of database \"" + db_name_ + "\" can serve reads now",
+            {},
+            "every replica is banned (SHOW REPLICAS on the admin console says why); "
+            "routing.primary_reads / routing.all_replicas_banned decide whether the "
+            "primary takes reads then"};
+  if (ps_) {
+    refused_ = std::make_unique<PgError>(std::move(e));
+    co_return false;
+  }
+  queue_error(e);
+  co_await flush();
+  co_return false;
+}
+
+// A replica that failed a checkout: banned, and the read goes elsewhere.
+void ClientSession::fail_replica(int node, const std::string& why) {
+  spdlog::warn("client {} user={} db={}: replica {} failed ({}): banned, read goes elsewhere",
+               peer_, user_name_, db_name_, replicas_->address(node), why);
+  ban_replica(why);
+  end_pick();
+}
+
+// A server connection of `node`'s pool: an idle one at once, else a wait (kill() ends it
+// through cancel_wait_, without a wait_killed() coroutine per checkout).
+awaitable<ClientSession::Attach> ClientSession::acquire(int node) {
+  auto ex = co_await asio::this_coro::executor;
+  auto pool = node < 0 ? pool_ : replica_pool(node);
+  if (auto idle = pool->try_acquire(*limits_, ex)) {
+    server_ = std::move(*idle);  // the common case: no waiting, no coroutines
+    co_return Attach::kOk;
+  }
+  const auto wait_from = Clock::now();
+  handle_->wait_since = wait_from.time_since_epoch().count();
+  enter(Phase::kWaiting);
+  auto got = co_await pool->acquire(*limits_, &cancel_wait_);
+  counters_->waits->inc();
+  counters_->wait_us->inc(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - wait_from).count()));
+  if (auto* lease = std::get_if<Lease>(&got); lease && ps_) lease->skip_reset();
+  if (killed_) co_return Attach::kFailed;  // a connection goes straight back, untouched
+  if (auto* e = std::get_if<PgError>(&got)) {
+    if (node >= 0 && e->sqlstate != "53300") {
+      fail_replica(node, e->message);
+      co_return Attach::kNextNode;
+    }
+    spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_, db_name_,
+                 e->message);
+    queue_error(std::move(*e));
+    co_await flush();
+    co_return Attach::kFailed;
+  }
+  server_ = std::move(std::get<Lease>(got));
+  co_return Attach::kOk;
+}
+
+// The attached server before it runs anything of the client's: a cancel on its way to it has
+// landed, and it has the client's settings.
+awaitable<ClientSession::Attach> ClientSession::prepare_server(int node) {
+  // A cancel still on its way to this backend (any client's) lands before it runs anything.
+  if (rt_->cancels.any_in_flight()) {
+    CancelTarget settling{server_->host(), server_->port(), server_->key()};
+    co_await rt_->cancels.wait_settled(std::move(settling), &killed_);
+  }
+  auto& state = server_->state;
+  if (ps_) {
+    server_.skip_reset();  // the pooled session's state is tracked instead
+    state.set_max_statements(cfg_->pool.max_prepared_statements);
+  }
+  // Session mode: the reset query left the server at its defaults.
+  auto sync = routing::settings_sync(ps_ ? ps_->settings() : startup_,
+                                     ps_ ? state.settings : routing::Settings{});
+  if (sync.empty()) co_return Attach::kOk;
+  auto synced = co_await server_->run(std::move(sync));
+  auto* e = std::get_if<PgError>(&synced);
+  if (!e) co_return Attach::kOk;
+  server_.mark_broken();  // some settings may have been applied
+  if (node >= 0 && e->sqlstate.starts_with("08")) {
+    server_.give_back();
+    fail_replica(node, e->message);
+    co_return Attach::kNextNode;
+  }
+  queue_error(std::move(*e));
+  co_await flush();
+  co_return Attach::kFailed;
+}
+
+// Bookkeeping once a server is attached: the pooled session's view of it, the fill's role, the
+// lexer settings, what a retried read needs, where cancels go.
+void ClientSession::on_attached() {
   if (ps_) ps_->attached(server_->state);
   // A miss is keyed by the role its lookup saw. A reload since then may have changed
   // users[].server_user: what this server answers as another role is not stored under that key.
@@ -119,12 +150,12 @@ awaitable<bool> ClientSession::checkout() {
   }
   if (key_.pid != 0)
     rt_->cancels.set_target(key_, CancelTarget{server_->host(), server_->port(), server_->key()});
-  co_return true;
 }
 
 // Transaction pooling, between transactions: reads back the settings the client changed, then
 // returns the server connection to the pool.
 awaitable<void> ClientSession::release() {
+  enter(Phase::kDraining);
   auto& state = server_->state;
   if (!ps_->touched().empty()) {
     auto r = co_await server_->query(routing::settings_capture(ps_->capture_names()));
@@ -152,14 +183,7 @@ awaitable<void> ClientSession::release() {
     // Read-your-writes: the client's reads wait for replicas that replayed this far.
     if (cfg_->routing.read_your_writes == config::Routing::ReadYourWrites::kLsn &&
         !write_lsn_known_) {
-      auto r = co_await server_->query("SELECT pg_catalog.pg_current_wal_insert_lsn()");
-      auto* rows = std::get_if<routing::Rows>(&r);
-      if (rows && rows->size() == 1 && !(*rows)[0].empty() && (*rows)[0][0]) {
-        if (auto lsn = routing::parse_lsn(*(*rows)[0][0]))
-          last_write_lsn_ = std::max(last_write_lsn_, *lsn);
-      } else if (!rows) {
-        server_failed_ = true;
-      }
+      co_await fetch_write_lsn();
     }
     last_write_at_ = Clock::now();
   }
@@ -182,6 +206,24 @@ awaitable<void> ClientSession::release() {
     routed_->ps_saved.reset();
     routed_->tracker_saved.reset();
   }
+  enter(Phase::kIdle);
+}
+
+// The primary's WAL insert position now (after this client's commit): raises last_write_lsn_.
+// nullopt when the server did not say (a failed query also marks the connection broken).
+awaitable<std::optional<routing::Lsn>> ClientSession::fetch_write_lsn() {
+  auto r = co_await server_->query("SELECT pg_catalog.pg_current_wal_insert_lsn()");
+  auto* rows = std::get_if<routing::Rows>(&r);
+  if (!rows) {
+    server_failed_ = true;
+    co_return std::nullopt;
+  }
+  if (rows->size() != 1 || (*rows)[0].empty() || !(*rows)[0][0]) co_return std::nullopt;
+  auto lsn = routing::parse_lsn(*(*rows)[0][0]);
+  if (!lsn) co_return std::nullopt;
+  last_write_lsn_ = std::max(last_write_lsn_, *lsn);
+  write_lsn_known_ = true;
+  co_return lsn;
 }
 
 // Waits, without a server connection, until the client sends something. A plain-TCP client
@@ -193,11 +235,11 @@ void ClientSession::trim_idle() {
   tracker_.trim();
 }
 
-awaitable<std::string> ClientSession::wait_for_client() {
+awaitable<Outcome> ClientSession::wait_for_client() {
   for (;;) {
     auto data = reader_.pending();
     if (data.size() >= pg::kHeaderSize && data[0] == 'X') co_return "client terminated";
-    if (!data.empty()) co_return std::string();
+    if (!data.empty()) co_return Next::kGoOn;
     // Woken from park(): the socket is readable now (a second wait would need another edge).
     if (!client_->tls() && !std::exchange(woke_, false)) {
       trim_idle();
@@ -220,14 +262,14 @@ awaitable<std::string> ClientSession::wait_for_client() {
 // Without a server: answers a request of Parses of statements known to parse (and Closes), so a
 // client blocked in a synchronous prepare never waits for servers other clients of its thread
 // hold. "" when a server must answer, kAnswered, or why the session ends.
-awaitable<std::string> ClientSession::answer_detached() {
+awaitable<Outcome> ClientSession::answer_detached() {
   for (;;) {
     pg::Buffer out;
     auto data = reader_.pending();
     auto a = ps_->answer_detached(data, out);
-    if (a.kind == routing::PooledSession::LocalAnswer::kNo) co_return std::string();
+    if (a.kind == routing::PooledSession::LocalAnswer::kNo) co_return Next::kGoOn;
     if (a.kind == routing::PooledSession::LocalAnswer::kNeedMore) {
-      if (auto end = co_await read_client(a.need)) co_return *end;
+      if (auto end = co_await read_client(a.need)) co_return end;
       continue;
     }
     for (std::size_t pos = 0; pos < a.consumed;) {
@@ -238,23 +280,18 @@ awaitable<std::string> ClientSession::answer_detached() {
     reader_.consume(a.consumed);
     counters_->sent_bytes->inc(out.size());
     if (!co_await send(std::move(out))) co_return "client write failed";
-    co_return std::string(kAnswered);
+    co_return Next::kAnswered;
   }
 }
 
 // Drops the client's first request (a Query, or extended messages through their Sync; routing
 // judged it whole) and answers it with `e` and ReadyForQuery.
 awaitable<bool> ClientSession::refuse_request(const PgError& e) {
-  auto data = reader_.pending();
-  std::size_t pos = 0;
-  while (data.size() - pos >= pg::kHeaderSize) {
-    const char type = static_cast<char>(data[pos]);
-    bytes::Reader header(data.subspan(pos + 1, 4));
-    const std::size_t size = 1 + static_cast<std::size_t>(header.u32());
-    if (size < pg::kHeaderSize || size > data.size() - pos) break;
-    pos += size;
-    if (type == 'Q' || type == 'S') break;
+  pg::FrameCursor cursor(reader_.pending());
+  while (auto f = cursor.next()) {
+    if (f->type == 'Q' || f->type == 'S') break;
   }
+  const std::size_t pos = cursor.offset();
   reader_.consume(pos);
   route_ = RouteNeed{};
   rt_->obs.count_error(e.sqlstate);
@@ -265,7 +302,7 @@ awaitable<bool> ClientSession::refuse_request(const PgError& e) {
 }
 
 // Between transactions: "" once the client sent something, else why the session ends.
-awaitable<std::string> ClientSession::wait_detached() {
+awaitable<Outcome> ClientSession::wait_detached() {
   if (killed_) co_return "shutdown";
   if (cfg_->pool.client_idle_timeout.count() == 0 && !client_->tls()) {
     // No timer and no parallel group: an idle client costs one small coroutine frame, and

@@ -3,136 +3,30 @@
 
 namespace sluice::server::pgsession {
 
-// The first buffered request, when the cache may answer it: a lone Query, or an unnamed Parse
-// (or a Bind of a named statement) with Bind, Describe portal, Execute of every row and Sync,
-// and nothing pipelined after it.
+// The first buffered request, when the cache may answer it (cache/request.hpp says which).
 ClientSession::CacheRequest ClientSession::cache_request() {
-  CacheRequest r;
-  if (setting("sluice.cache") == "off") return r;
-  auto data = reader_.pending();
-  std::size_t pos = 0;
-  std::string& material = r.request.material;
-  bool parsed = false, bound = false, executed = false;
-  while (pos < data.size()) {
-    if (data.size() - pos < pg::kHeaderSize) {
-      r.kind = CacheRequest::kNeedMore;
-      r.need = pg::kHeaderSize - (data.size() - pos);
-      return r;
-    }
-    const char type = static_cast<char>(data[pos]);
-    bytes::Reader header(data.subspan(pos + 1, 4));
-    const std::uint32_t len = header.u32();
-    if (len < 4) return CacheRequest{};
-    const std::size_t size = 1 + static_cast<std::size_t>(len);
-    if (size > data.size() - pos) {
-      if (pos + size > kRouteMaxMessage) return CacheRequest{};
-      r.kind = CacheRequest::kNeedMore;
-      r.need = size - (data.size() - pos);
-      return r;
-    }
-    const auto body = data.subspan(pos + pg::kHeaderSize, len - 4);
-    const bool last = pos + size == data.size();
-    auto types = [&material](const std::vector<std::uint32_t>& oids) {
-      for (auto oid : oids) material += std::to_string(oid) + ",";
-      material.push_back('\0');
-    };
-    switch (type) {
-      case 'Q': {
-        if (pos != 0 || !last) return CacheRequest{};
-        auto text = bytes::as_chars(body);
-        r.request.sql = text.substr(0, text.find('\0'));
-        material = "Q";
-        material.append(r.request.sql);
-        r.size = size;
-        r.kind = CacheRequest::kCandidate;
-        break;
-      }
-      case 'P': {
-        auto p = pg::decode_parse(body);
-        if (!p || pos != 0 || !p->name.empty()) return CacheRequest{};
-        r.request.sql = p->query;
-        material = "P";
-        material.append(p->query);
-        material.push_back('\0');
-        types(p->param_types);
-        parsed = true;
-        break;
-      }
-      case 'B': {
-        auto b = pg::decode_bind(body);
-        if (!b || bound || !b->portal.empty()) return CacheRequest{};
-        if (b->statement.empty()) {
-          if (!parsed) return CacheRequest{};
-        } else {
-          auto stmt = parsed ? nullptr : ps_->statement(b->statement);
-          if (!stmt) return CacheRequest{};
-          r.request.sql = stmt->query;
-          material = "N";
-          material.append(stmt->query);
-          material.push_back('\0');
-          types(stmt->param_types);
-        }
-        material.push_back('B');
-        material.append(bytes::as_chars(b->rest));
-        bound = true;
-        break;
-      }
-      case 'D': {
-        auto t = pg::decode_target(body);
-        if (!t || !t->name.empty() || executed) return CacheRequest{};
-        if (t->kind == 'P' && bound) {
-          material += "DP";
-        } else if (t->kind == 'S' && parsed && !bound) {
-          material += "DS";
-        } else {
-          return CacheRequest{};
-        }
-        break;
-      }
-      case 'E': {
-        auto e = pg::decode_execute(body);
-        if (!e || !e->portal.empty() || e->max_rows != 0 || !bound || executed)
-          return CacheRequest{};
-        material.push_back('E');
-        executed = true;
-        break;
-      }
-      case 'S':
-        if (!executed || !last) return CacheRequest{};
-        material.push_back('S');
-        r.size = pos + size;
-        r.kind = CacheRequest::kCandidate;
-        break;
-      default:
-        return CacheRequest{};
-    }
-    pos += size;
-  }
-  if (r.kind != CacheRequest::kCandidate) return CacheRequest{};  // no Sync yet: not ours
-  r.request.database = db_name_;
-  r.request.role = user_->server_user;
-  for (const auto& [name, value] : ps_->settings()) {
-    // Settings that cannot change a result stay out of the key.
-    if (name == "search_path" || name == "application_name" || name.starts_with("sluice."))
-      continue;
-    r.request.settings.emplace_back(name, value);
-  }
-  if (auto path = setting("search_path"); !path.empty()) r.request.search_path = path;
-  r.request.strict = !setting("sluice.min_lsn").empty();
-  r.request.generation = generation_;
+  if (setting("sluice.cache") == "off") return {};
+  auto named = [this](std::string_view name) -> std::optional<cache::NamedStatement> {
+    auto stmt = ps_->statement(name);  // ps_ keeps it while the request is scanned
+    if (!stmt) return std::nullopt;
+    return cache::NamedStatement{stmt->query, &stmt->param_types};
+  };
+  auto r = cache::scan_request(reader_.pending(), kRouteMaxMessage, named);
+  if (r.kind == CacheRequest::kCandidate)
+    cache::key_session(r.request, db_name_, user_->server_user, ps_->settings(), generation_);
   return r;
 }
 
 // Before a checkout: answers the request from the cache when it can. "" to go on to the server
 // (a miss is filled from its reply), kAnswered, or why the session ends.
-awaitable<std::string> ClientSession::try_cache() {
+awaitable<Outcome> ClientSession::try_cache() {
   CacheRequest req;
   for (;;) {
     req = cache_request();
     if (req.kind != CacheRequest::kNeedMore) break;
-    if (auto end = co_await read_client(req.need)) co_return *end;
+    if (auto end = co_await read_client(req.need)) co_return end;
   }
-  if (req.kind != CacheRequest::kCandidate) co_return std::string();
+  if (req.kind != CacheRequest::kCandidate) co_return Next::kGoOn;
   const auto started = Clock::now();
   auto l = co_await rt_->cache->lookup(std::move(req.request), cfg_->cache);
   if (l.outcome == cache::Lookup::Outcome::kHit) {
@@ -142,53 +36,47 @@ awaitable<std::string> ClientSession::try_cache() {
     out.reserve(l.value->size() + 6);
     out.assign(l.value->begin(), l.value->end());
     pg::encode_ready_for_query(out, 'I');
-    const auto bytes = out.size();
-    if (!co_await send(std::move(out))) co_return "client write failed";
+    // Counted before the client can see the rows: a client that reads the metrics right after
+    // its reply finds its hit there.
     const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
     cache::Cache::note_outcome(l, true);
     rt_->obs.observe_cache_hit(seconds);
     const auto& k = *counters_;
     k.queries[static_cast<std::size_t>(routing::Route::kCache)]->inc();
     k.transactions->inc();
-    k.sent_bytes->inc(bytes);
+    k.sent_bytes->inc(out.size());
     k.query_duration->observe(seconds);
     handle_->request_time = std::time(nullptr);
-    co_return std::string(kAnswered);
+    if (!co_await send(std::move(out))) co_return "client write failed";
+    co_return Next::kAnswered;
   }
   if (l.outcome == cache::Lookup::Outcome::kMiss) {
     cache::Cache::note_outcome(l, false);
     auto& c = cached();
     c.fill = std::move(l);
     c.filling = true;
-    c.reply.clear();
-    c.scanned = 0;
+    c.capture.clear();
   }
-  co_return std::string();
+  co_return Next::kGoOn;
 }
 
 // Keeps what the client receives of a miss's reply; at its ReadyForQuery, stores it.
 void ClientSession::capture_fill(asio::const_buffer out) {
   auto& c = *cached_;
-  const auto* p = static_cast<const std::uint8_t*>(out.data());
-  c.reply.insert(c.reply.end(), p, p + out.size());
-  if (c.reply.size() > cfg_->cache.max_entry_bytes + 64) {
-    if (c.fill.plan && c.fill.plan->counters) c.fill.plan->counters->skipped_fills++;
-    end_fill();
-    return;
-  }
-  while (c.reply.size() - c.scanned >= pg::kHeaderSize) {
-    bytes::Reader header(std::span(c.reply).subspan(c.scanned + 1, 4));
-    const std::size_t size = 1 + static_cast<std::size_t>(header.u32());
-    if (size < pg::kHeaderSize || size > c.reply.size() - c.scanned) return;
-    if (c.reply[c.scanned] == 'Z') {
-      const bool idle = c.reply[c.scanned + 5] == 'I';
-      std::string_view reply(reinterpret_cast<const char*>(c.reply.data()), c.scanned);
-      if (idle) rt_->cache->store(c.fill, reply, cfg_->cache);
-      end_fill();
+  const bytes::Span bytes(static_cast<const std::uint8_t*>(out.data()), out.size());
+  switch (c.capture.append(bytes, cfg_->cache.max_entry_bytes)) {
+    case cache::FillCapture::Step::kMore:
       return;
-    }
-    c.scanned += size;
+    case cache::FillCapture::Step::kTooLarge:
+      if (c.fill.plan && c.fill.plan->counters) c.fill.plan->counters->skipped_fills++;
+      break;
+    case cache::FillCapture::Step::kStore:
+      rt_->cache->store(c.fill, c.capture.reply(), cfg_->cache);
+      break;
+    case cache::FillCapture::Step::kDrop:
+      break;
   }
+  end_fill();
 }
 
 void ClientSession::end_fill() {
@@ -196,7 +84,7 @@ void ClientSession::end_fill() {
   cached_->filling = false;
   rt_->cache->finish(cached_->fill);
   cached_->fill = cache::Lookup{};
-  pg::Buffer().swap(cached_->reply);
+  cached_->capture.clear();
 }
 
 // Notes what a client message may write, for the bump at the end of its transaction.
@@ -210,9 +98,9 @@ void ClientSession::note_writes(const pg::Frame& f) {
   };
   switch (f.type) {
     case 'Q': {
-      auto body = bytes::as_chars(f.body);
-      if (misread(body)) return;
-      facts = rt_->cache->facts(body.substr(0, body.find('\0')));
+      auto sql = pg::query_text(f);
+      if (!sql || misread(*sql)) return;  // malformed: the server refuses it
+      facts = rt_->cache->facts(*sql);
       break;
     }
     case 'P': {
@@ -287,21 +175,12 @@ awaitable<void> ClientSession::bump_writes() {
       if (!c.reserve_timer) c.reserve_timer.emplace(co_await asio::this_coro::executor);
       c.server_reserved = true;
     }
-    auto r = co_await server_->query("SELECT pg_catalog.pg_current_wal_insert_lsn()");
+    auto fetched = co_await fetch_write_lsn();
     if (!sequential_) {
       c.server_reserved = false;
       c.reserve_timer->cancel();
     }
-    auto* rows = std::get_if<routing::Rows>(&r);
-    if (rows && rows->size() == 1 && !(*rows)[0].empty() && (*rows)[0][0]) {
-      if (auto parsed = routing::parse_lsn(*(*rows)[0][0])) {
-        lsn = *parsed;
-        last_write_lsn_ = std::max(last_write_lsn_, lsn);
-        write_lsn_known_ = true;
-      }
-    } else if (!rows) {
-      server_failed_ = true;
-    }
+    if (fetched) lsn = *fetched;
   }
   if (cfg_->cache.invalidation) co_await rt_->cache->bump(db_name_, writes, lsn);
 }

@@ -132,6 +132,7 @@ void ClientSession::log_auth_failure(std::string_view why) {
 }
 
 awaitable<bool> ClientSession::authenticate() {
+  enter(Phase::kAuthenticating);
   user_ = cfg_->user(user_name_);
   bool ok = false;
   switch (cfg_->auth_type) {
@@ -303,7 +304,6 @@ awaitable<bool> ClientSession::attach_server() {
   tracker_.set_identity(routing::sample_identity(db_name_, user_->server_user));
   counters_ = rt_->obs.counters(db_name_, user_name_);
   fill_info();
-  handle_->state = ClientState::kActive;
   if (!co_await checkout()) co_return false;
   key_ = rt_->cancels.add_client();
   rt_->cancels.set_target(key_, CancelTarget{server_->host(), server_->port(), server_->key()});

@@ -23,7 +23,9 @@ enum class Phase : std::uint8_t {
   kParked,          // idle with no coroutine frame: a wait on the client's socket only
   kWaiting,         // waiting for a server connection (the pool is busy, or PAUSE)
   kRelaying,        // a server connection is attached; bytes flow both ways
-  kCopy,            // COPY FROM/TO STDIN/STDOUT (or CopyBoth) in progress
+  kCopy,            // COPY in progress: FROM STDIN or CopyBoth; TO STDOUT too in session
+                    // pooling (transaction pooling never inspects CopyOutResponse: the
+                    // pooled session must not see it)
   kDraining,        // the transaction ended: settings and the write LSN are read back, then the
                     // server connection goes back to the pool
   kClosing,         // the session ends (error sent, the log line written)

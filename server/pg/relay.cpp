@@ -3,29 +3,30 @@
 
 namespace sluice::server::pgsession {
 
-awaitable<std::string> ClientSession::relay() {
+awaitable<Outcome> ClientSession::relay() {
   for (;;) {
     if (!server_) {
+      enter(Phase::kIdle);
       if (!woke_ && parkable() && reader_.pending().empty()) {
         trim_idle();
-        co_return std::string(kParked);
+        co_return Next::kParked;
       }
       auto why = co_await wait_detached();
-      if (!why.empty()) co_return why;
+      if (why) co_return why;
       if (ps_ && !pinned_) {
         auto local = co_await answer_detached();
-        if (local == kAnswered) continue;
-        if (!local.empty()) co_return local;
+        if (local.is(Next::kAnswered)) continue;
+        if (local) co_return local;
       }
       if (ps_ && !pinned_ && cache_on()) {
         auto cached = co_await try_cache();
-        if (cached == kAnswered) continue;
-        if (!cached.empty()) co_return cached;
+        if (cached.is(Next::kAnswered)) continue;
+        if (cached) co_return cached;
       }
       if (replicas_) {
         auto routed = co_await prepare_route();
-        if (routed == kAnswered) continue;
-        if (!routed.empty()) co_return routed;
+        if (routed.is(Next::kAnswered)) continue;
+        if (routed) co_return routed;
       }
       if (!co_await checkout()) {
         if (!refused_) co_return "no server connection";
@@ -35,23 +36,23 @@ awaitable<std::string> ClientSession::relay() {
         continue;
       }
     }
-    std::string reason(kConcurrent);
+    Outcome reason = Next::kConcurrent;
     if (ps_ && !watchdog_on_ && !pinned_) {
       attached_light_ = true;  // kill() cancels the pending read
       auto sequential = co_await relay_sequential();
       attached_light_ = false;
-      reason = killed_ ? std::string("shutdown") : std::move(sequential);
+      reason = killed_ ? Outcome("shutdown") : sequential;
     }
-    if (reason == kConcurrent) {
+    if (reason.is(Next::kConcurrent)) {
       auto concurrent = co_await relay_attached();
-      reason = std::move(concurrent);
+      reason = concurrent;
     }
-    if (reason == kRetry) {
+    if (reason.is(Next::kRetry)) {
       retry_elsewhere();
       continue;
     }
-    if (reason == kGone) reason = kReleased;  // sequential: nothing was read from the client
-    if (reason != kReleased) co_return reason;
+    // kGone, sequential: nothing was read from the client.
+    if (!reason.is(Next::kReleased) && !reason.is(Next::kGone)) co_return reason;
     co_await release();
   }
 }
@@ -59,10 +60,10 @@ awaitable<std::string> ClientSession::relay() {
 // Relays while a server connection is attached; kReleased when it went back to the pool.
 // Each result is initialised from its co_await in its own statement: g++ 12 miscompiles
 // `r = co_await ...` assignments and `c ? co_await a : co_await b` (double free).
-awaitable<std::string> ClientSession::relay_attached() {
+awaitable<Outcome> ClientSession::relay_attached() {
   auto reason = [](auto& r) {
     return std::visit(
-        [](auto& v) -> std::string {
+        [](auto& v) -> Outcome {
           if constexpr (std::is_same_v<std::decay_t<decltype(v)>, std::monostate>) {
             return "shutdown";  // wait_killed
           } else {
@@ -88,7 +89,7 @@ awaitable<std::string> ClientSession::relay_attached() {
   co_return reason(r);
 }
 
-awaitable<std::optional<std::string>> ClientSession::write_to_server(asio::const_buffer b) {
+awaitable<Outcome> ClientSession::write_to_server(asio::const_buffer b) {
   server_writing_ = true;
   auto [ec, written] = co_await server_->stream().write(b);
   server_writing_ = false;
@@ -99,7 +100,7 @@ awaitable<std::optional<std::string>> ClientSession::write_to_server(asio::const
   if (ec && can_retry()) {
     server_failed_ = true;
     routed_->retry_why = "write failed: " + ec.message();
-    co_return std::string(kRetry);
+    co_return Next::kRetry;
   }
   if (ec) {
     server_failed_ = true;
@@ -108,10 +109,10 @@ awaitable<std::optional<std::string>> ClientSession::write_to_server(asio::const
     co_await flush();
     co_return "server write failed";
   }
-  co_return std::nullopt;
+  co_return Next::kGoOn;
 }
 
-awaitable<std::string> ClientSession::client_message_rejected(const pg::FrameFailure& failure) {
+awaitable<Outcome> ClientSession::client_message_rejected(const pg::FrameFailure& failure) {
   spdlog::warn("client {}: message length {} rejected: {} (limits.max_message_size={})", peer_,
                failure.declared_length, pg::describe(failure.error), cfg_->max_message_size);
   queue_error({"08P01",
@@ -122,17 +123,17 @@ awaitable<std::string> ClientSession::client_message_rejected(const pg::FrameFai
   co_return "protocol violation";
 }
 
-awaitable<std::string> ClientSession::server_read_failed(const error_code& ec) {
+awaitable<Outcome> ClientSession::server_read_failed(const error_code& ec) {
   if (ec == asio::error::operation_aborted) co_return "cancelled";  // the other direction ended
   server_failed_ = true;
   if (can_retry()) {
     routed_->retry_why = "connection lost: " + ec.message();
-    co_return std::string(kRetry);
+    co_return Next::kRetry;
   }
   ban_replica("connection lost: " + ec.message());
   if (ps_ && ps_->pending() == 0 && ps_->idle() && !to_client_.mid_message()) {
     server_gone_ = true;  // between requests: the next one gets another server
-    co_return std::string(kGone);
+    co_return Next::kGone;
   }
   if (!to_client_.mid_message()) {
     queue_error({"08006",
@@ -145,7 +146,7 @@ awaitable<std::string> ClientSession::server_read_failed(const error_code& ec) {
 }
 
 // Session pooling: bytes pass through; only request boundaries are counted.
-awaitable<std::string> ClientSession::client_to_server() {
+awaitable<Outcome> ClientSession::client_to_server() {
   for (;;) {
     auto data = reader_.pending();
     std::size_t forward = 0;
@@ -159,12 +160,8 @@ awaitable<std::string> ClientSession::client_to_server() {
       if (type == 'Q' || type == 'S' || type == 'F') note_request();
       if (rt_->cache && (type == 'Q' || type == 'P' || type == 'B')) note_writes(stop.frame);
       if (rt_->cache && !lexer_suspect_ && (type == 'Q' || type == 'P')) {
-        std::string_view sql = bytes::as_chars(stop.frame.body);
-        if (type == 'P') {
-          auto p = pg::decode_parse(stop.frame.body);
-          sql = p ? p->query : std::string_view();
-        }
-        if (changes_lexer(sql.substr(0, sql.find('\0'))))  // before the next message is noted
+        auto sql = pg::query_text(stop.frame);
+        if (sql && changes_lexer(*sql))  // before the next message is noted
           lexer_mismatch("it set standard_conforming_strings or client_encoding");
       }
       tracker_.on_client(stop.frame, now);
@@ -172,7 +169,7 @@ awaitable<std::string> ClientSession::client_to_server() {
     }
     if (forward > 0) {
       if (auto failed = co_await write_to_server(asio::buffer(data.data(), forward)))
-        co_return *failed;
+        co_return failed;
       reader_.consume(forward);
     }
     if (stop.kind == pg::MessageScanner::Stop::kInspect) co_return "client terminated";  // 'X'
@@ -189,7 +186,7 @@ awaitable<std::string> ClientSession::client_to_server() {
   }
 }
 
-awaitable<std::string> ClientSession::server_to_client() {
+awaitable<Outcome> ClientSession::server_to_client() {
   auto& in = server_->reader();
   for (;;) {
     auto data = in.pending();
@@ -201,8 +198,12 @@ awaitable<std::string> ClientSession::server_to_client() {
       stop = to_client_.scan(data.subspan(forward), kFromServer, [](const pg::Header&) {});
       forward += stop.offset;
       if (stop.kind != pg::MessageScanner::Stop::kInspect) break;
-      if (stop.frame.type != 'S') note_server_message(stop.frame, now);
-      if (stop.frame.type == 'Z') {
+      const char type = stop.frame.type;
+      if (type == 'G' || type == 'H' || type == 'W') enter(Phase::kCopy);
+      if (type != 'S' && type != 'G' && type != 'H' && type != 'W')
+        note_server_message(stop.frame, now);
+      if (type == 'Z') {
+        enter(Phase::kRelaying);
         tx_status_ = pg::decode_ready_for_query(stop.frame.body).value_or('E');
         if (pending_ > 0) --pending_;
         last_activity_ = Clock::now();
@@ -253,59 +254,60 @@ awaitable<std::string> ClientSession::server_to_client() {
 // next requests. Returns kConcurrent for what needs both directions at once (COPY FROM STDIN,
 // Flush-driven batches, large pipelines, pinned sessions), kReleased at the end of a
 // transaction.
-awaitable<std::string> ClientSession::relay_sequential() {
+awaitable<Outcome> ClientSession::relay_sequential() {
   sequential_ = true;
   auto result = co_await relay_sequential_steps();
   sequential_ = false;
   co_return result;
 }
 
-awaitable<std::string> ClientSession::relay_sequential_steps() {
+awaitable<Outcome> ClientSession::relay_sequential_steps() {
   for (;;) {
     auto scan = scan_client();
     bool large = to_server_buf_.size() > kSequentialBatch;
     if (scan.kind == ClientScan::kNeedMore &&
         (large || pinned_ || ps_->unsynced() || to_server_.mid_message()))
-      co_return kConcurrent;  // it writes what scan_client() buffered first
+      co_return Next::kConcurrent;  // it writes what scan_client() buffered first
     const bool sent = !to_server_buf_.empty();
-    if (auto end = co_await forward_client(scan)) co_return *end;
+    if (auto end = co_await forward_client(scan)) co_return end;
     while (ps_->pending() > 0) {
       auto answer = scan_server();
-      if (auto end = co_await forward_server(answer)) co_return *end;
-      if (answer.copy_in) co_return kConcurrent;  // the client sends data now
+      if (auto end = co_await forward_server(answer)) co_return end;
+      if (answer.copy_in) co_return Next::kConcurrent;  // the client sends data now
       if (answer.stop.kind == pg::MessageScanner::Stop::kInspect) continue;  // more buffered
       if (ps_->pending() == 0) break;
-      if (auto end = co_await read_server(answer.stop.need)) co_return *end;
+      if (auto end = co_await read_server(answer.stop.need)) co_return end;
     }
     if (scan.kind == ClientScan::kReroute) {
-      if (ps_->idle() && can_release()) co_return std::string(kReleased);  // the next checkout
+      if (ps_->idle() && can_release()) co_return Next::kReleased;  // the next checkout
       reroute_allowed_ = true;  // the replica is inside a transaction: it keeps the request
       continue;
     }
     // Nothing sent (a partial message so far): read on rather than release and re-acquire.
-    if (sent && want_release(ps_->idle())) co_return kReleased;
-    if (!server_->reader().pending().empty()) co_return kConcurrent;  // unexpected extra bytes
+    if (sent && want_release(ps_->idle())) co_return Next::kReleased;
+    if (!server_->reader().pending().empty())
+      co_return Next::kConcurrent;                     // unexpected extra bytes
     if (sent && !reader_.pending().empty()) continue;  // the client pipelined more: scan it
-    if (auto end = co_await read_client(scan.need)) co_return *end;
+    if (auto end = co_await read_client(scan.need)) co_return end;
   }
 }
 
 // Transaction pooling, client → server, concurrently with server_to_client_pooled().
-awaitable<std::string> ClientSession::client_to_server_pooled() {
+awaitable<Outcome> ClientSession::client_to_server_pooled() {
   for (;;) {
-    if (server_gone_) co_return std::string(kReleased);  // the next request goes elsewhere
-    while (cached_ && cached_->server_reserved) {        // sluice's own query is on the server
+    if (server_gone_) co_return Next::kReleased;   // the next request goes elsewhere
+    while (cached_ && cached_->server_reserved) {  // sluice's own query is on the server
       auto& timer = *cached_->reserve_timer;
       timer.expires_at(asio::steady_timer::time_point::max());
       co_await timer.async_wait(use_nothrow);
       if (killed_) co_return "shutdown";
     }
     auto scan = scan_client();
-    if (auto end = co_await forward_client(scan)) co_return *end;
-    if (want_release(false)) co_return std::string(kReleased);
+    if (auto end = co_await forward_client(scan)) co_return end;
+    if (want_release(false)) co_return Next::kReleased;
     if (scan.kind == ClientScan::kReroute) {
       if (ps_->pending() == 0) {  // the replica answered everything already
-        if (ps_->idle() && can_release()) co_return std::string(kReleased);
+        if (ps_->idle() && can_release()) co_return Next::kReleased;
         reroute_allowed_ = true;
         reroute_ = false;
         continue;
@@ -320,22 +322,22 @@ awaitable<std::string> ClientSession::client_to_server_pooled() {
       if (killed_) co_return "shutdown";
       continue;
     }
-    if (auto end = co_await read_client(scan.need)) co_return *end;
+    if (auto end = co_await read_client(scan.need)) co_return end;
   }
 }
 
 // Transaction pooling, server → client: at ReadyForQuery outside a transaction the server
 // connection is released.
-awaitable<std::string> ClientSession::server_to_client_pooled() {
+awaitable<Outcome> ClientSession::server_to_client_pooled() {
   for (;;) {
     auto scan = scan_server();
     if (auto end = co_await forward_server(scan)) {
-      if (*end == kGone) break;
-      co_return *end;
+      if (end.is(Next::kGone)) break;
+      co_return end;
     }
-    if (want_release(scan.idle_now)) co_return std::string(kReleased);
+    if (want_release(scan.idle_now)) co_return Next::kReleased;
     if (reroute_ && ps_->pending() == 0) {  // a request waits to move off this replica
-      if (ps_->idle() && can_release()) co_return std::string(kReleased);
+      if (ps_->idle() && can_release()) co_return Next::kReleased;
       reroute_allowed_ = true;
       reroute_ = false;
       if (routed_->reroute_timer) routed_->reroute_timer->cancel();
@@ -344,8 +346,8 @@ awaitable<std::string> ClientSession::server_to_client_pooled() {
         !server_->reader().pending().empty())
       continue;
     if (auto end = co_await read_server(scan.stop.need)) {
-      if (*end == kGone) break;
-      co_return *end;
+      if (end.is(Next::kGone)) break;
+      co_return end;
     }
   }
   // The server went away between requests: the client side detaches before the client's next

@@ -29,15 +29,11 @@ ClientSession::Verdict ClientSession::verdict(const pg::Frame& f, bool parse_see
   std::string_view text;
   routing::StatementPtr stmt;
   switch (f.type) {
-    case 'Q': {
-      auto body = bytes::as_chars(f.body);
-      text = body.substr(0, body.find('\0'));
-      break;
-    }
+    case 'Q':
     case 'P': {
-      auto p = pg::decode_parse(f.body);
-      if (!p) return {false, true, false};
-      text = p->query;
+      auto sql = pg::query_text(f);
+      if (!sql) return {false, true, false};
+      text = *sql;
       break;
     }
     case 'B': {
@@ -67,99 +63,44 @@ ClientSession::Verdict ClientSession::verdict(const pg::Frame& f, bool parse_see
 
 // The buffered requests a checkout must place: all reads → a replica may take them.
 ClientSession::RouteNeed ClientSession::route_need() {
-  RouteNeed n;
-  auto data = reader_.pending();
-  std::size_t pos = 0;
-  bool any = false;
-  bool replica = true;
-  bool parse_seen = false;
-  // Extended-query messages since the last Sync: they run in one implicit transaction that
-  // cannot move to another server later, so the route waits for the whole of it.
-  bool open = false, flushed = false;
-  std::size_t missing = pg::kHeaderSize;  // of the next message, when it is incomplete
-  while (data.size() - pos >= pg::kHeaderSize) {
-    const char type = static_cast<char>(data[pos]);
-    bytes::Reader header(data.subspan(pos + 1, 4));
-    const std::uint32_t len = header.u32();
-    if (len < 4) return n;  // malformed: primary; the relay reports it
-    const std::size_t size = 1 + static_cast<std::size_t>(len);
-    if (size > data.size() - pos) {
-      if (!any) {
-        if (size > kRouteMaxMessage) {  // too large to classify: the primary, as a write
-          n.write = true;
-          return n;
-        }
-        n.kind = RouteNeed::kNeedMore;
-        n.need = size - (data.size() - pos);
-        return n;
+  struct Judge final : routing::MessageJudge {
+    explicit Judge(ClientSession& session) : s(session) {}
+    ClientSession& s;
+    routing::MessageVerdict judge(const pg::Frame& f, bool parse_seen, bool lone) override {
+      auto text = pg::query_text(f);
+      Verdict v;
+      if (f.type == 'Q') {
+        auto facts = s.rt_->reads.get(text.value_or(std::string_view()));
+        if (lone && facts->show_last_write_lsn) return {false, false, false, kShowLsn};
+        if (lone && text && routing::is_set_route_primary(*text))
+          return {false, false, false, kSetRoutePrimary};
+        v = s.verdict(*facts);
+      } else {
+        v = s.verdict(f, parse_seen);
       }
-      missing = pos + size > kRouteMaxMessage ? 0 : size - (data.size() - pos);
-      break;
+      if (text && s.changes_lexer(*text))
+        v = Verdict{false, true, v.catalog_change};  // what follows
+      return {v.replica, v.write, v.catalog_change, kNotLocal};
     }
-    if (type == 'S') open = flushed = false;
-    if (type == 'P' || type == 'B' || type == 'D' || type == 'C' || type == 'E') open = true;
-    if (type == 'H') flushed = open;
-    pg::Frame f{type, data.subspan(pos + pg::kHeaderSize, len - 4), size};
-    Verdict v;
-    if (type == 'Q') {
-      auto body = bytes::as_chars(f.body);
-      auto text = body.substr(0, body.find('\0'));
-      auto facts = rt_->reads.get(text);
-      if (!any && size == data.size()) {  // a lone Query sluice may answer or rewrite
-        if (facts->show_last_write_lsn) {
-          n.kind = RouteNeed::kShowLsn;
-          n.size = size;
-          return n;
-        }
-        if (routing::is_set_route_primary(text)) {
-          n.kind = RouteNeed::kSetRoutePrimary;
-          n.size = size;
-          return n;
-        }
-      }
-      v = verdict(*facts);
-      if (changes_lexer(text)) v = Verdict{false, true, v.catalog_change};  // what follows
-    } else {
-      v = verdict(f, parse_seen);
-      if (type == 'P') {
-        auto p = pg::decode_parse(f.body);
-        if (p && changes_lexer(p->query)) v = Verdict{false, true, v.catalog_change};
-      }
-    }
-    if (v.catalog_change) {
-      replicas_->catalog_changed();  // until it is fetched again, function calls go to the primary
-      catalog_changed_ = true;
-    }
-    if (type == 'P') parse_seen = true;
-    replica = replica && v.replica;
-    n.write = n.write || v.write;
-    any = true;
-    pos += size;
+  } judge(*this);
+  auto n = routing::route_requests(reader_.pending(), kRouteMaxMessage, judge);
+  if (n.catalog_change) {
+    replicas_->catalog_changed();  // until it is fetched again, function calls go to the primary
+    catalog_changed_ = true;
   }
-  if (open && !flushed && missing > 0 && data.size() < kRouteMaxMessage) {
-    // No Sync or Flush yet: the client still sends (it waits for nothing before either).
-    n.kind = RouteNeed::kNeedMore;
-    n.need = data.size() - pos >= pg::kHeaderSize ? missing : pg::kHeaderSize - (data.size() - pos);
-    n.write = n.replica = false;
-    return n;
-  }
-  // A segment left open (the client waits at a Flush): what it sends next joins that implicit
-  // transaction, writes included, so it starts on the primary.
-  n.replica = any && replica && !open;
-  n.judged = pos;
   return n;
 }
 
 // Before a checkout: makes sure the first request is whole, answers what sluice answers itself.
 // "" to check out, kAnswered, or why the session ends.
-awaitable<std::string> ClientSession::prepare_route() {
+awaitable<Outcome> ClientSession::prepare_route() {
   for (;;) {
     route_ = route_need();
     if (route_.kind == RouteNeed::kNeedMore) {
-      if (auto end = co_await read_client(route_.need)) co_return *end;
+      if (auto end = co_await read_client(route_.need)) co_return end;
       continue;
     }
-    if (route_.kind == RouteNeed::kSetRoutePrimary) {
+    if (route_.kind == RouteNeed::kLocal && route_.local == kSetRoutePrimary) {
       // PRIMARY is a reserved word: the server would refuse it unquoted.
       reader_.consume(route_.size);
       pg::Buffer q;
@@ -167,7 +108,7 @@ awaitable<std::string> ClientSession::prepare_route() {
       reader_.unread(q);
       continue;
     }
-    if (route_.kind == RouteNeed::kShowLsn) {  // SHOW sluice.last_write_lsn
+    if (route_.kind == RouteNeed::kLocal && route_.local == kShowLsn) {
       reader_.consume(route_.size);
       route_ = RouteNeed{};
       pg::Buffer out;
@@ -183,9 +124,9 @@ awaitable<std::string> ClientSession::prepare_route() {
       pg::encode_command_complete(out, "SHOW");
       pg::encode_ready_for_query(out, 'I');
       if (!co_await send(std::move(out))) co_return "client write failed";
-      co_return std::string(kAnswered);
+      co_return Next::kAnswered;
     }
-    co_return std::string();
+    co_return Next::kGoOn;
   }
 }
 

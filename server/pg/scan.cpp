@@ -89,7 +89,7 @@ ClientSession::ClientScan ClientSession::scan_client() {
 }
 
 // Writes to_server_buf_ and reacts to what scan_client() found; a reason to end the session.
-awaitable<std::optional<std::string>> ClientSession::forward_client(ClientScan scan) {
+awaitable<Outcome> ClientSession::forward_client(ClientScan scan) {
   if (!to_server_buf_.empty()) {
     if (auto failed = co_await write_to_server(asio::buffer(to_server_buf_))) co_return failed;
     to_server_buf_.clear();
@@ -107,12 +107,12 @@ awaitable<std::optional<std::string>> ClientSession::forward_client(ClientScan s
       co_return reason;
     }
     default:
-      co_return std::nullopt;
+      co_return Next::kGoOn;
   }
 }
 
 // Reads more client bytes (at least `need` when known); a reason to end the session.
-awaitable<std::optional<std::string>> ClientSession::read_client(std::size_t need) {
+awaitable<Outcome> ClientSession::read_client(std::size_t need) {
   if (killed_) co_return "shutdown";
   reader_.shrink(kClientBuffer);
   reader_.ensure(kClientBuffer);
@@ -121,7 +121,7 @@ awaitable<std::optional<std::string>> ClientSession::read_client(std::size_t nee
   if (ec) co_return "client disconnected";
   counters_->received_bytes->inc(n);
   last_activity_ = Clock::now();
-  co_return std::nullopt;
+  co_return Next::kGoOn;
 }
 
 // One step server → client over what the server sent so far: replies to sluice's own messages
@@ -181,7 +181,10 @@ ClientSession::ServerScan ClientSession::scan_server() {
     }
     const bool forward = verdict == routing::PooledSession::Verdict::kForward;
     if (forward && (f.type == 'C' || f.type == 'E' || f.type == 'Z')) note_server_message(f, now);
-    if (forward && (f.type == 'G' || f.type == 'W')) r.copy_in = true;
+    if (forward && (f.type == 'G' || f.type == 'W')) {
+      r.copy_in = true;
+      enter(Phase::kCopy);
+    }
     if (f.type == 'Z' && forward && statement_mode_ && ps_->tx_status() != 'I') {
       r.tx_refused = true;  // the client gets the error in place of this ReadyForQuery
       pos += f.size;
@@ -190,6 +193,7 @@ ClientSession::ServerScan ClientSession::scan_server() {
     if (forward) keep(pos, f.size);
     pos += f.size;
     if (f.type == 'Z' && forward) {
+      enter(Phase::kRelaying);
       last_activity_ = Clock::now();
       handle_->idle = ps_->pending() == 0 && ps_->tx_status() == 'I';
       // The end of a transaction that wrote (and of every request sent): its client waits for
@@ -210,11 +214,11 @@ ClientSession::ServerScan ClientSession::scan_server() {
 }
 
 // Writes what scan_server() kept, consumes what it read; a reason to end the session.
-awaitable<std::optional<std::string>> ClientSession::forward_server(ServerScan scan) {
+awaitable<Outcome> ClientSession::forward_server(ServerScan scan) {
   if (scan.retry) {
     server_failed_ = true;
     routed_->retry_why = "the server is shutting down";
-    co_return std::string(kRetry);
+    co_return Next::kRetry;
   }
   std::array<char, 6> ready{};  // a ReadyForQuery held back for the cache bump
   if (scan.out.size() > 0) {
@@ -235,7 +239,7 @@ awaitable<std::optional<std::string>> ClientSession::forward_server(ServerScan s
   if (scan.gone) {
     server_failed_ = server_gone_ = true;
     ban_replica("the server is shutting down");
-    co_return std::string(kGone);
+    co_return Next::kGone;
   }
   server_->reader().consume(scan.consumed);
   if (scan.hold_ready) {
@@ -269,11 +273,11 @@ awaitable<std::optional<std::string>> ClientSession::forward_server(ServerScan s
     co_await flush();
     co_return "server protocol violation";
   }
-  co_return std::nullopt;
+  co_return Next::kGoOn;
 }
 
 // Reads more server bytes; a reason to end the session.
-awaitable<std::optional<std::string>> ClientSession::read_server(std::size_t need) {
+awaitable<Outcome> ClientSession::read_server(std::size_t need) {
   if (killed_) co_return "shutdown";
   auto& in = server_->reader();
   in.shrink(ServerConn::kReadBuffer);
@@ -283,7 +287,7 @@ awaitable<std::optional<std::string>> ClientSession::read_server(std::size_t nee
     auto reason = co_await server_read_failed(ec);
     co_return reason;
   }
-  co_return std::nullopt;
+  co_return Next::kGoOn;
 }
 
 // True when the server connection can go back now, or should once a write in flight ends.

@@ -22,7 +22,7 @@ awaitable<std::optional<std::string>> ClientSession::start() {
     co_await flush();
   } else if (logged_in && admin_ && !killed_) {
     fill_info();
-    handle_->state = ClientState::kActive;
+    enter(Phase::kRelaying);
     spdlog::info("client {} user={}: on the admin console", peer_, user_name_);
     AdminClient who;  // named: no braced temporary inside a co_await (g++ 12)
     who.user = user_name_;
@@ -49,7 +49,7 @@ awaitable<std::optional<std::string>> ClientSession::start() {
 // only this object and a wait for its socket to become readable, which runs serve() again.
 awaitable<void> ClientSession::serve(std::shared_ptr<ClientSession> self) {
   auto reason = co_await self->relay();
-  if (reason == kParked) {
+  if (reason.is(Next::kParked)) {
     park(std::move(self));
     co_return;
   }
@@ -61,16 +61,18 @@ awaitable<void> ClientSession::serve(std::shared_ptr<ClientSession> self) {
     CancelTarget target{self->server_->host(), self->server_->port(), self->server_->key()};
     co_await send_cancel(std::move(target));  // no braced temporary in a co_await (g++ 12)
   }
-  co_await self->finish(std::move(reason));
+  co_await self->finish(reason.why);
 }
 
 void ClientSession::park(std::shared_ptr<ClientSession> self) {
   auto& socket = self->client_->socket();
+  self->enter(Phase::kParked);
   self->parked_ = true;  // kill() cancels this wait
   socket.async_wait(tcp::socket::wait_read, [self = std::move(self)](error_code) mutable {
     // A failed wait shows again at the read (or killed_ says why): serve() tells the client.
     self->parked_ = false;
     self->woke_ = true;
+    self->enter(Phase::kIdle);
     auto ex = self->client_->socket().get_executor();
     asio::co_spawn(ex, serve(std::move(self)), log_exceptions("client session"));
   });
@@ -78,6 +80,7 @@ void ClientSession::park(std::shared_ptr<ClientSession> self) {
 
 // The end of a session: what a shutdown or KILL tells the client, and the log line.
 awaitable<void> ClientSession::finish(std::string reason) {
+  enter(Phase::kClosing);
   if (killed_) {
     reason = handle_->admin_kill ? "KILL" : "shutdown";
     if (!to_client_.mid_message()) {
@@ -110,6 +113,18 @@ ClientSession::~ClientSession() {
   if (server_ && (server_failed_ || pinned_ || !server_reusable())) server_.mark_broken();
   server_.give_back();
   client_->close();
+}
+
+void ClientSession::enter(Phase next) {
+  if (!may_enter(phase_, next)) {
+    spdlog::error(
+        "client {}: session state {} -> {} is not a known transition (a bug: please "
+        "report it)",
+        peer_, to_string(phase_), to_string(next));
+    assert(false && "session state transition");
+  }
+  phase_ = next;
+  handle_->state = shown_as(next);
 }
 
 void ClientSession::kill() {
@@ -178,7 +193,7 @@ awaitable<std::optional<PgError>> ClientSession::wait_while_paused() {
   auto ex = co_await asio::this_coro::executor;
   const auto from = Clock::now();
   handle_->wait_since = from.time_since_epoch().count();
-  handle_->state = ClientState::kWaiting;
+  enter(Phase::kWaiting);
   asio::steady_timer timer(ex);
   cancel_wait_ = [&timer] { timer.cancel(); };
   std::optional<PgError> refused;
@@ -199,7 +214,6 @@ awaitable<std::optional<PgError>> ClientSession::wait_while_paused() {
     co_await timer.async_wait(use_nothrow);
   }
   cancel_wait_ = nullptr;
-  handle_->state = ClientState::kActive;
   counters_->wait_us->inc(static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - from).count()));
   co_return refused;

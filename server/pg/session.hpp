@@ -14,6 +14,7 @@
 #include <cstring>
 #include <set>
 
+#include "cache/request.hpp"
 #include "protocol/pg/extended.hpp"
 #include "protocol/pg/md5.hpp"
 #include "protocol/pg/scanner.hpp"
@@ -21,8 +22,10 @@
 #include "protocol/pg/sql.hpp"
 #include "routing/pooling.hpp"
 #include "routing/replicas.hpp"
+#include "routing/request_route.hpp"
 #include "server/admin.hpp"
 #include "server/client_session.hpp"
+#include "server/pg/phase.hpp"
 #include "server/version.hpp"
 
 namespace sluice::server::pgsession {
@@ -35,9 +38,10 @@ inline constexpr std::size_t kClientBuffer = 8 * 1024;
 // Client → server: see Terminate whole, and what names a statement or ends a request (insights).
 inline constexpr pg::WantTable kFromClient =
     pg::make_want_table({'X', 'Q', 'P', 'B', 'C', 'S', 'F'});
-// Server → client: see ReadyForQuery (transaction state), ParameterStatus, and the replies that
-// end a statement (CommandComplete, ErrorResponse) whole.
-inline constexpr pg::WantTable kFromServer = pg::make_want_table({'Z', 'S', 'C', 'E'});
+// Server → client: see ReadyForQuery (transaction state), ParameterStatus, the replies that
+// end a statement (CommandComplete, ErrorResponse) and the start of a COPY whole.
+inline constexpr pg::WantTable kFromServer =
+    pg::make_want_table({'Z', 'S', 'C', 'E', 'G', 'H', 'W'});
 // Transaction pooling sees every message that names a statement or ends a request, and the
 // replies it must match up with what it sent.
 inline constexpr pg::WantTable kFromClientPooled =
@@ -52,19 +56,6 @@ inline constexpr pg::WantTable kEveryMessage = [] {
   t.fill(pg::Want::kWhole);
   return t;
 }();
-// What the relay returns when the client idles without a server and is parked (see serve()).
-inline constexpr std::string_view kParked = "parked";
-// What the relay returns when the server connection went back to the pool between transactions.
-inline constexpr std::string_view kReleased = "released";
-// What the sequential relay returns when both directions must be relayed at once.
-inline constexpr std::string_view kConcurrent = "concurrent";
-// What the relay returns when a read's replica connection broke before the client got a byte.
-inline constexpr std::string_view kRetry = "retry";
-// What the server side returns when its server went away with no request in flight: the client
-// side moves on to another server at its next request (never losing what it read meanwhile).
-inline constexpr std::string_view kGone = "server gone";
-// What routing returns when sluice answered the request itself.
-inline constexpr std::string_view kAnswered = "answered";
 // Routing reads at most this much of a request to classify it (larger: the primary).
 inline constexpr std::size_t kRouteMaxMessage = 64 * 1024;
 // A read is retried on another node only if the client sent at most this much for it.
@@ -109,6 +100,9 @@ class ClientSession {
 
  private:
   static void park(std::shared_ptr<ClientSession> self);
+  // The one place the session changes state: checks the transition (phase.hpp), keeps what
+  // SHOW CLIENTS shows in step.
+  void enter(Phase next);
   awaitable<void> finish(std::string reason);
   awaitable<bool> startup_and_auth();
   awaitable<bool> read_startup();
@@ -117,11 +111,11 @@ class ClientSession {
   awaitable<bool> authenticate_md5(const config::User* user);
   awaitable<bool> attach_server();
   std::variant<routing::Settings, PgError> startup_settings() const;
-  awaitable<std::string> relay();
-  awaitable<std::string> relay_attached();
-  awaitable<std::string> wait_detached();
-  awaitable<std::string> answer_detached();
-  awaitable<std::string> wait_for_client();
+  awaitable<Outcome> relay();
+  awaitable<Outcome> relay_attached();
+  awaitable<Outcome> wait_detached();
+  awaitable<Outcome> answer_detached();
+  awaitable<Outcome> wait_for_client();
   // Gives back what only a request in flight needs (buffers, reply queues).
   void trim_idle();
   // Between requests without a server, no TLS and no idle timer, among many clients
@@ -132,17 +126,24 @@ class ClientSession {
            rt_->clients > cfg_->pool.park_idle_above;
   }
   awaitable<bool> checkout();
+  enum class Attach : std::uint8_t { kOk, kNextNode, kFailed };  // a step of checkout()
+  awaitable<bool> refuse_read();
+  void fail_replica(int node, const std::string& why);
+  awaitable<Attach> acquire(int node);
+  awaitable<Attach> prepare_server(int node);
+  void on_attached();
   // A read refused for want of a replica (all_replicas_banned: error), in pooled mode: the
   // error answers that request alone and the session goes on.
   awaitable<bool> refuse_request(const PgError& e);
   std::unique_ptr<PgError> refused_;  // (pointers: an idle session stays small)
   awaitable<void> release();
-  awaitable<std::string> client_to_server();
-  awaitable<std::string> server_to_client();
-  awaitable<std::string> client_to_server_pooled();
-  awaitable<std::string> server_to_client_pooled();
-  awaitable<std::string> relay_sequential();
-  awaitable<std::string> relay_sequential_steps();
+  awaitable<std::optional<routing::Lsn>> fetch_write_lsn();
+  awaitable<Outcome> client_to_server();
+  awaitable<Outcome> server_to_client();
+  awaitable<Outcome> client_to_server_pooled();
+  awaitable<Outcome> server_to_client_pooled();
+  awaitable<Outcome> relay_sequential();
+  awaitable<Outcome> relay_sequential_steps();
   struct ClientScan {
     enum Kind { kNeedMore, kTerminate, kBad, kTooLong, kReroute } kind = kNeedMore;
     std::size_t need = 0;  // kNeedMore: bytes still missing (0 = any)
@@ -162,15 +163,15 @@ class ClientSession {
   };
   ClientScan scan_client();
   ServerScan scan_server();
-  awaitable<std::optional<std::string>> forward_client(ClientScan scan);
-  awaitable<std::optional<std::string>> forward_server(ServerScan scan);
-  awaitable<std::optional<std::string>> read_client(std::size_t need);
-  awaitable<std::optional<std::string>> read_server(std::size_t need);
+  awaitable<Outcome> forward_client(ClientScan scan);
+  awaitable<Outcome> forward_server(ServerScan scan);
+  awaitable<Outcome> read_client(std::size_t need);
+  awaitable<Outcome> read_server(std::size_t need);
   bool want_release(bool idle_now);
   // Writes client bytes to the server; a reason to end the session when that fails.
-  awaitable<std::optional<std::string>> write_to_server(asio::const_buffer b);
-  awaitable<std::string> client_message_rejected(const pg::FrameFailure& failure);
-  awaitable<std::string> server_read_failed(const error_code& ec);
+  awaitable<Outcome> write_to_server(asio::const_buffer b);
+  awaitable<Outcome> client_message_rejected(const pg::FrameFailure& failure);
+  awaitable<Outcome> server_read_failed(const error_code& ec);
   void note_pin(routing::Pin pin);
   // Lexer mismatch (issue 17): the server may read this client's SQL unlike libpg_query.
   void note_lexer(std::string_view name, std::string_view value) {
@@ -212,7 +213,7 @@ class ClientSession {
     ++pending_;
     handle_->idle = false;
   }
-  awaitable<std::string> watchdog();
+  awaitable<Outcome> watchdog();
 
   std::shared_ptr<Runtime> rt_;
   std::shared_ptr<const config::Config> cfg_;
@@ -222,6 +223,7 @@ class ClientSession {
   std::shared_ptr<SessionHandle> handle_;
   std::optional<asio::steady_timer> kill_timer_;
   bool killed_ = false;
+  Phase phase_ = Phase::kStartup;
 
   std::string user_name_;
   std::string db_name_;
@@ -247,14 +249,9 @@ class ClientSession {
   bool statement_mode_ = false;
 
   // Read routing (transaction and statement pooling, databases with replicas).
-  struct RouteNeed {
-    enum Kind { kDecided, kNeedMore, kShowLsn, kSetRoutePrimary } kind = kDecided;
-    std::size_t need = 0;    // kNeedMore: bytes still missing
-    std::size_t size = 0;    // kShowLsn, kSetRoutePrimary: the Query's size
-    bool replica = false;    // every buffered request may run on a replica
-    bool write = false;      // some buffered request may write
-    std::size_t judged = 0;  // bytes of whole messages judged (scan_client need not again)
-  };
+  // The route of the next checkout; `local` codes for a lone Query sluice answers itself.
+  using RouteNeed = routing::RequestRoute;
+  enum LocalQuery : std::uint8_t { kNotLocal, kShowLsn, kSetRoutePrimary };
   struct Verdict {
     bool replica = false;  // may run on a replica (hints included)
     bool write = false;    // may write (or cannot be known)
@@ -263,7 +260,7 @@ class ClientSession {
   RouteNeed route_need();
   Verdict verdict(const pg::Frame& f, bool parse_seen);
   Verdict verdict(const routing::ReadFacts& facts);
-  awaitable<std::string> prepare_route();
+  awaitable<Outcome> prepare_route();
   int choose_node();
   std::shared_ptr<Pool> replica_pool(int node);
   routing::Lsn min_lsn() const;
@@ -299,9 +296,8 @@ class ClientSession {
   struct Cached {
     cache::Lookup fill;  // the miss being filled
     bool filling = false;
-    pg::Buffer reply;         // the miss's reply so far
-    std::size_t scanned = 0;  // bytes of `reply` walked message by message
-    cache::Writes writes;     // this transaction's, bumped at its end
+    cache::FillCapture capture;  // the miss's reply so far
+    cache::Writes writes;        // this transaction's, bumped at its end
     // Session pooling: the client's named statements (no PooledSession tracks them there).
     std::unordered_map<std::string, std::shared_ptr<const cache::CacheFacts>> named;
     bool server_reserved = false;  // sluice's own query runs on the server: the client side waits
@@ -313,14 +309,9 @@ class ClientSession {
     return *cached_;
   }
   bool cache_on() const { return rt_->cache && cfg_->cache.enabled; }
-  struct CacheRequest {
-    enum Kind { kNo, kNeedMore, kCandidate } kind = kNo;
-    std::size_t need = 0;  // kNeedMore
-    std::size_t size = 0;  // kCandidate: bytes of the request
-    cache::Request request;
-  };
+  using CacheRequest = cache::RequestScan;
   CacheRequest cache_request();
-  awaitable<std::string> try_cache();
+  awaitable<Outcome> try_cache();
   void capture_fill(asio::const_buffer out);
   void end_fill();
   void note_writes(const pg::Frame& f);

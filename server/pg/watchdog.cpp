@@ -5,7 +5,7 @@ namespace sluice::server::pgsession {
 
 // Enforces pool.query_timeout, idle_transaction_timeout and client_idle_timeout. Completes only
 // when one fires (the relay then ends); never completes when all three are off.
-awaitable<std::string> ClientSession::watchdog() {
+awaitable<Outcome> ClientSession::watchdog() {
   const auto& p = cfg_->pool;
   auto ex = co_await asio::this_coro::executor;
   std::vector<Clock::duration> on;

@@ -191,6 +191,10 @@ class Sluice:
                        "ThreadSanitizer"):
             if marker in log:
                 raise AssertionError(f"sanitizer report in the sluice log:\n{log[-4000:]}")
+        # A session changed state outside the table in server/pg/phase.hpp (debug builds abort).
+        if "is not a known transition" in log:
+            line = next(l for l in log.splitlines() if "is not a known transition" in l)
+            raise AssertionError(f"session state bug in the sluice log: {line}")
         return self.proc.returncode
 
     def log(self):
