@@ -9,6 +9,7 @@
 #include "cache/cache.hpp"
 #include "cache/redis.hpp"
 #include "cache/relations.hpp"
+#include "cache/request.hpp"
 
 using namespace sluice;
 
@@ -16,6 +17,25 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size == 0) return 0;
   std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
   switch (data[0]) {
+    case 'M': {  // client messages the cache may answer, and server replies captured for a fill
+      const bytes::Span msgs(data + 1, size - 1);
+      auto named = [](std::string_view name) -> std::optional<cache::NamedStatement> {
+        static const std::vector<std::uint32_t> types{23};
+        if (name == "s1") return cache::NamedStatement{"SELECT $1", &types};
+        return std::nullopt;
+      };
+      auto r = cache::scan_request(msgs, 64 * 1024, named);
+      if (r.kind == cache::RequestScan::kCandidate &&
+          (r.size > msgs.size() || r.size == 0 || r.request.material.empty()))
+        __builtin_trap();
+      if (r.kind == cache::RequestScan::kNeedMore && r.need == 0) __builtin_trap();
+      cache::FillCapture capture;  // fed in two pieces
+      const auto half = msgs.size() / 2;
+      auto step = capture.append(msgs.first(half), 4096);
+      if (step == cache::FillCapture::Step::kMore) step = capture.append(msgs.subspan(half), 4096);
+      if (capture.reply().size() > msgs.size()) __builtin_trap();
+      break;
+    }
     case 'S': {  // SQL
       auto f = cache::cache_facts(in);
       // Only a parsed single SELECT is cacheable, and it writes nothing.

@@ -15,6 +15,7 @@
 #include "protocol/pg/messages.hpp"
 #include "protocol/pg/scanner.hpp"
 #include "protocol/pg/scram.hpp"
+#include "routing/request_route.hpp"
 
 using namespace sluice;
 using namespace sluice::pg;
@@ -113,6 +114,33 @@ void frames(Span in) {
   }
 }
 
+// The cursor and the routing walk over the same bytes: frames inside the input, the walk stops
+// where the cursor does, and what it asks for or answers lies inside the input.
+struct CountingJudge final : routing::MessageJudge {
+  std::size_t judged = 0;
+  routing::MessageVerdict judge(const Frame& f, bool, bool lone) override {
+    ++judged;
+    const bool read = f.size % 2 == 0;
+    return {read, !read, f.size % 7 == 0, static_cast<std::uint8_t>(lone && f.size % 5 == 0)};
+  }
+};
+
+void cursor_and_route(Span in) {
+  FrameCursor cursor(in);
+  std::size_t frames = 0;
+  while (auto f = cursor.next()) {
+    ++frames;
+    if (cursor.offset() > in.size() || f->body.size() + kHeaderSize != f->size) __builtin_trap();
+  }
+  if (!cursor.failure() && cursor.offset() < in.size() && cursor.need() == 0) __builtin_trap();
+  CountingJudge judge;
+  auto r = routing::route_requests(in, 64 * 1024, judge);
+  if (judge.judged > frames || r.judged > cursor.offset()) __builtin_trap();
+  if (r.kind == routing::RequestRoute::kNeedMore && r.need == 0) __builtin_trap();
+  if (r.kind == routing::RequestRoute::kLocal && (r.size != in.size() || r.local == 0))
+    __builtin_trap();
+}
+
 void scram_server(std::string_view text) {
   static const auto verifier = scram::Verifier::from_password("pw", {1, 2, 3, 4}, 16);
   using State = scram::ServerExchange::State;
@@ -140,5 +168,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     return 0;
   }
   frames(Span(data, size));
+  cursor_and_route(Span(data, size));
   return 0;
 }
