@@ -25,12 +25,18 @@ awaitable<bool> ClientSession::checkout() {
       co_return refused;
     }
     node_ = node;
-    auto got = co_await acquire(node);
-    if (got == Attach::kNextNode) continue;
-    if (got == Attach::kFailed) co_return false;
-    auto synced = co_await prepare_server(node);
-    if (synced == Attach::kNextNode) continue;
-    if (synced == Attach::kFailed) co_return false;
+    // The common case takes no coroutine: an idle connection that needs no settings.
+    if (!try_acquire(node)) {
+      auto got = co_await acquire(node);
+      if (got == Attach::kNextNode) continue;
+      if (got == Attach::kFailed) co_return false;
+    }
+    auto sync = settings_for_server();
+    if (!sync.empty() || rt_->cancels.any_in_flight()) {
+      auto synced = co_await prepare_server(node, std::move(sync));
+      if (synced == Attach::kNextNode) continue;
+      if (synced == Attach::kFailed) co_return false;
+    }
     break;
   }
   enter(Phase::kRelaying);
@@ -64,15 +70,19 @@ void ClientSession::fail_replica(int node, const std::string& why) {
   end_pick();
 }
 
-// A server connection of `node`'s pool: an idle one at once, else a wait (kill() ends it
-// through cancel_wait_, without a wait_killed() coroutine per checkout).
-awaitable<ClientSession::Attach> ClientSession::acquire(int node) {
-  auto ex = co_await asio::this_coro::executor;
+// An idle server connection of `node`'s pool, if there is one.
+bool ClientSession::try_acquire(int node) {
   auto pool = node < 0 ? pool_ : replica_pool(node);
-  if (auto idle = pool->try_acquire(*limits_, ex)) {
-    server_ = std::move(*idle);  // the common case: no waiting, no coroutines
-    co_return Attach::kOk;
-  }
+  auto idle = pool->try_acquire(*limits_, client_->socket().get_executor());
+  if (!idle) return false;
+  server_ = std::move(*idle);
+  return true;
+}
+
+// Waits for a server connection of `node`'s pool (kill() ends the wait through cancel_wait_,
+// without a wait_killed() coroutine per checkout).
+awaitable<ClientSession::Attach> ClientSession::acquire(int node) {
+  auto pool = node < 0 ? pool_ : replica_pool(node);
   const auto wait_from = Clock::now();
   handle_->wait_since = wait_from.time_since_epoch().count();
   enter(Phase::kWaiting);
@@ -97,22 +107,27 @@ awaitable<ClientSession::Attach> ClientSession::acquire(int node) {
   co_return Attach::kOk;
 }
 
-// The attached server before it runs anything of the client's: a cancel on its way to it has
-// landed, and it has the client's settings.
-awaitable<ClientSession::Attach> ClientSession::prepare_server(int node) {
-  // A cancel still on its way to this backend (any client's) lands before it runs anything.
-  if (rt_->cancels.any_in_flight()) {
-    CancelTarget settling{server_->host(), server_->port(), server_->key()};
-    co_await rt_->cancels.wait_settled(std::move(settling), &killed_);
-  }
+// What the attached server must run to have the client's settings (none when it has them).
+std::vector<routing::ParamQuery> ClientSession::settings_for_server() {
   auto& state = server_->state;
   if (ps_) {
     server_.skip_reset();  // the pooled session's state is tracked instead
     state.set_max_statements(cfg_->pool.max_prepared_statements);
   }
   // Session mode: the reset query left the server at its defaults.
-  auto sync = routing::settings_sync(ps_ ? ps_->settings() : startup_,
-                                     ps_ ? state.settings : routing::Settings{});
+  return routing::settings_sync(ps_ ? ps_->settings() : startup_,
+                                ps_ ? state.settings : routing::Settings{});
+}
+
+// The attached server before it runs anything of the client's: a cancel on its way to it has
+// landed, and it runs `sync` (the client's settings).
+awaitable<ClientSession::Attach> ClientSession::prepare_server(
+    int node, std::vector<routing::ParamQuery> sync) {
+  // A cancel still on its way to this backend (any client's) lands before it runs anything.
+  if (rt_->cancels.any_in_flight()) {
+    CancelTarget settling{server_->host(), server_->port(), server_->key()};
+    co_await rt_->cancels.wait_settled(std::move(settling), &killed_);
+  }
   if (sync.empty()) co_return Attach::kOk;
   auto synced = co_await server_->run(std::move(sync));
   auto* e = std::get_if<PgError>(&synced);

@@ -129,8 +129,10 @@ class ClientSession {
   enum class Attach : std::uint8_t { kOk, kNextNode, kFailed };  // a step of checkout()
   awaitable<bool> refuse_read();
   void fail_replica(int node, const std::string& why);
+  bool try_acquire(int node);
   awaitable<Attach> acquire(int node);
-  awaitable<Attach> prepare_server(int node);
+  std::vector<routing::ParamQuery> settings_for_server();
+  awaitable<Attach> prepare_server(int node, std::vector<routing::ParamQuery> sync);
   void on_attached();
   // A read refused for want of a replica (all_replicas_banned: error), in pooled mode: the
   // error answers that request alone and the session goes on.
