@@ -216,7 +216,7 @@ bool PooledSession::parse_unsettled(const PreparedStatement& s) const {
   for (std::size_t i = expect_.size(); i > head_; --i) {
     const auto& e = expect_[i - 1];
     if (e.kind == Expect::kSync) synced_after = true;
-    if (e.prepared && e.prepared->server_name == s.server_name) return synced_after;
+    if (e.prepared && !e.probe && e.prepared->server_name == s.server_name) return synced_after;
   }
   return false;
 }
@@ -389,16 +389,22 @@ PooledSession::ClientOutcome PooledSession::on_client(const pg::Frame& f, Server
       }
       auto s = make_statement(query, std::move(p->param_types));
       statements_[name] = s;
-      if (server.has(*s)) {
-        // Prepared already (by another client): parse it again so the client gets its own
-        // ParseComplete, in order, and any error the server now finds in it.
-        close_on_server(s, out);
-      } else {
-        for (auto& evicted : server.add(s)) close_on_server(std::move(evicted), out);
-      }
-      pg::encode_parse(out, s->server_name, s->query, s->param_types);
       Expect e{Expect::kReply, false, s, name};
       if (first && !r.pin) e.known_key = known_key(*s);
+      if (server.has(*s)) {
+        // Prepared already (by another client, or under another name): parse it again so the
+        // client gets its own ParseComplete, in order, and any error the server now finds in
+        // it; under a scratch name, closed right after, so that a failing Parse (any Parse in
+        // a failed transaction: 25P02) leaves the server's copy in place.
+        pg::encode_parse(out, kProbeStatement, s->query, s->param_types);
+        e.probe = true;
+        push(std::move(e));
+        pg::encode_close(out, {'S', kProbeStatement});
+        push({Expect::kReply, true});
+        return r;
+      }
+      for (auto& evicted : server.add(s)) close_on_server(std::move(evicted), out);
+      pg::encode_parse(out, s->server_name, s->query, s->param_types);
       push(std::move(e));
       return r;
     }
@@ -490,7 +496,7 @@ void PooledSession::drop_reply(const Expect& e, ServerState& server, bool on_ser
   if (e.closed) statements_.try_emplace(e.client_name, e.closed);  // the Close did not happen
   if (e.evicted) server.restore(e.evicted);
   if (!e.prepared) return;
-  if (on_server) server.forget(e.prepared->server_name);
+  if (on_server && !e.probe) server.forget(e.prepared->server_name);
   if (e.client_name.empty()) return;
   if (auto it = statements_.find(e.client_name);
       it != statements_.end() && it->second == e.prepared)
@@ -504,7 +510,8 @@ PooledSession::Verdict PooledSession::on_server(const pg::Frame& f, ServerState&
     case '3': {
       if (expect_empty() || front().kind != Expect::kReply) return Verdict::kDesync;
       bool injected = front().injected;
-      if (f.type == '1' && front().prepared) server.restore(front().prepared);  // it is there
+      if (f.type == '1' && front().prepared && !front().probe)
+        server.restore(front().prepared);  // it is there
       if (f.type == '1' && !front().known_key.empty())
         options_.known->add(std::move(front().known_key));
       pop_front();
@@ -522,7 +529,7 @@ PooledSession::Verdict PooledSession::on_server(const pg::Frame& f, ServerState&
       // Newest first: a Parse skipped after its Close leaves the Close's statement in place.
       for (std::size_t i = skipped; i > head_; --i) {
         auto& e = expect_[i - 1];
-        if (e.prepared && i - 1 > head_) {
+        if (e.prepared && !e.probe && i - 1 > head_) {
           // A re-parse (Close + Parse of one statement) skipped whole changed nothing on the
           // server: whether its copy exists is what sluice knows now (a reply before this error
           // settled an earlier Parse of it either way).

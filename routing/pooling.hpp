@@ -46,6 +46,9 @@ StatementPtr make_statement(std::string_view query, std::vector<std::uint32_t> p
 
 // A name for Close that never exists on a server: closing it only yields CloseComplete.
 inline constexpr std::string_view kNoSuchStatement = "sluice_none";
+// A scratch name: a client's Parse of a statement the server has already is checked under it,
+// and it is closed right after, in the same request (it never outlives that request).
+inline constexpr std::string_view kProbeStatement = "sluice_probe";
 
 // What sluice knows of one server connection's session: its prepared statements (bounded, LRU),
 // SQL-level prepared statements, and the settings sluice changed from the login defaults.
@@ -186,6 +189,8 @@ class PooledSession {
     Kind kind;
     bool injected = false;
     bool failed = false;
+    bool probe = false;       // parsed under kProbeStatement: the server's copy of
+                              // `prepared` is untouched either way
     StatementPtr prepared;    // a Parse: the server has it only if this succeeds
     std::string client_name;  // a client's named Parse: it exists only if this succeeds
     std::string sql_name;     // an injected PREPARE: the server has it only if this succeeds

@@ -158,11 +158,17 @@ TEST_CASE("a statement another client prepared is parsed again for this client's
   send(a, server, parse("x", "SELECT $1"));
   auto sent = send(b, server, parse("y", "SELECT $1"));
   REQUIRE(sent.size() == 2);
-  CHECK(sent[0].type == 'C');  // sluice closes and re-parses it: one server copy, same name
-  CHECK(sent[1].type == 'P');
-  CHECK(reply(b, server, empty('3')) == Verdict::kDrop);
+  // sluice parses it under a scratch name, closed right after: the server's copy stays as is.
+  CHECK(sent[0].type == 'P');
+  CHECK(name_in(sent[0]) == kProbeStatement);
+  CHECK(sent[1].type == 'C');
+  CHECK(name_in(sent[1]) == kProbeStatement);
   CHECK(reply(b, server, empty('1')) == Verdict::kForward);
+  CHECK(reply(b, server, empty('3')) == Verdict::kDrop);
   CHECK(server.statement_count() == 1);
+  sent = send(b, server, bind("y"));  // the server's copy serves it: no Parse
+  REQUIRE(sent.size() == 1);
+  CHECK(name_in(sent[0]) == name_in(send(a, server, bind("x"))[0]));
 }
 
 TEST_CASE("Close forgets the client's name and still answers CloseComplete in order") {
@@ -497,11 +503,11 @@ TEST_CASE("a re-parse of a shared statement that the server skipped keeps the se
   send(a, server, empty('S'));
   CHECK(reply(a, server, empty('1')) == Verdict::kForward);
   CHECK(reply(a, server, rfq('I')) == Verdict::kForward);
-  // Another client prepares the same text: sluice closes and parses the server's copy again,
-  // but an error before them makes the server skip both.
+  // Another client prepares the same text: sluice parses it under a scratch name and closes
+  // that, but an error before them makes the server skip both.
   send(b, server, bind(""));
   auto sent = send(b, server, parse("y", "SELECT 1"));
-  CHECK(sent.size() == 2);  // Close + Parse
+  CHECK(sent.size() == 2);  // Parse + Close of the scratch name
   send(b, server, empty('S'));
   CHECK(reply(b, server, error()) == Verdict::kForward);
   CHECK(reply(b, server, rfq('I')) == Verdict::kForward);
@@ -726,4 +732,61 @@ TEST_CASE("only a Parse first in its request, outside a transaction, makes a sta
   CHECK(known.size() == 1);
   send(s, server, query("DROP TABLE t2"));
   CHECK(known.size() == 0);
+}
+
+TEST_CASE("a Parse in a failed transaction leaves the server's copy of the same text in place") {
+  // Seen with test_pipeline_stress (transaction pooling, seed 1796419220): s0_10 is parsed in a
+  // transaction that an error then aborts; s1_11, the same text, is parsed after. In a failed
+  // transaction Postgres refuses every Parse (25P02) but still runs Close: a Close of the shared
+  // copy before the Parse dropped s0_10 for good, and a Describe of s0_10 (which Postgres
+  // answers in a failed transaction) then needed a Parse and got 25P02.
+  AnalysisCache cache;
+  PooledSession s(cache, {}, {});
+  ServerState server;
+  std::set<std::string> on_server;  // what the server really has
+  // The server in a failed transaction: Close runs, Parse fails and skips to the Sync.
+  auto run_aborted = [&](const std::vector<Msg>& sent) {
+    bool skipping = false;
+    for (const auto& m : sent) {
+      if (m.type == 'S') {
+        skipping = false;
+        CHECK(reply(s, server, rfq('E')) == Verdict::kForward);
+      } else if (skipping) {
+        continue;
+      } else if (m.type == 'C') {
+        on_server.erase(std::string(name_in(m)));
+        reply(s, server, empty('3'));
+      } else if (m.type == 'P') {
+        pg::Buffer e;
+        pg::encode_error_response(e, {"ERROR", "25P02", "current transaction is aborted"});
+        CHECK(reply(s, server, e) == Verdict::kForward);
+        skipping = true;
+      }
+    }
+  };
+  send(s, server, query("BEGIN"));
+  reply(s, server, rfq('T'));
+  auto sent = send(s, server, parse("s0", "INSERT INTO t VALUES ($1)"));
+  REQUIRE(sent.size() == 1);
+  const std::string server_name(name_in(sent[0]));
+  on_server.insert(server_name);
+  send(s, server, empty('S'));
+  reply(s, server, empty('1'));
+  reply(s, server, rfq('T'));
+  send(s, server, query("SELECT 1/0"));
+  reply(s, server, error());
+  reply(s, server, rfq('E'));
+
+  sent = send(s, server, parse("s1", "INSERT INTO t VALUES ($1)"));  // the same text
+  auto sync = send(s, server, empty('S'));
+  sent.insert(sent.end(), sync.begin(), sync.end());
+  run_aborted(sent);
+  CHECK(!s.statement("s1"));  // Postgres did not create it
+  CHECK(on_server.contains(server_name));
+  pg::Buffer describe;
+  pg::encode_describe(describe, {'S', "s0"});
+  sent = send(s, server, describe);
+  REQUIRE(sent.size() == 1);  // no Parse: that would fail in this transaction
+  CHECK(sent[0].type == 'D');
+  CHECK(name_in(sent[0]) == server_name);
 }
