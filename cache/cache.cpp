@@ -11,6 +11,7 @@
 #include "routing/fnv1a.hpp"
 #include "routing/insights.hpp"
 #include "routing/replicas.hpp"
+#include "routing/shape.hpp"
 
 namespace sluice::cache {
 
@@ -40,20 +41,34 @@ end
 return out
 )lua";
 
-// KEYS: version, lsn pairs. ARGV: lsn (16 hex digits), channel, message.
+// KEYS: version, lsn pairs. ARGV: lsn (16 hex digits), channel, message, the database's
+// latest-write mark key. A mark only grows; "ffffffffffffffff" (an unknown LSN, as releases
+// before 2026-12 stored it) is replaced by the first real one.
 constexpr std::string_view kBumpScript = R"lua(
+local function raise(k)
+  local l = redis.call('GET', k)
+  if not l or l < ARGV[1] or l == 'ffffffffffffffff' then redis.call('SET', k, ARGV[1]) end
+end
 for i = 1, #KEYS, 2 do
   if not redis.call('GET', KEYS[i]) then
     local t = redis.call('TIME')
     redis.call('SET', KEYS[i], string.format('%d%06d', t[1], t[2]))
   end
   redis.call('INCR', KEYS[i])
-  local l = redis.call('GET', KEYS[i + 1])
-  if not l or l < ARGV[1] then redis.call('SET', KEYS[i + 1], ARGV[1]) end
+  raise(KEYS[i + 1])
 end
+raise(ARGV[4])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 )lua";
+
+// A stored mark as an LSN. The maximum (an unknown LSN stored by an older release, for a write
+// long replayed by now) reads as none, so that it cannot keep reads off the replicas for good.
+std::uint64_t parse_mark(const std::string& hex) {
+  if (hex.empty()) return 0;
+  const auto v = std::strtoull(hex.c_str(), nullptr, 16);
+  return v == ~std::uint64_t{0} ? 0 : v;
+}
 
 std::string hex16(std::uint64_t v) {
   char buf[17];
@@ -77,11 +92,42 @@ std::string version_key(const std::string& ns, std::uint32_t oid) {
 std::string lsn_key(const std::string& ns, std::uint32_t oid) {
   return "sluice:l:" + ns + ":" + std::to_string(oid);
 }
+// The commit LSN of the last write to any relation of the namespace.
+std::string latest_key(const std::string& ns) {
+  return "sluice:l:" + ns + ":latest";
+}
 constexpr std::string_view kGlobal = "*";
 
 bool table_matches(const std::string& pattern, const Relation& r) {
   if (pattern.find('.') != std::string::npos) return pattern == r.schema + "." + r.name;
   return pattern == r.name;
+}
+
+// The relations `facts` reads under `path_text` (the search_path; nullopt when not known): every
+// name resolved (into `named`, if given) and expanded to its tables (`oids`, no duplicates). ""
+// when every one could be told, else why not (a cache bypass reason).
+std::string_view resolve_reads(const DbCatalog& catalog, const CacheFacts& facts,
+                               const std::optional<std::string>& path_text, const std::string& role,
+                               std::vector<const Relation*>* named,
+                               std::vector<std::uint32_t>& oids) {
+  const auto path = path_text ? parse_search_path(*path_text, role) : std::vector<std::string>{};
+  for (const auto& name : facts.reads) {
+    if (name.schema.empty() && !path_text) return "search_path";
+    const Relation* rel = catalog.relations.resolve(name, path);
+    if (!rel) {
+      if (name.schema.empty() &&
+          std::find(facts.ctes.begin(), facts.ctes.end(), name.name) != facts.ctes.end())
+        continue;  // a WITH query of that name
+      return "unknown_relation";
+    }
+    if (named) named->push_back(rel);
+    std::vector<std::uint32_t> expanded;
+    if (!catalog.relations.expand(rel->oid, expanded)) return "view";
+    for (auto oid : expanded) {
+      if (std::find(oids.begin(), oids.end(), oid) == oids.end()) oids.push_back(oid);
+    }
+  }
+  return {};
 }
 
 }  // namespace
@@ -120,6 +166,25 @@ bool replayable_reply(std::string_view reply) {
     pos += 1 + len;
   }
   return complete;
+}
+
+std::string cluster_namespace(void* raw) {
+  auto* conn = static_cast<PGconn*>(raw);
+  // The cluster's identity; without the privilege, the server's address stands in for it.
+  std::string ns;
+  PGresult* r = PQexec(conn,
+                       "SELECT system_identifier::text, pg_catalog.current_database() FROM "
+                       "pg_catalog.pg_control_system()");
+  if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+    ns = std::string(PQgetvalue(r, 0, 0)) + "/" + PQgetvalue(r, 0, 1);
+  PQclear(r);
+  if (!ns.empty()) return ns;
+  r = PQexec(conn,
+             "SELECT pg_catalog.current_setting('port') || '/' || pg_catalog.current_database()");
+  if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+    ns = std::string("port") + PQgetvalue(r, 0, 0);
+  PQclear(r);
+  return ns;
 }
 
 std::shared_ptr<DbCatalog> load_catalog(void* raw,
@@ -187,24 +252,8 @@ std::shared_ptr<DbCatalog> load_catalog(void* raw,
            out->relations.set_default_search_path(std::nullopt);  // cannot tell the default
          }
        });
-  std::string id;
   if (ok) {
-    // The cluster's identity; without the privilege, the server's address stands in for it.
-    PGresult* r = PQexec(conn,
-                         "SELECT system_identifier::text, pg_catalog.current_database() FROM "
-                         "pg_catalog.pg_control_system()");
-    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
-      out->ns = std::string(PQgetvalue(r, 0, 0)) + "/" + PQgetvalue(r, 0, 1);
-    }
-    PQclear(r);
-    if (out->ns.empty()) {
-      r = PQexec(conn,
-                 "SELECT pg_catalog.current_setting('port') || '/' || "
-                 "pg_catalog.current_database()");
-      if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-        out->ns = std::string("port") + PQgetvalue(r, 0, 0);
-      PQclear(r);
-    }
+    out->ns = cluster_namespace(conn);
     if (out->ns.empty()) {
       ok = false;
       if (why) *why = "cannot read the cluster's identity";
@@ -305,8 +354,8 @@ void Cache::start(const std::vector<asio::any_io_executor>& loops) {
 
 bool Cache::catalog_wanted(const std::string& db, Steady::time_point now,
                            std::chrono::milliseconds refresh) {
-  // Also with cache.enabled: false: the writes it relays still bump versions, keyed by it.
-  if (!configured()) return false;
+  // Also with cache.enabled: false (the writes it relays still bump versions, keyed by it) and
+  // without Redis (read consistency's marks are per relation).
   std::lock_guard lock(mu_);
   auto& e = catalogs_[db];
   const bool wanted = !e.catalog || e.stale || now - e.loaded >= refresh;
@@ -395,12 +444,15 @@ std::map<std::string, const CacheCounters*> Cache::all_counters() const {
 
 void Cache::count_bypass(std::string_view reason) {
   std::lock_guard lock(mu_);
-  ++bypass_[std::string(reason)];
+  if (auto it = bypass_.find(reason); it != bypass_.end())
+    ++it->second;
+  else
+    bypass_.emplace(reason, 1);
 }
 
 std::map<std::string, std::uint64_t> Cache::bypasses() const {
   std::lock_guard lock(mu_);
-  return bypass_;
+  return {bypass_.begin(), bypass_.end()};
 }
 
 std::map<std::string, Cache::TableStats> Cache::table_stats() const {
@@ -419,7 +471,14 @@ std::map<std::string, Cache::KeyStats> Cache::fingerprint_stats() const {
   std::lock_guard lock(mu_);
   std::map<std::string, KeyStats> out;
   for (const auto& [fp, st] : statements_)
-    out[fp] = KeyStats{st->rule, st->sample, st->hits, st->misses, st->bytes};
+    out[fp] = KeyStats{st->rule,
+                       st->sample,
+                       st->hits,
+                       st->misses,
+                       st->bytes,
+                       st->not_stored,
+                       st->admission.skipped(),
+                       st->admission.cold()};
   return out;
 }
 
@@ -536,8 +595,7 @@ awaitable<std::optional<std::vector<Cache::Version>>> Cache::versions(
   for (std::size_t i = 0; i < keys.size(); i += 2) {
     Version v;
     v.version = got->elements[i].nil() ? initialized[keys[i]] : got->elements[i].str;
-    const auto& lsn = got->elements[i + 1].str;
-    v.lsn = lsn.empty() ? 0 : std::strtoull(lsn.c_str(), nullptr, 16);
+    v.lsn = parse_mark(got->elements[i + 1].str);
     v.fetched = now;
     out.push_back(std::move(v));
   }
@@ -558,7 +616,9 @@ std::shared_ptr<const Plan> Cache::plan(const Request& r, const config::Cache& c
   key.push_back('\0');
   key += r.search_path ? *r.search_path : std::string("\x01");
   key.push_back('\0');
-  key.append(r.sql);
+  // By shape: nothing in a plan depends on literal values (the facts are per shape already), and
+  // a simple-protocol client sends a new text for every value.
+  key += routing::read_facts_key(r.sql);
   {
     std::lock_guard lock(plans_mu_);
     if (auto it = plans_.find(key); it != plans_.end() && it->second->catalog == catalog &&
@@ -589,30 +649,16 @@ std::shared_ptr<const Plan> Cache::make_plan(const Request& r, const config::Cac
   if (!all_immutable(*catalog->functions, facts->functions)) return not_cached("function");
   std::optional<std::string> path_text = r.search_path;
   if (!path_text) path_text = catalog->relations.default_search_path(r.role);
-  const auto search_path =
-      path_text ? parse_search_path(*path_text, r.role) : std::vector<std::string>{};
   std::vector<const Relation*> named;
-  for (const auto& name : facts->reads) {
-    if (name.schema.empty() && !path_text) return not_cached("search_path");
-    const Relation* rel = catalog->relations.resolve(name, search_path);
-    if (!rel) {
-      if (name.schema.empty() &&
-          std::find(facts->ctes.begin(), facts->ctes.end(), name.name) != facts->ctes.end())
-        continue;  // a WITH query of that name
-      return not_cached("unknown_relation");
-    }
-    named.push_back(rel);
-    std::vector<std::uint32_t> expanded;
-    if (!catalog->relations.expand(rel->oid, expanded)) return not_cached("view");
-    for (auto oid : expanded) {
-      const auto* e = catalog->relations.find(oid);
-      if (e->system()) return not_cached("system_catalog");
-      if (e->persistence != 'p') return not_cached("temp_or_unlogged");
-      if (e->kind == 'f') return not_cached("foreign_table");
-      if (e->rls && !cfg.rls_by_role) return not_cached("rls");
-      if (e->rls && !e->rls_role_only) return not_cached("rls_policy");
-      if (std::find(p->oids.begin(), p->oids.end(), oid) == p->oids.end()) p->oids.push_back(oid);
-    }
+  if (auto why = resolve_reads(*catalog, *facts, path_text, r.role, &named, p->oids); !why.empty())
+    return not_cached(why);
+  for (auto oid : p->oids) {
+    const auto* e = catalog->relations.find(oid);
+    if (e->system()) return not_cached("system_catalog");
+    if (e->persistence != 'p') return not_cached("temp_or_unlogged");
+    if (e->kind == 'f') return not_cached("foreign_table");
+    if (e->rls && !cfg.rls_by_role) return not_cached("rls");
+    if (e->rls && !e->rls_role_only) return not_cached("rls_policy");
   }
   // Rules: the first that matches decides.
   const config::CacheRule* rule = nullptr;
@@ -650,6 +696,51 @@ std::shared_ptr<const Plan> Cache::make_plan(const Request& r, const config::Cac
   return p;
 }
 
+bool Cache::relations_read(const DbCatalog& catalog, std::string_view sql, const std::string& role,
+                           const std::optional<std::string>& search_path,
+                           std::vector<std::uint32_t>& oids) {
+  auto facts = facts_.get(sql);
+  // A function other than an immutable one may read any table.
+  if (!facts->parsed || !all_immutable(*catalog.functions, facts->functions)) return false;
+  auto path_text = search_path;
+  if (!path_text) path_text = catalog.relations.default_search_path(role);
+  return resolve_reads(catalog, *facts, path_text, role, nullptr, oids).empty();
+}
+
+std::optional<std::vector<std::uint32_t>> Cache::relations_of(
+    const std::string& db, const std::vector<std::string_view>& sqls, const std::string& role,
+    const std::optional<std::string>& search_path) {
+  auto catalog = this->catalog(db);
+  if (!catalog || !catalog->functions || sqls.empty()) return std::nullopt;
+  std::vector<std::uint32_t> oids;
+  for (auto sql : sqls) {
+    if (!relations_read(*catalog, sql, role, search_path, oids)) return std::nullopt;
+  }
+  return oids;
+}
+
+awaitable<std::optional<std::uint64_t>> Cache::read_marks(
+    const std::string& db, const std::vector<std::string_view>& sqls, const std::string& role,
+    const std::optional<std::string>& search_path) {
+  auto conn = local();
+  if (!conn || !conn->up()) co_return std::nullopt;
+  auto catalog = this->catalog(db);
+  if (!catalog) co_return std::nullopt;
+  std::vector<std::string> mget{"MGET"};
+  if (auto oids = relations_of(db, sqls, role, search_path)) {
+    for (auto oid : *oids) mget.push_back(lsn_key(catalog->ns, oid));
+    mget.push_back(lsn_key(catalog->ns, 0));
+  } else {
+    mget.push_back(latest_key(catalog->ns));
+  }
+  mget.push_back(lsn_key(std::string(kGlobal), 0));
+  auto got = co_await conn->command(std::move(mget));
+  if (!got || got->type != RedisReply::Type::kArray) co_return std::nullopt;
+  std::uint64_t mark = 0;
+  for (const auto& e : got->elements) mark = std::max(mark, parse_mark(e.str));
+  co_return mark;
+}
+
 awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
   auto conn = local();
   if (!conn || !conn->up()) co_return bypassed("redis_down");
@@ -657,6 +748,12 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
   if (!catalog || !catalog->functions) co_return bypassed("no_catalog");
   auto plan = this->plan(r, cfg, std::move(catalog));
   if (!plan->bypass.empty()) co_return bypassed(plan->bypass);
+  // Writes made outside sluice reach the versions through the WAL follower alone: while it is
+  // behind (or not following), a hit could be older than such a write.
+  if (cfg.follows_wal() && !wal_fresh(plan->ns, cfg)) co_return bypassed("invalidation_lag");
+  // A statement whose keys do not repeat stops paying for lookups (admission.hpp).
+  if (cfg.admit_repeated && plan->stats && !plan->stats->admission.should_lookup())
+    co_return bypassed("cold_statement");
   std::string material = "sluice-cache-1";
   append_field(material, plan->ns);
   append_field(material, r.role);
@@ -669,6 +766,35 @@ awaitable<Lookup> Cache::lookup(Request r, const config::Cache& cfg) {
   Lookup l = co_await lookup_planned(std::move(plan), std::move(material), r.strict, cfg);
   l.role = std::move(r.role);
   co_return l;
+}
+
+void Cache::note_fresh(const std::string& ns, std::int64_t fresh_ms) {
+  std::lock_guard lock(fresh_mu_);
+  auto& v = fresh_[ns];
+  v = std::max(v, fresh_ms);
+}
+
+std::optional<std::int64_t> Cache::fresh_ms(const std::string& ns) const {
+  std::lock_guard lock(fresh_mu_);
+  auto it = fresh_.find(ns);
+  if (it == fresh_.end()) return std::nullopt;
+  return it->second;
+}
+
+bool Cache::wal_fresh(const std::string& ns, const config::Cache& cfg) const {
+  auto at = fresh_ms(ns);
+  if (!at) return false;
+  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  return now - *at <= cfg.max_invalidation_lag.count();
+}
+
+awaitable<std::optional<RedisReply>> Cache::redis(std::vector<std::string> args) {
+  auto conn = local();
+  if (!conn || !conn->up()) co_return std::nullopt;
+  auto reply = co_await conn->command(std::move(args));
+  co_return reply;
 }
 
 Lookup Cache::bypassed(std::string_view why) {
@@ -743,9 +869,11 @@ awaitable<Lookup> Cache::lookup_planned(std::shared_ptr<const Plan> plan, std::s
   l.min_lsn = min_lsn;
 
   const auto now = Steady::now();
+  Admission* admission = cfg.admit_repeated && plan->stats ? &plan->stats->admission : nullptr;
   if (auto v = l1_.get(l.key, now)) {
     l.outcome = Lookup::Outcome::kHit;
     l.value = std::move(v);
+    if (admission) admission->on_hit();
     co_return l;
   }
   // The entry and how long Redis keeps it: the L1 copy expires with it.
@@ -761,8 +889,11 @@ awaitable<Lookup> Cache::lookup_planned(std::shared_ptr<const Plan> plan, std::s
     l1_.put(l.key, value, plan->tags, now + std::min(left, plan->ttl));
     l.outcome = Lookup::Outcome::kHit;
     l.value = std::move(value);
+    if (admission) admission->on_hit();
     co_return l;
   }
+  if (admission) l.admitted = admission->on_miss(std::stoull(l.key.substr(0, 16), nullptr, 16));
+  l.missed_at = now;
   // A miss: the first client runs the query, the others wait for its fill.
   std::shared_ptr<asio::steady_timer> waiter;
   auto ex = co_await asio::this_coro::executor;
@@ -800,9 +931,33 @@ awaitable<Lookup> Cache::lookup_planned(std::shared_ptr<const Plan> plan, std::s
   co_return l;
 }
 
+void Cache::count_not_stored(const Lookup& l, const char* reason) {
+  if (l.plan && l.plan->counters) l.plan->counters->skipped_fills++;
+  if (l.plan && l.plan->stats) l.plan->stats->not_stored++;
+  std::lock_guard lock(mu_);
+  ++not_stored_[reason];
+}
+
+std::map<std::string, std::uint64_t> Cache::not_stored() const {
+  std::lock_guard lock(mu_);
+  return not_stored_;
+}
+
 bool Cache::store(Lookup& l, std::string_view reply, const config::Cache& cfg) {
-  if (reply.size() > cfg.max_entry_bytes || !valid_entry(*l.plan, reply)) {
-    if (l.plan && l.plan->counters) l.plan->counters->skipped_fills++;
+  if (!l.admitted && l.flight) {  // other clients wait for this very key: it repeats
+    std::lock_guard lock(l.flight->mu);
+    if (!l.flight->waiters.empty()) l.admitted = true;
+  }
+  if (cfg.admit_repeated && l.plan && l.plan->stats)
+    l.plan->stats->admission.on_filled(
+        std::chrono::duration_cast<std::chrono::microseconds>(Steady::now() - l.missed_at),
+        std::chrono::duration_cast<std::chrono::microseconds>(cfg.admit_after));
+  const char* skip = reply.size() > cfg.max_entry_bytes ? "too_large"
+                     : !valid_entry(*l.plan, reply)     ? "not_replayable"
+                     : !l.admitted && Steady::now() - l.missed_at < cfg.admit_after ? "first_miss"
+                                                                                    : nullptr;
+  if (skip) {
+    count_not_stored(l, skip);
     finish(l);
     return false;
   }
@@ -897,6 +1052,7 @@ awaitable<bool> Cache::send_bump(const std::string& ns, const std::vector<std::u
   eval.push_back(hex16(lsn));
   eval.push_back(std::string(kChannel));
   eval.push_back(message);
+  eval.push_back(latest_key(ns));
   auto r = co_await conn->command(std::move(eval));
   const bool ok = r && !r->error();
   if (ok) forget_versions(message);  // before the writer's client goes on

@@ -27,6 +27,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cache/admission.hpp"
 #include "cache/analysis.hpp"
 #include "cache/l1.hpp"
 #include "cache/redis.hpp"
@@ -50,6 +51,10 @@ struct DbCatalog {
 std::shared_ptr<DbCatalog> load_catalog(void* conn,
                                         std::shared_ptr<const routing::FunctionCatalog> functions,
                                         std::string* why);
+
+// "<system identifier>/<database>" of the server `conn` (a PGconn*) is logged in to, or
+// "port<port>/<database>" without the privilege to read the identifier; "" when both fail.
+std::string cluster_namespace(void* conn);
 
 // The writes of one transaction, noted as its statements pass through.
 struct Writes {
@@ -89,6 +94,8 @@ struct StatementStats {
   std::string sample;               // the statement text, cut to 200 characters
   std::vector<std::string> tables;  // "db/schema.name" of the relations it names
   std::atomic<std::uint64_t> hits{0}, misses{0}, bytes{0};
+  std::atomic<std::uint64_t> not_stored{0};  // first misses left out by admission
+  Admission admission;
 };
 
 // What does not change between executions of one text for one database, role and search_path
@@ -120,6 +127,8 @@ struct Lookup {
   std::shared_ptr<const Plan> plan;          // kHit, kMiss
   std::uint64_t min_lsn = 0;                 // kMiss: the source must have replayed this far
   std::shared_ptr<Flight> flight;            // kMiss: this client's fill wakes the others waiting
+  bool admitted = true;  // kMiss: the reply is stored (else only if its query was expensive)
+  std::chrono::steady_clock::time_point missed_at{};
 };
 
 class Cache {
@@ -181,6 +190,19 @@ class Cache {
   // Adds what `facts` writes to `w`, resolved with the session's search_path.
   void note_writes(const std::string& db, const CacheFacts& facts, const std::string& role,
                    const std::optional<std::string>& search_path, Writes& w) const;
+  // Read consistency (routing.read_consistency: global): the largest commit-LSN mark among the
+  // relations the statements `sqls` read (views expanded), the database's epoch and the global
+  // one; the database's latest-write mark when a relation cannot be told (or `sqls` is empty).
+  // Read from Redis, where every instance's bumps leave them. nullopt when Redis or the
+  // catalog is missing.
+  // The relations `sqls` read (views expanded); nullopt when any cannot be told or the catalog
+  // is not loaded.
+  std::optional<std::vector<std::uint32_t>> relations_of(
+      const std::string& db, const std::vector<std::string_view>& sqls, const std::string& role,
+      const std::optional<std::string>& search_path);
+  asio::awaitable<std::optional<std::uint64_t>> read_marks(
+      const std::string& db, const std::vector<std::string_view>& sqls, const std::string& role,
+      const std::optional<std::string>& search_path);
   // Bumps the versions of what `w` wrote, `lsn` being the primary's WAL position after the
   // commit. False when Redis could not be told: hits for those relations stop here until a
   // retry lands.
@@ -188,11 +210,27 @@ class Cache {
   // Sends the bumps that failed again (from the maintenance loop).
   asio::awaitable<void> retry_bumps();
 
+  // The WAL follower (cache.follow_wal): every commit on the primary of namespace `ns` up to the
+  // wall-clock time `fresh_ms` (milliseconds since the epoch) has been bumped. Hits in `ns`
+  // stop while that is older than cache.max_invalidation_lag.
+  void note_fresh(const std::string& ns, std::int64_t fresh_ms);
+  std::optional<std::int64_t> fresh_ms(const std::string& ns) const;
+  bool wal_fresh(const std::string& ns, const config::Cache& cfg) const;
+  bool follower_fresh(const std::string& db, const config::Cache& cfg) const {
+    auto c = catalog(db);
+    return c && wal_fresh(c->ns, cfg);
+  }
+  // One Redis command on the calling event loop's connection (the follower's lease and
+  // freshness stamps); nullopt when Redis is down.
+  asio::awaitable<std::optional<RedisReply>> redis(std::vector<std::string> args);
+
   // Statistics.
   CacheCounters& counters(const std::string& rule);
   std::map<std::string, const CacheCounters*> all_counters() const;
   void count_bypass(std::string_view reason);
   std::map<std::string, std::uint64_t> bypasses() const;
+  // Misses whose reply was not stored, by reason (first_miss, too_large, not_replayable).
+  std::map<std::string, std::uint64_t> not_stored() const;
   std::uint64_t bumps(bool ok) const { return ok ? bumps_ok_.load() : bumps_failed_.load(); }
   std::uint64_t invalidations_received() const { return invalidations_.load(); }
   const L1& l1() const { return l1_; }
@@ -203,6 +241,9 @@ class Cache {
     std::string rule;
     std::string sample;  // the statement text, cut to 200 characters
     std::uint64_t hits = 0, misses = 0, bytes = 0;
+    std::uint64_t not_stored = 0;  // first misses admission left out
+    std::uint64_t skipped = 0;     // lookups skipped while cold
+    bool cold = false;             // keys do not repeat: 1 request in 16 looked up
   };
   std::map<std::string, TableStats> table_stats() const;      // "db/schema.name" →
   std::map<std::string, KeyStats> fingerprint_stats() const;  // fingerprint →
@@ -226,6 +267,10 @@ class Cache {
   void on_invalidation(std::string_view message);
   void wake(const std::shared_ptr<Flight>& f);
   bool blocked(const std::string& ns, const std::vector<std::uint32_t>& oids) const;
+  // The relations `sql` reads, added to `oids`; false when they cannot all be told.
+  bool relations_read(const DbCatalog& catalog, std::string_view sql, const std::string& role,
+                      const std::optional<std::string>& search_path,
+                      std::vector<std::uint32_t>& oids);
   void remember_failed(const std::string& ns, const Writes& w, std::uint64_t lsn);
   asio::awaitable<bool> send_bump(const std::string& ns, const std::vector<std::uint32_t>& oids,
                                   bool db_wide, bool global, std::uint64_t lsn,
@@ -261,7 +306,9 @@ class Cache {
   };
   std::map<std::string, Failed> failed_;  // ns (or "database name" before a catalog) →
   std::map<std::string, std::unique_ptr<CacheCounters>> counters_;
-  std::map<std::string, std::uint64_t> bypass_;
+  std::map<std::string, std::uint64_t, std::less<>> bypass_;  // found without allocating
+  std::map<std::string, std::uint64_t> not_stored_;
+  void count_not_stored(const Lookup& l, const char* reason);
   std::map<std::string, std::unique_ptr<StatementStats>> statements_;  // fingerprint →
   std::shared_ptr<const Plan> plan(const Request& r, const config::Cache& cfg,
                                    std::shared_ptr<const DbCatalog> catalog);
@@ -279,6 +326,8 @@ class Cache {
   std::unordered_map<std::string, Version> local_versions_;
   std::atomic<std::uint64_t> version_epoch_{0};
   std::atomic<bool> subscribed_{false};
+  mutable std::mutex fresh_mu_;
+  std::unordered_map<std::string, std::int64_t> fresh_;  // ns → the follower's fresh_ms
 };
 
 // True when `reply` is whole messages a cached SELECT may replay: ParseComplete, BindComplete,

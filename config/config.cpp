@@ -366,7 +366,9 @@ class Loader {
     if (!n) return;
     check_keys(n, "cache",
                {"redis", "enabled", "mode", "default_ttl", "max_entry_bytes", "l1_bytes",
-                "command_timeout", "connect_timeout", "fill_wait", "rls", "rules", "invalidation"});
+                "command_timeout", "connect_timeout", "fill_wait", "rls", "rules", "invalidation",
+                "follow_wal", "max_invalidation_lag", "wal_slot", "wal_publication", "admission",
+                "admit_after"});
     if (n["redis"]) {
       c.redis = str(n["redis"], "cache.redis");
       if (!c.redis.starts_with("redis://"))
@@ -388,6 +390,28 @@ class Loader {
     if (c.command_timeout.count() < 1)
       fail(n["command_timeout"], "cache.command_timeout", "must be at least 1ms");
     if (n["invalidation"]) c.invalidation = boolean(n["invalidation"], "cache.invalidation");
+    if (n["follow_wal"]) c.follow_wal = boolean(n["follow_wal"], "cache.follow_wal");
+    if (n["admission"])
+      c.admit_repeated =
+          choice<bool>(n["admission"], "cache.admission", {{"repeat", true}, {"always", false}});
+    if (n["admit_after"]) c.admit_after = duration(n["admit_after"], "cache.admit_after");
+    if (n["max_invalidation_lag"]) {
+      c.max_invalidation_lag = duration(n["max_invalidation_lag"], "cache.max_invalidation_lag");
+      if (c.max_invalidation_lag.count() < 100 || c.max_invalidation_lag.count() > 3'600'000)
+        fail(n["max_invalidation_lag"], "cache.max_invalidation_lag",
+             "must be between 100ms and 1h (the follower is probed every 100ms)");
+    }
+    for (auto [key, out] :
+         {std::pair{"wal_slot", &c.wal_slot}, std::pair{"wal_publication", &c.wal_publication}}) {
+      if (!n[key]) continue;
+      const std::string path = std::string("cache.") + key;
+      *out = str(n[key], path);
+      const bool ok =
+          !out->empty() && out->size() <= 40 && std::all_of(out->begin(), out->end(), [](char ch) {
+            return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_';
+          });
+      if (!ok) fail(n[key], path, "expected 1 to 40 lower-case letters, digits or _");
+    }
     if (n["rls"])
       c.rls_by_role = choice<bool>(n["rls"], "cache.rls", {{"skip", false}, {"by_role", true}});
     if (auto rules = n["rules"]) {
@@ -574,7 +598,8 @@ class Loader {
     check_keys(n, "routing",
                {"enabled", "load_balancing", "primary_reads", "all_replicas_banned",
                 "max_replica_lag_bytes", "max_replica_lag_seconds", "ban_time", "read_your_writes",
-                "read_your_writes_window", "catalog_refresh", "health_user", "primary_weight"});
+                "read_your_writes_window", "read_consistency", "max_consistency_wait",
+                "catalog_refresh", "health_user", "primary_weight"});
     if (n["enabled"]) r.enabled = boolean(n["enabled"], "routing.enabled");
     if (n["load_balancing"])
       r.load_balancing =
@@ -607,6 +632,17 @@ class Loader {
     if (n["read_your_writes_window"])
       r.read_your_writes_window =
           duration(n["read_your_writes_window"], "routing.read_your_writes_window");
+    if (n["read_consistency"])
+      r.read_consistency =
+          choice<Routing::Consistency>(n["read_consistency"], "routing.read_consistency",
+                                       {{"global", Routing::Consistency::kGlobal},
+                                        {"session", Routing::Consistency::kSession},
+                                        {"eventual", Routing::Consistency::kEventual}});
+    if (n["max_consistency_wait"]) {
+      r.max_consistency_wait = duration(n["max_consistency_wait"], "routing.max_consistency_wait");
+      if (r.max_consistency_wait.count() > 10'000)
+        fail(n["max_consistency_wait"], "routing.max_consistency_wait", "must be at most 10s");
+    }
     if (n["catalog_refresh"]) {
       r.catalog_refresh = duration(n["catalog_refresh"], "routing.catalog_refresh");
       if (r.catalog_refresh.count() < 1000)

@@ -125,6 +125,10 @@ struct Routing {
   enum class Balance { kRoundRobin, kLeastOutstanding, kRandom };
   enum class PrimaryReads { kInclude, kExclude, kFallbackOnly };
   enum class ReadYourWrites { kOff, kWindow, kLsn };
+  // global: a read sees every write acknowledged through any sluice sharing the Redis (or this
+  // one, without Redis) before it arrived; session: its own client's writes (read_your_writes)
+  // and the sluice.min_lsn token; eventual: lag bans alone.
+  enum class Consistency { kGlobal, kSession, kEventual };
   bool enabled = true;  // with replicas configured
   Balance load_balancing = Balance::kRoundRobin;
   PrimaryReads primary_reads = PrimaryReads::kFallbackOnly;
@@ -134,6 +138,8 @@ struct Routing {
   Duration ban_time{10'000};
   ReadYourWrites read_your_writes = ReadYourWrites::kLsn;
   Duration read_your_writes_window{1'000};
+  Consistency read_consistency = Consistency::kGlobal;
+  Duration max_consistency_wait{20};  // a replica slightly behind: wait this long, then primary
   Duration catalog_refresh{60'000};
   std::string health_user;  // a users: entry whose server login checks replicas; "" = the first
   std::uint32_t primary_weight = 1;  // the primary's share of reads with primary_reads: include
@@ -161,6 +167,20 @@ struct Cache {
   bool rls_by_role = false;   // rls: skip (default) | by_role
   bool invalidation = true;   // false only to show what stale reads look like (tests)
   std::vector<CacheRule> rules;
+  // The WAL follower (writes made outside sluice): a logical replication connection to each
+  // database's primary, one instance per Redis following at a time (a lease). While it is
+  // behind by more than max_invalidation_lag, or not running, hits stop for that database.
+  bool follow_wal = true;
+  Duration max_invalidation_lag{1'000};
+  std::string wal_slot = "sluice";         // slot name prefix: <prefix>_<server database>
+  std::string wal_publication = "sluice";  // FOR ALL TABLES, created when the role may
+  // Admission: `repeat` stores a miss's reply when its key missed before (or its query ran at
+  // least admit_after) and looks cold statements up for 1 request in 16; `always` stores every
+  // cacheable reply.
+  bool admit_repeated = true;
+  Duration admit_after{10};
+  // Whether hits wait for the follower (invalidation: false shows stale reads on purpose).
+  bool follows_wal() const { return follow_wal && invalidation && enabled && !redis.empty(); }
 };
 
 // The MongoDB proxy (mongo:), off unless configured.

@@ -27,6 +27,19 @@ std::optional<FunctionRef> function_ref(const json::object& call) {
 
 namespace {
 
+// Reads whose answer names the server that runs them: its backend (a pid the client then passes
+// to pg_cancel_backend or looks up in pg_stat_activity, which run on the primary), its start, its
+// configuration load, its log, its lock waits. They run on the primary. Not here:
+// inet_server_addr() and inet_server_port(), which clients call to learn where a read ran (and
+// with several replicas, which one), nor pg_is_in_recovery() (volatile in pg_proc: the catalog
+// already sends it to the primary).
+constexpr std::string_view kServerIdentity[] = {
+    "pg_backend_pid",      "pg_postmaster_start_time", "pg_conf_load_time",
+    "pg_current_logfile",  "pg_blocking_pids",         "pg_safe_snapshot_blocking_pids",
+    "pg_stat_get_activity"};
+// ... and every function named with this prefix (per-backend statistics by backend id).
+constexpr std::string_view kServerIdentityPrefix = "pg_stat_get_backend_";
+
 // What walking one statement's tree found.
 struct TreeFacts {
   bool modifies = false;  // INSERT/UPDATE/DELETE/MERGE anywhere (data-modifying CTE)
@@ -237,7 +250,15 @@ ReadFacts read_facts(std::string_view sql) {
     }
   }
   facts.read = all_read;
+  facts.server_identity = std::any_of(facts.functions.begin(), facts.functions.end(), names_server);
   return facts;
+}
+
+bool names_server(const FunctionRef& f) {
+  if (!f.schema.empty() && f.schema != "pg_catalog") return false;
+  return f.name.starts_with(kServerIdentityPrefix) ||
+         std::find(std::begin(kServerIdentity), std::end(kServerIdentity), f.name) !=
+             std::end(kServerIdentity);
 }
 
 bool explainable(const ReadFacts& facts, const FunctionCatalog& catalog) {

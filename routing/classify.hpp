@@ -45,10 +45,15 @@ struct ReadFacts {
   bool plain_select = false;         // exactly one statement, a SELECT/VALUES/TABLE that reads
   Hint hint = Hint::kNone;           // /* sluice:primary */ or /* sluice:replica */ leading comment
   std::vector<FunctionRef> functions;  // every function called, each once
+  // Some function called answers with the server itself (names_server): the primary, not a write.
+  bool server_identity = false;
 };
 
 // Never throws; unparseable input gives parsed=false.
 ReadFacts read_facts(std::string_view sql);
+// True when `f`'s answer names the server that runs it (pg_backend_pid(), ...): a later statement
+// acts on it (pg_cancel_backend(pid)), and that one runs on the primary. The list: classify.cpp.
+bool names_server(const FunctionRef& f);
 // The function a FuncCall node of libpg_query's JSON tree calls.
 std::optional<FunctionRef> function_ref(const boost::json::object& call);
 // "SET sluice.route = primary" (or TO, any case, optional semicolon): PRIMARY is a reserved word,

@@ -139,6 +139,8 @@ class RequestTracker {
   void on_answered(const pg::Frame& f);
   std::optional<Completed> on_server(const pg::Frame& f, SteadyClock::time_point now);
   bool busy() const { return head_ < queue_.size(); }
+  // No statement names, nothing in flight: a fresh tracker with the same identity is the same.
+  bool fresh() const { return names_.empty() && !busy() && !open_ && !open_entry_; }
   void trim() {
     if (busy()) return;
     std::vector<Request>().swap(queue_);

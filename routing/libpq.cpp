@@ -28,6 +28,7 @@ struct Params {
     add("sslmode", t.sslmode.c_str());
     if (!t.sslrootcert.empty()) add("sslrootcert", t.sslrootcert.c_str());
     if (o.options) add("options", o.options);
+    if (o.replication) add("replication", o.replication);
     keys.push_back(nullptr);
     values.push_back(nullptr);
   }

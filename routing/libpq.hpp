@@ -32,7 +32,8 @@ void apply_server_tls(LibpqTarget& t, const config::Tls& tls);
 struct LibpqOptions {
   const char* application_name = "sluice";
   int connect_timeout_s = 5;
-  const char* options = nullptr;  // "-c name=value ...", or none
+  const char* options = nullptr;      // "-c name=value ...", or none
+  const char* replication = nullptr;  // "database": a logical replication connection
 };
 
 using PgConnPtr = std::unique_ptr<PGconn, decltype(&PQfinish)>;

@@ -106,6 +106,7 @@ BackendHealth Monitor::check(const BackendTarget& t) {
   h.target = t;
   h.checked = true;
   auto started = std::chrono::steady_clock::now();
+  h.started_at = started;
   auto finish = [&] {
     h.rtt_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -185,7 +186,18 @@ void Monitor::loop() {
       return std::find(targets.begin(), targets.end(), e.first) == targets.end();
     });
     std::vector<BackendHealth> results;
-    for (const auto& t : targets) results.push_back(check(t));
+    std::size_t primaries = 0;
+    for (const auto& t : targets) {
+      if (t.role == "primary") ++primaries;
+      results.push_back(check(t));
+      if (results.size() != primaries) continue;
+      Hooks hooks;
+      {
+        std::lock_guard hooks_lock(mu_);
+        hooks = hooks_;
+      }
+      if (hooks.round_done) hooks.round_done(results);  // the primaries', at once
+    }
     fetch_catalogs(targets);
     lock.lock();
     for (auto& r : results) {
@@ -199,7 +211,11 @@ void Monitor::loop() {
     }
     auto done = hooks_.round_done;
     lock.unlock();
-    if (done) done(results);
+    if (done) {
+      std::vector<BackendHealth> replicas(results.begin() + static_cast<std::ptrdiff_t>(primaries),
+                                          results.end());
+      if (!replicas.empty()) done(replicas);
+    }
     lock.lock();
     wake_.wait_for(lock, interval_, [this] { return stop_ || woken_; });
   }

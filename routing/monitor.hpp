@@ -42,12 +42,15 @@ struct BackendHealth {
   std::uint64_t failures = 0;
   std::chrono::system_clock::time_point last_check{};
   std::chrono::steady_clock::time_point checked_at{};
+  std::chrono::steady_clock::time_point started_at{};  // when the check's query was sent
 };
 
 class Monitor {
  public:
   struct Hooks {
-    // After every round, with every target's result (primaries checked first).
+    // After every round, with its results: the primaries' as soon as they are checked (a
+    // session waiting for a reading of a primary's WAL position does not wait for the replicas),
+    // then the replicas'.
     std::function<void(const std::vector<BackendHealth>&)> round_done;
     // Whether a database's function catalog should be fetched from its primary now.
     std::function<bool(const std::string& database)> catalog_wanted;
@@ -68,7 +71,7 @@ class Monitor {
   void set_hooks(Hooks hooks);
   void start();
   void stop();
-  // Runs the next round now (DDL seen: fetch the catalog soon).
+  // Runs the next round now (DDL seen: fetch the catalog soon; a fresh WAL position wanted).
   void wake();
   std::vector<BackendHealth> snapshot() const;
 

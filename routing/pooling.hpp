@@ -176,6 +176,13 @@ class PooledSession {
     auto it = statements_.find(std::string(client_name));
     return it == statements_.end() ? nullptr : it->second;
   }
+  // Nothing beyond the startup settings: an idle client's session can be built again from them
+  // (a parked client then keeps no PooledSession).
+  bool fresh() const {
+    return statements_.empty() && sql_prepared_.empty() && touched_.empty() && uncertain_.empty() &&
+           expect_empty() && !unsynced_ && !skipping_ && tx_status_ == 'I' && pending_ == 0 &&
+           settings_ == startup_;
+  }
   // Gives back the reply queue's memory while the client idles.
   void trim() {
     if (expect_empty()) std::vector<Expect>().swap(expect_);

@@ -142,19 +142,26 @@ void ReplicaSet::report_failure(std::string_view address, Clock::time_point now,
   }
 }
 
-ReplicaSet::Pick ReplicaSet::pick(Lsn min_lsn, Clock::time_point now, std::uint64_t random) {
+ReplicaSet::Pick ReplicaSet::pick(Lsn min_lsn, Clock::time_point now, std::uint64_t random,
+                                  bool may_wait) {
   std::lock_guard lock(mu_);
   Pick p;
-  bool any_up = false;
+  std::vector<int> up;
   std::vector<int> candidates;
   for (std::size_t i = 0; i < state_.size(); ++i) {
     const auto& s = state_[i];
     if (banned(s, now)) continue;
-    any_up = true;
+    up.push_back(static_cast<int>(i));
     if (min_lsn != 0 && (!s.replay_lsn || *s.replay_lsn < min_lsn)) continue;
     candidates.push_back(static_cast<int>(i));
   }
-  const bool primary_too = policy_.primary_reads == RoutingPolicy::PrimaryReads::kInclude;
+  const bool any_up = !up.empty();
+  bool primary_too = policy_.primary_reads == RoutingPolicy::PrimaryReads::kInclude;
+  if (candidates.empty() && any_up && may_wait) {
+    candidates = std::move(up);
+    p.wait = true;
+    primary_too = false;
+  }
   if (candidates.empty()) {
     if (any_up) {
       p.behind = true;  // read-your-writes: only the primary has the client's own writes
@@ -227,6 +234,13 @@ ReplicaSet::Pick ReplicaSet::pick(Lsn min_lsn, Clock::time_point now, std::uint6
     ++s.reads;
   }
   return p;
+}
+
+void ReplicaSet::replayed(int node, Lsn lsn) {
+  std::lock_guard lock(mu_);
+  if (node < 0 || static_cast<std::size_t>(node) >= state_.size()) return;
+  auto& s = state_[static_cast<std::size_t>(node)];
+  if (!s.replay_lsn || *s.replay_lsn < lsn) s.replay_lsn = lsn;
 }
 
 void ReplicaSet::finished(int node) {

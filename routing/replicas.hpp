@@ -84,9 +84,15 @@ class ReplicaSet {
     int node = kPrimary;   // a replica index, or kPrimary
     bool refused = false;  // no node may serve the read (policy says error)
     bool behind = false;   // the primary because replicas lag behind `min_lsn`
+    bool wait = false;     // a replica whose last known position is short of `min_lsn`
   };
   // A node for a read by a client that must see everything up to `min_lsn` (0 = anything).
-  Pick pick(Lsn min_lsn, Clock::time_point now, std::uint64_t random = 0);
+  // When no replica is known to be there yet: the primary, or with `may_wait` a replica the
+  // caller asks (and waits for) before it reads there.
+  Pick pick(Lsn min_lsn, Clock::time_point now, std::uint64_t random = 0, bool may_wait = false);
+  // A session read a replica's replay position on its own connection: fresher than the
+  // monitor's (positions only grow).
+  void replayed(int node, Lsn lsn);
   void finished(int node);  // a pick's request is done (least-outstanding)
   const std::string& address(int node) const {
     return nodes_.at(static_cast<std::size_t>(node)).address;

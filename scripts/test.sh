@@ -4,6 +4,7 @@
 # replica + Redis, started and stopped by ctest) on both, then a short libFuzzer pass.
 #   SLUICE_PGBENCH_SECONDS  length of each pgbench run in the release pass (default 30)
 #   SLUICE_MANY_CLIENTS_SECONDS  length of the 2000-client run in the release pass (default 60)
+#   SLUICE_WAL_TRIALS       direct-write trials of test_wal_follower in the release pass (150)
 #   SLUICE_FUZZ_SECONDS     seconds per fuzz target (default 30; 0 skips fuzzing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,14 +15,16 @@ echo "== release build"
 cmake --preset release -G Ninja -DSLUICE_WERROR=ON >/dev/null
 cmake --build --preset release -j "$jobs"
 echo "== release tests (unit + integration)"
-SLUICE_PGBENCH_SECONDS=${SLUICE_PGBENCH_SECONDS:-30} ctest --preset release
+SLUICE_PGBENCH_SECONDS=${SLUICE_PGBENCH_SECONDS:-30} SLUICE_WAL_TRIALS=${SLUICE_WAL_TRIALS:-150} \
+  ctest --preset release
 
 echo "== ASan+UBSan build"
 cmake --preset debug -G Ninja -DSLUICE_WERROR=ON >/dev/null
 cmake --build --preset debug -j "$jobs"
 echo "== ASan+UBSan tests (unit + integration, shorter pgbench)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  SLUICE_PGBENCH_SECONDS=5 SLUICE_MANY_CLIENTS_SECONDS=10 ctest --preset debug
+  SLUICE_PGBENCH_SECONDS=5 SLUICE_MANY_CLIENTS_SECONDS=10 SLUICE_CONSISTENCY_ITERATIONS=200 \
+  SLUICE_CONSISTENCY_CHECKER_OPS=4000 SLUICE_WAL_TRIALS=100 ctest --preset debug
 
 fuzz_seconds=${SLUICE_FUZZ_SECONDS:-30}
 if [ "$fuzz_seconds" != 0 ]; then
@@ -29,9 +32,10 @@ if [ "$fuzz_seconds" != 0 ]; then
   cmake --preset fuzz -G Ninja >/dev/null
   cmake --build --preset fuzz -j "$jobs"
   declare -A fuzz_dict=([fuzz_pg_frontend]=pg [fuzz_pg_backend]=pg [fuzz_pg_pooling]=pg
-    [fuzz_insights]=pg [fuzz_sql_classifier]=sql [fuzz_cache]=cache [fuzz_mongo_wire]=mongo)
+    [fuzz_insights]=pg [fuzz_sql_classifier]=sql [fuzz_cache]=cache [fuzz_mongo_wire]=mongo
+    [fuzz_pgoutput]=pg)
   for target in fuzz_pg_frontend fuzz_pg_backend fuzz_sql_classifier fuzz_pg_pooling fuzz_insights \
-      fuzz_cache fuzz_mongo_wire; do
+      fuzz_cache fuzz_mongo_wire fuzz_pgoutput; do
     # A scratch copy of the seeds: new inputs found here are not written into the source tree.
     corpus=$(mktemp -d)
     cp tests/fuzz/corpus/$target/* "$corpus"/

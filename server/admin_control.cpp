@@ -128,7 +128,7 @@ awaitable<AdminResult> AdminConsole::kill(std::string db) {
   rt_->control.pause(db);
   for (const auto& h : rt_->sessions()) {
     auto info = h->snapshot();
-    if (info.admin || info.database != db) continue;
+    if (info.admin || info.database() != db) continue;
     h->admin_kill = true;
     asio::post(h->ex, [h] {
       if (h->kill) h->kill();
@@ -138,7 +138,7 @@ awaitable<AdminResult> AdminConsole::kill(std::string db) {
     bool left = false;
     for (const auto& h : rt_->sessions()) {
       auto info = h->snapshot();
-      if (!info.admin && info.database == db) left = true;
+      if (!info.admin && info.database() == db) left = true;
     }
     if (!left) break;
     co_await sleep_for(std::chrono::milliseconds(20));

@@ -95,7 +95,7 @@ std::vector<PoolRow> AdminConsole::pool_rows() {
   auto now = Clock::now().time_since_epoch().count();
   for (const auto& h : rt_->sessions()) {
     auto info = h->snapshot();
-    auto it = rows.find({info.database, info.user});
+    auto it = rows.find({info.database(), info.user()});
     if (info.admin || it == rows.end()) continue;
     if (h->state == ClientState::kWaiting) {
       ++it->second.cl_waiting;
@@ -192,12 +192,12 @@ AdminResult AdminConsole::show_clients() {
                     .count();
     auto request = h->request_time.load();
     r.rows.push_back(
-        {"C", info.user, info.database, state, info.addr, std::to_string(info.port),
+        {"C", info.user(), info.database(), state, info.addr, std::to_string(info.port),
          info.local_addr, std::to_string(info.local_port), time_text(info.connect_time),
          time_text(request > 0 ? std::chrono::system_clock::from_time_t(request)
                                : info.connect_time),
          std::to_string(wait_us / 1'000'000), std::to_string(wait_us % 1'000'000), "0",
-         pointer_text(h.get()), "", "0", info.tls ? "TLS" : "", info.application_name});
+         pointer_text(h.get()), "", "0", info.tls ? "TLS" : "", info.application_name()});
   }
   return r;
 }
@@ -364,6 +364,16 @@ AdminResult AdminConsole::show_replicas() {
 }
 
 // The query cache: totals, each rule, each table read (hit ratio), the top statements by hits.
+namespace {
+std::string not_stored_detail(const std::string& reason) {
+  if (reason == "first_miss")
+    return "cache.admission: repeat stores a key's reply at its second miss (or when the query "
+           "ran cache.admit_after or longer)";
+  if (reason == "too_large") return "over cache.max_entry_bytes";
+  return "the reply was an error or not seen whole";
+}
+}  // namespace
+
 AdminResult AdminConsole::show_cache() {
   auto r = table({{"kind", kText},
                   {"name", kText},
@@ -372,8 +382,8 @@ AdminResult AdminConsole::show_cache() {
                   {"hit_ratio", kNumeric},
                   {"bytes", kNumeric},
                   {"detail", kText}});
-  if (!rt_->cache) return r;
-  const auto& c = *rt_->cache;
+  if (!rt_->redis_cache()) return r;
+  const auto& c = *rt_->redis_cache();
   auto ratio = [](std::uint64_t h, std::uint64_t m) {
     return fixed3(h + m == 0 ? 0.0 : static_cast<double>(h) / static_cast<double>(h + m));
   };
@@ -382,12 +392,17 @@ AdminResult AdminConsole::show_cache() {
     hits += k->hits;
     misses += k->misses;
   }
+  std::uint64_t not_stored = 0;
   for (const auto& [reason, n] : c.bypasses()) bypassed += n;
+  for (const auto& [reason, n] : c.not_stored()) not_stored += n;
   r.rows.push_back({std::string("total"), std::string(c.redis_up() ? "redis up" : "redis down"),
                     num(hits), num(misses), ratio(hits, misses), num(c.l1().bytes()),
                     "l1 entries " + std::to_string(c.l1().size()) + ", bypassed " +
-                        std::to_string(bypassed) + ", unbumped databases " +
-                        std::to_string(c.unbumped())});
+                        std::to_string(bypassed) + ", not stored " + std::to_string(not_stored) +
+                        ", unbumped databases " + std::to_string(c.unbumped())});
+  for (const auto& [reason, n] : c.not_stored())
+    r.rows.push_back({std::string("not_stored"), reason, std::nullopt, num(n), std::nullopt,
+                      std::nullopt, not_stored_detail(reason)});
   for (const auto& [rule, k] : c.all_counters()) {
     r.rows.push_back({std::string("rule"), rule, num(k->hits.load()), num(k->misses.load()),
                       ratio(k->hits, k->misses), num(k->hit_bytes.load()),
@@ -405,7 +420,10 @@ AdminResult AdminConsole::show_cache() {
   if (top.size() > 20) top.resize(20);
   for (const auto& [fingerprint, k] : top)
     r.rows.push_back({std::string("statement"), fingerprint, num(k.hits), num(k.misses),
-                      ratio(k.hits, k.misses), num(k.bytes), "rule " + k.rule + ": " + k.sample});
+                      ratio(k.hits, k.misses), num(k.bytes),
+                      "rule " + k.rule + (k.cold ? ", cold (keys do not repeat)" : "") +
+                          ", not stored " + std::to_string(k.not_stored) + ", lookups skipped " +
+                          std::to_string(k.skipped) + ": " + k.sample});
   return r;
 }
 

@@ -15,6 +15,7 @@
 #include "server/notify.hpp"
 #include "server/observability.hpp"
 #include "server/version.hpp"
+#include "server/wal_follower.hpp"
 
 namespace sluice::server {
 
@@ -97,7 +98,12 @@ App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
   rt_->install(cfg);
   for (std::uint32_t i = 0; i < cfg->workers; ++i)
     loops_.push_back(std::make_unique<asio::io_context>(1));
-  if (!cfg->cache.redis.empty()) rt_->cache = std::make_unique<cache::Cache>(cfg->cache);
+  // Without Redis, read consistency global still needs the relation catalogs the cache keeps.
+  const bool marks = cfg->routing.enabled &&
+                     cfg->routing.read_consistency == config::Routing::Consistency::kGlobal &&
+                     std::any_of(cfg->databases.begin(), cfg->databases.end(),
+                                 [](const auto& d) { return !d.second.replicas.empty(); });
+  if (!cfg->cache.redis.empty() || marks) rt_->cache = std::make_unique<cache::Cache>(cfg->cache);
 
   auto& ctx = *loops_.front();
   tcp::resolver resolver(ctx);
@@ -162,6 +168,9 @@ void App::start_services(const config::Config& cfg) {
                  cfg.mongo->uri.empty() ? cfg.mongo->servers.size() : 0,
                  cfg.mongo->uri.empty() ? " (static roles)" : " (discovered from mongo.uri)");
   }
+  // Registered before the listeners say they listen: a SIGHUP sent the moment a supervisor sees
+  // that line is queued for signal_loop(), not the default action (which ends the process).
+  signals_.emplace(main_loop, SIGINT, SIGTERM, SIGHUP);
   asio::co_spawn(main_loop, signal_loop(), log_exceptions("signal handler"));
   asio::co_spawn(main_loop, maintenance_loop(), log_exceptions("maintenance"));
   rt_->loops = static_cast<std::uint32_t>(loops_.size());
@@ -181,7 +190,7 @@ void App::start_services(const config::Config& cfg) {
 
 // The query cache's connections, one set per loop.
 void App::start_cache(const config::Config& cfg) {
-  if (!rt_->cache) return;
+  if (!rt_->redis_cache()) return;
   std::vector<asio::any_io_executor> executors;
   for (auto& l : loops_) executors.push_back(l->get_executor());
   rt_->cache->start(executors);
@@ -201,6 +210,7 @@ void App::stop_services() {
   }
   rt_->obs.monitor.stop();
   rt_->obs.explainer.stop();
+  if (rt_->follower) rt_->follower->stop();
   // Tear down while every loop object still exists: idle server connections first, then the
   // loops, whose destruction frees the remaining session frames (their leases close inline).
   rt_->pools.close_for_exit();
@@ -220,6 +230,7 @@ int App::run() {
       cfg->tls.cert_file.empty() ? "off" : "on");
   warn_if_trust_exposed(*cfg, pg_address_);
   start_cache(*cfg);
+  start_follower(*cfg);
 
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto& l : loops_) guards.push_back(asio::make_work_guard(*l));
@@ -241,6 +252,7 @@ int App::run() {
   guards.clear();
   acceptor_.reset();
   mongo_acceptor_.reset();
+  signals_.reset();
   loops_.clear();
   spdlog::info("sluice stopped");
   return 0;
@@ -278,9 +290,8 @@ awaitable<void> App::accept_mongo() {
 }
 
 awaitable<void> App::signal_loop() {
-  asio::signal_set signals(co_await asio::this_coro::executor, SIGINT, SIGTERM, SIGHUP);
   for (;;) {
-    auto [ec, sig] = co_await signals.async_wait(use_nothrow);
+    auto [ec, sig] = co_await signals_->async_wait(use_nothrow);
     if (ec) co_return;
     if (sig == SIGHUP) {
       reload();
@@ -345,6 +356,12 @@ awaitable<void> App::drain(StopMode mode) {
         });
     }
     co_await sleep_for(std::chrono::milliseconds(50));
+  }
+  // The WAL follower gives its lease back through loop 0 (the next instance follows at once).
+  if (rt_->follower) {
+    rt_->follower->request_stop();
+    for (int i = 0; i < 100 && !rt_->follower->stopped(); ++i)
+      co_await sleep_for(std::chrono::milliseconds(10));
   }
   for (auto& l : loops_) l->stop();  // run() then closes the pools' idle connections inline
 }
@@ -429,6 +446,17 @@ std::string App::reload() {
       spdlog::warn(
           "reload: listen.mongo, mongo.uri and mongo.servers change only on restart (pool sizes, "
           "timeouts and mongo.cache rules apply now)");
+    auto follower = [](const config::Config& c) {
+      std::string s = c.cache.follows_wal() ? c.cache.wal_slot + " " + c.cache.wal_publication
+                                            : std::string("off");
+      for (const auto& [name, db] : c.databases)
+        s += " " + name + "@" + db.primary.host + ":" + std::to_string(db.primary.port);
+      return s;
+    };
+    if (follower(*cfg) != follower(*old_cfg))
+      spdlog::warn(
+          "reload: the cache's WAL follower (cache.follow_wal, wal_slot, wal_publication, the "
+          "primaries it follows) changes only on restart; hits follow the new settings now");
     if (cfg->listen_postgres.to_string() != old_cfg->listen_postgres.to_string() ||
         http(*cfg) != http(*old_cfg) || cfg->workers != old_cfg->workers ||
         cfg->so_reuseport != old_cfg->so_reuseport)

@@ -35,6 +35,9 @@ class App {
   // The health monitor's targets and hooks (app_monitor.cpp).
   void watch_backends();
   void feed_routes();
+  // The WAL follower and the loop that reads its freshness stamps (app_follower.cpp).
+  void start_follower(const config::Config& cfg);
+  awaitable<void> freshness_loop();
 
   std::string config_path_;
   std::shared_ptr<Runtime> rt_;
@@ -42,6 +45,7 @@ class App {
   std::optional<tcp::acceptor> acceptor_;
   asio::ip::address pg_address_;  // the address listen.postgres is bound to
   std::optional<tcp::acceptor> mongo_acceptor_;
+  std::optional<asio::signal_set> signals_;
   std::unique_ptr<HttpServer> http_;
   std::mutex reload_mu_;
   std::size_t next_loop_ = 0;

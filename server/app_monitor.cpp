@@ -18,7 +18,7 @@ void App::watch_backends() {
         "routing: no user to check replicas with (recovery state, lag): replicas stay "
         "banned and reads go to the primary; list a user under users: and set "
         "routing.health_user");
-  if (!login && rt_->cache)
+  if (!login && rt_->redis_cache())
     spdlog::warn(
         "cache: no user to read the catalog with: nothing is cached; list a user under users: "
         "and set routing.health_user");
@@ -52,6 +52,8 @@ void App::feed_routes() {
   hooks.round_done = [rt](const std::vector<routing::BackendHealth>& results) {
     for (const auto& h : results) {  // primaries first: lag is measured against them
       if (h.target.role != "primary") continue;
+      if (h.queried && h.lsn && !h.in_recovery)
+        rt->positions.primary_read(h.target.database, h.started_at, *h.lsn);
       if (auto set = rt->routes.get(h.target.database))
         set->primary_sample(h.checked_at, h.queried ? h.lsn : std::nullopt);
     }

@@ -18,14 +18,14 @@ pg::BackendKeyData CancelRegistry::add_client() {
     pid = next_pid_++;
     if (next_pid_ == 0 || next_pid_ > 0x7fffffff) next_pid_ = 1;  // keep pids positive int32
   } while (pid == 0 || entries_.contains(pid));
-  entries_[pid] = Entry{secret, std::nullopt};
+  entries_[pid] = Entry{secret, nullptr};
   return {pid, secret};
 }
 
 void CancelRegistry::set_target(pg::BackendKeyData client, std::optional<CancelTarget> target) {
   std::lock_guard lock(mu_);
   if (auto it = entries_.find(client.pid); it != entries_.end())
-    it->second.target = std::move(target);
+    it->second.target = target ? std::make_unique<CancelTarget>(std::move(*target)) : nullptr;
 }
 
 void CancelRegistry::remove(pg::BackendKeyData client) {
@@ -43,7 +43,7 @@ awaitable<void> CancelRegistry::forward(pg::BackendKeyData client) {
     if (it == entries_.end() || !it->second.target ||
         CRYPTO_memcmp(&it->second.secret, &client.secret, sizeof client.secret) != 0)
       co_return;
-    target = it->second.target;
+    target = *it->second.target;
     ++in_flight_[id_of(*target)];
     in_flight_total_.fetch_add(1, std::memory_order_relaxed);
   }

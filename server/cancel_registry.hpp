@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -39,9 +40,9 @@ class CancelRegistry {
   bool any_in_flight() const { return in_flight_total_.load(std::memory_order_relaxed) != 0; }
 
  private:
-  struct Entry {
+  struct Entry {  // one per connected client: small (the target only while attached)
     std::uint32_t secret;
-    std::optional<CancelTarget> target;
+    std::unique_ptr<CancelTarget> target;
   };
   using BackendId = std::tuple<std::string, std::uint16_t, std::uint32_t>;  // pids are per host
   static BackendId id_of(const CancelTarget& t) { return {t.host, t.port, t.key.pid}; }

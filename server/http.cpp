@@ -23,6 +23,11 @@ json::object probe_json(const Probe& p, const char* key) {
   json::object o;
   o[key] = p.ok;
   o["reason"] = p.reason;
+  if (!p.warnings.empty()) {
+    json::array w;
+    for (const auto& s : p.warnings) w.emplace_back(s);
+    o["warnings"] = std::move(w);
+  }
   return o;
 }
 
@@ -198,9 +203,10 @@ json::object cache_json(Runtime& rt, const config::Config& cfg) {
   json::object cache;
   cache["configured"] = !cfg.cache.redis.empty();
   cache["enabled"] = cfg.cache.enabled;
-  cache["redis_up"] = rt.cache && rt.cache->redis_up();
-  cache["serving"] = rt.cache && rt.cache->redis_up() && cfg.cache.enabled;
-  if (rt.cache) cache["unbumped_databases"] = rt.cache->unbumped();
+  const auto* c = rt.redis_cache();
+  cache["redis_up"] = c && c->redis_up();
+  cache["serving"] = c && c->redis_up() && cfg.cache.enabled;
+  if (c) cache["unbumped_databases"] = c->unbumped();
   return cache;
 }
 

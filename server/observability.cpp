@@ -11,6 +11,7 @@
 #include "server/mongo.hpp"
 #include "server/runtime.hpp"
 #include "server/version.hpp"
+#include "server/wal_follower.hpp"
 
 namespace sluice::server {
 
@@ -93,6 +94,14 @@ Observability::Observability()
       query_duration_(registry.histogram("sluice_query_duration_seconds",
                                          "Duration of client requests, request to ReadyForQuery.",
                                          kPoolLabels, duration_buckets())),
+      consistent_(registry.counter(
+          "sluice_consistent_reads_total",
+          "Reads routed with a WAL position to reach (routing.read_consistency), by outcome: "
+          "replica (at once), waited (for a replica to replay), primary_behind.",
+          {"database", "outcome"})),
+      consistency_wait_us_(registry.counter(
+          "sluice_consistency_wait_seconds_total",
+          "Time reads waited for a replica to replay up to their position.", {"database"}, 1e-6)),
       errors_(registry.counter("sluice_errors_total",
                                "ErrorResponses sent to clients, by SQLSTATE class.", {"class"})),
       pins_(registry.counter("sluice_pins_total",
@@ -127,6 +136,10 @@ std::shared_ptr<const PoolCounters> Observability::counters(const std::string& d
     c->wait_us = &wait_us_.with({database, user});
     c->waits = &waits_.with({database, user});
     c->query_duration = &query_duration_.with({database, user});
+    const std::array<const char*, 3> outcomes{"replica", "waited", "primary_behind"};
+    for (std::size_t o = 0; o < outcomes.size(); ++o)
+      c->consistent[o] = &consistent_.with({database, outcomes[o]});
+    c->consistency_wait_us = &consistency_wait_us_.with({database});
     slot = std::move(c);
   }
   return slot;
@@ -196,6 +209,25 @@ std::string format_utc(std::chrono::system_clock::time_point t, const char* form
   return buf;
 }
 
+// Databases whose cache hits stop because the WAL follower is behind or not following.
+static void follower_warnings(Runtime& rt, const config::Config& cfg,
+                              std::vector<std::string>& out) {
+  if (!rt.redis_cache() || !cfg.cache.follows_wal()) return;
+  const auto own = rt.follower ? rt.follower->status() : std::map<std::string, FollowerStatus>{};
+  const double bound = static_cast<double>(cfg.cache.max_invalidation_lag.count()) / 1000.0;
+  for (const auto& [name, db] : cfg.databases) {
+    auto lag = invalidation_lag_s(rt, name);
+    if (lag && *lag <= bound) continue;
+    std::string w = "cache hits for database " + name + " stop: the WAL follower " +
+                    (lag ? "is " + std::to_string(*lag).substr(0, 5) + " s behind"
+                         : std::string("has not caught up yet")) +
+                    " (cache.max_invalidation_lag " + std::to_string(bound).substr(0, 5) + " s)";
+    if (auto it = own.find(name); it != own.end() && !it->second.error.empty())
+      w += "; this instance's WAL follower: " + it->second.error;
+    out.push_back(std::move(w));
+  }
+}
+
 Probe readiness(Runtime& rt) {
   if (rt.stopping) return {false, "shutting down"};
   if (!rt.accepting) return {false, "the postgres listener is not accepting connections"};
@@ -212,7 +244,22 @@ Probe readiness(Runtime& rt) {
     if (!found->up) return {false, where + " unreachable: " + found->error};
   }
   if (rt.mongo) return rt.mongo->readiness();
-  return {true, "ready"};
+  Probe ready{true, "ready"};
+  follower_warnings(rt, *cfg, ready.warnings);
+  return ready;
+}
+
+std::optional<double> invalidation_lag_s(Runtime& rt, const std::string& db) {
+  auto* cache = rt.redis_cache();
+  if (!cache) return std::nullopt;
+  auto catalog = cache->catalog(db);
+  if (!catalog) return std::nullopt;
+  auto fresh = cache->fresh_ms(catalog->ns);
+  if (!fresh) return std::nullopt;
+  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  return static_cast<double>(std::max<std::int64_t>(now - *fresh, 0)) / 1000.0;
 }
 
 Probe liveness(Runtime& rt) {
@@ -229,9 +276,52 @@ Probe liveness(Runtime& rt) {
 namespace {
 
 // The query cache: Redis, per-rule counters, bypasses, the in-process tier, bumps.
+// The WAL follower: freshness on every instance, the stream's figures on the one following.
+void collect_follower(Runtime& rt, metrics::Writer& w) {
+  auto cfg = rt.config();
+  if (!cfg->cache.follows_wal()) return;
+  w.family("sluice_wal_follower_lag_seconds", "gauge",
+           "How old the newest moment is up to which every commit on the primary has been "
+           "bumped in the cache (hits stop past cache.max_invalidation_lag).");
+  for (const auto& [name, db] : cfg->databases)
+    if (auto lag = invalidation_lag_s(rt, name))
+      w.sample("sluice_wal_follower_lag_seconds", {"database"}, {name}, *lag);
+  if (!rt.follower) return;
+  const auto status = rt.follower->status();
+  auto per_db = [&](std::string_view family, const char* type, std::string_view help, auto value) {
+    w.family(family, type, help);
+    for (const auto& [name, s] : status) {
+      if (auto v = value(s)) w.sample(family, {"database"}, {name}, *v);
+    }
+  };
+  using Opt = std::optional<double>;
+  per_db("sluice_wal_follower_leader", "gauge",
+         "1 when this instance holds the lease and follows the database's WAL.",
+         [](const FollowerStatus& s) -> Opt { return s.leader ? 1 : 0; });
+  per_db("sluice_wal_follower_lag_bytes", "gauge",
+         "WAL between the primary's insert position and what the follower acknowledged.",
+         [](const FollowerStatus& s) -> Opt {
+           if (!s.leader || s.primary_lsn == 0) return std::nullopt;
+           return static_cast<double>(s.primary_lsn > s.flushed_lsn ? s.primary_lsn - s.flushed_lsn
+                                                                    : 0);
+         });
+  per_db("sluice_wal_follower_retained_bytes", "gauge",
+         "WAL the follower's replication slot holds back on the primary.",
+         [](const FollowerStatus& s) -> Opt {
+           if (!s.leader || s.retained_bytes < 0) return std::nullopt;
+           return static_cast<double>(s.retained_bytes);
+         });
+  per_db("sluice_wal_follower_commits_total", "counter",
+         "Commits on the primary that wrote published tables, bumped by this instance.",
+         [](const FollowerStatus& s) -> Opt { return static_cast<double>(s.commits); });
+  per_db("sluice_wal_follower_bump_failures_total", "counter",
+         "Bumps of followed commits that did not reach Redis (retried; hits stop meanwhile).",
+         [](const FollowerStatus& s) -> Opt { return static_cast<double>(s.bump_failures); });
+}
+
 void collect_cache(Runtime& rt, metrics::Writer& w) {
-  if (!rt.cache) return;
-  const auto& c = *rt.cache;
+  if (!rt.redis_cache()) return;
+  const auto& c = *rt.redis_cache();
   w.family("sluice_redis_up", "gauge", "1 when sluice's Redis connections are up.");
   w.sample("sluice_redis_up", c.redis_up() ? 1 : 0);
   auto per_rule = c.all_counters();
@@ -279,6 +369,12 @@ void collect_cache(Runtime& rt, metrics::Writer& w) {
            "Invalidation messages received on the Redis channel (from every sluice).");
   w.sample("sluice_cache_invalidations_received_total",
            static_cast<double>(c.invalidations_received()));
+  w.family("sluice_cache_not_stored_total", "counter",
+           "Misses whose reply was not stored, by reason (first_miss: admission waits for the "
+           "key's second miss; too_large; not_replayable).");
+  for (const auto& [reason, n] : c.not_stored())
+    w.sample("sluice_cache_not_stored_total", {"reason"}, {reason}, static_cast<double>(n));
+  collect_follower(rt, w);
 }
 
 // The version, readiness and clients by state.
@@ -307,6 +403,10 @@ void collect_info_and_clients(Runtime& rt, const config::Config& cfg, metrics::W
            "(for a server connection), admin (on the admin console).");
   for (const auto& [state, n] : by_state)
     w.sample("sluice_client_connections", {"state"}, {state}, n);
+  w.family("sluice_clients_parked", "gauge",
+           "Idle pooled clients parked between transactions: a socket and a shared identity, no "
+           "session object (counted in sluice_client_connections too).");
+  w.sample("sluice_clients_parked", rt.parked.load());
   w.family("sluice_client_connections_max", "gauge", "pool.max_client_conn.");
   w.sample("sluice_client_connections_max", cfg.pool.max_client_conn);
 }

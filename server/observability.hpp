@@ -5,7 +5,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "routing/insights.hpp"
 #include "routing/monitor.hpp"
@@ -17,14 +19,20 @@ namespace sluice::server {
 class Runtime;
 
 struct Probe {
+  Probe() = default;
+  Probe(bool ok_, std::string reason_) : ok(ok_), reason(std::move(reason_)) {}
   bool ok = false;
-  std::string reason;  // why not (JSON-safe plain text)
+  std::string reason;                 // why not (JSON-safe plain text)
+  std::vector<std::string> warnings;  // ready, but something works less well than it should
 };
 // A wall-clock time in UTC with strftime's `format`.
 std::string format_utc(std::chrono::system_clock::time_point t, const char* format);
 
 // /readyz: configuration loaded, listener accepting, every database's primary reachable.
 Probe readiness(Runtime& rt);
+// The WAL follower's freshness for `db` as every instance learns it (seconds behind now);
+// nullopt before it was ever fresh or before the database's catalog is loaded.
+std::optional<double> invalidation_lag_s(Runtime& rt, const std::string& db);
 // /healthz: every event loop ran its heartbeat recently.
 Probe liveness(Runtime& rt);
 
@@ -39,6 +47,11 @@ struct PoolCounters {
   metrics::Counter* wait_us;   // time clients waited for a server connection
   metrics::Counter* waits;
   metrics::Histogram* query_duration;
+  // Reads that needed a WAL position (read consistency), by outcome: on a replica at once,
+  // on a replica after waiting for it, on the primary because every replica was behind.
+  enum Consistency : std::uint8_t { kReplica, kWaited, kPrimaryBehind };
+  std::array<metrics::Counter*, 3> consistent;
+  metrics::Counter* consistency_wait_us;  // time those reads waited for a replica
 };
 
 // SHOW STATS figures of one database.
@@ -83,6 +96,8 @@ class Observability {
   metrics::Family<metrics::Counter>& wait_us_;
   metrics::Family<metrics::Counter>& waits_;
   metrics::Family<metrics::Histogram>& query_duration_;
+  metrics::Family<metrics::Counter>& consistent_;
+  metrics::Family<metrics::Counter>& consistency_wait_us_;
   metrics::Family<metrics::Counter>& errors_;
   metrics::Family<metrics::Counter>& pins_;
   metrics::Family<metrics::Counter>& slow_;

@@ -8,28 +8,39 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <stdexcept>
 
 #include "cache/cache.hpp"
 #include "config/config.hpp"
 #include "routing/known_statements.hpp"
+#include "routing/positions.hpp"
 #include "routing/replicas.hpp"
 #include "routing/session_statements.hpp"
 #include "server/cancel_registry.hpp"
 #include "server/observability.hpp"
+#include "server/pg/identity.hpp"
 #include "server/pg/phase.hpp"
 #include "server/pool.hpp"
 
 namespace sluice::server {
 
-// A client as SHOW CLIENTS shows it; written by its session under SessionHandle::mu.
-struct ClientInfo {
+// Who a client says it is: shared by the clients of one login (pgsession::Login).
+struct ClientNames {
   std::string user;
   std::string database;
+  std::string application_name;
+};
+
+// A client as SHOW CLIENTS shows it; written by its session under SessionHandle::mu().
+struct ClientInfo {
+  std::shared_ptr<const ClientNames> names = std::make_shared<const ClientNames>();
+  const std::string& user() const { return names->user; }
+  const std::string& database() const { return names->database; }
+  const std::string& application_name() const { return names->application_name; }
   std::string addr;
   std::uint16_t port = 0;
   std::string local_addr;
   std::uint16_t local_port = 0;
-  std::string application_name;
   bool tls = false;
   bool admin = false;  // on the admin console
   std::chrono::system_clock::time_point connect_time = std::chrono::system_clock::now();
@@ -37,18 +48,33 @@ struct ClientInfo {
 
 // What the shutdown path and the admin console need of a live session, safe from any thread.
 struct SessionHandle {
-  explicit SessionHandle(asio::any_io_executor e) : ex(std::move(e)) {}
-  asio::any_io_executor ex;
+  // Sessions run on one of the event loops (an io_context): its executor is a pointer, where an
+  // any_io_executor would take 56 bytes of every idle client.
+  explicit SessionHandle(const asio::any_io_executor& e) : ex(loop_of(e)) {}
+  static asio::io_context::executor_type loop_of(const asio::any_io_executor& e) {
+    const auto* loop = e.target<asio::io_context::executor_type>();
+    if (!loop) throw std::logic_error("a client session runs outside an event loop");
+    return *loop;
+  }
+  asio::io_context::executor_type ex;
   std::atomic<bool> idle{true};  // no query in flight and not inside a transaction
   std::function<void()> kill;    // touched only on `ex`; empty once the session has ended
   std::atomic<ClientState> state{ClientState::kLogin};
   std::atomic<Clock::rep> wait_since{0};      // steady clock, while kWaiting
   std::atomic<std::int64_t> request_time{0};  // system clock, seconds, last request
   std::atomic<bool> admin_kill{false};        // killed by KILL db rather than a shutdown
-  mutable std::mutex mu;
+  // Set before kill() is posted to ask an idle session to park (give back its coroutine frames
+  // and buffers) rather than end: see nudge_idle().
+  std::atomic<bool> park_only{false};
+  std::atomic<bool> parks{false};  // a pooled PostgreSQL session: it may park
+  // Guards `info`. Striped: a mutex of its own would add 40 bytes to every idle client.
+  std::mutex& mu() const {
+    static std::array<std::mutex, 64> stripes;
+    return stripes[(reinterpret_cast<std::uintptr_t>(this) >> 6) % stripes.size()];
+  }
   ClientInfo info;
   ClientInfo snapshot() const {
-    std::lock_guard lock(mu);
+    std::lock_guard lock(mu());
     return info;
   }
 };
@@ -123,6 +149,7 @@ class Routes {
 enum class StopMode { kDrain, kImmediate, kWaitForClients };
 
 class MongoProxy;
+class WalFollower;
 
 class Runtime {
  public:
@@ -159,12 +186,17 @@ class Runtime {
   Observability obs;
   Control control;
   Routes routes;
-  routing::ReadFactsCache reads;  // read/write classification of statement texts, shared
-  // The query cache; null when cache.redis is not configured (the Redis settings apply at
-  // start, rules and TTLs on reload).
+  routing::WalPositions positions;  // the primaries' WAL positions, local commit marks
+  routing::ReadFactsCache reads;    // read/write classification of statement texts, shared
+  // The query cache; null when neither cache.redis nor replicas are configured (the Redis
+  // settings apply at start, rules and TTLs on reload). Without cache.redis it only keeps the
+  // relation catalogs and statement analyses that read consistency marks writes and reads with.
   std::unique_ptr<cache::Cache> cache;
+  // The cache with Redis: null when cache.redis is not configured.
+  cache::Cache* redis_cache() const { return cache && cache->configured() ? cache.get() : nullptr; }
   // The MongoDB proxy; null unless mongo: is configured (its servers change on restart only).
   std::shared_ptr<MongoProxy> mongo;
+  std::shared_ptr<WalFollower> follower;  // cache.follow_wal (app_follower.cpp)
   // Set by the App: what RELOAD and SHUTDOWN do (called on any thread).
   std::function<std::string()> reload;  // "" when applied, else why not
   std::function<void(StopMode)> stop;
@@ -176,7 +208,9 @@ class Runtime {
   std::chrono::system_clock::time_point started = std::chrono::system_clock::now();
   routing::AnalysisCache analyses;            // session-state analysis of statement texts, shared
   routing::KnownStatements known_statements;  // parse without error (pooled clients' Parses)
+  pgsession::Logins logins;                   // client identities, shared by equal clients
   std::atomic<std::uint32_t> clients{0};
+  std::atomic<std::uint32_t> parked{0};  // of those, parked (a ParkedClient each)
   std::atomic<bool> stopping{false};
 
  private:

@@ -42,7 +42,7 @@ std::string MongoSession::cache_ns(const std::string& db) const {
 
 // Bumps the versions of what a write changed, before its reply reaches the client.
 awaitable<void> MongoSession::bump(const Writes& writes) {
-  if (!rt_.cache || writes.empty() || !rt_.config()->cache.invalidation) co_return;
+  if (!rt_.redis_cache() || writes.empty() || !rt_.config()->cache.invalidation) co_return;
   std::map<std::string, cache::Writes> by_db;
   for (const auto& [db, coll] : writes) {
     auto& w = by_db[db];
@@ -67,7 +67,7 @@ awaitable<MongoSession::CacheStep> MongoSession::from_cache(
   CacheStep step;
   const auto& mcfg = mongo_config(*cfg);
   const config::MongoCacheRule* rule = nullptr;
-  if (cmd.cacheable && rt_.cache && cfg->cache.enabled && !mcfg.cache.empty())
+  if (cmd.cacheable && rt_.redis_cache() && cfg->cache.enabled && !mcfg.cache.empty())
     rule = rule_for(mcfg, cmd.db, cmd.collection);
   if (!rule || !rule->cache) co_return step;
   const auto ttl = rule->ttl.count() > 0 ? rule->ttl : cfg->cache.default_ttl;

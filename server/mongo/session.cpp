@@ -23,9 +23,9 @@ void MongoSession::open_handle() {
     error_code ignored;
     auto remote = client_.socket().remote_endpoint(ignored);
     auto local = client_.socket().local_endpoint(ignored);
-    std::lock_guard lock(handle_->mu);
-    handle_->info.user = "(mongo)";
-    handle_->info.database = "(mongo)";
+    std::lock_guard lock(handle_->mu());
+    handle_->info.names =
+        std::make_shared<const ClientNames>(ClientNames{"(mongo)", "(mongo)", {}});
     handle_->info.addr = remote.address().to_string();
     handle_->info.port = remote.port();
     handle_->info.local_addr = local.address().to_string();

@@ -18,6 +18,7 @@ awaitable<bool> ClientSession::checkout() {
   if (rt_->generation.load(std::memory_order_relaxed) != generation_) refresh_config();
   // A replica that fails here is banned and the read goes to the next choice.
   for (std::size_t attempt = 0;; ++attempt) {
+    wait_lsn_ = 0;  // choose_node() sets it for a replica to ask
     const int node = attempt <= (replicas_ ? replicas_->size() : 0) ? choose_node()
                                                                     : routing::ReplicaSet::kPrimary;
     if (node == kRefused) {
@@ -36,6 +37,11 @@ awaitable<bool> ClientSession::checkout() {
       auto synced = co_await prepare_server(node, std::move(sync));
       if (synced == Attach::kNextNode) continue;
       if (synced == Attach::kFailed) co_return false;
+    }
+    if (wait_lsn_ != 0 && node >= 0) {
+      auto reached = co_await await_replay();
+      if (reached == Attach::kNextNode) continue;  // the primary takes it
+      if (reached == Attach::kFailed) co_return false;
     }
     break;
   }
@@ -115,7 +121,7 @@ std::vector<routing::ParamQuery> ClientSession::settings_for_server() {
     state.set_max_statements(cfg_->pool.max_prepared_statements);
   }
   // Session mode: the reset query left the server at its defaults.
-  return routing::settings_sync(ps_ ? ps_->settings() : startup_,
+  return routing::settings_sync(ps_ ? ps_->settings() : login_->startup,
                                 ps_ ? state.settings : routing::Settings{});
 }
 
@@ -141,6 +147,57 @@ awaitable<ClientSession::Attach> ClientSession::prepare_server(
   queue_error(std::move(*e));
   co_await flush();
   co_return Attach::kFailed;
+}
+
+// A replica chosen while its last known position was short of what the read must see: asks it
+// how far it replayed, again every millisecond, for up to routing.max_consistency_wait. kOk to
+// read there; kNextNode when it did not get there (the connection goes back, the primary takes
+// the read); kFailed when the client went away meanwhile.
+awaitable<ClientSession::Attach> ClientSession::await_replay() {
+  const auto need = std::exchange(wait_lsn_, 0);
+  const auto started = Clock::now();
+  const auto deadline = started + cfg_->routing.max_consistency_wait;
+  std::optional<asio::steady_timer> timer;
+  auto& k = *counters_;
+  auto waited = [&] {
+    k.consistency_wait_us->inc(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count()));
+  };
+  for (int asked = 0;; ++asked) {
+    auto r = co_await server_->query("SELECT pg_catalog.pg_last_wal_replay_lsn()");
+    auto* rows = std::get_if<routing::Rows>(&r);
+    if (!rows) {  // the replica failed: banned, and the read goes elsewhere
+      server_.mark_broken();
+      server_.give_back();
+      fail_replica(node_, "asking its replay position failed");
+      co_return Attach::kNextNode;
+    }
+    std::optional<routing::Lsn> lsn;
+    if (rows->size() == 1 && !(*rows)[0].empty() && (*rows)[0][0])
+      lsn = routing::parse_lsn(*(*rows)[0][0]);
+    if (lsn) replicas_->replayed(node_, *lsn);
+    if (lsn && *lsn >= need) {
+      waited();
+      k.consistent[asked == 0 ? PoolCounters::kReplica : PoolCounters::kWaited]->inc();
+      co_return Attach::kOk;
+    }
+    const auto now = Clock::now();
+    if (killed_) {
+      server_.give_back();
+      end_pick();
+      co_return Attach::kFailed;
+    }
+    if (now >= deadline) break;
+    if (!timer) timer.emplace(co_await asio::this_coro::executor);
+    timer->expires_after(std::min<Clock::duration>(std::chrono::milliseconds(1), deadline - now));
+    co_await timer->async_wait(use_nothrow);
+  }
+  waited();
+  k.consistent[PoolCounters::kPrimaryBehind]->inc();
+  server_.give_back();
+  end_pick();
+  behind_ = true;
+  co_return Attach::kNextNode;
 }
 
 // Bookkeeping once a server is attached: the pooled session's view of it, the fill's role, the
@@ -262,6 +319,9 @@ awaitable<Outcome> ClientSession::wait_for_client() {
       auto [wec] = co_await client_->socket().async_wait(tcp::socket::wait_read, use_nothrow);
       parked_ = false;
       if (killed_) co_return "shutdown";
+      // nudge_idle() cancelled the wait: the session parks (it holds no unread bytes).
+      if (std::exchange(park_now_, false) && wec == asio::error::operation_aborted)
+        co_return Next::kParked;
       if (wec) co_return "client disconnected";
     }
     reader_.shrink(kClientBuffer);

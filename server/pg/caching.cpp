@@ -12,8 +12,11 @@ ClientSession::CacheRequest ClientSession::cache_request() {
     return cache::NamedStatement{stmt->query, &stmt->param_types};
   };
   auto r = cache::scan_request(reader_.pending(), kRouteMaxMessage, named);
-  if (r.kind == CacheRequest::kCandidate)
+  if (r.kind == CacheRequest::kCandidate) {
     cache::key_session(r.request, db_name_, user_->server_user, ps_->settings(), generation_);
+    // Read consistency global: versions from Redis, as any instance's last write left them.
+    if (global_reads()) r.request.strict = true;
+  }
   return r;
 }
 
@@ -156,14 +159,35 @@ void ClientSession::note_writes(const pg::Frame& f) {
   rt_->cache->note_writes(db_name_, *facts, user_->server_user, path, cached().writes);
 }
 
-// Bumps the versions of what this transaction wrote, before its client sees ReadyForQuery.
+// The end of a transaction that wrote, before its client sees ReadyForQuery: its commit LSN is
+// noted (read consistency) and the versions of what it wrote are bumped (the query cache).
 awaitable<void> ClientSession::bump_writes() {
-  auto writes = std::move(cached_->writes);
-  cached_->writes.clear();
-  // The primary's WAL position after the commit: replicas may fill entries under the new
-  // versions only once they have replayed this far. Unknown (the server is busy with pipelined
-  // requests, or session pooling): no replica fills those relations' entries.
-  routing::Lsn lsn = ~routing::Lsn{0};
+  cache::Writes writes;
+  if (cached_) {
+    writes = std::move(cached_->writes);
+    cached_->writes.clear();
+  }
+  // Replicas may serve reads of what it wrote (and fill the cache's entries under the new
+  // versions) only once they have replayed this far.
+  auto lsn = co_await commit_lsn();
+  if (lsn) {
+    last_write_lsn_ = std::max(last_write_lsn_, *lsn);
+    write_lsn_known_ = true;
+    rt_->positions.committed(db_name_, *lsn, writes.oids, writes.unknown || writes.roles);
+  }
+  if (rt_->redis_cache() && cfg_->cache.invalidation && !writes.empty()) {
+    const auto mark = lsn.value_or(rt_->positions.primary_last(db_name_));
+    co_await rt_->cache->bump(db_name_, writes, mark);  // marks the catalog stale after DDL
+  } else if (rt_->cache && writes.catalog_change) {
+    rt_->cache->catalog_changed(db_name_);  // the relations the marks resolve names with
+  }
+}
+
+// The primary's WAL position after this client's commit: asked on its own server connection
+// when nothing of the client's is on it, else read by the health monitor in a query begun after
+// the commit (any later reading of the primary's insert position is at least the commit's LSN).
+// Never a guess: nullopt when neither could tell.
+awaitable<std::optional<routing::Lsn>> ClientSession::commit_lsn() {
   // Quiet: nothing of the client's is on the server connection or on its way (a pipelined
   // request already forwarded, even in part, would take this query's reply as its own).
   const bool quiet = ps_ && ps_->idle() && !to_server_.mid_message() &&
@@ -180,9 +204,28 @@ awaitable<void> ClientSession::bump_writes() {
       c.server_reserved = false;
       c.reserve_timer->cancel();
     }
-    if (fetched) lsn = *fetched;
+    if (fetched) co_return fetched;
   }
-  if (cfg_->cache.invalidation) co_await rt_->cache->bump(db_name_, writes, lsn);
+  co_return co_await monitor_lsn();
+}
+
+// A reading of the primary's WAL position by the health monitor that began after now: wakes
+// it and waits (up to 2 s) for its next check of the primary.
+awaitable<std::optional<routing::Lsn>> ClientSession::monitor_lsn() {
+  const auto since = std::chrono::steady_clock::now();
+  if (!rt_->positions.readable(db_name_)) co_return std::nullopt;  // the monitor cannot log in
+  rt_->obs.monitor.wake();
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  for (int i = 0; i < 2000 && !killed_; ++i) {
+    if (auto lsn = rt_->positions.primary_since(db_name_, since)) co_return lsn;
+    timer.expires_after(std::chrono::milliseconds(1));
+    co_await timer.async_wait(use_nothrow);
+  }
+  spdlog::warn(
+      "client {} user={} db={}: the primary's WAL position could not be read after a commit "
+      "(health monitor): the write's mark carries the last position read",
+      peer_, user_name_, db_name_);
+  co_return std::nullopt;
 }
 
 }  // namespace sluice::server::pgsession

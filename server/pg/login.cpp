@@ -290,19 +290,23 @@ awaitable<bool> ClientSession::attach_server() {
     co_await flush();
     co_return false;
   }
-  startup_ = std::get<routing::Settings>(std::move(settings));
-  auto mode = cfg_->pool_mode_for(*db_, *user_);
-  if (mode != config::PoolMode::kSession) {
-    routing::PooledSession::Options options{cfg_->pool.pin_is_error, &rt_->known_statements,
-                                            db_name_ + '\0' + user_->server_user};
-    ps_.emplace(rt_->analyses, startup_, std::move(options));
-    statement_mode_ = mode == config::PoolMode::kStatement;
+  login_ = bind_login(*rt_, user_name_, db_name_, std::get<routing::Settings>(std::move(settings)),
+                      trust_user_ != nullptr);
+  if (!login_) {  // a reload since authenticate() removed the database or the user
+    queue_error({"3D000",
+                 "database \"" + db_name_ + "\" or user \"" + user_name_ +
+                     "\" was removed from the sluice configuration during login",
+                 {},
+                 "connect again once the configuration lists them"});
+    co_await flush();
+    co_return false;
   }
-  pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
-  limits_ = PoolLimits::from(*cfg_, *db_, *user_);
-  if (ps_) set_replicas(rt_->routes.get(db_name_));
-  tracker_.set_identity(routing::sample_identity(db_name_, user_->server_user));
-  counters_ = rt_->obs.counters(db_name_, user_name_);
+  adopt(*login_);
+  trust_user_.reset();  // login_ has its own
+  if (login_->mode != config::PoolMode::kSession) {
+    ps_.emplace(rt_->analyses, login_->startup, pooled_options());
+    handle_->parks = true;
+  }
   fill_info();
   if (!co_await checkout()) co_return false;
   key_ = rt_->cancels.add_client();

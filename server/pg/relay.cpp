@@ -1,4 +1,7 @@
-// The byte relay between a client and its server connection (concurrent and sequential).
+// The byte relay between a client and its server connection: relay() attaches and releases,
+// then one of two drivers schedules the engine's steps (scan.cpp): relay_sequential() one
+// direction at a time, relay_attached() both at once (client_side() || server_side()). Every pool
+// mode runs on the same steps; session pooling always uses the concurrent driver.
 #include "server/pg/session.hpp"
 
 namespace sluice::server::pgsession {
@@ -27,6 +30,7 @@ awaitable<Outcome> ClientSession::relay() {
         auto routed = co_await prepare_route();
         if (routed.is(Next::kAnswered)) continue;
         if (routed) co_return routed;
+        if (route_.replica && !pinned_ && global_reads()) co_await read_marks();
       }
       if (!co_await checkout()) {
         if (!refused_) co_return "no server connection";
@@ -75,17 +79,12 @@ awaitable<Outcome> ClientSession::relay_attached() {
   if (ps_ && !watchdog_on_) {
     // kill() cancels both sockets' operations instead of a third coroutine per transaction.
     attached_light_ = true;
-    auto r = co_await (client_to_server_pooled() || server_to_client_pooled());
+    auto r = co_await (client_side() || server_side());
     attached_light_ = false;
     if (killed_) co_return "shutdown";
     co_return reason(r);
   }
-  if (ps_) {
-    auto r = co_await (client_to_server_pooled() || server_to_client_pooled() || watchdog() ||
-                       wait_killed());
-    co_return reason(r);
-  }
-  auto r = co_await (client_to_server() || server_to_client() || watchdog() || wait_killed());
+  auto r = co_await (client_side() || server_side() || watchdog() || wait_killed());
   co_return reason(r);
 }
 
@@ -145,111 +144,8 @@ awaitable<Outcome> ClientSession::server_read_failed(const error_code& ec) {
   co_return "server disconnected";
 }
 
-// Session pooling: bytes pass through; only request boundaries are counted.
-awaitable<Outcome> ClientSession::client_to_server() {
-  for (;;) {
-    auto data = reader_.pending();
-    std::size_t forward = 0;
-    pg::MessageScanner::Stop stop{};
-    const auto now = Clock::now();
-    for (;;) {  // inspected messages are noted and forwarded in the same write
-      stop = to_server_.scan(data.subspan(forward), kFromClient, [](const pg::Header&) {});
-      forward += stop.offset;
-      if (stop.kind != pg::MessageScanner::Stop::kInspect || stop.frame.type == 'X') break;
-      const auto type = stop.frame.type;
-      if (type == 'Q' || type == 'S' || type == 'F') note_request();
-      if (rt_->cache && (type == 'Q' || type == 'P' || type == 'B')) note_writes(stop.frame);
-      if (rt_->cache && !lexer_suspect_ && (type == 'Q' || type == 'P')) {
-        auto sql = pg::query_text(stop.frame);
-        if (sql && changes_lexer(*sql))  // before the next message is noted
-          lexer_mismatch("it set standard_conforming_strings or client_encoding");
-      }
-      tracker_.on_client(stop.frame, now);
-      forward += stop.frame.size;
-    }
-    if (forward > 0) {
-      if (auto failed = co_await write_to_server(asio::buffer(data.data(), forward)))
-        co_return failed;
-      reader_.consume(forward);
-    }
-    if (stop.kind == pg::MessageScanner::Stop::kInspect) co_return "client terminated";  // 'X'
-    if (stop.kind == pg::MessageScanner::Stop::kError) {
-      auto reason = co_await client_message_rejected(stop.failure);
-      co_return reason;
-    }
-    reader_.shrink(kClientBuffer);
-    auto [ec, n] = co_await client_->read_some(reader_.prepare(stop.need));
-    reader_.commit(n);
-    if (ec) co_return "client disconnected";
-    counters_->received_bytes->inc(n);
-    last_activity_ = Clock::now();
-  }
-}
-
-awaitable<Outcome> ClientSession::server_to_client() {
-  auto& in = server_->reader();
-  for (;;) {
-    auto data = in.pending();
-    std::size_t forward = 0;
-    pg::MessageScanner::Stop stop{};
-    const auto now = Clock::now();
-    bool hold = false;  // the ReadyForQuery ending a transaction that wrote waits for the bump
-    for (;;) {          // consume inspected messages in place; forward everything in one write
-      stop = to_client_.scan(data.subspan(forward), kFromServer, [](const pg::Header&) {});
-      forward += stop.offset;
-      if (stop.kind != pg::MessageScanner::Stop::kInspect) break;
-      const char type = stop.frame.type;
-      if (type == 'G' || type == 'H' || type == 'W') enter(Phase::kCopy);
-      if (type != 'S' && type != 'G' && type != 'H' && type != 'W')
-        note_server_message(stop.frame, now);
-      if (type == 'Z') {
-        enter(Phase::kRelaying);
-        tx_status_ = pg::decode_ready_for_query(stop.frame.body).value_or('E');
-        if (pending_ > 0) --pending_;
-        last_activity_ = Clock::now();
-        handle_->idle = pending_ == 0 && tx_status_ == 'I';
-        hold = writes_pending() && tx_status_ == 'I' && pending_ == 0;
-      } else if (stop.frame.type == 'S') {
-        if (auto p = pg::decode_parameter_status(stop.frame.body)) {
-          server_->set_param(p->name, p->value);
-          note_lexer(p->name, p->value);
-        }
-      }
-      forward += stop.frame.size;
-      if (hold) break;
-    }
-    std::array<char, 6> ready{};
-    if (hold) std::memcpy(ready.data(), data.data() + forward - ready.size(), ready.size());
-    if (const std::size_t n = forward - (hold ? ready.size() : 0); n > 0) {
-      auto [ec, written] = co_await client_->write(asio::buffer(data.data(), n));
-      if (ec) co_return "client write failed";
-      counters_->sent_bytes->inc(written);
-    }
-    in.consume(forward);
-    if (hold) {
-      co_await bump_writes();
-      auto [ec, written] = co_await client_->write(asio::buffer(ready));
-      if (ec) co_return "client write failed";
-      counters_->sent_bytes->inc(written);
-      continue;
-    }
-    if (stop.kind == pg::MessageScanner::Stop::kError) {
-      server_failed_ = true;
-      queue_error({"08P01", "server sent an invalid message length", {}, {}});
-      co_await flush();
-      co_return "server protocol violation";
-    }
-    in.shrink(ServerConn::kReadBuffer);
-    auto [ec, n] = co_await server_->stream().read_some(in.prepare(stop.need));
-    in.commit(n);
-    if (ec) {
-      auto reason = co_await server_read_failed(ec);
-      co_return reason;
-    }
-  }
-}
-
-// Transaction pooling, the common shape without coroutines spawned per transaction: forward
+// The sequential driver (transaction and statement pooling without timeouts), the common shape
+// without coroutines spawned per transaction: forward
 // the client's requests, then relay the replies until they are all answered, then the client's
 // next requests. Returns kConcurrent for what needs both directions at once (COPY FROM STDIN,
 // Flush-driven batches, large pipelines, pinned sessions), kReleased at the end of a
@@ -292,8 +188,8 @@ awaitable<Outcome> ClientSession::relay_sequential_steps() {
   }
 }
 
-// Transaction pooling, client → server, concurrently with server_to_client_pooled().
-awaitable<Outcome> ClientSession::client_to_server_pooled() {
+// The concurrent driver, client → server (with server_side()): every pool mode.
+awaitable<Outcome> ClientSession::client_side() {
   for (;;) {
     if (server_gone_) co_return Next::kReleased;   // the next request goes elsewhere
     while (cached_ && cached_->server_reserved) {  // sluice's own query is on the server
@@ -302,8 +198,16 @@ awaitable<Outcome> ClientSession::client_to_server_pooled() {
       co_await timer.async_wait(use_nothrow);
       if (killed_) co_return "shutdown";
     }
+    // forward_client() and read_client() inline: no nested coroutine frame per step.
     auto scan = scan_client();
-    if (auto end = co_await forward_client(scan)) co_return end;
+    if (const auto out = client_bytes(scan); out.size() > 0) {
+      if (auto failed = co_await write_to_server(out)) co_return failed;
+      client_bytes_sent(scan);
+    }
+    if (scan.ends()) {
+      auto end = co_await client_scan_end(scan);
+      co_return end;
+    }
     if (want_release(false)) co_return Next::kReleased;
     if (scan.kind == ClientScan::kReroute) {
       if (ps_->pending() == 0) {  // the replica answered everything already
@@ -312,7 +216,7 @@ awaitable<Outcome> ClientSession::client_to_server_pooled() {
         reroute_ = false;
         continue;
       }
-      // server_to_client_pooled() wakes this once the replica has answered.
+      // server_side() wakes this once the replica has answered.
       if (!routed_->reroute_timer) {
         auto ex = co_await asio::this_coro::executor;
         routed_->reroute_timer.emplace(ex);
@@ -322,16 +226,23 @@ awaitable<Outcome> ClientSession::client_to_server_pooled() {
       if (killed_) co_return "shutdown";
       continue;
     }
-    if (auto end = co_await read_client(scan.need)) co_return end;
+    if (killed_) co_return "shutdown";
+    auto [ec, n] = co_await client_->read_some(client_room(scan.need));
+    if (auto end = client_got(ec, n)) co_return end;
   }
 }
 
-// Transaction pooling, server → client: at ReadyForQuery outside a transaction the server
-// connection is released.
-awaitable<Outcome> ClientSession::server_to_client_pooled() {
+// The concurrent driver, server → client (with client_side()): in the pooled modes, at
+// ReadyForQuery outside a transaction the server connection is released.
+awaitable<Outcome> ClientSession::server_side() {
   for (;;) {
+    // forward_server() (its plain case) and read_server() inline: no nested coroutine frame.
     auto scan = scan_server();
-    if (auto end = co_await forward_server(scan)) {
+    if (scan.plain() && scan.out.size() > 0) {
+      replying(scan.out);
+      auto [wec, written] = co_await client_->write(scan.out);
+      if (auto end = replied(wec, written, scan.consumed)) co_return end;
+    } else if (auto end = co_await forward_server(scan)) {
       if (end.is(Next::kGone)) break;
       co_return end;
     }
@@ -345,9 +256,13 @@ awaitable<Outcome> ClientSession::server_to_client_pooled() {
     if (scan.stop.kind == pg::MessageScanner::Stop::kInspect &&
         !server_->reader().pending().empty())
       continue;
-    if (auto end = co_await read_server(scan.stop.need)) {
-      if (end.is(Next::kGone)) break;
-      co_return end;
+    if (killed_) co_return "shutdown";
+    auto [rec, n] = co_await server_->stream().read_some(server_room(scan.stop.need));
+    server_->reader().commit(n);
+    if (rec) {
+      auto failed = co_await server_read_failed(rec);
+      if (failed.is(Next::kGone)) break;
+      co_return failed;
     }
   }
   // The server went away between requests: the client side detaches before the client's next

@@ -10,6 +10,7 @@ ClientSession::Verdict ClientSession::verdict(const routing::ReadFacts& f) {
   v.replica = f.parsed && f.read && !(f.begins && (!read_only_tx || f.read_write_tx)) &&
               !replicas_->may_write(f.functions);
   v.write = !v.replica;
+  v.replica = v.replica && !f.server_identity;  // the primary, as a read
   v.catalog_change = f.catalog_change;
   if (f.hint == routing::Hint::kPrimary) v.replica = false;
   if (f.hint == routing::Hint::kReplica) v.replica = true;
@@ -68,6 +69,7 @@ ClientSession::RouteNeed ClientSession::route_need() {
     ClientSession& s;
     routing::MessageVerdict judge(const pg::Frame& f, bool parse_seen, bool lone) override {
       auto text = pg::query_text(f);
+      s.note_route_text(f, text);
       Verdict v;
       if (f.type == 'Q') {
         auto facts = s.rt_->reads.get(text.value_or(std::string_view()));
@@ -83,6 +85,7 @@ ClientSession::RouteNeed ClientSession::route_need() {
       return {v.replica, v.write, v.catalog_change, kNotLocal};
     }
   } judge(*this);
+  route_texts_.clear();
   auto n = routing::route_requests(reader_.pending(), kRouteMaxMessage, judge);
   if (n.catalog_change) {
     replicas_->catalog_changed();  // until it is fetched again, function calls go to the primary
@@ -130,36 +133,97 @@ awaitable<Outcome> ClientSession::prepare_route() {
   }
 }
 
-// The node for the next checkout: a replica when the request only reads and one is fresh enough.
+// The node for the next checkout: a replica when the request only reads and one is fresh enough
+// (or, read consistency permitting, one that may be after a short wait: await_replay()).
 int ClientSession::choose_node() {
   if (!replicas_ || pinned_ || !route_.replica) {
     if (route_.write) wrote_ = true;
     return routing::ReplicaSet::kPrimary;
   }
   const auto& r = cfg_->routing;
-  if (r.read_your_writes == config::Routing::ReadYourWrites::kWindow &&
+  const bool eventual = r.read_consistency == config::Routing::Consistency::kEventual;
+  if (std::exchange(behind_, false) || (marks_unknown_ && global_reads()))
+    return routing::ReplicaSet::kPrimary;  // counted where it was decided
+  if (!eventual && r.read_your_writes == config::Routing::ReadYourWrites::kWindow &&
       last_write_at_ != Clock::time_point{} &&
       Clock::now() - last_write_at_ < r.read_your_writes_window)
     return routing::ReplicaSet::kPrimary;
+  const auto need = min_lsn();
   auto pick =
-      replicas_->pick(min_lsn(), std::chrono::steady_clock::now(),
+      replicas_->pick(need, std::chrono::steady_clock::now(),
                       static_cast<std::uint64_t>(key_.pid) +
-                          static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
+                          static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()),
+                      need != 0 && r.max_consistency_wait.count() > 0);
   if (pick.refused) return kRefused;
+  if (pick.wait) {
+    wait_lsn_ = need;
+  } else if (need != 0) {
+    const auto outcome = pick.behind ? PoolCounters::kPrimaryBehind : PoolCounters::kReplica;
+    if (pick.node >= 0 || pick.behind) counters_->consistent[outcome]->inc();
+  }
   picked_ = true;
   return pick.node;
 }
 
-// This client must not read anything older than its own last write, nor than the causal token
-// it set (SET sluice.min_lsn).
+// What the next read must not be older than: its client's last write (read_your_writes: lsn,
+// unless eventual), the causal token it set (SET sluice.min_lsn), the versions a cache miss is
+// filled under, and (global) the commit marks of what it reads.
 routing::Lsn ClientSession::min_lsn() const {
+  const auto mode = cfg_->routing.read_consistency;
   routing::Lsn lsn = 0;
-  if (cfg_->routing.read_your_writes == config::Routing::ReadYourWrites::kLsn)
+  if (mode != config::Routing::Consistency::kEventual &&
+      cfg_->routing.read_your_writes == config::Routing::ReadYourWrites::kLsn)
     lsn = last_write_lsn_;
   if (auto token = routing::parse_lsn(setting("sluice.min_lsn"))) lsn = std::max(lsn, *token);
-  // A cache miss is stored under versions whose writes its source must have replayed.
   if (cached_ && cached_->filling) lsn = std::max(lsn, cached_->fill.min_lsn);
+  if (mode == config::Routing::Consistency::kGlobal) lsn = std::max(lsn, mark_lsn_);
   return lsn;
+}
+
+// A statement text route_need() judged, for read_marks(): of a Query, a Parse, or the named
+// statement a Bind runs.
+void ClientSession::note_route_text(const pg::Frame& f, std::optional<std::string_view> text) {
+  if (route_texts_.size() > kMaxMarkedTexts) return;  // read_marks() takes the database's mark
+  if (f.type == 'Q' || f.type == 'P') {
+    route_texts_.push_back(text.value_or(std::string_view()));
+  } else if (f.type == 'B') {
+    auto b = pg::decode_bind(f.body);
+    if (!b || b->statement.empty()) return;  // the unnamed statement: its Parse was noted
+    auto stmt = ps_->statement(b->statement);
+    route_texts_.push_back(stmt ? std::string_view(stmt->query) : std::string_view());
+  }
+}
+
+// Read consistency global, before a read's checkout: the largest commit mark among the
+// relations it reads (the database's mark when they cannot be told), from Redis where every
+// sluice sharing it leaves its writes' marks, or without Redis from this instance's own
+// commits. A cache miss read the marks of its relations in its lookup already.
+awaitable<void> ClientSession::read_marks() {
+  mark_lsn_ = 0;
+  marks_unknown_ = false;
+  if (cached_ && cached_->filling) co_return;  // the lookup read the marks of its relations
+  std::optional<std::string> path;
+  if (auto p = setting("search_path"); !p.empty()) path = p;
+  std::vector<std::string_view> texts;  // named: no temporary inside a co_await (g++ 12)
+  if (route_texts_.size() <= kMaxMarkedTexts) texts = route_texts_;
+  auto* shared = rt_->redis_cache();
+  if (!shared || !cfg_->cache.invalidation) {  // no marks in Redis: this instance's own
+    std::optional<std::vector<std::uint32_t>> oids;
+    if (rt_->cache) oids = rt_->cache->relations_of(db_name_, texts, user_->server_user, path);
+    mark_lsn_ = rt_->positions.mark(db_name_, oids);
+    co_return;
+  }
+  auto marks = co_await shared->read_marks(db_name_, texts, user_->server_user, path);
+  if (!marks) {
+    marks_unknown_ = true;  // Redis or the catalog missing: this read on the primary
+    counters_->consistent[PoolCounters::kPrimaryBehind]->inc();
+    co_return;
+  }
+  mark_lsn_ = *marks;
+  // Writes made straight on the primary reach the marks through the WAL follower. While it is
+  // behind, the primary's last position the health monitor read stands in for them.
+  if (cfg_->cache.follows_wal() && !shared->follower_fresh(db_name_, cfg_->cache))
+    mark_lsn_ = std::max(mark_lsn_, rt_->positions.primary_last(db_name_));
 }
 
 std::shared_ptr<Pool> ClientSession::replica_pool(int node) {

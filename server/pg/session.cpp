@@ -65,17 +65,97 @@ awaitable<void> ClientSession::serve(std::shared_ptr<ClientSession> self) {
 }
 
 void ClientSession::park(std::shared_ptr<ClientSession> self) {
-  auto& socket = self->client_->socket();
   self->enter(Phase::kParked);
-  self->parked_ = true;  // kill() cancels this wait
-  socket.async_wait(tcp::socket::wait_read, [self = std::move(self)](error_code) mutable {
-    // A failed wait shows again at the read (or killed_ says why): serve() tells the client.
-    self->parked_ = false;
-    self->woke_ = true;
+  auto parked = std::make_unique<ParkedClient>(self->leave());
+  self.reset();  // the session's memory goes back now
+  wait_parked(std::move(parked));
+}
+
+void ClientSession::wait_parked(std::unique_ptr<ParkedClient> parked) {
+  auto* p = parked.get();
+  ++p->rt->parked;
+  p->handle->kill = [p] {
+    if (p->handle->park_only.exchange(false)) return;  // parked already
+    p->killed = true;
+    error_code ec;
+    p->socket.cancel(ec);
+  };
+  auto wake = [parked = std::move(parked)](error_code) mutable {
+    // A failed wait shows again at the read (or killed says why): serve() tells the client.
+    --parked->rt->parked;
+    auto ex = parked->socket.get_executor();
+    auto self = std::make_shared<ClientSession>(std::move(*parked));
+    parked.reset();
     self->enter(Phase::kIdle);
-    auto ex = self->client_->socket().get_executor();
     asio::co_spawn(ex, serve(std::move(self)), log_exceptions("client session"));
-  });
+  };
+  p->socket.async_wait(tcp::socket::wait_read,
+                       asio::bind_allocator(ExactAllocator<void>(), std::move(wake)));
+}
+
+// What survives a park; the session is left empty (its destructor then does nothing).
+ParkedClient ClientSession::leave() {
+  ParkedClient p(std::move(client_->socket()));
+  client_.reset();
+  p.rt = std::move(rt_);
+  p.login = std::move(login_);
+  p.handle = std::move(handle_);
+  if (!ps_->fresh()) p.ps = std::make_unique<routing::PooledSession>(std::move(*ps_));
+  if (!tracker_.fresh()) p.tracker = std::make_unique<routing::RequestTracker>(std::move(tracker_));
+  p.key = std::exchange(key_, pg::BackendKeyData{0, 0});
+  p.last_write_lsn = last_write_lsn_;
+  p.last_write_at = last_write_at_;
+  p.lexer_suspect = lexer_suspect_;
+  p.killed = killed_;
+  return p;
+}
+
+ClientSession::ClientSession(ParkedClient&& p)
+    : rt_(std::move(p.rt)),
+      cfg_(p.login->cfg),
+      client_(std::make_unique<Stream>(std::move(p.socket))),
+      reader_(0),  // wait_for_client() sizes it
+      tracker_(&rt_->obs.insights),
+      to_server_(cfg_->max_message_size),
+      to_client_(pg::kMaxMessageLength) {
+  const auto& pool = cfg_->pool;
+  watchdog_on_ = pool.query_timeout.count() > 0 || pool.idle_transaction_timeout.count() > 0 ||
+                 pool.client_idle_timeout.count() > 0;
+  handle_ = std::move(p.handle);
+  handle_->kill = [this] { kill(); };
+  {
+    std::lock_guard lock(handle_->mu());  // SHOW CLIENTS' copy: not kept while parked
+    peer_ = handle_->info.addr + ':' + std::to_string(handle_->info.port);
+  }
+  kill_timer_.emplace(client_->socket().get_executor(), Clock::time_point::max());
+  key_ = p.key;
+  login_ = std::move(p.login);
+  adopt(*login_);
+  if (p.ps)
+    ps_.emplace(std::move(*p.ps));
+  else
+    ps_.emplace(rt_->analyses, login_->startup, pooled_options());
+  if (p.tracker) tracker_ = std::move(*p.tracker);
+  last_write_lsn_ = p.last_write_lsn;
+  last_write_at_ = p.last_write_at;
+  lexer_suspect_ = p.lexer_suspect;
+  killed_ = p.killed;
+  phase_ = Phase::kParked;
+  logged_in_ = true;
+  woke_ = true;
+}
+
+// A client that never woke: the end a session has, without its goodbye (a shutdown).
+ParkedClient::~ParkedClient() {
+  if (!rt) return;  // woken: the session took everything
+  --rt->parked;
+  handle->kill = nullptr;
+  rt->remove_session(handle);
+  --rt->clients;
+  if (key.pid != 0) rt->cancels.remove(key);
+  error_code ec;
+  socket.shutdown(tcp::socket::shutdown_both, ec);
+  socket.close(ec);
 }
 
 // The end of a session: what a shutdown or KILL tells the client, and the log line.
@@ -101,6 +181,7 @@ awaitable<void> ClientSession::finish(std::string reason) {
 
 // The one exit path: runs however run() ends, an exception included.
 ClientSession::~ClientSession() {
+  if (!client_) return;  // parked: a ParkedClient carries the client on
   if (handle_) {
     handle_->kill = nullptr;
     rt_->remove_session(handle_);
@@ -116,6 +197,7 @@ ClientSession::~ClientSession() {
 }
 
 void ClientSession::enter(Phase next) {
+  if (next == phase_) return;
   if (!may_enter(phase_, next)) {
     spdlog::error(
         "client {}: session state {} -> {} is not a known transition (a bug: please "
@@ -127,7 +209,25 @@ void ClientSession::enter(Phase next) {
   handle_->state = shown_as(next);
 }
 
+void ClientSession::nudge_idle(Runtime& rt) {
+  for (auto& h : rt.sessions()) {
+    if (!h->parks || !h->idle) continue;
+    h->park_only = true;
+    asio::post(h->ex, [h] {
+      if (h->kill) h->kill();
+    });
+  }
+}
+
 void ClientSession::kill() {
+  if (handle_->park_only.exchange(false)) {  // nudge_idle(): not a kill
+    if (parked_ && parkable()) {
+      park_now_ = true;
+      error_code ec;
+      client_->socket().cancel(ec);
+    }
+    return;
+  }
   killed_ = true;
   kill_timer_->cancel();
   // Without a wait_killed() coroutine, the pending reads are cancelled and the loops see
@@ -155,7 +255,15 @@ void ClientSession::queue_error(const PgError& e) {
 
 // What SHOW CLIENTS shows of this client; called as login reveals more.
 void ClientSession::fill_info() {
-  std::lock_guard lock(handle_->mu);
+  std::shared_ptr<const ClientNames> names = login_ ? login_->names : nullptr;
+  if (!names) {  // during login
+    ClientNames own{user_name_, db_name_, {}};
+    for (const auto& [k, v] : startup_params_) {
+      if (k == "application_name") own.application_name = v;
+    }
+    names = std::make_shared<const ClientNames>(std::move(own));
+  }
+  std::lock_guard lock(handle_->mu());
   auto& i = handle_->info;
   error_code ec;
   if (i.addr.empty()) {
@@ -170,13 +278,9 @@ void ClientSession::fill_info() {
       i.local_port = local.port();
     }
   }
-  i.user = user_name_;
-  i.database = db_name_;
+  i.names = std::move(names);
   i.tls = client_->tls();
   i.admin = admin_;
-  for (const auto& [k, v] : startup_params_) {
-    if (k == "application_name") i.application_name = v;
-  }
 }
 
 awaitable<bool> ClientSession::flush() {
@@ -223,18 +327,26 @@ awaitable<std::optional<PgError>> ClientSession::wait_while_paused() {
 // the client's database and user still exist (otherwise it keeps the old ones until it leaves).
 void ClientSession::refresh_config() {
   generation_ = rt_->generation.load();
-  auto cfg = rt_->config();
-  const auto* db = cfg->database(db_name_);
-  const auto* user = trust_user_ ? trust_user_.get() : cfg->user(user_name_);
-  if (!db || !user) return;
-  cfg_ = std::move(cfg);
-  db_ = db;
-  user_ = user;
-  pool_ = rt_->pools.get(*cfg_, *db_, *user_, rt_->server_tls());
-  limits_ = PoolLimits::from(*cfg_, *db_, *user_);
-  if (ps_) set_replicas(rt_->routes.get(db_name_));
-  tracker_.set_identity(routing::sample_identity(db_name_, user_->server_user));
+  auto login = bind_login(*rt_, user_name_, db_name_, login_->startup, login_->trusted);
+  if (!login) return;
+  login_ = std::move(login);
+  adopt(*login_);
   fill_info();
+}
+
+void ClientSession::adopt(const Login& login) {
+  cfg_ = login.cfg;
+  generation_ = login.generation;
+  user_name_ = login.user_name;
+  db_name_ = login.db_name;
+  user_ = login.user;
+  db_ = login.db;
+  pool_ = login.pool;
+  limits_ = login.limits;
+  counters_ = login.counters;
+  statement_mode_ = login.mode == config::PoolMode::kStatement;
+  set_replicas(login.replicas);
+  tracker_.set_identity(login.sample_identity);
 }
 
 }  // namespace sluice::server::pgsession

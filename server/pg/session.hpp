@@ -1,8 +1,9 @@
 // The PostgreSQL client session (one ClientSession per client connection), shared by the files
 // of server/pg/: session.cpp (lifecycle, parking), login.cpp (startup, TLS, auth), attach.cpp
-// (checkout, release, idle wait), relay.cpp and scan.cpp (the byte relay), route.cpp (read
-// routing glue), caching.cpp (query cache glue), watchdog.cpp (timeouts), stats.cpp (requests,
-// pins). Internal to server/pg/; the rest of sluice calls run_client_session().
+// (checkout, release, idle wait), relay.cpp (the relay's two drivers) and scan.cpp (the relay
+// engine: its steps, for every pool mode), route.cpp (read routing glue), caching.cpp (query cache
+// glue), watchdog.cpp (timeouts), stats.cpp (requests, pins). Internal to server/pg/; the rest of
+// sluice calls run_client_session().
 #pragma once
 
 #include <openssl/crypto.h>
@@ -25,6 +26,7 @@
 #include "routing/request_route.hpp"
 #include "server/admin.hpp"
 #include "server/client_session.hpp"
+#include "server/pg/identity.hpp"
 #include "server/pg/phase.hpp"
 #include "server/version.hpp"
 
@@ -67,12 +69,47 @@ inline constexpr int kRefused = -2;
 // them whole, so the server cannot block on its replies while sluice writes).
 inline constexpr std::size_t kSequentialBatch = 32 * 1024;
 
+// Exactly-sized allocations for a parked client's socket wait: asio's recycling allocator would
+// hand it a larger block another operation (the accept) freed, for as long as the client idles.
+template <class T>
+struct ExactAllocator {
+  using value_type = T;
+  ExactAllocator() = default;
+  template <class U>
+  ExactAllocator(const ExactAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) { return std::allocator<T>().allocate(n); }
+  void deallocate(T* p, std::size_t n) noexcept { std::allocator<T>().deallocate(p, n); }
+  friend bool operator==(const ExactAllocator&, const ExactAllocator&) noexcept { return true; }
+};
+
 inline std::string peer_of(const tcp::socket& s) {
   error_code ec;
   auto ep = s.remote_endpoint(ec);
   if (ec) return "?";
   return ep.address().to_string() + ":" + std::to_string(ep.port());
 }
+
+// A pooled client parked between transactions until its socket becomes readable: only what must
+// survive (the socket, who it is, its statements and settings when it has any). The session
+// object, with its buffers, scanners and timers, is built again when the client wakes.
+struct ParkedClient {
+  explicit ParkedClient(tcp::socket s) : socket(std::move(s)) {}
+  ParkedClient(ParkedClient&&) = default;
+  ParkedClient& operator=(ParkedClient&&) = delete;
+  ~ParkedClient();  // never woken (a shutdown): the client ends here
+
+  std::shared_ptr<Runtime> rt;
+  std::shared_ptr<const Login> login;
+  tcp::socket socket;  // plain TCP only (a TLS client does not park): a new Stream on wake
+  std::shared_ptr<SessionHandle> handle;
+  std::unique_ptr<routing::PooledSession> ps;        // null: fresh from the login's settings
+  std::unique_ptr<routing::RequestTracker> tracker;  // null: no statement names to keep
+  pg::BackendKeyData key{0, 0};
+  routing::Lsn last_write_lsn = 0;
+  Clock::time_point last_write_at{};
+  bool lexer_suspect = false;
+  bool killed = false;
+};
 
 class ClientSession {
  public:
@@ -85,12 +122,14 @@ class ClientSession {
         tracker_(&rt_->obs.insights),
         to_server_(cfg_->max_message_size),
         to_client_(pg::kMaxMessageLength) {
-    ++rt_->clients;
+    if (++rt_->clients == cfg_->pool.park_idle_above + 1) nudge_idle(*rt_);
     generation_ = rt_->generation.load();
     const auto& p = cfg_->pool;
     watchdog_on_ = p.query_timeout.count() > 0 || p.idle_transaction_timeout.count() > 0 ||
                    p.client_idle_timeout.count() > 0;
   }
+  // A parked client woke up (park()).
+  explicit ClientSession(ParkedClient&& parked);
   ClientSession(const ClientSession&) = delete;
   ClientSession& operator=(const ClientSession&) = delete;
   ~ClientSession();
@@ -99,7 +138,19 @@ class ClientSession {
   static awaitable<void> serve(std::shared_ptr<ClientSession> self);
 
  private:
+  // Between transactions, among many clients (parkable()): the session gives way to a
+  // ParkedClient until the client's socket becomes readable.
   static void park(std::shared_ptr<ClientSession> self);
+  static void wait_parked(std::unique_ptr<ParkedClient> parked);
+  // More clients than pool.park_idle_above now: idle clients that connected below it park too
+  // (they wait in a coroutine until then).
+  static void nudge_idle(Runtime& rt);
+  ParkedClient leave();
+  // Takes the configuration-bound part of the client's identity (login, reload, wake).
+  void adopt(const Login& login);
+  routing::PooledSession::Options pooled_options() const {
+    return {cfg_->pool.pin_is_error, &rt_->known_statements, db_name_ + '\0' + user_->server_user};
+  }
   // The one place the session changes state: checks the transition (phase.hpp), keeps what
   // SHOW CLIENTS shows in step.
   void enter(Phase next);
@@ -133,6 +184,7 @@ class ClientSession {
   awaitable<Attach> acquire(int node);
   std::vector<routing::ParamQuery> settings_for_server();
   awaitable<Attach> prepare_server(int node, std::vector<routing::ParamQuery> sync);
+  awaitable<Attach> await_replay();
   void on_attached();
   // A read refused for want of a replica (all_replicas_banned: error), in pooled mode: the
   // error answers that request alone and the session goes on.
@@ -140,16 +192,19 @@ class ClientSession {
   std::unique_ptr<PgError> refused_;  // (pointers: an idle session stays small)
   awaitable<void> release();
   awaitable<std::optional<routing::Lsn>> fetch_write_lsn();
-  awaitable<Outcome> client_to_server();
-  awaitable<Outcome> server_to_client();
-  awaitable<Outcome> client_to_server_pooled();
-  awaitable<Outcome> server_to_client_pooled();
-  awaitable<Outcome> relay_sequential();
+  awaitable<std::optional<routing::Lsn>> commit_lsn();
+  awaitable<std::optional<routing::Lsn>> monitor_lsn();
+  // The relay: two drivers (relay.cpp) over one engine, the steps below (scan.cpp).
+  awaitable<Outcome> client_side();  // concurrent driver, with server_side()
+  awaitable<Outcome> server_side();
+  awaitable<Outcome> relay_sequential();  // sequential driver (pooled modes)
   awaitable<Outcome> relay_sequential_steps();
   struct ClientScan {
     enum Kind { kNeedMore, kTerminate, kBad, kTooLong, kReroute } kind = kNeedMore;
-    std::size_t need = 0;  // kNeedMore: bytes still missing (0 = any)
+    std::size_t need = 0;      // kNeedMore: bytes still missing (0 = any)
+    std::size_t in_place = 0;  // session pooling: bytes of reader_ to forward as they are
     pg::FrameFailure failure{};
+    bool ends() const { return kind == kTerminate || kind == kBad || kind == kTooLong; }
   };
   struct ServerScan {
     std::size_t consumed = 0;  // bytes of the server's buffer dealt with
@@ -162,13 +217,39 @@ class ClientSession {
     bool gone = false;        // ... and nothing is in flight: let the connection go
     bool hold_ready = false;  // out ends with a ReadyForQuery that waits for the cache bump
     pg::MessageScanner::Stop stop{};
+    // Nothing but bytes to write and consume: the concurrent driver's inline path.
+    bool plain() const {
+      return !retry && !gone && !hold_ready && !desync && !tx_refused &&
+             stop.kind != pg::MessageScanner::Stop::kError;
+    }
+  };
+  struct ServerStep {      // what inspect_server() decided about one message
+    bool halt = false;     // stop before it (it stays unconsumed)
+    bool forward = false;  // it goes to the client
+    bool last = false;     // stop after it
   };
   ClientScan scan_client();
+  bool reroutes(const pg::Frame& f, bool judged);
+  void note_unpooled_request(const pg::Frame& f);
+  void consumed_client(bytes::Span moved, int pending_before);
   ServerScan scan_server();
+  const pg::WantTable& server_want() const;
+  routing::PooledSession::Verdict on_server_unpooled(const pg::Frame& f);
+  ServerStep inspect_server(const pg::Frame& f, ServerScan& r, Clock::time_point now);
   awaitable<Outcome> forward_client(ClientScan scan);
+  asio::const_buffer client_bytes(const ClientScan& scan) const;
+  void client_bytes_sent(const ClientScan& scan);
+  awaitable<Outcome> client_scan_end(ClientScan scan);
   awaitable<Outcome> forward_server(ServerScan scan);
+  void replying(asio::const_buffer out);
+  Outcome replied(const error_code& ec, std::size_t written, std::size_t consumed);
+  // The reads, and their halves around the read for the concurrent driver's inline path (each
+  // nested coroutine costs a frame per step).
   awaitable<Outcome> read_client(std::size_t need);
+  asio::mutable_buffer client_room(std::size_t need);
+  Outcome client_got(const error_code& ec, std::size_t n);
   awaitable<Outcome> read_server(std::size_t need);
+  asio::mutable_buffer server_room(std::size_t need);
   bool want_release(bool idle_now);
   // Writes client bytes to the server; a reason to end the session when that fails.
   awaitable<Outcome> write_to_server(asio::const_buffer b);
@@ -244,7 +325,7 @@ class ClientSession {
   routing::RequestTracker tracker_;
   Clock::time_point xact_start_{};
   bool xact_open_ = false;
-  routing::Settings startup_;  // settings from the startup packet, applied on every server
+  std::shared_ptr<const Login> login_;  // set once the client is bound to a database
 
   // Transaction and statement pooling.
   std::optional<routing::PooledSession> ps_;
@@ -266,6 +347,12 @@ class ClientSession {
   int choose_node();
   std::shared_ptr<Pool> replica_pool(int node);
   routing::Lsn min_lsn() const;
+  bool global_reads() const {
+    return cfg_->routing.read_consistency == config::Routing::Consistency::kGlobal;
+  }
+  awaitable<void> read_marks();
+  static constexpr std::size_t kMaxMarkedTexts = 16;  // more: the database's mark
+  void note_route_text(const pg::Frame& f, std::optional<std::string_view> text);
   bool can_retry() const { return node_ >= 0 && replayable_ && !replied_ && !killed_ && !retried_; }
   void retry_elsewhere();
   void end_pick();
@@ -310,7 +397,7 @@ class ClientSession {
     if (!cached_) cached_ = std::make_unique<Cached>();
     return *cached_;
   }
-  bool cache_on() const { return rt_->cache && cfg_->cache.enabled; }
+  bool cache_on() const { return rt_->redis_cache() && cfg_->cache.enabled; }
   using CacheRequest = cache::RequestScan;
   CacheRequest cache_request();
   awaitable<Outcome> try_cache();
@@ -318,7 +405,12 @@ class ClientSession {
   void end_fill();
   void note_writes(const pg::Frame& f);
   awaitable<void> bump_writes();
-  bool writes_pending() const { return cached_ && !cached_->writes.empty(); }
+  // The end of this transaction waits for the cache bump, or (read consistency global) for its
+  // commit LSN to be known before its client sees it.
+  bool writes_pending() const {
+    return (cached_ && !cached_->writes.empty()) ||
+           (wrote_ && replicas_ && node_ < 0 && global_reads());
+  }
   void set_replicas(std::shared_ptr<routing::ReplicaSet> set) {
     replicas_ = std::move(set);
     if (replicas_ && !routed_) routed_ = std::make_unique<Routed>();
@@ -333,6 +425,15 @@ class ClientSession {
   bool reroute_allowed_ = false;  // the replica stays in a transaction: it gets the rest
   routing::Lsn last_write_lsn_ = 0;
   Clock::time_point last_write_at_{};
+  // Read consistency, for the next checkout: the commit-LSN marks of what it reads (global),
+  // whether they could not be read (the read goes to the primary), a replica's position to
+  // wait for, and the texts route_need() judged (views of the client's buffered messages and
+  // of its statements, valid until the client is read again).
+  routing::Lsn mark_lsn_ = 0;
+  routing::Lsn wait_lsn_ = 0;
+  bool marks_unknown_ = false;
+  bool behind_ = false;  // await_replay() gave up: the primary takes the read
+  std::vector<std::string_view> route_texts_;
   bool replayable_ = false;      // routed_->replay holds everything sent since the checkout
   bool replied_ = false;         // the client got bytes from this server
   bool retried_ = false;         // once per request
@@ -341,8 +442,9 @@ class ClientSession {
   bool lexer_suspect_ = false;   // its server may lex SQL unlike libpg_query (sticky)
   bool release_wanted_ = false;  // idle, waiting for a write in flight to finish
   bool watchdog_on_ = true;      // any of query/idle_transaction/client_idle timeouts set
-  bool parked_ = false;          // idle between transactions, waiting for the client's socket
-  bool woke_ = false;            // serve() runs again: the client's socket became readable
+  bool parked_ = false;          // wait_for_client() waits for the client's socket
+  bool woke_ = false;            // the client's socket became readable (a parked client woke)
+  bool park_now_ = false;        // nudge_idle(): wait_for_client() parks the session
   bool logged_in_ = false;       // the relay started (the session's end is logged)
   std::function<void()> cancel_wait_;  // set while waiting in the pool
   bool attached_light_ = false;        // relaying without a wait_killed() coroutine

@@ -334,6 +334,45 @@ def mongo_wire():
     }
 
 
+# pgoutput v1 messages captured from PostgreSQL 15.18 (pg_logical_slot_peek_binary_changes with
+# proto_version 1; see tests/unit/protocol/pgoutput_test.cpp for the statements behind them).
+PGOUTPUT = {
+    "begin": "420000000003027300000304db5eae1c1a000002ed",
+    "commit": "430000000000030273000000000003027330000304db5eae1c1a",
+    "type": "590000402b7075626c6963006d6f6f6400",
+    "relation": "52000040317075626c6963006974656d73006400050169640000000017ffffffff006e616d6500"
+                "00000019ffffffff007174790000000017ffffffff006665656c000000402bffffffff00626967"
+                "0000000019ffffffff",
+    "relation_full": "52000040387075626c6963006175646974006600020169640000000014ffffffff016e6f74"
+                     "650000000019ffffffff",
+    "insert": "49000040314e00057400000001326e74000000013574000000026f6b6e",
+    "insert_binary": "49000040314e00056200000004000000026e62000000040000000562000000026f6b6e",
+    "update_key": "55000040314b00057400000001326e6e6e6e4e0005740000000231306e7400000001357400"
+                  "0000026f6b6e",
+    "update_old": "55000040384f00027400000001377400000005736576656e4e0002740000000137740000000553"
+                  "4556454e",
+    "update_toast": "55000040314e0005740000000133740000000470656172740000000132740000000373616475",
+    "delete_key": "44000040314b0005740000000231306e6e6e6e",
+    "delete_old": "44000040384f00027400000001377400000005534556454e",
+    "truncate": "5400000002030000403100004038",
+    "message": "4d010000000003028d50736c75696365000000000568656c6c6f",
+    "origin": "4f0000000012345678757073747265616d00",
+}
+
+
+def pgoutput():
+    """Bare pgoutput messages, the same inside XLogData payloads, and keepalives."""
+    seeds = {}
+    for name, hex_data in PGOUTPUT.items():
+        data = bytes.fromhex(hex_data)
+        seeds["msg_" + name] = data
+        header = struct.pack("!QQq", 0x3027110, 0x3029080, 0x304db5eae1c1a)
+        seeds["xlog_" + name] = b"w" + header + data
+    seeds["keepalive"] = b"k" + struct.pack("!Qq", 0x3029080, 0x304db5eae1c1a) + b"\0"
+    seeds["keepalive_reply"] = b"k" + struct.pack("!Qq", 0x3029080, 0x304db5eae1c1a) + b"\1"
+    return seeds
+
+
 TARGETS = {
     "fuzz_pg_frontend": pg_frontend,
     "fuzz_pg_backend": pg_backend,
@@ -342,6 +381,7 @@ TARGETS = {
     "fuzz_insights": insights,
     "fuzz_cache": cache,
     "fuzz_mongo_wire": mongo_wire,
+    "fuzz_pgoutput": pgoutput,
 }
 
 

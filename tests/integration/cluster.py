@@ -180,6 +180,8 @@ shared_preload_libraries = 'pg_stat_statements'
     psql(st["primary_port"], "GRANT ALL ON SCHEMA public TO app, other, md5user", db="appdb", sockdir=sock)
     # Where statements ran (read routing tests count them on each server).
     psql(st["primary_port"], "CREATE EXTENSION pg_stat_statements", db="appdb", sockdir=sock)
+    # The cache's WAL follower logs in as app (routing.health_user) and streams a logical slot.
+    psql(st["primary_port"], "ALTER ROLE app REPLICATION", sockdir=sock)
 
     passfile = f"{base}/pgpass"
     with open(passfile, "w") as f:

@@ -277,7 +277,8 @@ class CacheIdentity(unittest.TestCase):
             c["pool"] = {"mode": "transaction", "size": 4}
             c["health_check_interval"] = "200ms"
             c["routing"] = {"enabled": False, "health_user": "app"}
-            c["cache"] = {"redis": f"redis://127.0.0.1:{st['redis_port']}"}
+            c["cache"] = {"redis": f"redis://127.0.0.1:{st['redis_port']}",
+                          "admission": "always"}
             hb = {"password": "hbclient", "server_user": "hb_a", "server_password": "hbpass"}
             c["users"] += [{"name": "hbuser", **hb}, {"name": "hbwitness", **hb}]
         with Sluice(tweak=tweak) as sl:

@@ -36,7 +36,9 @@ def cache_config(redis_port=None, routing=True, tweak_cache=None):
         c["pool"] = {"mode": "transaction", "size": 20}
         c["health_check_interval"] = "200ms"
         c["routing"] = {"enabled": routing, "health_user": "app", "ban_time": "2s"}
-        c["cache"] = {"redis": f"redis://127.0.0.1:{redis_port or st['redis_port']}"}
+        # Every miss stored (these tests check keys and invalidation; admission has its own).
+        c["cache"] = {"redis": f"redis://127.0.0.1:{redis_port or st['redis_port']}",
+                      "admission": "always"}
         if tweak_cache:
             tweak_cache(c["cache"])
     return tweak
@@ -315,7 +317,9 @@ class Cache(unittest.TestCase):
         try:
             wait_for(lambda: redis_answers(port), timeout=10, what="the second redis-server")
             a = Sluice(tweak=cache_config(routing=False)).start()
-            b = Sluice(tweak=cache_config(redis_port=port, routing=False)).start()
+            # No WAL follower for B either (A's holds the slot): nothing tells it of a write.
+            b = Sluice(tweak=cache_config(redis_port=port, routing=False,
+                                          tweak_cache=lambda c: c.update(follow_wal=False))).start()
             wait_catalog(a)
             wait_catalog(b)
             stale, delays = cross_instance_stale(a, b, rounds=3)

@@ -98,7 +98,8 @@ def cache_tweak(**cache):
         c["pool"] = {"mode": "transaction", "size": 10}
         c["health_check_interval"] = "200ms"
         c["routing"] = {"enabled": False}
-        c["cache"] = {"redis": f"redis://127.0.0.1:{state()['redis_port']}", **cache}
+        c["cache"] = {"redis": f"redis://127.0.0.1:{state()['redis_port']}",
+                      "admission": "always", **cache}
     return tweak
 
 

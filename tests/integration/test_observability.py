@@ -716,7 +716,8 @@ class DeployPrometheus(unittest.TestCase):
         used = set(re.findall(r"\b((?:sluice|process)_[a-z_]+)", " ".join(exprs)))
         def with_cache(c):
             transaction_pool(2)(c)
-            c["cache"] = {"redis": f"redis://127.0.0.1:{state()['redis_port']}"}
+            c["cache"] = {"redis": f"redis://127.0.0.1:{state()['redis_port']}",
+                          "admission": "always"}
         with Sluice(tweak=with_cache) as sluice:
             status, body = sluice.http("/metrics")
         exported = set(re.findall(r"^# TYPE (\S+) ", body, re.M))

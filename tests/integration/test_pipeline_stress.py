@@ -315,7 +315,8 @@ class PipelineStress(unittest.TestCase):
             # Every idle client parks (no coroutine between requests), as among many clients.
             c["pool"] = {"mode": mode, "size": 3, "park_idle_above": 0}
             c["routing"] = {"enabled": ROUTING}
-            c["cache"] = {"redis": f"redis://127.0.0.1:{st['redis_port']}"}
+            c["cache"] = {"redis": f"redis://127.0.0.1:{st['redis_port']}",
+                          "admission": "always"}
 
         with Sluice(tweak=tweak) as sl:
             proxied, errors = run_clients(sl.port, scripts, seeds)

@@ -340,6 +340,7 @@ class Routing(unittest.TestCase):
             results = {}
             for mode, n in (("lsn", 1000), ("window", 200), ("off", 200)):
                 def rw(r, mode=mode):
+                    r["read_consistency"] = "session"  # the per-client modes (global: issue 20)
                     r["read_your_writes"] = mode
                     r["read_your_writes_window"] = "1s"
                 with Sluice(tweak=routed_config(rw)) as sluice:
@@ -588,6 +589,90 @@ class AllReplicasBanned(unittest.TestCase):
         with psycopg.connect(sluice.dsn(), autocommit=True) as conn:
             row = conn.execute("SELECT v, inet_server_port() FROM rt_items WHERE id = 1")
             self.assertEqual(row.fetchone(), ("v1", st["primary_port"]))
+
+
+class SessionIdentity(unittest.TestCase):
+    """Functions whose answer names the server itself (pg_backend_pid() and its kin) run on the
+    primary even though they only read: a client that cancels its own query with
+    pg_cancel_backend(pid) from another connection, as node-postgres users do, must get a pid of
+    the server its statements run on. Transaction pooling, routing on, the replica checked; with
+    an otherwise idle pool (LIFO idle list) A's next transaction lands on the same primary
+    connection that answered pg_backend_pid(). (pool.size 1 would not do: B's cancel, which runs on
+    the primary too, would wait behind A's pg_sleep.)"""
+
+    def on_primary(self, pid):
+        return superuser_sql("SELECT count(*) FROM pg_stat_activity WHERE pid = "
+                             f"{int(pid)} AND datname = 'appdb' AND usename = 'app'") == "1"
+
+    def test_backend_pid_names_the_primary_and_pg_cancel_backend_cancels(self):
+        st = state()
+        with Sluice(tweak=routed_config()) as sluice:
+            wait_checked(sluice)
+            with psycopg.connect(sluice.dsn(), autocommit=True) as a:
+                pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+                pid_on_primary = self.on_primary(pid)
+                print(f"\nA's pg_backend_pid(): {pid} (a primary backend: {pid_on_primary})")
+
+                outcome = {}
+
+                def sleep():
+                    try:
+                        a.execute("SELECT pg_sleep(10)")
+                        outcome["error"] = None
+                    except psycopg.Error as e:
+                        outcome["error"] = e
+                    outcome["at"] = time.time()
+
+                t = threading.Thread(target=sleep)
+                t.start()
+                try:
+                    # pg_sleep is volatile: it runs on the primary whatever the fix.
+                    wait_for(lambda: superuser_sql(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                        "AND query = 'SELECT pg_sleep(10)'") == "1",
+                        what="A's pg_sleep(10) to run on the primary")
+                    time.sleep(0.3)
+                    with psycopg.connect(sluice.dsn(), autocommit=True) as b:
+                        cancelled = b.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0]
+                        cancel_at = time.time()
+                    print(f"B: pg_cancel_backend({pid}) = {cancelled}")
+                finally:
+                    t.join(15)
+                self.assertTrue(pid_on_primary, f"pid {pid} is not a primary backend")
+                self.assertTrue(cancelled, f"pg_cancel_backend({pid}) found no such backend")
+                err = outcome.get("error")
+                self.assertIsNotNone(err, "A's pg_sleep(10) was not cancelled")
+                self.assertEqual(err.sqlstate, "57014", str(err))
+                waited = outcome["at"] - cancel_at
+                print(f"A: {err.sqlstate} {waited:.3f} s after the cancel")
+                self.assertLess(waited, 1.0)
+                # The session goes on (on whichever primary connection is idle now: B's came
+                # back after A's, so it is first in the LIFO list).
+                self.assertTrue(self.on_primary(a.execute("SELECT pg_backend_pid()").fetchone()[0]))
+                # A stable read that names no server still goes to the replica. B's
+                # pg_cancel_backend() counted as a write (a volatile function), and under
+                # read_consistency: global a read that names no relation waits for the database's
+                # latest mark: on a loaded machine the replica may take longer than
+                # max_consistency_wait to replay it, and that read goes to the primary. A read
+                # misrouted as server identity would never reach the replica.
+                on_replica = wait_until(lambda: a.execute(
+                    "SELECT inet_server_port(), now() IS NOT NULL").fetchone()[0] ==
+                    st["replica_port"], 10, step=0.05)
+                self.assertIsNotNone(on_replica, "a stable read never went to the replica")
+                # Extended protocol (psycopg's default), simple protocol, schema-qualified, and
+                # inside an expression: each answered by the primary.
+                simple = psycopg.ClientCursor(a)
+                for sql, cur in (("SELECT pg_backend_pid(), inet_server_port()", a),
+                                 ("SELECT pg_catalog.pg_backend_pid(), inet_server_port()", a),
+                                 ("SELECT 1, pg_backend_pid(), inet_server_port()", a),
+                                 ("SELECT pg_backend_pid(), inet_server_port()", simple),
+                                 ("SELECT 1 + 0 * pg_backend_pid(), inet_server_port()", simple),
+                                 ("SELECT inet_server_port() FROM pg_stat_get_backend_idset() "
+                                  "LIMIT 1", simple)):
+                    row = cur.execute(sql).fetchone()
+                    print(f"{sql!r} ({'simple' if cur is simple else 'extended'}): {row}")
+                    self.assertEqual(row[-1], st["primary_port"], sql)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

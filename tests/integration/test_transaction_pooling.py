@@ -517,6 +517,42 @@ class MaxDbConnections(unittest.TestCase):
             self.assertGreaterEqual(peak[0], 2)
 
 
+class Parking(unittest.TestCase):
+    """Idle pooled clients park (a socket and a shared identity, no session object) once more
+    than pool.park_idle_above are connected, those that connected below it too; a parked client
+    keeps its prepared statements, settings and read-your-writes state when it wakes."""
+
+    def test_idle_clients_park_above_the_threshold_and_keep_their_state(self):
+        with Sluice(tweak=pooled(size=2, park_idle_above=3)) as sluice:
+            def parked():
+                return sluice.metrics()["sluice_clients_parked"]
+            conns = [psycopg.connect(sluice.dsn(), autocommit=True) for _ in range(3)]
+            try:
+                first = conns[0]
+                first.pgconn.prepare(b"twice", b"SELECT $1::int * 2")
+                first.execute("SET search_path TO park_test, public")
+                for c in conns:
+                    self.assertEqual(c.execute("SELECT 1").fetchone(), (1,))
+                time.sleep(0.3)
+                self.assertEqual(parked(), 0, "3 clients, park_idle_above 3: nobody parks")
+                conns.append(psycopg.connect(sluice.dsn(), autocommit=True))
+                conns[3].execute("SELECT 1")
+                # The three that were waiting in a coroutine park too, not only the newcomer.
+                wait_for(lambda: parked() == 4, what="4 parked clients")
+                res = first.pgconn.exec_prepared(b"twice", [b"21"])
+                self.assertEqual(res.get_value(0, 0), b"42", res.error_message)
+                self.assertEqual(first.execute("SHOW search_path").fetchone(),
+                                 ("park_test, public",))
+                for c in conns[1:]:
+                    self.assertEqual(c.execute("SHOW search_path").fetchone(),
+                                     ('"$user", public',))
+                wait_for(lambda: parked() == 4, what="the clients parked again")
+            finally:
+                for c in conns:
+                    c.close()
+            wait_for(lambda: parked() == 0, what="closed clients no longer parked")
+
+
 class ManyClients(unittest.TestCase):
     """2000 clients over pool_size 20: pgbench with 0 failed transactions, and the primary never
     sees more than 20 (+ reserve) sluice connections."""

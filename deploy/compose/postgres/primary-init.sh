@@ -4,7 +4,7 @@
 set -euo pipefail
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
   -v app_password="$APP_PASSWORD" -v repl_password="$REPLICATION_PASSWORD" <<'SQL'
-CREATE ROLE app LOGIN PASSWORD :'app_password';
+CREATE ROLE app LOGIN REPLICATION PASSWORD :'app_password';
 CREATE ROLE replicator REPLICATION LOGIN PASSWORD :'repl_password';
 CREATE DATABASE appdb OWNER app;
 SELECT pg_create_physical_replication_slot('replica1');

@@ -220,7 +220,8 @@ TEST_CASE("routing keys: policy, lag limits, read-your-writes, weights, the heal
                        "primary_weight: 2, all_replicas_banned: error, max_replica_lag_bytes: "
                        "1000, max_replica_lag_seconds: 500ms, ban_time: 3s, read_your_writes: "
                        "window, read_your_writes_window: 250ms, catalog_refresh: 5m, "
-                       "health_user: ops }\n");
+                       "health_user: ops, read_consistency: eventual, max_consistency_wait: "
+                       "50ms }\n");
   const auto& r = c->routing;
   CHECK(r.enabled);
   CHECK(r.load_balancing == Routing::Balance::kLeastOutstanding);
@@ -233,11 +234,15 @@ TEST_CASE("routing keys: policy, lag limits, read-your-writes, weights, the heal
   CHECK(r.read_your_writes == Routing::ReadYourWrites::kWindow);
   CHECK(r.read_your_writes_window == Duration(250));
   CHECK(r.catalog_refresh == Duration(300'000));
+  CHECK(r.read_consistency == Routing::Consistency::kEventual);
+  CHECK(r.max_consistency_wait == Duration(50));
   CHECK(c->health_user()->name == "ops");
   CHECK(c->databases.at("appdb").replicas.at(0).weight == 3);
 
   auto defaults = load_string(base);
   CHECK(defaults->routing.read_your_writes == Routing::ReadYourWrites::kLsn);
+  CHECK(defaults->routing.read_consistency == Routing::Consistency::kGlobal);
+  CHECK(defaults->routing.max_consistency_wait == Duration(20));
   CHECK(defaults->routing.primary_reads == Routing::PrimaryReads::kFallbackOnly);
   CHECK(defaults->health_user()->name == "app");  // not the admin-only user
   CHECK_FALSE(load_string(base + "routing: { enabled: false }\n")->routing.enabled);
@@ -245,6 +250,11 @@ TEST_CASE("routing keys: policy, lag limits, read-your-writes, weights, the heal
   CHECK_THAT(error_of(base + "routing: { read_your_writes: always }\n"),
              Contains("test.yaml:9: key 'routing.read_your_writes': expected one of off | "
                       "window | lsn"));
+  CHECK_THAT(error_of(base + "routing: { read_consistency: strong }\n"),
+             Contains("test.yaml:9: key 'routing.read_consistency': expected one of global | "
+                      "session | eventual"));
+  CHECK_THAT(error_of(base + "routing: { max_consistency_wait: 1m }\n"),
+             Contains("key 'routing.max_consistency_wait': must be at most 10s"));
   CHECK_THAT(error_of(base + "routing: { health_user: nobody }\n"),
              Contains("key 'routing.health_user': user 'nobody' is not listed under users"));
   CHECK_THAT(error_of(base + "routing: { ban_tme: 1s }\n"), Contains("did you mean 'ban_time'"));
@@ -294,6 +304,40 @@ TEST_CASE("cache keys: Redis, TTLs, sizes, rules, RLS; errors name the key") {
              Contains("cache.rules[0].action"));
   CHECK_THAT(error_of(base + "cache:\n  rls: always\n"), Contains("cache.rls"));
   CHECK_THAT(error_of(base + "cache:\n  ttl: 5s\n"), Contains("cache.ttl"));
+}
+
+TEST_CASE("cache: the WAL follower and admission; errors name the key and line") {
+  const std::string base =
+      "databases:\n  d:\n    primary: {host: h}\nusers:\n  - {name: u, password: p}\n";
+  auto d = load_string(base + "cache: {redis: 'redis://r:6379'}\n");
+  CHECK(d->cache.follow_wal);
+  CHECK(d->cache.follows_wal());
+  CHECK(d->cache.max_invalidation_lag == std::chrono::seconds(1));
+  CHECK(d->cache.wal_slot == "sluice");
+  CHECK(d->cache.wal_publication == "sluice");
+  CHECK(d->cache.admit_repeated);
+  CHECK(d->cache.admit_after == std::chrono::milliseconds(10));
+  auto c = load_string(base +
+                       "cache:\n  redis: redis://r:6379\n  follow_wal: false\n"
+                       "  max_invalidation_lag: 250ms\n  wal_slot: proxy_cache\n"
+                       "  wal_publication: everything\n  admission: always\n"
+                       "  admit_after: 50ms\n");
+  CHECK_FALSE(c->cache.follows_wal());
+  CHECK(c->cache.max_invalidation_lag == std::chrono::milliseconds(250));
+  CHECK(c->cache.wal_slot == "proxy_cache");
+  CHECK(c->cache.wal_publication == "everything");
+  CHECK_FALSE(c->cache.admit_repeated);
+  CHECK(c->cache.admit_after == std::chrono::milliseconds(50));
+  // Without Redis, or with invalidation off, nothing follows.
+  CHECK_FALSE(load_string(base)->cache.follows_wal());
+  CHECK_FALSE(load_string(base + "cache: {redis: 'redis://r:6379', invalidation: false}\n")
+                  ->cache.follows_wal());
+  CHECK_THAT(error_of(base + "cache:\n  max_invalidation_lag: 10ms\n"),
+             Contains("test.yaml:7: key 'cache.max_invalidation_lag'"));
+  CHECK_THAT(error_of(base + "cache:\n  wal_slot: My-Slot\n"),
+             Contains("test.yaml:7: key 'cache.wal_slot'"));
+  CHECK_THAT(error_of(base + "cache:\n  wal_publication: ''\n"), Contains("cache.wal_publication"));
+  CHECK_THAT(error_of(base + "cache:\n  admission: sometimes\n"), Contains("cache.admission"));
 }
 
 TEST_CASE("mongo: section, static servers, uri and cache rules") {

@@ -100,6 +100,37 @@ TEST_CASE("hints and sluice's own statements") {
   CHECK_FALSE(is_set_route_primary("SET sluice.route = primary; SELECT 1"));
 }
 
+TEST_CASE("reads whose answer names the server go to the primary, as reads") {
+  auto primary = [](std::string_view sql) {
+    auto f = read_facts(sql);
+    return f.parsed && f.read && f.server_identity;
+  };
+  CHECK(primary("SELECT pg_backend_pid()"));
+  CHECK(primary("SELECT pg_catalog.pg_backend_pid()"));
+  CHECK(primary("SELECT 1, pg_backend_pid()"));
+  CHECK(primary("select a from t where b = 1 + pg_backend_pid()"));
+  CHECK(primary("SELECT (SELECT pg_backend_pid() FROM t LIMIT 1)"));
+  CHECK(primary("SELECT pg_postmaster_start_time(), pg_conf_load_time()"));
+  CHECK(primary("SELECT pg_current_logfile('stderr')"));
+  CHECK(primary("SELECT pg_blocking_pids($1)"));
+  CHECK(primary("SELECT pg_safe_snapshot_blocking_pids(123)"));
+  CHECK(primary("SELECT * FROM pg_stat_get_activity(NULL)"));
+  CHECK(primary("SELECT pg_stat_get_backend_pid(s) FROM pg_stat_get_backend_idset() s"));
+  CHECK(primary("SELECT pg_catalog.pg_stat_get_backend_activity(1)"));
+  CHECK(primary("SELECT 1; SELECT pg_backend_pid()"));
+  // Where-am-I probes, other reads, and functions of the same name in another schema.
+  CHECK_FALSE(read_facts("SELECT pg_is_in_recovery()").server_identity);
+  CHECK_FALSE(read_facts("SELECT now()").server_identity);
+  CHECK_FALSE(read_facts("SELECT inet_server_addr(), inet_server_port()").server_identity);
+  CHECK_FALSE(read_facts("SELECT pg_stat_get_numscans(1)").server_identity);
+  CHECK_FALSE(read_facts("SELECT app.pg_backend_pid()").server_identity);
+  CHECK_FALSE(read_facts("SELECT backend_pid FROM pg_backend_pids").server_identity);
+  CHECK(names_server({"", "pg_backend_pid", 0}));
+  CHECK(names_server({"pg_catalog", "pg_stat_get_backend_idset", 0}));
+  CHECK_FALSE(names_server({"public", "pg_backend_pid", 0}));
+  CHECK_FALSE(names_server({"", "pg_is_in_recovery", 0}));
+}
+
 TEST_CASE("the catalog: volatile or unknown functions may write, overloads and schemas count") {
   FunctionCatalog c;
   c.add("pg_catalog", "nextval", 'v');

@@ -1,8 +1,11 @@
-// Replica bans, lag, read-your-writes positions and load balancing, with time passed in.
+// Replica bans, lag, read-your-writes and read-consistency positions, load balancing, with
+// time passed in.
 #include "routing/replicas.hpp"
 
 #include <catch2/catch.hpp>
 #include <map>
+
+#include "routing/positions.hpp"
 
 using namespace sluice::routing;
 using namespace std::chrono_literals;
@@ -114,6 +117,66 @@ TEST_CASE("read-your-writes: only replicas that replayed the client's LSN, else 
   CHECK(behind.node == ReplicaSet::kPrimary);
   CHECK(behind.behind);
   set.finished(behind.node);
+}
+
+TEST_CASE("read consistency: a replica short of the position may be asked; fresher positions") {
+  ReplicaSet set({{"r1", 1}, {"r2", 1}}, RoutingPolicy{});
+  set.primary_sample(t0, 500);
+  set.replica_checked("r1", t0, healthy(300));
+  set.replica_checked("r2", t0, healthy(350));
+  auto primary = set.pick(400, t0, 0, false);
+  CHECK(primary.node == ReplicaSet::kPrimary);
+  CHECK(primary.behind);
+  CHECK_FALSE(primary.wait);
+  set.finished(primary.node);
+  auto ask = set.pick(400, t0, 0, true);
+  CHECK(ask.node >= 0);
+  CHECK(ask.wait);
+  CHECK_FALSE(ask.behind);
+  set.finished(ask.node);
+  // A session read r1's position on its own connection: r1 serves at once, r2 is still short.
+  set.replayed(0, 420);
+  set.replayed(0, 410);  // positions only grow
+  for (int i = 0; i < 3; ++i) {
+    auto p = set.pick(400, t0, 0, true);
+    CHECK(p.node == 0);
+    CHECK_FALSE(p.wait);
+    set.finished(p.node);
+  }
+  CHECK(set.pick(415, t0, 0, true).node == 0);
+  set.finished(0);
+  // Every replica banned: no waiting, the primary.
+  set.report_failure("r1", t0, "x");
+  set.report_failure("r2", t0, "x");
+  auto banned = set.pick(400, t0, 0, true);
+  CHECK(banned.node == ReplicaSet::kPrimary);
+  CHECK_FALSE(banned.wait);
+}
+
+TEST_CASE("WAL positions: readings after a moment, per-relation commit marks") {
+  WalPositions w;
+  const auto t = WalPositions::Clock::time_point{} + 1000h;
+  CHECK_FALSE(w.readable("db"));
+  CHECK_FALSE(w.primary_since("db", t));
+  w.primary_read("db", t, 100);
+  CHECK(w.readable("db"));
+  CHECK(w.primary_since("db", t) == Lsn{100});
+  CHECK_FALSE(w.primary_since("db", t + 1ms));  // begun before the commit: not proof
+  w.primary_read("db", t - 1s, 90);             // an older reading finishing late
+  CHECK(w.primary_last("db") == 100);
+  w.primary_read("db", t + 2ms, 130);
+  CHECK(w.primary_since("db", t + 1ms) == Lsn{130});
+
+  CHECK(w.mark("db", std::vector<std::uint32_t>{1, 2}) == 0);
+  w.committed("db", 200, {1});
+  w.committed("db", 150, {1, 2});
+  CHECK(w.mark("db", std::vector<std::uint32_t>{1}) == 200);
+  CHECK(w.mark("db", std::vector<std::uint32_t>{2}) == 150);
+  CHECK(w.mark("db", std::vector<std::uint32_t>{3}) == 0);  // never written: no wait
+  CHECK(w.mark("db", std::nullopt) == 200);                 // relations unknown: the latest
+  w.committed("db", 250, {}, true);                         // wrote who knows what
+  CHECK(w.mark("db", std::vector<std::uint32_t>{3}) == 250);
+  CHECK(w.mark("other", std::nullopt) == 0);
 }
 
 TEST_CASE("load balancing: weighted round robin, least outstanding, primary_reads") {
