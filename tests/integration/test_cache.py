@@ -118,12 +118,18 @@ def cross_instance_stale(a, b, rounds):
     with psycopg.connect(a.dsn(), autocommit=True) as writer:
         for k in range(1, rounds + 1):
             sql = f"SELECT v FROM {XTABLE} WHERE id = {k}"
-            hits0, _, _ = cache_counts(b)
-            for _ in range(2):
+            # B reads the row until a read is a hit (the row is cached on B). A WAL follower
+            # bumps each write once more when it reads the commit; the wait at the end of the
+            # round keeps that second bump from dropping the copy B stores here.
+            for _ in range(10):
+                hits0, _, _ = cache_counts(b)
                 with psycopg.connect(b.dsn(), autocommit=True) as r:
                     old = r.execute(sql).fetchone()[0]
-            hits1, _, _ = cache_counts(b)
-            assert hits1 == hits0 + 1, f"round {k}: the second read on B was not a hit"
+                hits1, _, _ = cache_counts(b)
+                if hits1 == hits0 + 1:
+                    break
+            assert hits1 == hits0 + 1, f"round {k}: no read on B was a hit"
+            followed = follower_commits(a, b)
             new = writer.execute(f"UPDATE {XTABLE} SET v = v + 1 WHERE id = %s RETURNING v",
                                  (k,)).fetchone()[0]
             assert new == old + 1
@@ -139,7 +145,19 @@ def cross_instance_stale(a, b, rounds):
                     stale.append(f"round {k}: B served {got} in a read begun {began:.2f} s "
                                  f"after A wrote {new}")
                     break
+            if followers(a, b):
+                wait_for(lambda: follower_commits(a, b) > followed, timeout=10,
+                         what=f"the WAL follower to read round {k}'s commit")
     return stale, delays
+
+
+def followers(*instances):
+    """How many of `instances` follow the WAL (hold the follower lease)."""
+    return sum(metric(s, "sluice_wal_follower_leader") for s in instances)
+
+
+def follower_commits(*instances):
+    return sum(metric(s, "sluice_wal_follower_commits_total") for s in instances)
 
 
 def run_checker(instances, clients, operations, seed, tokens=True):
