@@ -39,6 +39,9 @@ std::string lease_key(const std::string& ns) {
 std::string fresh_key(const std::string& ns) {
   return "sluice:f:" + ns;
 }
+std::string newest_relation_key(const std::string& ns) {
+  return "sluice:o:" + ns;
+}
 
 std::string instance_id() {
   std::random_device rd;
@@ -65,6 +68,21 @@ awaitable<bool> run_script(cache::Cache* cache, const char* body, std::string ke
   if (!arg2.empty()) args.push_back(std::move(arg2));
   auto reply = co_await cache->redis(std::move(args));
   co_return reply && !reply->error() && reply->integer == 1;
+}
+
+// The integer stored at `key`: -1 when there is none, nullopt when Redis does not answer.
+awaitable<std::optional<std::int64_t>> get_integer(cache::Cache* cache, std::string key) {
+  std::vector<std::string> args{"GET", std::move(key)};
+  auto reply = co_await cache->redis(std::move(args));
+  if (!reply || reply->error()) co_return std::nullopt;
+  if (reply->type == cache::RedisReply::Type::kNil) co_return -1;
+  co_return std::atoll(reply->str.c_str());
+}
+
+awaitable<bool> set_value(cache::Cache* cache, std::string key, std::string value) {
+  std::vector<std::string> args{"SET", std::move(key), std::move(value)};
+  auto reply = co_await cache->redis(std::move(args));
+  co_return reply && !reply->error();
 }
 
 awaitable<bool> bump_commit(cache::Cache* cache, std::string ns, cache::Writes w, std::uint64_t lsn,
@@ -105,14 +123,15 @@ void App::start_follower(const config::Config& cfg) {
   auto& loop = *loops_.front();
   Runtime* rt = rt_.get();
   auto id = std::make_shared<const std::string>(instance_id());
-  auto on_loop = [&loop](auto make) -> std::optional<bool> {
+  auto on_loop = [&loop](auto make) {
+    using T = typename decltype(make())::value_type;
     auto fut = asio::co_spawn(loop, make(), asio::use_future);
-    if (fut.wait_for(kHookTimeout) != std::future_status::ready) return std::nullopt;
+    if (fut.wait_for(kHookTimeout) != std::future_status::ready) return std::optional<T>{};
     try {
-      return fut.get();
+      return std::optional<T>{fut.get()};
     } catch (const std::exception& e) {  // the loop went away, or the Redis work threw
       spdlog::warn("cache: WAL follower: {}", e.what());
-      return std::nullopt;
+      return std::optional<T>{};
     }
   };
   WalFollower::Hooks hooks;
@@ -136,6 +155,15 @@ void App::start_follower(const config::Config& cfg) {
     on_loop([&] {
       return run_script(c, kFreshScript, fresh_key(ns), std::to_string(fresh_ms), "600000");
     });
+  };
+  hooks.newest_relation = [on_loop, c](const std::string& ns) -> std::optional<std::uint64_t> {
+    auto got = on_loop([&] { return get_integer(c, newest_relation_key(ns)); });
+    if (!got || !*got || **got < 0) return std::nullopt;
+    return static_cast<std::uint64_t>(**got);
+  };
+  hooks.note_newest_relation = [on_loop, c](const std::string& ns, std::uint64_t oid) {
+    return on_loop([&] { return set_value(c, newest_relation_key(ns), std::to_string(oid)); })
+        .value_or(false);
   };
   // A catalog the follower found out of date names relations by old OIDs until it is fetched
   // again: meanwhile names cannot be told (0), and each commit bumps the database's epoch.

@@ -111,6 +111,7 @@ void WalFollower::Worker::follow_once() {
   writes_.clear();
   probes_.clear();
   relations_.clear();
+  newest_relation_ = 0;  // another follower may have followed meanwhile: Redis has its reading
   if (!last_error_.empty() || status().state != "following")
     spdlog::info("cache: WAL follower of database \"{}\" follows slot {} ({})", t_.database,
                  t_.slot, pgoutput_ ? "pgoutput, publication " + t_.publication : "test_decoding");

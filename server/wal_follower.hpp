@@ -54,6 +54,10 @@ class WalFollower {
         bump;
     // Every commit on the primary before the wall-clock time `fresh_ms` is bumped.
     std::function<void(const std::string& ns, std::int64_t fresh_ms)> fresh;
+    // The newest permanent relation's OID as the last follower of `ns` recorded it (nullopt:
+    // none recorded, or Redis did not answer), and recording it (true once Redis has it).
+    std::function<std::optional<std::uint64_t>(const std::string& ns)> newest_relation;
+    std::function<bool(const std::string& ns, std::uint64_t oid)> note_newest_relation;
     // A published relation changed shape (a Relation message that differs from the last one).
     std::function<void(const std::string& db)> catalog_changed;
     // The OID of relation schema.name of `db` in the cache's catalog (test_decoding names them);

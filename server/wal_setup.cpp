@@ -139,16 +139,25 @@ bool WalFollower::Worker::probe_primary(PGconn* probe) {
   auto lsn = parse_lsn(r.get(0, 0));
   if (!lsn) return true;
   const auto newest = static_cast<std::uint64_t>(std::atoll(r.get(0, 1)));
-  if (newest_relation_ != 0 && newest != newest_relation_) {
-    // Every instance's catalog may name an old OID: the database's epoch and a fresh catalog
-    // everywhere, before this reading can vouch for anything.
-    cache::Writes w;
-    w.unknown = true;
-    w.catalog_change = true;
-    hooks_.catalog_changed(t_.database);
-    if (!bump(w, *lsn)) return false;
+  if (newest != newest_relation_) {
+    // The baseline: this follower's last reading, or at its start the last follower's (in
+    // Redis). A catalog loaded before this follower started may predate a table created since;
+    // with no baseline the change cannot be ruled out.
+    std::optional<std::uint64_t> before;
+    if (newest_relation_ != 0) before = newest_relation_;
+    else before = hooks_.newest_relation(ns_);
+    if (!before || *before != newest) {
+      // Every instance's catalog may name an old OID: the database's epoch and a fresh catalog
+      // everywhere, before this reading can vouch for anything.
+      cache::Writes w;
+      w.unknown = true;
+      w.catalog_change = true;
+      hooks_.catalog_changed(t_.database);
+      if (!bump(w, *lsn)) return false;
+    }
+    // Not recorded: the next probe looks again (and bumps again if it cannot tell).
+    if (hooks_.note_newest_relation(ns_, newest)) newest_relation_ = newest;
   }
-  newest_relation_ = newest;
   // At the start of a page the insert position names the first byte after the page header,
   // where the stream's positions name the page boundary: nothing lies between the two.
   const auto in_page = *lsn % kWalPage;
