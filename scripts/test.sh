@@ -2,7 +2,7 @@
 # Runs every sluice test on this machine: installs what is missing (Debian packages), builds the
 # release and the ASan+UBSan builds, runs unit and integration tests (real PostgreSQL primary +
 # replica + Redis, started and stopped by ctest) on both, then a short libFuzzer pass.
-#   SLUICE_PGBENCH_SECONDS  length of each pgbench run in the release pass (default 30)
+#   SLUICE_PGBENCH_SECONDS  length of each of the nine pgbench runs in the release pass (default 15)
 #   SLUICE_MANY_CLIENTS_SECONDS  length of the 2000-client run in the release pass (default 60)
 #   SLUICE_WAL_TRIALS       direct-write trials of test_wal_follower in the release pass (150)
 #   SLUICE_FUZZ_SECONDS     seconds per fuzz target (default 30; 0 skips fuzzing)
@@ -15,7 +15,7 @@ echo "== release build"
 cmake --preset release -G Ninja -DSLUICE_WERROR=ON >/dev/null
 cmake --build --preset release -j "$jobs"
 echo "== release tests (unit + integration)"
-SLUICE_PGBENCH_SECONDS=${SLUICE_PGBENCH_SECONDS:-30} SLUICE_WAL_TRIALS=${SLUICE_WAL_TRIALS:-150} \
+SLUICE_PGBENCH_SECONDS=${SLUICE_PGBENCH_SECONDS:-15} SLUICE_WAL_TRIALS=${SLUICE_WAL_TRIALS:-150} \
   ctest --preset release -j "$jobs"
 
 echo "== ASan+UBSan build"
