@@ -42,7 +42,8 @@ return out
 )lua";
 
 // KEYS: version, lsn pairs. ARGV: lsn (16 hex digits), channel, message, the database's
-// latest-write mark key. A mark only grows; "ffffffffffffffff" (an unknown LSN, as releases
+// latest-write mark key, the catalog generation key to increment ("" when relations did not
+// change). A mark only grows; "ffffffffffffffff" (an unknown LSN, as releases
 // before 2026-12 stored it) is replaced by the first real one.
 constexpr std::string_view kBumpScript = R"lua(
 local function raise(k)
@@ -58,6 +59,7 @@ for i = 1, #KEYS, 2 do
   raise(KEYS[i + 1])
 end
 raise(ARGV[4])
+if ARGV[5] ~= '' then redis.call('INCR', ARGV[5]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 )lua";
@@ -359,8 +361,28 @@ bool Cache::catalog_wanted(const std::string& db, Steady::time_point now,
   std::lock_guard lock(mu_);
   auto& e = catalogs_[db];
   const bool wanted = !e.catalog || e.stale || now - e.loaded >= refresh;
-  if (wanted) e.asked = ++catalog_clock_;
+  if (wanted) {
+    e.asked = ++catalog_clock_;
+    e.generation_asked = e.generation_seen;
+  }
   return wanted;
+}
+
+std::string Cache::catalog_generation_key(const std::string& ns) {
+  return "sluice:c:" + ns;
+}
+
+void Cache::note_catalog_generation(const std::string& db, std::int64_t generation) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = catalogs_.find(db);
+    if (it == catalogs_.end() || !it->second.catalog) return;
+    auto& e = it->second;
+    e.generation_seen = generation;
+    // Being fetched again already, or asked for under this generation.
+    if (e.stale || e.generation == generation) return;
+  }
+  catalog_changed(db);
 }
 
 void Cache::set_functions(const std::string& db,
@@ -390,6 +412,7 @@ void Cache::set_catalog(const std::string& db, std::shared_ptr<const DbCatalog> 
     to.lsn = std::max(to.lsn, copy.lsn);
   }
   e.catalog = std::move(catalog);
+  e.generation = e.generation_asked;  // a change since: the next reading fetches it again
   e.loaded = Steady::now();
   e.stale = e.changed > e.asked;  // a change after the fetch was asked for: fetch again
 }
@@ -1053,6 +1076,7 @@ awaitable<bool> Cache::send_bump(const std::string& ns, const std::vector<std::u
   eval.push_back(std::string(kChannel));
   eval.push_back(message);
   eval.push_back(latest_key(ns));
+  eval.push_back(catalog_change ? catalog_generation_key(ns) : std::string());
   auto r = co_await conn->command(std::move(eval));
   const bool ok = r && !r->error();
   if (ok) forget_versions(message);  // before the writer's client goes on

@@ -158,6 +158,11 @@ class Cache {
   std::shared_ptr<const routing::FunctionCatalog> functions(const std::string& db) const;
   void set_catalog(const std::string& db, std::shared_ptr<const DbCatalog> catalog);
   void catalog_changed(const std::string& db);
+  // The count of catalog changes in namespace `ns`, kept in Redis (every bump that changes
+  // relations increments it): an instance that missed the change's message, or whose fetch
+  // straddled the change, sees it move and fetches its catalog again.
+  static std::string catalog_generation_key(const std::string& ns);
+  void note_catalog_generation(const std::string& db, std::int64_t generation);
   // Called when a catalog goes out of date (to fetch it again soon); set before start().
   void on_catalog_stale(std::function<void()> f) {
     std::lock_guard lock(mu_);
@@ -294,6 +299,11 @@ class Cache {
     bool stale = true;
     std::uint64_t asked = 0;    // catalog_clock_ when a fetch was last asked for
     std::uint64_t changed = 0;  // ... when it last went out of date
+    // catalog_generation_key's value: as last read from Redis, when the fetch was asked for,
+    // and the one the catalog in use was asked under (-1: not known).
+    std::int64_t generation_seen = -1;
+    std::int64_t generation_asked = -1;
+    std::int64_t generation = -1;
   };
   mutable std::uint64_t catalog_clock_ = 0;
   std::map<std::string, CatalogEntry> catalogs_;

@@ -95,7 +95,9 @@ awaitable<bool> bump_commit(cache::Cache* cache, std::string ns, cache::Writes w
 
 void App::start_follower(const config::Config& cfg) {
   auto* cache = rt_->redis_cache();
-  if (!cache || !cfg.cache.follows_wal()) return;
+  if (!cache) return;
+  asio::co_spawn(*loops_.front(), freshness_loop(), log_exceptions("cluster state"));
+  if (!cfg.cache.follows_wal()) return;
   const auto* login = cfg.health_user();
   if (!login) {
     spdlog::error(
@@ -196,10 +198,11 @@ void App::start_follower(const config::Config& cfg) {
   };
   rt_->follower = std::make_shared<WalFollower>(std::move(targets), std::move(hooks));
   rt_->follower->start();
-  asio::co_spawn(loop, freshness_loop(), log_exceptions("wal freshness"));
 }
 
-// Every instance (the follower's too) learns from Redis how fresh each database's versions are.
+// Every instance (the follower's too) learns from Redis, every kProbeInterval, how fresh each
+// database's versions are (the WAL follower's stamp) and whether its catalog changed since it
+// was fetched (a change whose message this instance missed, or that a fetch straddled).
 awaitable<void> App::freshness_loop() {
   auto ex = co_await asio::this_coro::executor;
   asio::steady_timer timer(ex);
@@ -207,19 +210,31 @@ awaitable<void> App::freshness_loop() {
     timer.expires_after(WalFollower::kProbeInterval);
     co_await timer.async_wait(use_nothrow);
     auto cfg = rt_->config();
-    std::vector<std::string> namespaces;
+    const bool follows = cfg->cache.follows_wal();
+    std::vector<std::pair<std::string, std::string>> dbs;  // name, namespace
     for (const auto& [name, db] : cfg->databases) {
-      if (auto catalog = rt_->cache->catalog(name)) namespaces.push_back(catalog->ns);
+      if (auto catalog = rt_->cache->catalog(name)) dbs.emplace_back(name, catalog->ns);
     }
-    if (namespaces.empty()) continue;
+    if (dbs.empty()) continue;
     std::vector<std::string> args{"MGET"};
-    for (const auto& ns : namespaces) args.push_back(fresh_key(ns));
+    for (const auto& [name, ns] : dbs) {
+      args.push_back(cache::Cache::catalog_generation_key(ns));
+      if (follows) args.push_back(fresh_key(ns));
+    }
     auto reply = co_await rt_->cache->redis(std::move(args));
-    if (!reply || reply->type != cache::RedisReply::Type::kArray) continue;
-    for (std::size_t i = 0; i < namespaces.size() && i < reply->elements.size(); ++i) {
-      const auto& e = reply->elements[i];
-      if (e.type == cache::RedisReply::Type::kString)
-        rt_->cache->note_fresh(namespaces[i], std::atoll(e.str.c_str()));
+    if (!reply || reply->type != cache::RedisReply::Type::kArray ||
+        reply->elements.size() != dbs.size() * (follows ? 2 : 1))
+      continue;
+    std::size_t i = 0;
+    for (const auto& [name, ns] : dbs) {
+      const auto& generation = reply->elements[i++];
+      rt_->cache->note_catalog_generation(name, generation.type == cache::RedisReply::Type::kString
+                                                    ? std::atoll(generation.str.c_str())
+                                                    : 0);
+      if (!follows) continue;
+      const auto& fresh = reply->elements[i++];
+      if (fresh.type == cache::RedisReply::Type::kString)
+        rt_->cache->note_fresh(ns, std::atoll(fresh.str.c_str()));
     }
   }
 }

@@ -144,8 +144,10 @@ bool WalFollower::Worker::probe_primary(PGconn* probe) {
     // Redis). A catalog loaded before this follower started may predate a table created since;
     // with no baseline the change cannot be ruled out.
     std::optional<std::uint64_t> before;
-    if (newest_relation_ != 0) before = newest_relation_;
-    else before = hooks_.newest_relation(ns_);
+    if (newest_relation_ != 0)
+      before = newest_relation_;
+    else
+      before = hooks_.newest_relation(ns_);
     if (!before || *before != newest) {
       // Every instance's catalog may name an old OID: the database's epoch and a fresh catalog
       // everywhere, before this reading can vouch for anything.

@@ -289,6 +289,38 @@ TEST_CASE("a catalog fetched from before a DDL does not end the staleness the DD
   CHECK(cache.catalog("db") == catalog);
 }
 
+TEST_CASE("a catalog is fetched again when the cluster's catalog generation moves") {
+  sluice::config::Cache cfg;
+  cfg.redis = "redis://127.0.0.1:1";
+  Cache cache(cfg);
+  const auto now = std::chrono::steady_clock::now();
+  const auto refresh = std::chrono::seconds(60);
+  auto catalog = std::make_shared<DbCatalog>();
+  catalog->functions = std::make_shared<sluice::routing::FunctionCatalog>();
+  catalog->ns = "1/db";
+  CHECK(cache.catalog_wanted("db", now, refresh));
+  cache.set_catalog("db", catalog);
+  // Fetched before any generation was read: whether it predates a change is not known.
+  cache.note_catalog_generation("db", 4);
+  CHECK(cache.catalog("db") == nullptr);
+  CHECK(cache.catalog_wanted("db", now, refresh));
+  cache.set_catalog("db", catalog);  // asked for under generation 4
+  cache.note_catalog_generation("db", 4);
+  CHECK(cache.catalog("db") == catalog);
+  // A change whose message this instance missed: the generation moves.
+  cache.note_catalog_generation("db", 5);
+  CHECK(cache.catalog("db") == nullptr);
+  CHECK(cache.catalog_wanted("db", now, refresh));
+  cache.note_catalog_generation("db", 6);  // another change while the fetch runs
+  cache.set_catalog("db", catalog);        // ... asked for under 5
+  cache.note_catalog_generation("db", 6);
+  CHECK(cache.catalog("db") == nullptr);
+  CHECK(cache.catalog_wanted("db", now, refresh));
+  cache.set_catalog("db", catalog);
+  cache.note_catalog_generation("db", 6);
+  CHECK(cache.catalog("db") == catalog);
+}
+
 TEST_CASE("a trigger on any relation a write reaches flushes the database") {
   sluice::config::Cache cfg;
   cfg.redis = "redis://127.0.0.1:1";
