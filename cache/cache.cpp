@@ -381,6 +381,12 @@ void Cache::note_catalog_generation(const std::string& db, std::int64_t generati
     e.generation_seen = generation;
     // Being fetched again already, or asked for under this generation.
     if (e.stale || e.generation == generation) return;
+    // The first reading for a catalog fetched before any: changes during that fetch came as
+    // messages (mark_stale), so this one is taken as the catalog's own.
+    if (e.generation == -1) {
+      e.generation = generation;
+      return;
+    }
   }
   catalog_changed(db);
 }
@@ -442,7 +448,9 @@ void Cache::mark_stale(const std::string& ns) {
   {
     std::lock_guard lock(mu_);
     for (auto& [db, e] : catalogs_) {
-      if (!e.catalog || e.catalog->ns != ns) continue;
+      // A first fetch still under way (its namespace not known yet) may have read the catalog
+      // from before the change: it is fetched again when it lands.
+      if (e.catalog && e.catalog->ns != ns) continue;
       e.stale = true;
       e.changed = ++catalog_clock_;
     }
