@@ -51,8 +51,15 @@ if ! id sluicetest >/dev/null 2>&1; then
 fi
 # node-postgres for the driver tests (npm registry; Node itself comes with the machine — Debian's
 # nodejs/npm packages conflict with it). Without npm those tests are skipped, loudly.
+# Only when package-lock.json changed since the last install: `npm ci` deletes node_modules first,
+# and deploy/demo.sh runs this script while tests may be running those modules' programs.
 if command -v npm >/dev/null 2>&1; then
-  (cd "$(dirname "$0")/../tests/integration/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  node_dir="$(dirname "$0")/../tests/integration/node"
+  lock_sum=$(sha256sum "$node_dir/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$node_dir/node_modules/.sluice-installed" 2>/dev/null)" != "$lock_sum" ]; then
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$lock_sum" >"$node_dir/node_modules/.sluice-installed"
+  fi
 else
   echo "setup: WARNING: npm not found; the node-postgres tests will be skipped"
 fi
