@@ -21,10 +21,11 @@ SLUICE_PGBENCH_SECONDS=${SLUICE_PGBENCH_SECONDS:-15} SLUICE_WAL_TRIALS=${SLUICE_
 echo "== ASan+UBSan build"
 cmake --preset debug -G Ninja -DSLUICE_WERROR=ON >/dev/null
 cmake --build --preset debug -j "$jobs"
+# One test at a time: ASan's slower timing already stretches the latency-bound suites.
 echo "== ASan+UBSan tests (unit + integration, shorter pgbench)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   SLUICE_PGBENCH_SECONDS=5 SLUICE_MANY_CLIENTS_SECONDS=10 SLUICE_CONSISTENCY_ITERATIONS=200 \
-  SLUICE_CONSISTENCY_CHECKER_OPS=4000 SLUICE_WAL_TRIALS=100 ctest --preset debug -j "$jobs"
+  SLUICE_CONSISTENCY_CHECKER_OPS=4000 SLUICE_WAL_TRIALS=100 ctest --preset debug
 
 fuzz_seconds=${SLUICE_FUZZ_SECONDS:-30}
 if [ "$fuzz_seconds" != 0 ]; then
