@@ -551,6 +551,15 @@ void Cache::note_outcome(const Lookup& l, bool hit) {
   }
 }
 
+bool Cache::marks_pending(const std::string& db, const std::string& ns,
+                          const std::vector<std::uint32_t>* oids) const {
+  if (!any_failed_) return false;
+  if (oids) return blocked(ns, *oids) || blocked("db:" + db, *oids);
+  std::lock_guard lock(mu_);
+  return failed_.contains(ns) || failed_.contains("db:" + db) ||
+         std::any_of(failed_.begin(), failed_.end(), [](const auto& f) { return f.second.global; });
+}
+
 bool Cache::blocked(const std::string& ns, const std::vector<std::uint32_t>& oids) const {
   if (!any_failed_) return false;
   std::lock_guard lock(mu_);
@@ -758,7 +767,11 @@ awaitable<std::optional<std::uint64_t>> Cache::read_marks(
   auto catalog = this->catalog(db);
   if (!catalog) co_return std::nullopt;
   std::vector<std::string> mget{"MGET"};
-  if (auto oids = relations_of(db, sqls, role, search_path)) {
+  auto oids = relations_of(db, sqls, role, search_path);
+  // A write whose bump has not reached Redis yet (Redis slow or reconnecting on that write's
+  // event loop) left no mark there: until the retry lands, the marks cannot vouch for it.
+  if (marks_pending(db, catalog->ns, oids ? &*oids : nullptr)) co_return std::nullopt;
+  if (oids) {
     for (auto oid : *oids) mget.push_back(lsn_key(catalog->ns, oid));
     mget.push_back(lsn_key(catalog->ns, 0));
   } else {

@@ -272,6 +272,10 @@ class Cache {
   void on_invalidation(std::string_view message);
   void wake(const std::shared_ptr<Flight>& f);
   bool blocked(const std::string& ns, const std::vector<std::uint32_t>& oids) const;
+  // Some write that may touch `oids` (any, when nullptr) of database `db` has a bump not yet
+  // in Redis: its commit mark is missing there.
+  bool marks_pending(const std::string& db, const std::string& ns,
+                     const std::vector<std::uint32_t>* oids) const;
   // The relations `sql` reads, added to `oids`; false when they cannot all be told.
   bool relations_read(const DbCatalog& catalog, std::string_view sql, const std::string& role,
                       const std::optional<std::string>& search_path,
