@@ -33,6 +33,8 @@ Probe readiness(Runtime& rt);
 // The WAL follower's freshness for `db` as every instance learns it (seconds behind now);
 // nullopt before it was ever fresh or before the database's catalog is loaded.
 std::optional<double> invalidation_lag_s(Runtime& rt, const std::string& db);
+// The query cache's and the WAL follower's metric families (observability_cache.cpp).
+void collect_cache(Runtime& rt, metrics::Writer& w);
 // /healthz: every event loop ran its heartbeat recently.
 Probe liveness(Runtime& rt);
 
