@@ -956,6 +956,16 @@ awaitable<Lookup> Cache::lookup_planned(std::shared_ptr<const Plan> plan, std::s
       }
     }
   }
+  if (l.flight) {
+    // A flight for this key may have landed between our GET and our taking the lead: its fill
+    // went to L1 before it left flights_, so L1 has it now (unless the fill was not stored).
+    if (auto v = l1_.get(l.key, Steady::now())) {
+      finish(l);
+      l.outcome = Lookup::Outcome::kHit;
+      l.value = std::move(v);
+      co_return l;
+    }
+  }
   if (waiter) {
     co_await waiter->async_wait(use_nothrow);
     if (auto v = l1_.get(l.key, Steady::now())) {
