@@ -286,10 +286,16 @@ class WalFollower(unittest.TestCase):
                                 timeout=10, interval=0.05, what="the survivor to follow")
                 time.sleep(4)
             hits = metric(other, "sluice_cache_hits_total")
+            lagged = metric(other, "sluice_cache_bypass_total", reason="invalidation_lag")
+            # The writers gone, the survivor's follower catches up and its cache serves again.
+            wait_hits(other, "SELECT v FROM wf_chk WHERE id = %s", (1,))
         print(f"\ndirect writers + takeover: {checker.summary()}; {hits:.0f} hits on the "
-              f"survivor, which followed {took:.2f} s after the kill")
+              f"survivor, which followed {took:.2f} s after the kill; {lagged:.0f} reads bypassed "
+              f"while its follower was over max_invalidation_lag behind")
         self.assertEqual(checker.violations, [])
-        self.assertGreater(hits, 100)
+        # The checker read cached rows (a slow machine's follower may fall over the lag bound
+        # under 300 direct writes a second: then hits stop, by design, and the reads say so).
+        self.assertTrue(hits > 100 or lagged > 0, f"{hits} hits, no read bypassed for lag")
         self.assertLess(took, 3.0 + 1.5)
 
     def test_restart_sluice_then_redis_under_direct_writes(self):
