@@ -22,8 +22,9 @@ void append(pg::Buffer& out, pg::Span bytes) {
   out.insert(out.end(), bytes.begin(), bytes.end());
 }
 
-char lower(char c) {
-  return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+// ASCII only (SQL keywords): no locale lookup per byte on every statement's text.
+constexpr char lower(char c) {
+  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
 }
 
 // Case-insensitive: does `hay` contain `needle` (lower case) at `at`?
@@ -35,10 +36,14 @@ bool word_at(std::string_view hay, std::size_t at, std::string_view needle) {
   return true;
 }
 
-bool contains(std::string_view hay, std::string_view needle) {
-  if (hay.size() < needle.size()) return false;
-  for (std::size_t i = 0; i + needle.size() <= hay.size(); ++i) {
-    if (lower(hay[i]) == needle[0] && word_at(hay, i, needle)) return true;
+// Does `hay` contain any of `needles` (lower case, not empty)? One pass over the text.
+template <std::size_t N>
+bool contains_any(std::string_view hay, const std::array<std::string_view, N>& needles) {
+  for (std::size_t i = 0; i < hay.size(); ++i) {
+    const char c = lower(hay[i]);
+    for (auto n : needles) {
+      if (n[0] == c && word_at(hay, i, n)) return true;
+    }
   }
   return false;
 }
@@ -171,9 +176,9 @@ bool may_start_with(std::string_view sql, const std::array<std::string_view, N>&
 
 bool may_affect_session(std::string_view sql) {
   // Anywhere in the text: functions and clauses that change or pin the session.
-  for (auto w : {"set_config", "advisory", "temp", "execute"}) {
-    if (contains(sql, w)) return true;
-  }
+  constexpr std::array<std::string_view, 4> anywhere = {"set_config", "advisory", "temp",
+                                                        "execute"};
+  if (contains_any(sql, anywhere)) return true;
   constexpr std::array<std::string_view, 8> leading = {"set",     "reset",  "prepare", "deallocate",
                                                        "discard", "listen", "declare", "load"};
   return may_start_with(sql, leading);

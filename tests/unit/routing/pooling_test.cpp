@@ -325,6 +325,10 @@ TEST_CASE("the cheap check lets ordinary statements skip the parser") {
   CHECK(may_affect_session("SELECT 1; RESET ALL"));
   CHECK(may_affect_session("SELECT pg_catalog.set_config('a', 'b', false)"));
   CHECK(may_affect_session("SELECT pg_advisory_lock(1)"));
+  CHECK(may_affect_session("SELECT PG_ADVISORY_UNLOCK_ALL()"));
+  CHECK(may_affect_session("create Temp table x (a int)"));
+  CHECK(may_affect_session("SELECT 1 FROM t -- exec ... EXECUTE"));
+  CHECK(!may_affect_session("SELECT 1 FROM t -- exec ... EXECUT"));
   CHECK(may_affect_session("CREATE TEMP TABLE x (a int)"));
   CHECK(may_affect_session("/* hi */ SET x = 1"));
   CHECK(may_affect_session("EXPLAIN EXECUTE q(1)"));
