@@ -211,19 +211,11 @@ def main():
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
 
-    work = tempfile.mkdtemp(prefix="sluice-bench-")
-    os.chmod(work, 0o755)
+    report = Report("sluice-bench-")
+    work, emit = report.work, report.emit
     targets = []
-    lines = []
-
-    def emit(s=""):
-        print(s, flush=True)
-        lines.append(s)
-
     try:
-        cluster.up(work)
-        with open(f"{work}/state.json") as f:
-            pg_port = json.load(f)["primary_port"]
+        pg_port = report.cluster_up()["primary_port"]
         max_clients = args.idle + 500
         targets = [Target("direct", pg_port),
                    start_pgbouncer(work, pg_port, args.pool, max_clients),
@@ -283,7 +275,27 @@ def main():
         emit(f"sluice/PgBouncer memory per idle client: {mem['sluice'] / mem['pgbouncer']:.2f}")
     finally:
         stop_all(targets, work)
-    write_out(args.out, lines)
+    write_out(args.out, report.lines)
+
+
+class Report:
+    """A bench's work directory (its own cluster comes up there) and the lines of its report:
+    emit() prints a line and keeps it for --out."""
+
+    def __init__(self, prefix):
+        self.work = tempfile.mkdtemp(prefix=prefix)
+        os.chmod(self.work, 0o755)
+        self.lines = []
+
+    def emit(self, s=""):
+        print(s, flush=True)
+        self.lines.append(s)
+
+    def cluster_up(self):
+        """Starts the primary, replica and Redis (tests/integration/cluster.py): their state."""
+        cluster.up(self.work)
+        with open(f"{self.work}/state.json") as f:
+            return json.load(f)
 
 
 def stop_all(targets, work):

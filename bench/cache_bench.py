@@ -11,13 +11,11 @@ shows the median TPS and average latency, the ratios, and sluice's cache-hit lat
 its own histogram (sluice_cache_hit_duration_seconds) over the sluice runs. Everything listens on
 127.0.0.1 and stops by itself."""
 import argparse
-import json
 import os
 import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -25,7 +23,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
-from bench import (PASSWORD, Target, wait_port, pgbench, pgbench_result, fmt,  # noqa: E402
+from bench import (PASSWORD, Report, Target, wait_port, pgbench, pgbench_result, fmt,  # noqa: E402
                    start_sluice, stop_all, write_out)
 
 QUERY = ("SELECT customer, count(*), sum(amount), avg(amount), sum(id) FROM bench_orders "
@@ -140,17 +138,11 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "build", "release", "sluice"))
     ap.add_argument("--out")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="sluice-cache-bench-")
-    os.chmod(work, 0o755)
-    targets, lines = [], []
-
-    def emit(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    report = Report("sluice-cache-bench-")
+    work, emit = report.work, report.emit
+    targets = []
     try:
-        cluster.up(work)
-        with open(f"{work}/state.json") as f:
-            st = json.load(f)
+        st = report.cluster_up()
         setup_data(st["primary_port"])
         script = os.path.join(work, "aggregate.sql")
         with open(script, "w") as f:
@@ -196,7 +188,7 @@ def main():
              f"({', '.join(str(int(n)) for _, n in hit_lat)} hits)")
     finally:
         stop_all(targets, work)
-    write_out(args.out, lines)
+    write_out(args.out, report.lines)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,15 @@ interleaved; the table shows medians of TPS and of sluice's CPU time (user + sys
 /proc/<pid>/stat) per transaction, and each cache setting's ratio to the cache off. Everything
 listens on 127.0.0.1 and stops by itself."""
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, os.path.dirname(__file__))
 import bench  # noqa: E402
-import cluster  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -44,19 +41,11 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "build", "release", "sluice"))
     ap.add_argument("--out")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="sluice-cost-")
-    os.chmod(work, 0o755)
+    report = bench.Report("sluice-cost-")
+    work, emit = report.work, report.emit
     targets = []
-    lines = []
-
-    def emit(s=""):
-        print(s, flush=True)
-        lines.append(s)
-
     try:
-        cluster.up(work)
-        with open(f"{work}/state.json") as f:
-            st = json.load(f)
+        st = report.cluster_up()
         bench.reinit(st["primary_port"], args.scale)
         time.sleep(2)  # the replica replays the load
         dbs = {"appdb": {"primary": {"host": "127.0.0.1", "port": st["primary_port"]},
@@ -106,7 +95,7 @@ def main():
             emit(f"\n{t.label}: {m}")
     finally:
         bench.stop_all(targets, work)
-    bench.write_out(args.out, lines)
+    bench.write_out(args.out, report.lines)
 
 
 def bench_metrics(t):
