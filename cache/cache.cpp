@@ -615,7 +615,7 @@ awaitable<std::optional<std::vector<Cache::Version>>> Cache::versions(
   const auto epoch = version_epoch_.load();
   std::vector<std::string> mget{"MGET"};
   mget.insert(mget.end(), keys.begin(), keys.end());
-  auto got = co_await conn.command(std::move(mget));
+  auto got = co_await conn.shared_read(std::move(mget));
   if (!got || got->type != RedisReply::Type::kArray || got->elements.size() != keys.size())
     co_return std::nullopt;
   std::vector<std::string> missing;
@@ -778,7 +778,7 @@ awaitable<std::optional<std::uint64_t>> Cache::read_marks(
     mget.push_back(latest_key(catalog->ns));
   }
   mget.push_back(lsn_key(std::string(kGlobal), 0));
-  auto got = co_await conn->command(std::move(mget));
+  auto got = co_await conn->shared_read(std::move(mget));
   if (!got || got->type != RedisReply::Type::kArray) co_return std::nullopt;
   std::uint64_t mark = 0;
   for (const auto& e : got->elements) mark = std::max(mark, parse_mark(e.str));

@@ -271,6 +271,57 @@ awaitable<std::optional<RedisReply>> RedisConnection::command(std::vector<std::s
   co_return std::move(r->front());
 }
 
+struct RedisConnection::ReadRound {
+  std::optional<RedisReply> reply;
+  bool done = false;
+  std::vector<std::shared_ptr<asio::steady_timer>> waiters;
+};
+
+awaitable<std::optional<RedisReply>> RedisConnection::shared_read(std::vector<std::string> args) {
+  if (!up_) co_return std::nullopt;
+  auto& group = reads_[args];  // map nodes stay put while others come and go
+  if (!group.in_flight) {      // nothing in flight: this call sends its round at once
+    group.in_flight = true;
+    auto self = shared_from_this();
+    std::vector<std::string> key = args;  // named: no temporary inside a co_await (g++ 12)
+    auto reply = co_await command(std::move(args));
+    if (auto it = reads_.find(key); it != reads_.end()) {
+      if (it->second.next)  // calls joined meanwhile: their round goes out now
+        asio::co_spawn(ex_, run_rounds(std::move(key)), asio::detached);
+      else
+        reads_.erase(it);
+    }
+    co_return reply;
+  }
+  if (!group.next) group.next = std::make_shared<ReadRound>();
+  auto round = group.next;
+  // The round in flight and then this one, each bounded by command_timeout.
+  auto waiter = std::make_shared<asio::steady_timer>(
+      ex_, 2 * options_.command_timeout + std::chrono::milliseconds(50));
+  round->waiters.push_back(waiter);
+  co_await waiter->async_wait(use_nothrow);
+  if (!round->done) co_return std::nullopt;
+  co_return round->reply;
+}
+
+// After a round of `args` returned: sends the next one while calls wait for it.
+awaitable<void> RedisConnection::run_rounds(std::vector<std::string> args) {
+  auto self = shared_from_this();
+  for (;;) {
+    auto it = reads_.find(args);
+    if (it == reads_.end()) co_return;
+    auto round = std::move(it->second.next);
+    if (!round) {
+      reads_.erase(it);
+      co_return;
+    }
+    std::vector<std::string> again = args;
+    round->reply = co_await command(std::move(again));
+    round->done = true;
+    for (auto& w : round->waiters) w->cancel();
+  }
+}
+
 void RedisConnection::deliver(RedisReply reply) {
   if (!options_.subscribe.empty()) {
     if (reply.type == RedisReply::Type::kArray && reply.elements.size() == 3 &&

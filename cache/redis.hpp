@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -92,11 +93,22 @@ class RedisConnection : public std::enable_shared_from_this<RedisConnection> {
   asio::awaitable<std::optional<std::vector<RedisReply>>> run(
       std::vector<std::vector<std::string>> commands);
   asio::awaitable<std::optional<RedisReply>> command(std::vector<std::string> args);
+  // A read-only command whose reply may serve every identical call made meanwhile: at most one
+  // round of it is in flight; calls made while one is join the next, sent when that one
+  // returns. A call never gets the reply of a round sent before it began, so the reply reflects
+  // every write Redis had acknowledged by then (as command() would).
+  asio::awaitable<std::optional<RedisReply>> shared_read(std::vector<std::string> args);
   // Sends without waiting for the reply (it is read and dropped). False when down.
   bool send(const std::vector<std::string>& args);
 
  private:
   struct Pending;
+  struct ReadRound;
+  struct ReadGroup {
+    bool in_flight = false;           // a round of this read was sent and has not returned
+    std::shared_ptr<ReadRound> next;  // the calls waiting for the next round
+  };
+  asio::awaitable<void> run_rounds(std::vector<std::string> args);
   asio::awaitable<void> connect_loop();
   asio::awaitable<bool> handshake();
   asio::awaitable<std::string> try_connect();  // "" when connected and logged in
@@ -119,6 +131,7 @@ class RedisConnection : public std::enable_shared_from_this<RedisConnection> {
   bool stopped_ = false;
   std::uint64_t session_ = 0;  // bumped by every (re)connection
   std::shared_ptr<asio::steady_timer> backoff_;
+  std::map<std::vector<std::string>, ReadGroup> reads_;  // shared_read() rounds by command
 };
 
 }  // namespace sluice::cache

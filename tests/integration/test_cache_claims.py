@@ -4,14 +4,13 @@ invalidation through views, partitions, cascading foreign keys and triggers (als
 a view, a partition or a cascade); keys separated by search_path and result-affecting settings;
 REVOKE/GRANT; unbumped writes blocking hits; cache rules (mode, TTLs, skip, max_entry_bytes),
 cache.enabled: false (still bumping versions), temporary and unlogged tables."""
-import subprocess
 import time
 import unittest
 
 import psycopg
 
 from harness import Sluice, state, superuser_sql, wait_for
-from test_cache import follower_commits
+from test_cache import follower_commits, redis_cli
 
 COUNTERS = ("hits", "misses", "fills", "fills_skipped")
 
@@ -146,13 +145,6 @@ def connect(dsn):
     conn = psycopg.connect(dsn, autocommit=True)
     conn.prepare_threshold = None
     return conn
-
-
-def redis_cli(*args):
-    r = subprocess.run(["redis-cli", "-p", str(state()["redis_port"]), *args],
-                       capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0 and not r.stdout.startswith("(error)"), r.stdout + r.stderr
-    return r.stdout.strip()
 
 
 def warm(test, s, conn, sql="SELECT count(*) FROM ck_probe"):

@@ -21,8 +21,7 @@ import psycopg
 import test_cache
 from harness import APP_PASSWORD, Sluice, superuser_sql, wait_for
 from pgwire import Wire
-from test_cache import cache_config, metric, run_checker, wait_catalog
-from test_cache_claims import redis_cli
+from test_cache import cache_config, metric, redis_cli, run_checker, wait_catalog
 from test_pgbench import check_run, pgbench
 from test_routing import (restore_replica, routed_config, set_apply_delay, wait_checked,
                           wait_replayed)

@@ -15,8 +15,8 @@ import unittest
 import psycopg
 
 from harness import Sluice, state, superuser_sql, wait_for
-from test_cache import cache_config, ensure_redis, metric, redis_pid, start_redis
-from test_cache_claims import redis_cli
+from test_cache import (cache_config, ensure_redis, metric, redis_cli, redis_pid,
+                        start_redis)
 from test_routing import set_apply_delay, wait_replayed
 
 TRIALS = int(os.environ.get("SLUICE_WAL_TRIALS", "1000"))
