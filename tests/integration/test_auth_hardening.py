@@ -12,7 +12,7 @@ import unittest
 
 import psycopg
 
-from harness import (Sluice, APP_PASSWORD, OPS_PASSWORD, psql, state, superuser_sql,
+from harness import (Sluice, APP_PASSWORD, psql, state, superuser_sql,
                      wait_for)
 from pgwire import Wire
 
