@@ -1,12 +1,14 @@
 #!/usr/bin/python3
 """Cached reads: sluice's Redis cache vs Pgpool-II's query cache vs direct PostgreSQL, one run.
 
-    bench/cache_bench.py [--seconds 10] [--repeat 3] [--clients 32] [--workers 2] [--out FILE]
+    bench/cache_bench.py [--seconds 10] [--repeat 3] [--clients 32] [--workers 2]
+                         [--modes simple,prepared] [--out FILE]
 
 Starts its own PostgreSQL 15 + Redis (tests/integration/cluster.py), Pgpool-II (Debian's 4.3,
 raw mode, memory_cache_enabled with shared memory) and sluice (transaction mode, cache on), then
 runs a heavy aggregate (GROUP BY over 400 000 rows) with 20 distinct parameter values at
---clients clients through each target, --repeat times interleaved, pgbench -M simple. The table
+--clients clients through each target, --repeat times interleaved, for each pgbench -M of
+--modes (simple, then prepared). The table
 shows the median TPS and average latency, the ratios, and sluice's cache-hit latency p99 from
 its own histogram (sluice_cache_hit_duration_seconds) over the sluice runs. Everything listens on
 127.0.0.1 and stops by itself."""
@@ -99,8 +101,8 @@ memqcache_oiddir = '{d}/oiddir'
     return Target("pgpool", port, proc)
 
 
-def run(target, script, clients, seconds):
-    r = pgbench(target.port, ["-n", "-f", script, "-M", "simple", "-c", str(clients), "-j", "2",
+def run(target, script, clients, seconds, mode="simple"):
+    r = pgbench(target.port, ["-n", "-f", script, "-M", mode, "-c", str(clients), "-j", "2",
                               "-T", str(seconds)], timeout=seconds + 120)
     result = pgbench_result(r)
     if result["tps"] is None:
@@ -135,9 +137,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2, help="sluice's event loops")
+    ap.add_argument("--modes", default="simple,prepared", help="pgbench -M, each in turn")
     ap.add_argument("--binary", default=os.path.join(ROOT, "build", "release", "sluice"))
     ap.add_argument("--out")
     args = ap.parse_args()
+    modes = args.modes.split(",")
     report = Report("sluice-cache-bench-")
     work, emit = report.work, report.emit
     targets = []
@@ -154,34 +158,40 @@ def main():
                                  "workers": args.workers})]
         time.sleep(2)  # sluice loads the catalog
         for t in targets[1:]:  # warm both caches with the 20 results
-            run(t, script, 4, 2)
-        runs = {t.name: [] for t in targets}
+            for mode in modes:
+                run(t, script, 4, 2, mode)
+        runs = {(t.name, mode): [] for t in targets for mode in modes}
         hit_lat = []
         for _ in range(args.repeat):
-            for t in targets:
-                before = histogram(t) if t.name == "sluice" else None
-                runs[t.name].append(run(t, script, args.clients, args.seconds))
-                if before is not None:
-                    hit_lat.append(quantile(before, histogram(t), 0.99))
-        med = {n: {"tps": statistics.median(r["tps"] for r in v),
+            for mode in modes:
+                for t in targets:
+                    before = histogram(t) if t.name == "sluice" else None
+                    runs[(t.name, mode)].append(run(t, script, args.clients, args.seconds, mode))
+                    if before is not None:
+                        hit_lat.append(quantile(before, histogram(t), 0.99))
+        med = {k: {"tps": statistics.median(r["tps"] for r in v),
                    "lat": statistics.median(r["lat"] for r in v),
-                   "failed": sum(r["failed"] for r in v)} for n, v in runs.items()}
-        d, p, s = med["direct"], med["pgpool"], med["sluice"]
+                   "failed": sum(r["failed"] for r in v)} for k, v in runs.items()}
         emit(f"# sluice cache bench — {time.strftime('%Y-%m-%d %H:%M')} — {os.cpu_count()} CPUs, "
-             f"pgbench -M simple -c {args.clients} -T {args.seconds} x {args.repeat} (median), "
-             f"sluice workers: {args.workers}")
+             f"pgbench -M {'/'.join(modes)} -c {args.clients} -T {args.seconds} x {args.repeat} "
+             f"(median), sluice workers: {args.workers}")
         emit()
         emit("Heavy aggregate over 400 000 rows, 20 distinct parameter values:")
         emit(f"`{QUERY}`")
         emit()
-        emit("| target | tps | latency ms | failed |")
-        emit("|---|---:|---:|---:|")
-        for name, m in (("direct PostgreSQL", d), ("Pgpool-II 4.3 query cache", p),
-                        ("sluice cache", s)):
-            emit(f"| {name} | {fmt(m['tps'])} | {fmt(m['lat'], 2)} | {m['failed']} |")
+        emit("| target | -M | tps | latency ms | failed |")
+        emit("|---|---|---:|---:|---:|")
+        for mode in modes:
+            for name, label in (("direct", "direct PostgreSQL"),
+                                ("pgpool", "Pgpool-II 4.3 query cache"), ("sluice", "sluice cache")):
+                m = med[(name, mode)]
+                emit(f"| {label} | {mode} | {fmt(m['tps'])} | {fmt(m['lat'], 2)} | "
+                     f"{m['failed']} |")
         emit()
-        emit(f"sluice/direct: **{s['tps'] / d['tps']:.1f}x**, sluice/Pgpool-II: "
-             f"**{s['tps'] / p['tps']:.2f}x**")
+        for mode in modes:
+            d, p, s = (med[(n, mode)] for n in ("direct", "pgpool", "sluice"))
+            emit(f"-M {mode}: sluice/direct: **{s['tps'] / d['tps']:.1f}x**, sluice/Pgpool-II: "
+                 f"**{s['tps'] / p['tps']:.2f}x**")
         p99s = [le for le, n in hit_lat if n > 0]
         emit(f"sluice cache-hit p99 (histogram bucket bound) per run: "
              f"{', '.join(f'{v * 1e3:.2f} ms' for v in p99s)} "
