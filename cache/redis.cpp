@@ -316,7 +316,8 @@ awaitable<void> RedisConnection::run_rounds(std::vector<std::string> args) {
       co_return;
     }
     std::vector<std::string> again = args;
-    round->reply = co_await command(std::move(again));
+    auto reply = co_await command(std::move(again));
+    round->reply = std::move(reply);
     round->done = true;
     for (auto& w : round->waiters) w->cancel();
   }
