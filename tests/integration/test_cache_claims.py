@@ -333,7 +333,13 @@ class CacheClaims(unittest.TestCase):
             # Still refused once the catalog the REVOKE made stale is back (entries served
             # again): the entry the role read is not under the current versions.
             warm(self, self.s, self.app)
-            self.assertEqual(self.refused(other, sql), {"misses": 1, "fills_skipped": 1},
+            refused = self.refused(other, sql)
+            for _ in range(3):  # the REVOKE's catalog generation may stale it once more
+                if refused != {"bypass:no_catalog": 1}:
+                    break
+                warm(self, self.s, self.app)
+                refused = self.refused(other, sql)
+            self.assertEqual(refused, {"misses": 1, "fills_skipped": 1},
                              revoke)  # the error is not stored either
             self.app.execute(grant)
             self.cached(other, sql, rows)
