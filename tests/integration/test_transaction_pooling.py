@@ -77,8 +77,11 @@ def summarize_moves(pids_by_client):
 
 
 def start_line(clients, together):
-    """A barrier that connected clients wait at, so their transactions interleave (a client does
-    not finish before the last one has logged in); a no-op when not `together` (session mode
+    """A barrier that connected clients wait at, once logged in and again before each round, so
+    their transactions interleave: every round sends all of them at once to a pool smaller than
+    their number, and which connection a client gets varies from round to round. (Without the
+    per-round line, clients on a fast proxy took turns and each kept finding its last connection
+    idle: an ASan CI run saw 0 of 6 clients move.) A no-op when not `together` (session mode
     cannot hold more clients than connections)."""
     barrier = threading.Barrier(clients, timeout=20) if together else None
 
@@ -86,8 +89,8 @@ def start_line(clients, together):
         try:
             barrier.wait()
         except threading.BrokenBarrierError:
-            raise AssertionError(f"{clients} clients could not all be logged in at once: each "
-                                 "holds a server connection (pinned?)") from None
+            raise AssertionError(f"{clients} clients could not all reach the line at once: one "
+                                 "failed, or each holds a server connection (pinned?)") from None
     return wait if barrier else lambda: None
 
 
@@ -104,6 +107,7 @@ def settings_workload(dsn, clients=6, rounds=40, together=True):
             conn.execute(f"SET statement_timeout = '{i + 1}s'")
             pids = out.setdefault(i, [])
             for n in range(rounds):
+                started()
                 row = conn.execute("SELECT current_setting('search_path'), "
                                    "current_setting('statement_timeout'), "
                                    "pg_backend_pid()").fetchone()
@@ -128,6 +132,7 @@ def named_statements_workload(dsn, clients=8, rounds=60, together=True):
             started()
             pids = out.setdefault(i, [])
             for n in range(rounds):
+                started()
                 row = conn.execute("SELECT %s::int + %s::int, pg_backend_pid()", (i, n),
                                    prepare=True).fetchone()
                 assert row[0] == i + n, f"client {i} execution {n}: {row}"
@@ -152,6 +157,7 @@ def sql_prepare_workload(dsn, clients=6, rounds=30, together=True):
             conn.execute(f"PREPARE mine(int) AS SELECT $1 + {i * 1000}, pg_backend_pid()")
             pids = out.setdefault(i, [])
             for n in range(rounds):
+                started()
                 row = conn.execute(f"EXECUTE mine({n})").fetchone()
                 assert row[0] == i * 1000 + n, f"client {i} EXECUTE {n}: {row}"
                 pids.append(row[1])
