@@ -298,8 +298,6 @@ awaitable<std::optional<routing::Lsn>> ClientSession::fetch_write_lsn() {
   co_return lsn;
 }
 
-// Waits, without a server connection, until the client sends something. A plain-TCP client
-// holds no read buffer while it waits: thousands of idle clients cost little memory.
 void ClientSession::trim_idle() {
   reader_.release();
   to_server_buf_ = pg::Buffer();
@@ -307,13 +305,20 @@ void ClientSession::trim_idle() {
   tracker_.trim();
 }
 
+// Waits, without a server connection, until the client sends something. Among many clients
+// (parkable()), a plain-TCP client holds no read buffer while it waits: thousands of idle clients
+// cost little memory. Among few, it keeps its buffers and reads at once: waiting for readability
+// first costs an epoll_ctl per request (asio re-arms the socket for every async_wait) and the
+// buffers' free and malloc around it.
 awaitable<Outcome> ClientSession::wait_for_client() {
   for (;;) {
     auto data = reader_.pending();
     if (data.size() >= pg::kHeaderSize && data[0] == 'X') co_return "client terminated";
     if (!data.empty()) co_return Next::kGoOn;
     // Woken from park(): the socket is readable now (a second wait would need another edge).
-    if (!client_->tls() && !std::exchange(woke_, false)) {
+    const bool woke = std::exchange(woke_, false);
+    const bool plain = !client_->tls();
+    if (plain && !woke && parkable()) {
       trim_idle();
       parked_ = true;  // kill() cancels this wait
       auto [wec] = co_await client_->socket().async_wait(tcp::socket::wait_read, use_nothrow);
@@ -326,8 +331,13 @@ awaitable<Outcome> ClientSession::wait_for_client() {
     }
     reader_.shrink(kClientBuffer);
     reader_.ensure(kClientBuffer);
+    parked_ = plain;  // kill() and nudge_idle() cancel this read too (it has read nothing then)
     auto [ec, n] = co_await client_->read_some(reader_.prepare(1));
+    parked_ = false;
     reader_.commit(n);
+    if (killed_) co_return "shutdown";
+    if (std::exchange(park_now_, false) && ec == asio::error::operation_aborted && n == 0)
+      co_return Next::kParked;
     if (ec) co_return "client disconnected";
     counters_->received_bytes->inc(n);
     last_activity_ = Clock::now();
