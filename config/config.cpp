@@ -229,8 +229,16 @@ class Loader {
                              {"statement", PoolMode::kStatement}});
   }
 
-  Backend backend(const YAML::Node& n, const std::string& path, const std::string& db) const {
-    check_keys(n, path, {"host", "port", "dbname", "weight"});
+  // `role`, when given, must be `expected` (the list the server sits in) or auto; sets *auto_role.
+  Backend backend(const YAML::Node& n, const std::string& path, const std::string& db,
+                  const char* expected = nullptr, bool* auto_role = nullptr) const {
+    check_keys(n, path, {"host", "port", "dbname", "weight", "role"});
+    if (n["role"]) {
+      if (!expected || !auto_role)
+        fail(n["role"], path + ".role", "is not used here: every host's role is learned");
+      if (choice<bool>(n["role"], path + ".role", {{expected, false}, {"auto", true}}))
+        *auto_role = true;
+    }
     Backend b;
     if (!n["host"]) fail(n, path + ".host", "is required");
     b.host = str(n["host"], path + ".host");
@@ -246,7 +254,7 @@ class Loader {
     check_keys(root, "",
                {"listen", "workers", "auth_type", "databases", "users", "pool", "cache", "tls",
                 "log", "shutdown_timeout", "limits", "admin", "insights", "health_check_interval",
-                "stats_period", "routing", "mongo"});
+                "stats_period", "routing", "mongo", "failover_timeout"});
     if (auto l = root["listen"]) {
       check_keys(l, "listen", {"postgres", "http", "so_reuseport", "mongo"});
       if (l["postgres"]) c.listen_postgres = endpoint(l["postgres"], "listen.postgres");
@@ -266,6 +274,9 @@ class Loader {
       c.health_check_interval = duration(root["health_check_interval"], "health_check_interval");
       if (c.health_check_interval.count() < 100)
         fail(root["health_check_interval"], "health_check_interval", "must be at least 100ms");
+    }
+    if (root["failover_timeout"]) {
+      c.failover_timeout = duration(root["failover_timeout"], "failover_timeout");
     }
     if (root["stats_period"]) {
       c.stats_period = duration(root["stats_period"], "stats_period");
@@ -289,6 +300,12 @@ class Loader {
       fail(root["routing"]["health_user"], "routing.health_user",
            "user '" + c.routing.health_user +
                "' is not listed under users: (its server login checks the replicas)");
+    for (const auto& [name, db] : c.databases) {
+      if (db.auto_roles() && !c.health_user())
+        fail(root["databases"][name], "databases." + name,
+             "learns its servers' roles (hosts:, role: auto) by logging in to them: list a user "
+             "under users: (or set routing.health_user)");
+    }
     for (const auto* list : {&c.admin.users, &c.admin.stats_users}) {
       const char* key = list == &c.admin.users ? "admin.users" : "admin.stats_users";
       for (std::size_t i = 0; i < list->size(); ++i) {
@@ -719,15 +736,47 @@ class Loader {
              "the name 'sluice' is reserved for the admin console; rename this database");
       if (c.databases.contains(name)) fail(kv.first, path, "is listed twice");
       const auto& d = kv.second;
-      check_keys(d, path, {"primary", "replicas", "pool"});
+      check_keys(d, path, {"primary", "replicas", "hosts", "pool"});
       Database db;
       db.name = name;
-      if (!d["primary"]) fail(kv.first, path + ".primary", "is required");
-      db.primary = backend(d["primary"], path + ".primary", name);
-      if (auto r = d["replicas"]) {
-        if (!r.IsSequence()) fail(r, path + ".replicas", "expected a list");
-        for (std::size_t i = 0; i < r.size(); ++i)
-          db.replicas.push_back(backend(r[i], path + ".replicas[" + std::to_string(i) + "]", name));
+      bool auto_role = false;
+      if (auto h = d["hosts"]) {
+        // Roles from the servers: whichever host is writable is the primary.
+        if (d["primary"] || d["replicas"])
+          fail(h, path + ".hosts",
+               "replaces primary and replicas (their roles are learned from the servers): list "
+               "every server under hosts only");
+        if (!h.IsSequence() || h.size() == 0)
+          fail(h, path + ".hosts", "expected a list of {host, port}");
+        for (std::size_t i = 0; i < h.size(); ++i)
+          db.hosts.push_back(backend(h[i], path + ".hosts[" + std::to_string(i) + "]", name));
+      } else {
+        if (!d["primary"])
+          fail(kv.first, path + ".primary", "is required (or hosts:, with roles learned)");
+        db.primary = backend(d["primary"], path + ".primary", name, "primary", &auto_role);
+        if (auto r = d["replicas"]) {
+          if (!r.IsSequence()) fail(r, path + ".replicas", "expected a list");
+          for (std::size_t i = 0; i < r.size(); ++i)
+            db.replicas.push_back(backend(r[i], path + ".replicas[" + std::to_string(i) + "]", name,
+                                          "replica", &auto_role));
+        }
+        if (auto_role) {  // role: auto anywhere: every listed server's role is learned
+          db.hosts.push_back(db.primary);
+          db.hosts.insert(db.hosts.end(), db.replicas.begin(), db.replicas.end());
+        }
+      }
+      if (db.auto_roles()) {
+        for (std::size_t i = 0; i < db.hosts.size(); ++i) {
+          for (std::size_t j = 0; j < i; ++j) {
+            if (db.hosts[i].host == db.hosts[j].host && db.hosts[i].port == db.hosts[j].port)
+              fail(d, path + ".hosts",
+                   db.hosts[i].host + ":" + std::to_string(db.hosts[i].port) + " is listed twice");
+          }
+        }
+        // Until the monitor finds a primary: none known, writes wait (failover_timeout).
+        db.primary = db.hosts.front();
+        db.replicas.clear();
+        db.primary_known = false;
       }
       if (auto p = d["pool"]) {
         check_keys(p, path + ".pool", {"mode", "size", "max_db_connections"});

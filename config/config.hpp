@@ -45,8 +45,14 @@ enum class ServerTls { kDisable, kPrefer, kRequire, kVerifyFull };
 
 struct Database {
   std::string name;
+  // With roles learned from the servers (`hosts:`, or `role: auto`), the running configuration's
+  // primary and replicas are what the health monitor found (App::apply_topology); the file's
+  // list is `hosts`.
   Backend primary;
   std::vector<Backend> replicas;
+  std::vector<Backend> hosts;  // empty: roles as configured
+  bool primary_known = true;   // false while no host of `hosts` is the primary (writes wait)
+  bool auto_roles() const { return !hosts.empty(); }
   std::optional<PoolMode> pool_mode;
   std::optional<std::uint32_t> pool_size;
   std::optional<std::uint32_t> max_db_connections;
@@ -236,6 +242,8 @@ struct Config {
   Insights insights;
   Routing routing;
   Duration health_check_interval{1'000};
+  // Roles learned from the servers: how long a write waits for a primary before 57P03.
+  Duration failover_timeout{30'000};
   Duration stats_period{60'000};  // averages in SHOW STATS cover this period
   std::optional<Mongo> mongo;     // the MongoDB proxy, when mongo: is configured
 

@@ -20,10 +20,29 @@ struct Monitor::Connection {
 
 namespace {
 
-// The one query of a check: recovery state and the WAL position that matters for the role.
+// The one query of a check: recovery state, the WAL position that matters for the role and, on
+// a writable server, the timeline it writes on (the WAL file name's first 8 hex digits: it moves
+// at promotion, where pg_control_checkpoint() waits for the next checkpoint). A server only ever
+// leaves recovery while it runs, so pg_walfile_name() (an error in recovery) runs only where it
+// may.
 constexpr const char* kCheckSql =
     "SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN pg_catalog.pg_is_in_recovery() "
-    "THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_insert_lsn() END";
+    "THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_insert_lsn() END, "
+    "CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL ELSE pg_catalog.substr("
+    "pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8) END";
+
+std::optional<std::uint32_t> parse_timeline(const char* hex) {
+  std::uint32_t v = 0;
+  std::size_t n = 0;
+  for (; hex[n] != '\0'; ++n) {
+    const char c = hex[n];
+    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    if (d < 0 || n >= 8) return std::nullopt;
+    v = v * 16 + static_cast<std::uint32_t>(d);
+  }
+  if (n != 8) return std::nullopt;
+  return v;
+}
 
 std::string first_line(const char* msg) {
   std::string s = msg ? msg : "";
@@ -130,6 +149,7 @@ BackendHealth Monitor::check(const BackendTarget& t) {
         h.up = h.queried = true;
         h.in_recovery = std::string_view(PQgetvalue(r, 0, 0)) == "t";
         if (!PQgetisnull(r, 0, 1)) h.lsn = parse_lsn(PQgetvalue(r, 0, 1));
+        if (!PQgetisnull(r, 0, 2)) h.timeline = parse_timeline(PQgetvalue(r, 0, 2));
         PQclear(r);
         finish();
         return h;
@@ -157,7 +177,9 @@ void Monitor::fetch_catalogs(const std::vector<BackendTarget>& targets) {
   }
   if (!hooks.catalog_wanted || !hooks.catalog_loaded) return;
   for (const auto& t : targets) {
-    if (t.role != "primary" || t.server.user.empty() || !hooks.catalog_wanted(t.database)) continue;
+    const bool primary =
+        t.role == "primary" || (t.role == "auto" && hooks.elected && hooks.elected(t));
+    if (!primary || t.server.user.empty() || !hooks.catalog_wanted(t.database)) continue;
     PGconn* conn = nullptr;
     for (auto& [target, c] : conns_) {
       if (target == t) conn = c->conn.get();
@@ -174,11 +196,13 @@ void Monitor::loop() {
   while (!stop_) {
     woken_ = false;
     std::vector<BackendTarget> targets;
+    // Primaries, and servers whose role is learned, first: a session waiting for a primary's
+    // WAL position or for a new primary does not wait for the replicas' checks.
     for (const auto& h : health_) {
-      if (h.target.role == "primary") targets.push_back(h.target);
+      if (h.target.role != "replica") targets.push_back(h.target);
     }
     for (const auto& h : health_) {
-      if (h.target.role != "primary") targets.push_back(h.target);
+      if (h.target.role == "replica") targets.push_back(h.target);
     }
     lock.unlock();
     // Connections of targets no longer configured are closed.
@@ -188,7 +212,7 @@ void Monitor::loop() {
     std::vector<BackendHealth> results;
     std::size_t primaries = 0;
     for (const auto& t : targets) {
-      if (t.role == "primary") ++primaries;
+      if (t.role != "replica") ++primaries;
       results.push_back(check(t));
       if (results.size() != primaries) continue;
       Hooks hooks;

@@ -23,7 +23,7 @@ namespace sluice::routing {
 
 struct BackendTarget {
   std::string database;  // the name clients use
-  std::string role;      // "primary" | "replica"
+  std::string role;      // "primary" | "replica" | "auto" (learned: databases.*.hosts)
   LibpqTarget server;    // address, login (empty user: PQping only) and TLS
   std::string address() const;
   bool operator==(const BackendTarget&) const = default;
@@ -36,7 +36,8 @@ struct BackendHealth {
   bool queried = false;  // logged in and answered the check query
   std::string error;     // why the last check failed
   bool in_recovery = false;
-  std::optional<std::uint64_t> lsn;  // primary: pg_current_wal_lsn(); replica: replay LSN
+  std::optional<std::uint64_t> lsn;       // primary: pg_current_wal_lsn(); replica: replay LSN
+  std::optional<std::uint32_t> timeline;  // not in recovery: the timeline WAL is written on
   double rtt_seconds = 0;
   std::uint64_t checks = 0;
   std::uint64_t failures = 0;
@@ -52,6 +53,8 @@ class Monitor {
     // session waiting for a reading of a primary's WAL position does not wait for the replicas),
     // then the replicas'.
     std::function<void(const std::vector<BackendHealth>&)> round_done;
+    // Whether a server whose role is learned ("auto") is its database's primary now.
+    std::function<bool(const BackendTarget&)> elected;
     // Whether a database's function catalog should be fetched from its primary now.
     std::function<bool(const std::string& database)> catalog_wanted;
     std::function<void(const std::string& database, std::shared_ptr<const FunctionCatalog>)>

@@ -51,6 +51,7 @@ class AdminConsole {
   AdminResult show_config();
   AdminResult show_lists();
   AdminResult show_replicas();
+  AdminResult show_hosts();
   AdminResult show_cache();
   AdminResult show_queries();
 

@@ -76,12 +76,14 @@ AdminResult AdminConsole::show(const std::string& what) {
   }
   if (what == "QUERIES") return show_queries();
   if (what == "REPLICAS") return show_replicas();
+  if (what == "HOSTS") return show_hosts();
   if (what == "CACHE") return show_cache();
   if (what == "HELP") {
     auto r = done("SHOW");
     r.notices.push_back(
         "Console usage\n\tSHOW HELP|POOLS|STATS|SERVERS|CLIENTS|DATABASES|USERS|CONFIG|LISTS|"
-        "VERSION|QUERIES|REPLICAS|CACHE\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE "
+        "VERSION|QUERIES|REPLICAS|HOSTS|CACHE\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME "
+        "[<db>]\n\tDISABLE "
         "<db>\n\tENABLE "
         "<db>\n\tKILL <db>\n\tRECONNECT [<db>]\n\tSHUTDOWN [WAIT_FOR_CLIENTS]");
     return r;
@@ -330,6 +332,32 @@ AdminResult AdminConsole::show_lists() {
 }
 
 // Read routing: each replica's health, lag, ban and load.
+// Every server of every database and its role: learned from the server (databases.*.hosts:
+// primary, replica, fenced, unknown) or as configured.
+AdminResult AdminConsole::show_hosts() {
+  auto r = table({{"database", kText},
+                  {"host", kText},
+                  {"port", kNumeric},
+                  {"role", kText},
+                  {"learned", kText},
+                  {"timeline", kNumeric},
+                  {"in_recovery", kText},
+                  {"error", kText},
+                  {"why", kText}});
+  auto opt = [](const std::string& s) {
+    return s.empty() ? std::nullopt : std::optional<std::string>(s);
+  };
+  for (const auto& h : host_status(*rt_)) {
+    r.rows.push_back(
+        {h.database, h.host, num(std::uint64_t{h.port}), h.role,
+         std::string(h.learned ? "yes" : "no"),
+         h.timeline ? std::optional<std::string>(num(std::uint64_t{*h.timeline})) : std::nullopt,
+         h.in_recovery ? std::optional<std::string>(*h.in_recovery ? "yes" : "no") : std::nullopt,
+         opt(h.error), opt(h.why)});
+  }
+  return r;
+}
+
 AdminResult AdminConsole::show_replicas() {
   auto r = table({{"database", kText},
                   {"address", kText},

@@ -47,6 +47,15 @@ void Runtime::install(std::shared_ptr<const config::Config> cfg) {
   server_tls_ = std::move(server);
 }
 
+void Runtime::install_roles(std::shared_ptr<const config::Config> cfg) {
+  routes.rebuild(*cfg);
+  {
+    std::lock_guard lock(mu_);
+    config_ = std::move(cfg);
+  }
+  ++generation;
+}
+
 namespace {
 
 // auth_type: trust lets anyone who reaches the listener in as any user without a password (the
@@ -96,13 +105,16 @@ void Routes::rebuild(const config::Config& cfg) {
 App::App(std::string config_path, std::shared_ptr<const config::Config> cfg)
     : config_path_(std::move(config_path)), rt_(std::make_shared<Runtime>()) {
   rt_->install(cfg);
+  Runtime* rt = rt_.get();
+  rt_->failover.set_file(cfg, [rt](auto derived) { rt->install_roles(std::move(derived)); });
   for (std::uint32_t i = 0; i < cfg->workers; ++i)
     loops_.push_back(std::make_unique<asio::io_context>(1));
   // Without Redis, read consistency global still needs the relation catalogs the cache keeps.
   const bool marks = cfg->routing.enabled &&
                      cfg->routing.read_consistency == config::Routing::Consistency::kGlobal &&
-                     std::any_of(cfg->databases.begin(), cfg->databases.end(),
-                                 [](const auto& d) { return !d.second.replicas.empty(); });
+                     std::any_of(cfg->databases.begin(), cfg->databases.end(), [](const auto& d) {
+                       return !d.second.replicas.empty() || d.second.hosts.size() > 1;
+                     });
   if (!cfg->cache.redis.empty() || marks) rt_->cache = std::make_unique<cache::Cache>(cfg->cache);
 
   auto& ctx = *loops_.front();
@@ -429,6 +441,8 @@ std::string App::reload() {
     auto old_cfg = rt_->config();
     auto cfg = config::load_file(config_path_);
     rt_->install(cfg);
+    Runtime* rt = rt_.get();
+    rt_->failover.set_file(cfg, [rt](auto derived) { rt->install_roles(std::move(derived)); });
     ++rt_->generation;  // sessions pick the new limits and backends up at their next checkout
     setup_logging(cfg->log);
     if (old_cfg->auth_type != config::AuthType::kTrust) warn_if_trust_exposed(*cfg, pg_address_);
@@ -449,8 +463,10 @@ std::string App::reload() {
     auto follower = [](const config::Config& c) {
       std::string s = c.cache.follows_wal() ? c.cache.wal_slot + " " + c.cache.wal_publication
                                             : std::string("off");
-      for (const auto& [name, db] : c.databases)
-        s += " " + name + "@" + db.primary.host + ":" + std::to_string(db.primary.port);
+      for (const auto& [name, db] : c.databases) {
+        if (!db.auto_roles()) s += " " + name + "@" + address_of(db.primary);
+        for (const auto& h : db.hosts) s += " " + name + "@" + address_of(h);  // learned roles
+      }
       return s;
     };
     if (follower(*cfg) != follower(*old_cfg))

@@ -137,6 +137,19 @@ void App::start_follower(const config::Config& cfg) {
     }
   };
   WalFollower::Hooks hooks;
+  // Learned roles: the follower follows whichever host is elected (its slot is created there
+  // after a failover); configured ones: the primary it started with.
+  std::map<std::string, std::pair<std::string, std::uint16_t>> configured;
+  for (const auto& t : targets) configured[t.database] = {t.server.host, t.server.port};
+  hooks.primary =
+      [rt,
+       configured](const std::string& db) -> std::optional<std::pair<std::string, std::uint16_t>> {
+    auto now = rt->config();
+    auto it = now->databases.find(db);
+    if (it == now->databases.end() || !it->second.auto_roles()) return configured.at(db);
+    if (!it->second.primary_known) return std::nullopt;
+    return std::pair{it->second.primary.host, it->second.primary.port};
+  };
   cache::Cache* c = rt->cache.get();
   hooks.lease = [on_loop, c, id](const std::string& ns) {
     return on_loop([&] {

@@ -30,18 +30,65 @@ void App::watch_backends() {
       t.server.host = server.host;
       t.server.port = server.port;
       t.server.dbname = server.dbname;
-      if (login && (rt_->routes.get(name) || rt_->cache)) {
+      if (login && (rt_->routes.get(name) || rt_->cache || db.auto_roles())) {
         t.server.user = login->server_user;
         t.server.password = login->server_password;
       }
       routing::apply_server_tls(t.server, cfg->tls);
       return t;
     };
+    if (db.auto_roles()) {  // roles learned: the same targets whatever each one turns out to be
+      for (const auto& h : db.hosts) targets.push_back(target("auto", h));
+      continue;
+    }
     targets.push_back(target("primary", db.primary));
     for (const auto& r : db.replicas) targets.push_back(target("replica", r));
   }
   rt_->obs.monitor.set_targets(std::move(targets), cfg->health_check_interval);
 }
+
+namespace {
+
+// Databases whose servers' roles are learned: each round's checks elect the primary, fence what
+// must not take writes, and make the hosts in recovery replicas (server/failover.hpp). A server
+// that lost the primary role has its pooled connections closed as they come back: the next
+// write opens one on the new primary.
+void learn_roles(Runtime& rt, const std::vector<routing::BackendHealth>& results) {
+  std::map<std::string, std::vector<routing::HostCheck>> by_db;
+  for (const auto& h : results) {
+    if (h.target.role != "auto") continue;
+    routing::HostCheck c;
+    c.address = h.target.address();
+    c.ok = h.queried;
+    c.in_recovery = h.in_recovery;
+    c.timeline = h.timeline;
+    c.error = h.error;
+    by_db[h.target.database].push_back(std::move(c));
+  }
+  for (const auto& [db, checks] : by_db) {
+    auto change = rt.failover.update(db, checks,
+                                     [&rt](auto derived) { rt.install_roles(std::move(derived)); });
+    for (const auto& line : change.log) {
+      if (line.find("-> fenced") != std::string::npos)
+        spdlog::error(
+            "database {}: {}: fenced, it gets no writes and no reads until it is rebuilt as a "
+            "standby of the primary (SHOW HOSTS on the admin console)",
+            db, line);
+      else if (line.find(": found ") != std::string::npos)
+        spdlog::info("database {}: {}", db, line);
+      else
+        spdlog::warn("database {}: {}", db, line);
+    }
+    if (change.old_primary) {
+      for (const auto& pool : rt.pools.of_database(db)) {
+        if (pool->server_address() == *change.old_primary) pool->reconnect();
+      }
+    }
+    if (!change.log.empty()) rt.obs.monitor.wake();  // confirm the new roles at once
+  }
+}
+
+}  // namespace
 
 // The monitor's findings go to each database's read routing.
 void App::feed_routes() {
@@ -50,15 +97,23 @@ void App::feed_routes() {
   // a plain pointer, so the hooks make no reference cycle.
   Runtime* rt = rt_.get();
   hooks.round_done = [rt](const std::vector<routing::BackendHealth>& results) {
-    for (const auto& h : results) {  // primaries first: lag is measured against them
-      if (h.target.role != "primary") continue;
+    learn_roles(*rt, results);
+    // Primaries first: lag is measured against them. A learned host counts as what it was
+    // just found to be.
+    auto role_of = [rt](const routing::BackendHealth& h) -> std::string {
+      if (h.target.role != "auto") return h.target.role;
+      if (rt->failover.elected(h.target.database, h.target.address())) return "primary";
+      return h.queried && h.in_recovery ? "replica" : "";
+    };
+    for (const auto& h : results) {
+      if (role_of(h) != "primary") continue;
       if (h.queried && h.lsn && !h.in_recovery)
         rt->positions.primary_read(h.target.database, h.started_at, *h.lsn);
       if (auto set = rt->routes.get(h.target.database))
         set->primary_sample(h.checked_at, h.queried ? h.lsn : std::nullopt);
     }
     for (const auto& h : results) {
-      if (h.target.role != "replica") continue;
+      if (role_of(h) != "replica") continue;
       auto set = rt->routes.get(h.target.database);
       if (!set) continue;
       routing::ReplicaCheck c;
@@ -68,6 +123,9 @@ void App::feed_routes() {
       c.replay_lsn = h.lsn;
       set->replica_checked(h.target.address(), h.checked_at, c);
     }
+  };
+  hooks.elected = [rt](const routing::BackendTarget& t) {
+    return rt->failover.elected(t.database, t.address());
   };
   hooks.catalog_wanted = [rt](const std::string& db) {
     const auto now = std::chrono::steady_clock::now();

@@ -179,6 +179,29 @@ json::array backends_json(Runtime& rt) {
   return backends;
 }
 
+json::array hosts_json(Runtime& rt) {
+  json::array hosts;
+  for (const auto& h : host_status(rt)) {
+    json::object o;
+    o["database"] = h.database;
+    o["address"] = h.address;
+    o["role"] = h.role;
+    o["learned"] = h.learned;
+    if (h.timeline)
+      o["timeline"] = *h.timeline;
+    else
+      o["timeline"] = nullptr;
+    if (h.in_recovery)
+      o["in_recovery"] = *h.in_recovery;
+    else
+      o["in_recovery"] = nullptr;
+    o["error"] = h.error;
+    o["why"] = h.why;
+    hosts.push_back(std::move(o));
+  }
+  return hosts;
+}
+
 // The replicas read routing keeps reads off.
 json::array bans_json(Runtime& rt) {
   json::array bans;
@@ -244,6 +267,7 @@ std::string status_json(Runtime& rt) {
   doc["pools"] = pools_json(rt);
   doc["clients"] = clients_json(rt, *cfg);
   doc["backends"] = backends_json(rt);
+  doc["hosts"] = hosts_json(rt);
   doc["bans"] = bans_json(rt);
   json::array paused, disabled;
   for (const auto& [name, db] : cfg->databases) {

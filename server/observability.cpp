@@ -228,12 +228,53 @@ static void follower_warnings(Runtime& rt, const config::Config& cfg,
   }
 }
 
+std::vector<HostStatus> host_status(Runtime& rt) {
+  const auto learned = rt.failover.snapshot();
+  std::vector<HostStatus> out;
+  for (const auto& h : rt.obs.monitor.snapshot()) {
+    HostStatus s;
+    s.database = h.target.database;
+    s.host = h.target.server.host;
+    s.port = h.target.server.port;
+    s.address = h.target.address();
+    s.role = h.target.role;
+    if (h.queried) {
+      s.in_recovery = h.in_recovery;
+      s.timeline = h.timeline;
+    }
+    if (h.checked && !h.queried) s.error = h.error;
+    if (auto t = learned.find(s.database); t != learned.end() && h.target.role == "auto") {
+      s.learned = true;
+      s.role = "unknown";
+      for (const auto& v : t->second.hosts()) {
+        if (v.address != s.address) continue;
+        s.role = std::string(routing::to_string(v.role));
+        s.why = v.why;
+      }
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
 Probe readiness(Runtime& rt) {
   if (rt.stopping) return {false, "shutting down"};
   if (!rt.accepting) return {false, "the postgres listener is not accepting connections"};
   auto cfg = rt.config();
   auto health = rt.obs.monitor.snapshot();
+  std::vector<std::string> fenced;
+  for (const auto& h : host_status(rt)) {
+    if (h.role == "fenced")
+      fenced.push_back("database " + h.database + ": server " + h.address + " is fenced (" + h.why +
+                       "): no writes or reads go to it");
+  }
   for (const auto& [name, db] : cfg->databases) {
+    if (db.auto_roles()) {  // learned roles: ready while a primary is elected
+      if (!db.primary_known)
+        return {false, "database " + name +
+                           " has no primary: no server of its hosts is writable (SHOW HOSTS)"};
+      continue;
+    }
     const routing::BackendHealth* found = nullptr;
     for (const auto& h : health) {
       if (h.target.database == name && h.target.role == "primary") found = &h;
@@ -245,6 +286,7 @@ Probe readiness(Runtime& rt) {
   }
   if (rt.mongo) return rt.mongo->readiness();
   Probe ready{true, "ready"};
+  ready.warnings = std::move(fenced);
   follower_warnings(rt, *cfg, ready.warnings);
   return ready;
 }
@@ -369,6 +411,24 @@ void collect_backends(Runtime& rt, metrics::Writer& w) {
              {h.target.database, h.target.role, h.target.address()}, h.rtt_seconds);
 }
 
+// Every server's role (learned or configured) and the role changes of learned ones.
+void collect_hosts(Runtime& rt, metrics::Writer& w) {
+  const std::vector<std::string> labels{"database", "server", "role"};
+  w.family("sluice_host_role", "gauge",
+           "1 for the server's current role (primary, replica, fenced, unknown); learned from "
+           "the server with databases.*.hosts, else as configured.");
+  for (const auto& h : host_status(rt)) {
+    for (const char* role : {"primary", "replica", "fenced", "unknown"})
+      w.sample("sluice_host_role", labels, {h.database, h.address, role}, h.role == role ? 1 : 0);
+  }
+  w.family("sluice_role_changes_total", "counter",
+           "Role changes of the servers of a database with learned roles (promotions, "
+           "demotions, fencing, a lost primary).");
+  for (const auto& [db, t] : rt.failover.snapshot())
+    w.sample("sluice_role_changes_total", {"database"}, {db},
+             static_cast<double>(t.role_changes()));
+}
+
 // Read routing: replica bans and lag.
 void collect_replicas(Runtime& rt, metrics::Writer& w) {
   const auto now = std::chrono::steady_clock::now();
@@ -447,6 +507,7 @@ void Observability::add_runtime_collectors(Runtime& rt) {
     collect_pools(rt, w);
     collect_databases(rt, *cfg, w);
     collect_backends(rt, w);
+    collect_hosts(rt, w);
     collect_replicas(rt, w);
     collect_top_queries(rt, *cfg, w);
     collect_process(rt, w);

@@ -28,8 +28,26 @@ struct Probe {
 // A wall-clock time in UTC with strftime's `format`.
 std::string format_utc(std::chrono::system_clock::time_point t, const char* format);
 
-// /readyz: configuration loaded, listener accepting, every database's primary reachable.
+// /readyz: configuration loaded, listener accepting, every database's primary reachable (with
+// learned roles: elected); a fenced server is a warning.
 Probe readiness(Runtime& rt);
+
+// Every server of every database as the health monitor last found it, with its role: as
+// configured, or learned (databases.*.hosts: primary, replica, fenced, unknown). SHOW HOSTS,
+// /status, the sluice_host_role metric and /readyz show these.
+struct HostStatus {
+  std::string database;
+  std::string host;
+  std::uint16_t port = 0;
+  std::string address;  // host:port
+  std::string role;
+  bool learned = false;  // the role comes from the server, not the file
+  std::optional<std::uint32_t> timeline;
+  std::optional<bool> in_recovery;  // unknown before a check answered
+  std::string error;                // the last check's, when it failed
+  std::string why;                  // what a learned role rests on
+};
+std::vector<HostStatus> host_status(Runtime& rt);
 // The WAL follower's freshness for `db` as every instance learns it (seconds behind now);
 // nullopt before it was ever fresh or before the database's catalog is loaded.
 std::optional<double> invalidation_lag_s(Runtime& rt, const std::string& db);

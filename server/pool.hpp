@@ -146,6 +146,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   const std::string& name() const { return name_; }
   const std::string& database() const { return database_; }
   const std::string& user() const { return user_; }
+  std::string server_address() const {
+    return config::Endpoint{login_.host, login_.port}.to_string();
+  }
   PoolSnapshot snapshot(bool with_servers);
   // RECONNECT: idle connections close now, leased ones when they come back.
   void reconnect();

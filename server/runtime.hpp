@@ -17,6 +17,7 @@
 #include "routing/replicas.hpp"
 #include "routing/session_statements.hpp"
 #include "server/cancel_registry.hpp"
+#include "server/failover.hpp"
 #include "server/observability.hpp"
 #include "server/pg/identity.hpp"
 #include "server/pg/phase.hpp"
@@ -167,6 +168,9 @@ class Runtime {
   }
   // Installs a new snapshot; throws std::exception when TLS files cannot be loaded.
   void install(std::shared_ptr<const config::Config> cfg);
+  // A new snapshot of the same file with other roles (Failover): the TLS contexts stay; sessions
+  // bind their backends again at their next checkout.
+  void install_roles(std::shared_ptr<const config::Config> cfg);
 
   void add_session(const std::shared_ptr<SessionHandle>& h) {
     std::lock_guard lock(mu_);
@@ -186,6 +190,7 @@ class Runtime {
   Observability obs;
   Control control;
   Routes routes;
+  Failover failover;  // databases whose servers' roles are learned (databases.*.hosts)
   routing::WalPositions positions;  // the primaries' WAL positions, local commit marks
   routing::ReadFactsCache reads;    // read/write classification of statement texts, shared
   // The query cache; null when neither cache.redis nor replicas are configured (the Redis

@@ -63,7 +63,23 @@ void WalFollower::Worker::run() {
   }
 }
 
+bool WalFollower::Worker::primary_current() {
+  if (!hooks_.primary) return true;
+  auto p = hooks_.primary(t_.database);
+  if (!p) {
+    fail("no primary is elected for database \"" + t_.database + "\" (a failover is under way)");
+    return false;
+  }
+  if (p->first == t_.server.host && p->second == t_.server.port) return true;
+  spdlog::warn("cache: WAL follower of database \"{}\": the primary is now {}:{}, was {}:{}",
+               t_.database, p->first, p->second, t_.server.host, t_.server.port);
+  t_.server.host = p->first;
+  t_.server.port = p->second;
+  return false;
+}
+
 void WalFollower::Worker::follow_once() {
+  if (!primary_current() && !primary_current()) return;  // moved: follow the new one
   routing::LibpqOptions opts;
   opts.application_name = "sluice wal follower";
   opts.options = "-c statement_timeout=5000";  // a stuck probe must not hold the thread
@@ -84,6 +100,14 @@ void WalFollower::Worker::follow_once() {
     if (stop_) return;
   }
   if (!choose_plugin(probe.get()) || !ensure_slot(probe.get())) return;
+  if (epoch_pending_) {
+    // Writes made before the slot existed were not followed: their cached results go.
+    cache::Writes all;
+    all.unknown = true;
+    if (!probe_primary(probe.get()) || !hooks_.bump(ns_, t_.database, all, status().primary_lsn))
+      return fail("cannot flush the database's cached results after creating the slot");
+    epoch_pending_ = false;
+  }
   {
     Result seg;
     std::string why;
@@ -139,6 +163,7 @@ bool WalFollower::Worker::stream(PGconn* repl, PGconn* probe) {
       next_lease = now + kLeaseRenew;
     }
     if (now >= next_probe) {
+      if (!primary_current()) return false;  // learned roles: the primary moved
       if (!probe_primary(probe) || !send_status(repl, true)) return false;
       next_probe = now + kProbeInterval;
     }

@@ -45,6 +45,10 @@ class WalFollower {
     std::string publication;
   };
   struct Hooks {
+    // Where the database's primary is now (host, port), when its roles are learned
+    // (databases.*.hosts); nullopt while none is elected. Unset: the target's server always.
+    std::function<std::optional<std::pair<std::string, std::uint16_t>>(const std::string& db)>
+        primary;
     // Takes or renews the lease on `ns` for this instance: true while it holds it.
     std::function<bool(const std::string& ns)> lease;
     std::function<void(const std::string& ns)> release;

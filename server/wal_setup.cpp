@@ -98,6 +98,7 @@ bool WalFollower::Worker::ensure_slot(PGconn* conn) {
   std::string code;
   if (query(conn, "SELECT pg_catalog.pg_create_logical_replication_slot($1, $2)", {t_.slot, plugin},
             c, why, &code)) {
+    epoch_pending_ = true;
     spdlog::info(
         "cache: created logical replication slot {} in database \"{}\"; it holds WAL "
         "back while no sluice follows it (docs: dropping the slot)",

@@ -111,7 +111,13 @@ class WalFollower::Worker {
   std::deque<Probe> probes_;                        // waiting for the stream to pass them
   std::uint64_t segment_ = 16u << 20;               // wal_segment_size
   std::uint64_t newest_relation_ = 0;               // the newest permanent relation's OID
-  static constexpr std::uint64_t kWalPage = 8192;   // XLOG_BLCKSZ
+  // A slot was created (first start, or on a new primary after a failover: slots do not
+  // survive one): commits before it were never followed, so the database's epoch is bumped
+  // before the stream counts as fresh.
+  bool epoch_pending_ = false;
+  // Learned roles: the primary moved (or none is elected): false, and follow_once() ends.
+  bool primary_current();
+  static constexpr std::uint64_t kWalPage = 8192;  // XLOG_BLCKSZ
   static constexpr std::uint64_t kShortPageHeader = 24;
   static constexpr std::uint64_t kLongPageHeader = 40;  // the first page of a segment
 };

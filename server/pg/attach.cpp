@@ -16,6 +16,8 @@ awaitable<bool> ClientSession::checkout() {
     }
   }
   if (rt_->generation.load(std::memory_order_relaxed) != generation_) refresh_config();
+  std::optional<Clock::time_point> held_since;  // a learned primary is awaited since then
+  std::optional<std::uint64_t> after_round;     // ... and the monitor's verdict on the last one
   // A replica that fails here is banned and the read goes to the next choice.
   for (std::size_t attempt = 0;; ++attempt) {
     wait_lsn_ = 0;  // choose_node() sets it for a replica to ask
@@ -25,10 +27,28 @@ awaitable<bool> ClientSession::checkout() {
       auto refused = co_await refuse_read();
       co_return refused;
     }
+    if (node == routing::ReplicaSet::kPrimary && db_->auto_roles() &&
+        (!db_->primary_known || after_round)) {
+      if (!held_since) held_since = Clock::now();
+      auto held = co_await wait_for_primary(after_round, *held_since);
+      after_round.reset();
+      if (killed_) co_return false;
+      if (held) {
+        const PgError e = std::move(*held);  // named: no temporary inside a co_await (g++ 12)
+        auto refused = co_await refuse(e);
+        co_return refused;
+      }
+      continue;  // bound again to the primary now elected
+    }
     node_ = node;
     // The common case takes no coroutine: an idle connection that needs no settings.
     if (!try_acquire(node)) {
       auto got = co_await acquire(node);
+      if (got == Attach::kPrimaryLost) {
+        after_round = rt_->failover.rounds(db_name_);
+        rt_->obs.monitor.wake();
+        continue;
+      }
       if (got == Attach::kNextNode) continue;
       if (got == Attach::kFailed) co_return false;
     }
@@ -59,8 +79,47 @@ awaitable<bool> ClientSession::refuse_read() {
             "every replica is banned (SHOW REPLICAS on the admin console says why); "
             "routing.primary_reads / routing.all_replicas_banned decide whether the "
             "primary takes reads then"};
+  auto refused = co_await refuse(e);
+  co_return refused;
+}
+
+awaitable<std::optional<PgError>> ClientSession::wait_for_primary(
+    std::optional<std::uint64_t> after_round, Clock::time_point since) {
+  auto ex = co_await asio::this_coro::executor;
+  const auto from = Clock::now();
+  handle_->wait_since = from.time_since_epoch().count();
+  enter(Phase::kWaiting);
+  asio::steady_timer timer(ex);
+  cancel_wait_ = [&timer] { timer.cancel(); };
+  std::optional<PgError> refused;
+  while (!killed_) {
+    if (rt_->generation.load(std::memory_order_relaxed) != generation_) refresh_config();
+    const bool checked = !after_round || rt_->failover.rounds(db_name_) > *after_round;
+    if (checked && (!db_->auto_roles() || db_->primary_known)) break;
+    if (Clock::now() - since >= cfg_->failover_timeout) {
+      const auto s = std::chrono::duration_cast<std::chrono::seconds>(cfg_->failover_timeout);
+      refused = PgError{"57P03",
+                        "no primary for database \"" + db_name_ + "\" after " +
+                            std::to_string(s.count()) + "s (failover_timeout)",
+                        {},
+                        "no server listed under databases." + db_name_ +
+                            ".hosts is a writable primary: a failover is under way, or every "
+                            "server is down, in recovery or fenced; SHOW HOSTS on the admin "
+                            "console shows each one's role and last error"};
+      break;
+    }
+    timer.expires_after(std::chrono::milliseconds(10));
+    co_await timer.async_wait(use_nothrow);
+  }
+  cancel_wait_ = nullptr;
+  counters_->wait_us->inc(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - from).count()));
+  co_return refused;
+}
+
+awaitable<bool> ClientSession::refuse(const PgError& e) {
   if (ps_) {
-    refused_ = std::make_unique<PgError>(std::move(e));
+    refused_ = std::make_unique<PgError>(e);
     co_return false;
   }
   queue_error(e);
@@ -102,6 +161,13 @@ awaitable<ClientSession::Attach> ClientSession::acquire(int node) {
     if (node >= 0 && e->sqlstate != "53300") {
       fail_replica(node, e->message);
       co_return Attach::kNextNode;
+    }
+    if (node < 0 && db_->auto_roles() && e->sqlstate != "53300") {
+      spdlog::warn(
+          "client {} user={} db={}: primary {} failed ({}): the request waits for the health "
+          "check to confirm it or elect another (failover_timeout)",
+          peer_, user_name_, db_name_, pool->server_address(), e->message);
+      co_return Attach::kPrimaryLost;
     }
     spdlog::warn("client {} user={} db={}: no server connection: {}", peer_, user_name_, db_name_,
                  e->message);

@@ -177,8 +177,16 @@ class ClientSession {
            rt_->clients > cfg_->pool.park_idle_above;
   }
   awaitable<bool> checkout();
-  enum class Attach : std::uint8_t { kOk, kNextNode, kFailed };  // a step of checkout()
+  // A step of checkout(). kPrimaryLost: a learned primary (databases.*.hosts) failed to connect;
+  // checkout() waits for the health monitor's verdict instead of failing the request.
+  enum class Attach : std::uint8_t { kOk, kNextNode, kFailed, kPrimaryLost };
   awaitable<bool> refuse_read();
+  // Writes wait while a database with learned roles has no primary (or, after `after_round`,
+  // until the monitor has checked its hosts again), up to failover_timeout from `since`.
+  awaitable<std::optional<PgError>> wait_for_primary(std::optional<std::uint64_t> after_round,
+                                                     Clock::time_point since);
+  // The request is refused with `e` (pooled clients stay; a session-mode client's session ends).
+  awaitable<bool> refuse(const PgError& e);
   void fail_replica(int node, const std::string& why);
   bool try_acquire(int node);
   awaitable<Attach> acquire(int node);

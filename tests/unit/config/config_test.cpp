@@ -423,3 +423,43 @@ TEST_CASE("mongo: allow_commands") {
   CHECK_THAT(error_of(base + "  allow_commands: [$sample]\n"),
              Contains("$currentOp, $listSessions or $listLocalSessions"));
 }
+
+TEST_CASE("hosts: and role: auto learn the roles; until then no primary is known") {
+  auto c = load_string(
+      "databases:\n  d:\n    hosts:\n      - {host: a, port: 5432}\n      - {host: b}\n"
+      "failover_timeout: 5s\nusers:\n  - {name: u, password: p}\n");
+  const auto& d = c->databases.at("d");
+  REQUIRE(d.auto_roles());
+  CHECK(d.hosts.size() == 2);
+  CHECK(d.hosts[1].port == 5432);
+  CHECK_FALSE(d.primary_known);
+  CHECK(d.replicas.empty());
+  CHECK(c->failover_timeout == std::chrono::seconds(5));
+  auto a = load_string(
+      "databases:\n  d:\n    primary: {host: a, role: auto}\n    replicas:\n"
+      "      - {host: b, role: auto}\nusers:\n  - {name: u, password: p}\n");
+  CHECK(a->databases.at("d").hosts.size() == 2);
+  CHECK(a->failover_timeout == std::chrono::seconds(30));
+  auto fixed = load_string(
+      "databases:\n  d:\n    primary: {host: a, role: primary}\nusers:\n  - {name: u, password: "
+      "p}\n");
+  CHECK_FALSE(fixed->databases.at("d").auto_roles());
+  CHECK(fixed->databases.at("d").primary_known);
+}
+
+TEST_CASE("hosts: errors name the key and the line") {
+  CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: a}\n    hosts:\n      - {host: b}\n"
+                      "users:\n  - {name: u, password: p}\n"),
+             Contains("test.yaml:5: key 'databases.d.hosts': replaces primary and replicas"));
+  CHECK_THAT(error_of("databases:\n  d:\n    hosts:\n      - {host: a}\n      - {host: a}\n"
+                      "users:\n  - {name: u, password: p}\n"),
+             Contains("a:5432 is listed twice"));
+  CHECK_THAT(error_of("databases:\n  d:\n    primary: {host: a, role: replica}\n"
+                      "users:\n  - {name: u, password: p}\n"),
+             Contains("key 'databases.d.primary.role': expected one of primary | auto"));
+  CHECK_THAT(error_of("databases:\n  d:\n    hosts:\n      - {host: a, role: auto}\n"
+                      "users:\n  - {name: u, password: p}\n"),
+             Contains("databases.d.hosts[0].role': is not used here"));
+  CHECK_THAT(error_of("databases:\n  d:\n    hosts:\n      - {host: a}\nauth_type: trust\n"),
+             Contains("learns its servers' roles"));
+}
