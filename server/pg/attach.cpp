@@ -85,36 +85,22 @@ awaitable<bool> ClientSession::refuse_read() {
 
 awaitable<std::optional<PgError>> ClientSession::wait_for_primary(
     std::optional<std::uint64_t> after_round, Clock::time_point since) {
-  auto ex = co_await asio::this_coro::executor;
-  const auto from = Clock::now();
-  handle_->wait_since = from.time_since_epoch().count();
-  enter(Phase::kWaiting);
-  asio::steady_timer timer(ex);
-  cancel_wait_ = [&timer] { timer.cancel(); };
-  std::optional<PgError> refused;
-  while (!killed_) {
+  const std::function<bool()> no_primary = [this, after_round] {
     if (rt_->generation.load(std::memory_order_relaxed) != generation_) refresh_config();
     const bool checked = !after_round || rt_->failover.rounds(db_name_) > *after_round;
-    if (checked && (!db_->auto_roles() || db_->primary_known)) break;
-    if (Clock::now() - since >= cfg_->failover_timeout) {
-      const auto s = std::chrono::duration_cast<std::chrono::seconds>(cfg_->failover_timeout);
-      refused = PgError{"57P03",
-                        "no primary for database \"" + db_name_ + "\" after " +
-                            std::to_string(s.count()) + "s (failover_timeout)",
-                        {},
-                        "no server listed under databases." + db_name_ +
-                            ".hosts is a writable primary: a failover is under way, or every "
-                            "server is down, in recovery or fenced; SHOW HOSTS on the admin "
-                            "console shows each one's role and last error"};
-      break;
-    }
-    timer.expires_after(std::chrono::milliseconds(10));
-    co_await timer.async_wait(use_nothrow);
-  }
-  cancel_wait_ = nullptr;
-  counters_->wait_us->inc(static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - from).count()));
-  co_return refused;
+    return !checked || (db_->auto_roles() && !db_->primary_known);
+  };
+  const bool in_time = co_await hold(no_primary, since, cfg_->failover_timeout);
+  if (in_time) co_return std::nullopt;
+  const auto s = std::chrono::duration_cast<std::chrono::seconds>(cfg_->failover_timeout);
+  co_return PgError{"57P03",
+                    "no primary for database \"" + db_name_ + "\" after " +
+                        std::to_string(s.count()) + "s (failover_timeout)",
+                    {},
+                    "no server listed under databases." + db_name_ +
+                        ".hosts is a writable primary: a failover is under way, or every server "
+                        "is down, in recovery or fenced; SHOW HOSTS on the admin console shows "
+                        "each one's role and last error"};
 }
 
 awaitable<bool> ClientSession::refuse(const PgError& e) {

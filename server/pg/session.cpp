@@ -291,27 +291,20 @@ awaitable<bool> ClientSession::flush() {
   co_return ok;
 }
 
-// PAUSE / KILL: holds the client until RESUME, at most pool.query_wait_timeout (then 53300).
-awaitable<std::optional<PgError>> ClientSession::wait_while_paused() {
-  if (!rt_->control.paused(db_name_)) co_return std::nullopt;
+// Holds the request in 10 ms steps while `keep()` says so (kill() ends the wait through
+// cancel_wait_), counting the wait; false once `limit` has passed since `since`.
+awaitable<bool> ClientSession::hold(const std::function<bool()>& keep, Clock::time_point since,
+                                    Clock::duration limit) {
   auto ex = co_await asio::this_coro::executor;
   const auto from = Clock::now();
   handle_->wait_since = from.time_since_epoch().count();
   enter(Phase::kWaiting);
   asio::steady_timer timer(ex);
   cancel_wait_ = [&timer] { timer.cancel(); };
-  std::optional<PgError> refused;
-  while (!killed_ && rt_->control.paused(db_name_)) {
-    if (Clock::now() - from >= cfg_->pool.query_wait_timeout) {
-      refused = PgError{"53300",
-                        "database \"" + db_name_ + "\" stayed paused longer than " +
-                            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
-                                               cfg_->pool.query_wait_timeout)
-                                               .count()) +
-                            "s",
-                        {},
-                        "an operator ran PAUSE on the admin console; RESUME releases waiting "
-                        "clients (pool.query_wait_timeout bounds the wait)"};
+  bool in_time = true;
+  while (!killed_ && keep()) {
+    if (Clock::now() - since >= limit) {
+      in_time = false;
       break;
     }
     timer.expires_after(std::chrono::milliseconds(10));
@@ -320,7 +313,24 @@ awaitable<std::optional<PgError>> ClientSession::wait_while_paused() {
   cancel_wait_ = nullptr;
   counters_->wait_us->inc(static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - from).count()));
-  co_return refused;
+  co_return in_time;
+}
+
+// PAUSE / KILL: holds the client until RESUME, at most pool.query_wait_timeout (then 53300).
+awaitable<std::optional<PgError>> ClientSession::wait_while_paused() {
+  if (!rt_->control.paused(db_name_)) co_return std::nullopt;
+  const std::function<bool()> paused = [this] { return rt_->control.paused(db_name_); };
+  const bool in_time = co_await hold(paused, Clock::now(), cfg_->pool.query_wait_timeout);
+  if (in_time) co_return std::nullopt;
+  co_return PgError{"53300",
+                    "database \"" + db_name_ + "\" stayed paused longer than " +
+                        std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                           cfg_->pool.query_wait_timeout)
+                                           .count()) +
+                        "s",
+                    {},
+                    "an operator ran PAUSE on the admin console; RESUME releases waiting "
+                    "clients (pool.query_wait_timeout bounds the wait)"};
 }
 
 // After a reload: the next transaction uses the new pool size, limits and backend, as long as

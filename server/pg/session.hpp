@@ -274,6 +274,8 @@ class ClientSession {
   bool changes_lexer(std::string_view sql);
   awaitable<void> wait_killed();
   awaitable<std::optional<PgError>> wait_while_paused();
+  awaitable<bool> hold(const std::function<bool()>& keep, Clock::time_point since,
+                       Clock::duration limit);
   void refresh_config();
   void finish_request(const routing::Completed& c, Clock::time_point now);
   void note_server_message(const pg::Frame& f, Clock::time_point now);
