@@ -211,10 +211,26 @@ void Monitor::loop() {
     });
     std::vector<BackendHealth> results;
     std::size_t primaries = 0;
+    // What snapshot() shows is stored before the hooks see it: a role learned from a check
+    // never shows beside the check before it.
+    auto store = [this](std::vector<BackendHealth>::iterator from,
+                        std::vector<BackendHealth>::iterator to) {
+      std::lock_guard store_lock(mu_);
+      for (auto r = from; r != to; ++r) {
+        for (auto& h : health_) {
+          if (!(h.target == r->target)) continue;
+          r->checks = h.checks + 1;
+          r->failures = h.failures + (r->up ? 0 : 1);
+          h = *r;
+          break;
+        }
+      }
+    };
     for (const auto& t : targets) {
       if (t.role != "replica") ++primaries;
       results.push_back(check(t));
       if (results.size() != primaries) continue;
+      store(results.begin(), results.end());
       Hooks hooks;
       {
         std::lock_guard hooks_lock(mu_);
@@ -222,22 +238,14 @@ void Monitor::loop() {
       }
       if (hooks.round_done) hooks.round_done(results);  // the primaries', at once
     }
+    const auto first_replica = results.begin() + static_cast<std::ptrdiff_t>(primaries);
+    store(first_replica, results.end());
     fetch_catalogs(targets);
     lock.lock();
-    for (auto& r : results) {
-      for (auto& h : health_) {
-        if (!(h.target == r.target)) continue;
-        r.checks = h.checks + 1;
-        r.failures = h.failures + (r.up ? 0 : 1);
-        h = r;
-        break;
-      }
-    }
     auto done = hooks_.round_done;
     lock.unlock();
     if (done) {
-      std::vector<BackendHealth> replicas(results.begin() + static_cast<std::ptrdiff_t>(primaries),
-                                          results.end());
+      std::vector<BackendHealth> replicas(first_replica, results.end());
       if (!replicas.empty()) done(replicas);
     }
     lock.lock();

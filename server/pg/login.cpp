@@ -308,11 +308,29 @@ awaitable<bool> ClientSession::attach_server() {
     handle_->parks = true;
   }
   fill_info();
-  if (!co_await checkout()) co_return false;
+  // A pooled client of a database whose primary is not elected (a failover) logs in on a
+  // replica: its reads go on, its writes wait for the primary.
+  if (ps_ && db_->auto_roles() && !db_->primary_known && replicas_) route_.replica = true;
+  if (!co_await checkout()) {
+    if (refused_) {  // pooled: the refusal waits for a request, and there is none at login
+      queue_error(*refused_);
+      refused_.reset();
+      co_await flush();
+    }
+    co_return false;
+  }
+  route_ = RouteNeed{};
   key_ = rt_->cancels.add_client();
   rt_->cancels.set_target(key_, CancelTarget{server_->host(), server_->port(), server_->key()});
   pg::Buffer out;
-  for (const auto& [name, value] : server_->params()) pg::encode_parameter_status(out, name, value);
+  for (const auto& [name, value] : server_->params()) {
+    // sluice takes writes whichever server the login ran on (libpq's target_session_attrs).
+    if (name == "in_hot_standby" && node_ >= 0) {
+      pg::encode_parameter_status(out, name, "off");
+      continue;
+    }
+    pg::encode_parameter_status(out, name, value);
+  }
   pg::encode_backend_key_data(out, key_);
   pg::encode_ready_for_query(out, 'I');
   if (!co_await send(std::move(out))) co_return false;
