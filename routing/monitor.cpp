@@ -191,6 +191,15 @@ void Monitor::fetch_catalogs(const std::vector<BackendTarget>& targets) {
   }
 }
 
+bool Monitor::hooks_hurry() {
+  std::function<bool()> hurry;
+  {
+    std::lock_guard lock(mu_);
+    hurry = hooks_.hurry;
+  }
+  return hurry && hurry();
+}
+
 void Monitor::loop() {
   std::unique_lock lock(mu_);
   while (!stop_) {
@@ -248,8 +257,10 @@ void Monitor::loop() {
       std::vector<BackendHealth> replicas(first_replica, results.end());
       if (!replicas.empty()) done(replicas);
     }
+    const bool hurry = hooks_hurry();
     lock.lock();
-    wake_.wait_for(lock, interval_, [this] { return stop_ || woken_; });
+    const auto wait = hurry ? std::max(interval_ / 5, std::chrono::milliseconds(20)) : interval_;
+    wake_.wait_for(lock, wait, [this] { return stop_ || woken_; });
   }
 }
 

@@ -53,6 +53,8 @@ class Monitor {
     // session waiting for a reading of a primary's WAL position does not wait for the replicas),
     // then the replicas'.
     std::function<void(const std::vector<BackendHealth>&)> round_done;
+    // True while writes wait for a primary to be elected: rounds come five times as often.
+    std::function<bool()> hurry;
     // Whether a server whose role is learned ("auto") is its database's primary now.
     std::function<bool(const BackendTarget&)> elected;
     // Whether a database's function catalog should be fetched from its primary now.
@@ -83,6 +85,7 @@ class Monitor {
   void loop();
   BackendHealth check(const BackendTarget& t);
   void fetch_catalogs(const std::vector<BackendTarget>& targets);
+  bool hooks_hurry();
 
   std::chrono::milliseconds interval_;
   mutable std::mutex mu_;

@@ -124,6 +124,7 @@ void App::feed_routes() {
       set->replica_checked(h.target.address(), h.checked_at, c);
     }
   };
+  hooks.hurry = [rt] { return rt->failover.any_without_primary(); };
   hooks.elected = [rt](const routing::BackendTarget& t) {
     return rt->failover.elected(t.database, t.address());
   };

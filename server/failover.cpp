@@ -1,6 +1,8 @@
 // Roles learned from the servers, turned into the running configuration (failover.hpp).
 #include "server/failover.hpp"
 
+#include <algorithm>
+
 namespace sluice::server {
 
 std::string address_of(const config::Backend& b) {
@@ -74,6 +76,12 @@ std::uint64_t Failover::rounds(const std::string& db) const {
   std::lock_guard lock(mu_);
   auto it = rounds_.find(db);
   return it == rounds_.end() ? 0 : it->second;
+}
+
+bool Failover::any_without_primary() const {
+  std::lock_guard lock(mu_);
+  return std::any_of(dbs_.begin(), dbs_.end(),
+                     [](const auto& d) { return !d.second.primary().has_value(); });
 }
 
 bool Failover::learned(const std::string& db) const {

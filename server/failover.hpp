@@ -34,6 +34,8 @@ class Failover {
   Change update(const std::string& db, const std::vector<routing::HostCheck>& checks,
                 const Install& install);
   bool learned(const std::string& db) const;
+  // Some database with learned roles has no primary elected (writes wait).
+  bool any_without_primary() const;
   // Rounds of checks seen for `db` (a session that saw the primary fail waits for the next).
   std::uint64_t rounds(const std::string& db) const;
   bool elected(const std::string& db, const std::string& address) const;
