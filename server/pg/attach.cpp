@@ -265,7 +265,8 @@ void ClientSession::on_attached() {
   }
   // The client's startup options and the server's defaults, as this server has them now.
   for (const auto& [name, value] : server_->params()) note_lexer(name, value);
-  if (node_ >= 0) {  // a read on a replica: what it needs to run again elsewhere if it breaks
+  primary_read_ = node_ < 0 && routed_ && db_->auto_roles() && route_.replica && !route_.write;
+  if (node_ >= 0 || primary_read_) {  // a read: what it needs to run again if its server breaks
     routed_->ps_saved.emplace(*ps_);
     routed_->tracker_saved.emplace(tracker_);
     routed_->replay.clear();
@@ -324,7 +325,7 @@ awaitable<void> ClientSession::release() {
   node_ = routing::ReplicaSet::kPrimary;
   wrote_ = catalog_changed_ = reroute_ = reroute_allowed_ = server_gone_ = false;
   write_lsn_known_ = false;
-  retried_ = replayable_ = false;
+  retried_ = replayable_ = primary_read_ = false;
   if (routed_) {
     routed_->replay.clear();
     routed_->ps_saved.reset();

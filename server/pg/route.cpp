@@ -234,15 +234,23 @@ std::shared_ptr<Pool> ClientSession::replica_pool(int node) {
   return pool;
 }
 
-// The read's replica connection broke before the client saw a byte: ban the replica, put the
-// client's messages back, and let routing choose again.
+// The read's server connection broke before the client saw a byte: ban the replica (a learned
+// primary: wake the monitor), put the client's messages back, and let routing choose again.
 void ClientSession::retry_elsewhere() {
-  const auto address = replicas_->address(node_);
-  spdlog::warn(
-      "client {} user={} db={}: replica {} failed during a read ({}): banned, retrying "
-      "the read on another node",
-      peer_, user_name_, db_name_, address, routed_->retry_why);
+  if (node_ >= 0) {
+    spdlog::warn(
+        "client {} user={} db={}: replica {} failed during a read ({}): banned, retrying "
+        "the read on another node",
+        peer_, user_name_, db_name_, replicas_->address(node_), routed_->retry_why);
+  } else {
+    spdlog::warn(
+        "client {} user={} db={}: primary {}:{} failed during a read ({}): retrying the read "
+        "once the health check has seen it",
+        peer_, user_name_, db_name_, server_->host(), server_->port(), routed_->retry_why);
+    rt_->obs.monitor.wake();
+  }
   ban_replica(routed_->retry_why);
+  primary_read_ = false;
   end_pick();
   server_.mark_broken();
   server_.give_back();

@@ -114,7 +114,12 @@ ClientSession::ClientScan ClientSession::scan_client() {
 
 // The pooled modes: what scan_client() moved into to_server_buf_ leaves reader_.
 void ClientSession::consumed_client(bytes::Span moved, int pending_before) {
-  if (replayable_) {  // a read on a replica keeps what it sent, to send it elsewhere if it breaks
+  // On the primary only what routing judged a read is replayed: a later request may write.
+  if (replayable_ && primary_read_ && moved.size() > route_.judged) {
+    replayable_ = false;
+    pg::Buffer().swap(routed_->replay);
+  }
+  if (replayable_) {  // a read keeps what it sent, to send it elsewhere if its server breaks
     routed_->replay.insert(routed_->replay.end(), moved.begin(), moved.end());
     if (routed_->replay.size() > kMaxReplay || to_server_.mid_message()) {
       replayable_ = false;
@@ -214,7 +219,7 @@ routing::PooledSession::Verdict ClientSession::on_server_unpooled(const pg::Fram
 // client (notes the retry, desync, refusal and idle conditions in r).
 ClientSession::ServerStep ClientSession::inspect_server(const pg::Frame& f, ServerScan& r,
                                                         Clock::time_point now) {
-  if ((f.type == 'N' || f.type == 'E') && node_ >= 0 && replica_going_away(f)) {
+  if ((f.type == 'N' || f.type == 'E') && (node_ >= 0 || primary_read_) && replica_going_away(f)) {
     if (can_retry()) {
       r.retry = true;  // nothing of this reply reaches the client
       return {.halt = true};

@@ -363,7 +363,9 @@ class ClientSession {
   awaitable<void> read_marks();
   static constexpr std::size_t kMaxMarkedTexts = 16;  // more: the database's mark
   void note_route_text(const pg::Frame& f, std::optional<std::string_view> text);
-  bool can_retry() const { return node_ >= 0 && replayable_ && !replied_ && !killed_ && !retried_; }
+  bool can_retry() const {
+    return (node_ >= 0 || primary_read_) && replayable_ && !replied_ && !killed_ && !retried_;
+  }
   void retry_elsewhere();
   void end_pick();
   // An error on this client's connection to its replica bans the replica at once.
@@ -444,9 +446,12 @@ class ClientSession {
   bool marks_unknown_ = false;
   bool behind_ = false;  // await_replay() gave up: the primary takes the read
   std::vector<std::string_view> route_texts_;
-  bool replayable_ = false;      // routed_->replay holds everything sent since the checkout
-  bool replied_ = false;         // the client got bytes from this server
-  bool retried_ = false;         // once per request
+  bool replayable_ = false;  // routed_->replay holds everything sent since the checkout
+  bool replied_ = false;     // the client got bytes from this server
+  bool retried_ = false;     // once per request
+  // A read judged whole on a learned primary (databases.*.hosts): if that server goes away
+  // before the client saw a byte, it runs again, like a read on a replica (a failover).
+  bool primary_read_ = false;
   bool server_gone_ = false;     // the server died between requests: detach before the next one
   bool pinned_ = false;          // the client keeps its server connection to the end
   bool lexer_suspect_ = false;   // its server may lex SQL unlike libpg_query (sticky)

@@ -514,12 +514,10 @@ class Failover(unittest.TestCase):
         self.assertEqual(servers.read_only_errors(), [], "writes reached a server in recovery")
         # The issue wants no failed read-only transaction. Under this write load global read
         # consistency sends a read to the primary whenever the replica is more than
-        # max_consistency_wait behind, so a read in flight on the primary when it stops can be
-        # cut like a write (seen in about 1 run of 6: 'server closed the connection
-        # unexpectedly'): at most that one, and none once the new primary is in place.
-        self.assertLessEqual(len(read_failed), 1, describe_failures(reads, t_stop))
-        self.assertEqual([t for t in read_failed if t.start > t_promote], [],
-                         describe_failures(reads, t_stop))
+        # max_consistency_wait behind; one in flight there when it stops runs again once a
+        # primary is elected (test 8 makes that case on purpose; before that retry, about 1 run
+        # in 9 cut one read here).
+        self.assertEqual(read_failed, [], describe_failures(reads, t_stop))
         self.assertGreater(len(waiting), 0, "SHOW CLIENTS showed no waiting writer")
         # Observability: the new primary, the old host unknown (down), a role change counted.
         self.assertLessEqual(set(HOST_COLUMNS), set(hosts[new]), "SHOW HOSTS columns")
@@ -790,6 +788,50 @@ class Failover(unittest.TestCase):
         t_replica = wait_roles(admin, {primary: "primary", replica: "replica"})
         print(f"\nfigure 7: a host added on RELOAD was a replica +{t_replica - t0:.3f} s after it")
         self.assertLessEqual(t_replica - t0, BOUND)
+        self.passed = True
+
+    def test_8_read_in_flight_on_the_dying_primary_runs_again_on_the_new_one(self):
+        servers = self.servers()
+        old, new = servers.a, servers.b
+        sluice = Sluice(config=failover_config(servers.st))
+        # Reads go to the primary (smooth round robin, weights 1000:1): a read judged whole is
+        # in flight there when it stops.
+        sluice.config["routing"].update({"primary_reads": "include", "primary_weight": 1000,
+                                         "load_balancing": "round_robin"})
+        sluice.config["listen"]["postgres"] = f"127.0.0.1:{sluice.port}"
+        sluice.start()
+        self.addCleanup(sluice.stop)
+        admin = Admin(sluice)
+        self.addCleanup(admin.close)
+        wait_roles(admin, {old: "primary", new: "replica"})
+        conn = psycopg.connect(sluice.dsn(), autocommit=True, connect_timeout=10)
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.execute("SELECT inet_server_port()").fetchone()[0], old)
+        result = {}
+
+        def slow_read():
+            t0 = now()
+            try:
+                result["row"] = conn.execute(
+                    "SELECT count(*), inet_server_port() FROM generate_series(1, 40000000)"
+                ).fetchone()
+            except psycopg.Error as e:
+                result["error"] = f"{e.sqlstate} {first_line(e)}"
+            result["took"] = now() - t0
+        t = threading.Thread(target=slow_read, daemon=True)
+        t.start()
+        time.sleep(0.5)
+        servers.stop(old, "fast")
+        time.sleep(1.0)
+        servers.promote(new)
+        t.join(FAILOVER_TIMEOUT + 10)
+        retried = [l for l in sluice.log().splitlines() if "failed during a read" in l]
+        print(f"\nfigure 8: a read in flight on the primary at its stop: {result}; "
+              f"sluice: {retried[:1]}")
+        self.assertFalse(t.is_alive())
+        self.assertNotIn("error", result)
+        self.assertEqual(result["row"], (40000000, new))
+        self.assertTrue(retried, "the read was not retried (did it run on the primary?)")
         self.passed = True
 
     def test_6_no_primary_write_waits_failover_timeout_then_57P03(self):
