@@ -834,6 +834,43 @@ class Failover(unittest.TestCase):
         self.assertTrue(retried, "the read was not retried (did it run on the primary?)")
         self.passed = True
 
+    def test_9_read_only_pgbench_through_a_failover(self):
+        servers = self.servers()
+        old, new = servers.a, servers.b
+        sluice, admin = self.sluice(servers)
+        wait_roles(admin, {old: "primary", new: "replica"})
+        env = dict(os.environ, PGPASSWORD=APP_PASSWORD, PGSSLMODE="disable")
+
+        def pgbench(*args, timeout=120):
+            return subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(sluice.port), "-U",
+                                   "app", *args, "appdb"], env=env, capture_output=True,
+                                  text=True, timeout=timeout)
+        init = pgbench("-i", "-s", "1", "-q")
+        self.assertEqual(init.returncode, 0, init.stderr)
+        wait_for(lambda: servers.sql(new, "SELECT count(*) FROM pgbench_accounts") == "100000",
+                 timeout=15, what="the replica to replay pgbench -i")
+        # pgbench -S (default -j 1, as a new user runs it) across the stop and the promotion:
+        # pgbench aborts a client at its first error, so exit 0 with every transaction counted
+        # means none failed.
+        run = subprocess.Popen(["pgbench", "-h", "127.0.0.1", "-p", str(sluice.port), "-U", "app",
+                                "-S", "-c", "8", "-T", "8", "appdb"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        servers.stop(old, "fast")
+        time.sleep(1.0)
+        servers.promote(new)
+        out, err = run.communicate(timeout=60)
+        processed = next((l for l in out.splitlines()
+                          if "number of transactions actually processed" in l), "")
+        failed = next((l for l in out.splitlines() if "number of failed transactions" in l), "")
+        print(f"\nfigure 9: pgbench -S -c 8 -T 8 across the failover: exit {run.returncode}; "
+              f"{processed.strip()}; {failed.strip() or 'no failed-transactions line'}")
+        self.assertEqual(run.returncode, 0, out[-1500:] + err[-1500:])
+        self.assertNotIn("aborted", out + err)
+        if failed:
+            self.assertIn("number of failed transactions: 0 ", failed)
+        self.passed = True
+
     def test_6_no_primary_write_waits_failover_timeout_then_57P03(self):
         servers = self.servers()
         old, replica = servers.a, servers.b
