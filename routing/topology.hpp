@@ -58,7 +58,7 @@ class Topology {
   std::optional<std::size_t> primary() const { return primary_; }
   std::vector<std::size_t> replicas() const;
   std::vector<std::size_t> fenced() const;
-  std::vector<HostView> hosts() const { return hosts_; }
+  const std::vector<HostView>& hosts() const { return hosts_; }
   std::uint64_t role_changes() const { return changes_; }  // found roles not counted
   std::uint32_t newest_timeline() const { return newest_; }
 

@@ -39,10 +39,6 @@ void Failover::set_file(std::shared_ptr<const config::Config> file, const Instal
     next.emplace(name, std::move(t));
   }
   dbs_ = std::move(next);
-  std::erase_if(last_primary_, [&](const auto& e) {
-    auto db = file->databases.find(e.first);
-    return db == file->databases.end() || e.second >= db->second.hosts.size();
-  });
   file_ = std::move(file);
   install(derive());
 }
@@ -57,17 +53,12 @@ Failover::Change Failover::update(const std::string& db,
   auto& t = it->second;
   ++rounds_[db];
   const auto before = topology_shape(t);
-  const auto hosts_before = t.hosts();
   change.log = t.update(checks);
   const auto after = topology_shape(t);
   if (before == after) return change;
   if (before.primary && before.primary != after.primary)
-    change.old_primary = hosts_before[*before.primary].address;
-  for (auto i : after.fenced) {
-    if (std::find(before.fenced.begin(), before.fenced.end(), i) == before.fenced.end())
-      change.fenced = true;
-  }
-  if (after.primary) last_primary_[db] = *after.primary;
+    change.old_primary = t.hosts()[*before.primary].address;
+  if (after.primary) last_primary_[db] = t.hosts()[*after.primary].address;
   install(derive());
   return change;
 }
@@ -82,11 +73,6 @@ bool Failover::any_without_primary() const {
   std::lock_guard lock(mu_);
   return std::any_of(dbs_.begin(), dbs_.end(),
                      [](const auto& d) { return !d.second.primary().has_value(); });
-}
-
-bool Failover::learned(const std::string& db) const {
-  std::lock_guard lock(mu_);
-  return dbs_.contains(db);
 }
 
 bool Failover::elected(const std::string& db, const std::string& address) const {
@@ -112,13 +98,12 @@ std::shared_ptr<const config::Config> Failover::derive() const {
     db.primary_known = t.primary().has_value();
     // While none is known, sessions bind the last primary's pool (or the first host's) and wait
     // at checkout; they bind again when one is elected.
-    if (auto p = t.primary()) {
-      db.primary = db.hosts[*p];
-    } else if (auto last = last_primary_.find(name); last != last_primary_.end()) {
-      db.primary = db.hosts[last->second];
-    } else {
-      db.primary = db.hosts.front();
+    db.primary = db.hosts.front();
+    auto last = last_primary_.find(name);
+    for (const auto& h : db.hosts) {
+      if (last != last_primary_.end() && address_of(h) == last->second) db.primary = h;
     }
+    if (auto p = t.primary()) db.primary = db.hosts[*p];
     db.replicas.clear();
     for (auto i : t.replicas()) db.replicas.push_back(db.hosts[i]);
   }

@@ -24,7 +24,6 @@ class Failover {
   struct Change {
     std::vector<std::string> log;            // one line per role that changed
     std::optional<std::string> old_primary;  // host:port that lost the primary role
-    bool fenced = false;                     // a host became fenced
   };
 
   // At start and on reload: keeps what is known of hosts still listed; installs the result.
@@ -33,7 +32,6 @@ class Failover {
   // the replicas or the fenced hosts changed.
   Change update(const std::string& db, const std::vector<routing::HostCheck>& checks,
                 const Install& install);
-  bool learned(const std::string& db) const;
   // Some database with learned roles has no primary elected (writes wait).
   bool any_without_primary() const;
   // Rounds of checks seen for `db` (a session that saw the primary fail waits for the next).
@@ -47,7 +45,7 @@ class Failover {
   mutable std::mutex mu_;
   std::shared_ptr<const config::Config> file_;
   std::map<std::string, routing::Topology> dbs_;
-  std::map<std::string, std::size_t> last_primary_;  // the last elected host, while none is
+  std::map<std::string, std::string> last_primary_;  // the last elected host, while none is
   std::map<std::string, std::uint64_t> rounds_;
 };
 
